@@ -1,0 +1,20 @@
+//! sandport: a WebAssembly plugin host for sandboxed connection handlers.
+//!
+//! A single-threaded [`reactor`] owns every socket and byte buffer. Each listener is
+//! bound to a [`handler::Handler`]; usually a WebAssembly component exporting the
+//! `sandport:handler` world ([`plugin`]), though native Rust handlers work the same
+//! way. Handlers receive Mongoose-style events (accept, recv, send, poll, timer,
+//! close), read the receive buffer ([`mbuf`]) and act through imports that only
+//! append and record; the reactor does all I/O.
+//!
+//! Data flows one way: socket -> [`reactor`] -> [`mbuf`] -> [`plugin`] -> imports ->
+//! [`reactor`]. [`config`] turns TOML into listener specs and [`server`] wires them up.
+
+pub mod config;
+mod connection;
+pub mod handler;
+pub mod mbuf;
+pub mod plugin;
+pub mod reactor;
+pub mod server;
+mod timer;

@@ -1,1 +1,111 @@
-fn main(){}
+//! The `sandport` command: serve plugins, or check one.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use sandport::config::Config;
+use sandport::plugin::Runtime;
+use sandport::server::Server;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// A WebAssembly plugin host for sandboxed connection handlers.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the listeners of a config file, or of --listen/--plugin pairs.
+    Serve {
+        /// TOML config file with one [[listener]] table per listener.
+        #[arg(long, conflicts_with_all = ["listen", "plugin"])]
+        config: Option<PathBuf>,
+        /// Address for a listener (pairs with the --plugin at the same position).
+        #[arg(long, value_name = "ADDR")]
+        listen: Vec<String>,
+        /// Plugin component for a listener (pairs with the --listen at the same position).
+        #[arg(long, value_name = "FILE.wasm")]
+        plugin: Vec<PathBuf>,
+    },
+    /// Check that a component implements the sandport:handler world; list its
+    /// imports and exports.
+    Check {
+        /// The component to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, listen, plugin } => serve(config, listen, plugin),
+        Command::Check { file } => check(file),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Option<PathBuf>, listen: Vec<String>, plugin: Vec<PathBuf>) -> anyhow::Result<()> {
+    let config = match config {
+        Some(path) => Config::from_file(&path)?,
+        None if listen.is_empty() && plugin.is_empty() => {
+            bail!("nothing to serve: give --config FILE.toml, or --listen ADDR --plugin FILE.wasm pairs")
+        }
+        None if listen.len() != plugin.len() => {
+            bail!("{} --listen but {} --plugin: give them in pairs", listen.len(), plugin.len())
+        }
+        None => Config::from_pairs(&listen.into_iter().zip(plugin).collect::<Vec<_>>())?,
+    };
+    let mut server = Server::new(&config)?;
+    let stop = server.stop_handle();
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
+    std::thread::Builder::new()
+        .name("sandport-signals".into())
+        .spawn(move || {
+            let mut signals = signals.forever();
+            if let Some(signal) = signals.next() {
+                info!(signal, "stopping: closing every connection");
+                stop.stop();
+            }
+            if signals.next().is_some() {
+                warn!("second signal: exiting at once");
+                std::process::exit(130);
+            }
+        })
+        .context("cannot start the signal thread")?;
+    server.run().context("event loop failed")?;
+    Ok(())
+}
+
+fn check(file: PathBuf) -> anyhow::Result<()> {
+    let plugin = Runtime::new()?.load(&file)?;
+    println!("{}: ok, implements sandport:handler/plugin", file.display());
+    println!("imports:");
+    for name in plugin.imports() {
+        println!("  {name}");
+    }
+    println!("exports:");
+    for name in plugin.exports() {
+        println!("  {name}");
+    }
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! Configuration: a TOML file (or command-line pairs) turned into validated listener
+//! specifications.
+//!
+//! This module owns parsing and validation, and nothing else: it never opens a socket
+//! or loads a plugin, so every mistake in a file is reported before anything starts.
+//!
+//! ```toml
+//! [[listener]]
+//! name = "echo"
+//! address = "127.0.0.1:7000"
+//! plugin = "target/wasm32-wasip2/plugin/echo.wasm"   # relative to this file
+//! poll-interval-ms = 1000                             # optional: POLL events
+//!
+//! [listener.limits]
+//! recv-buffer = "1 MiB"
+//! send-buffer = "1 MiB"
+//! event-timeout-ms = 100
+//! memory = "64 MiB"
+//! max-timers = 64
+//! ```
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+/// Per-listener bounds. Every one has a default and a key under `[listener.limits]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Receive buffer cap per connection (`recv-buffer`). When full, the host stops
+    /// reading that socket until the handler removes bytes.
+    pub recv_buffer: usize,
+    /// Send buffer cap per connection (`send-buffer`). A `send` that does not fit is
+    /// refused with `limit-exceeded`.
+    pub send_buffer: usize,
+    /// Wall-clock time a plugin may spend on one event (`event-timeout-ms`).
+    pub event_timeout: Duration,
+    /// Linear memory a plugin instance may grow to (`memory`).
+    pub memory: usize,
+    /// Timers a connection may have armed at once (`max-timers`).
+    pub max_timers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            recv_buffer: 1 << 20,
+            send_buffer: 1 << 20,
+            event_timeout: Duration::from_millis(100),
+            memory: 64 << 20,
+            max_timers: 64,
+        }
+    }
+}
+
+/// What the reactor needs to know of a listener, whatever handles it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    /// Unique name, used in logs.
+    pub name: String,
+    /// Address to listen on, IPv4 or IPv6. Port 0 picks a free port.
+    pub address: SocketAddr,
+    /// Interval of POLL events, if the listener wants them.
+    pub poll_interval: Option<Duration>,
+    /// The listener's bounds.
+    pub limits: Limits,
+}
+
+impl ListenerSpec {
+    /// A listener with default limits and no POLL events.
+    ///
+    /// ```
+    /// let spec = sandport::config::ListenerSpec::new("echo", "127.0.0.1:0".parse().unwrap());
+    /// assert_eq!(spec.limits, sandport::config::Limits::default());
+    /// ```
+    pub fn new(name: &str, address: SocketAddr) -> ListenerSpec {
+        ListenerSpec { name: name.to_owned(), address, poll_interval: None, limits: Limits::default() }
+    }
+}
+
+/// One configured listener: its spec and the plugin that handles it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// Where and how to listen.
+    pub spec: ListenerSpec,
+    /// The plugin component, resolved against the config file's folder.
+    pub plugin: PathBuf,
+}
+
+/// A whole, validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The listeners, in file order. Never empty.
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// What is wrong with a configuration. The message names the file and the place.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not have the expected shape.
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        /// The config file.
+        path: PathBuf,
+        /// 1-based line of the mistake.
+        line: usize,
+        /// 1-based column of the mistake.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The shape is right but a value is not acceptable.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The config file, or `command line`.
+        path: PathBuf,
+        /// What is wrong, naming the listener.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToml {
+    #[serde(default)]
+    listener: Vec<ListenerToml>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ListenerToml {
+    name: String,
+    address: String,
+    plugin: PathBuf,
+    poll_interval_ms: Option<u64>,
+    #[serde(default)]
+    limits: LimitsToml,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct LimitsToml {
+    recv_buffer: Option<ByteSize>,
+    send_buffer: Option<ByteSize>,
+    event_timeout_ms: Option<u64>,
+    memory: Option<ByteSize>,
+    max_timers: Option<u64>,
+}
+
+impl Config {
+    /// Read and validate a config file. Plugin paths are resolved against the
+    /// file's folder.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Validate config text as if it were read from `path`.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file: FileToml = toml::from_str(text).map_err(|err| {
+            let (line, column) = err.span().map_or((1, 1), |span| line_column(text, span.start));
+            ConfigError::Syntax {
+                path: path.to_owned(),
+                line,
+                column,
+                message: err.message().trim().to_owned(),
+            }
+        })?;
+        let invalid = |message: String| ConfigError::Invalid { path: path.to_owned(), message };
+        let base = path.parent().unwrap_or(Path::new(""));
+        let listeners = file
+            .listener
+            .into_iter()
+            .map(|l| l.validate(base).map_err(invalid))
+            .collect::<Result<Vec<_>, _>>()?;
+        Config::new(listeners).map_err(invalid)
+    }
+
+    /// Listeners from `--listen ADDR --plugin FILE` pairs, with default limits. Each
+    /// is named after its plugin file.
+    pub fn from_pairs(pairs: &[(String, PathBuf)]) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { path: "command line".into(), message };
+        let mut listeners = Vec::new();
+        for (address, plugin) in pairs {
+            let stem = plugin.file_stem().and_then(|s| s.to_str()).unwrap_or("listener");
+            let taken = listeners.iter().filter(|l: &&ListenerConfig| l.spec.name.starts_with(stem)).count();
+            let name = if taken == 0 { stem.to_owned() } else { format!("{stem}-{}", taken + 1) };
+            let address = parse_address(&name, address).map_err(invalid)?;
+            listeners.push(ListenerConfig { spec: ListenerSpec::new(&name, address), plugin: plugin.clone() });
+        }
+        Config::new(listeners).map_err(invalid)
+    }
+
+    fn new(listeners: Vec<ListenerConfig>) -> Result<Config, String> {
+        if listeners.is_empty() {
+            return Err("no listeners: add a [[listener]] table".into());
+        }
+        let mut names = HashSet::new();
+        let mut addresses = HashSet::new();
+        for l in listeners.iter().map(|l| &l.spec) {
+            if !names.insert(&l.name) {
+                return Err(format!("listener name `{}` is used twice", l.name));
+            }
+            if l.address.port() != 0 && !addresses.insert(l.address) {
+                return Err(format!("listener `{}`: address {} is used twice", l.name, l.address));
+            }
+        }
+        Ok(Config { listeners })
+    }
+}
+
+impl ListenerToml {
+    fn validate(self, base: &Path) -> Result<ListenerConfig, String> {
+        let name = self.name.trim().to_owned();
+        if name.is_empty() {
+            return Err("a listener has an empty name".into());
+        }
+        let defaults = Limits::default();
+        let l = self.limits;
+        let positive = |key: &str, value: Option<u64>, default: u64| match value {
+            Some(0) => Err(format!("listener `{name}`: limits.{key} must be greater than 0")),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        };
+        let bytes = |key: &str, value: Option<ByteSize>, default: usize| {
+            let v = positive(key, value.map(|b| b.as_u64()), default as u64)?;
+            usize::try_from(v).map_err(|_| format!("listener `{name}`: limits.{key} is too large"))
+        };
+        let limits = Limits {
+            recv_buffer: bytes("recv-buffer", l.recv_buffer, defaults.recv_buffer)?,
+            send_buffer: bytes("send-buffer", l.send_buffer, defaults.send_buffer)?,
+            event_timeout: Duration::from_millis(positive(
+                "event-timeout-ms",
+                l.event_timeout_ms,
+                defaults.event_timeout.as_millis() as u64,
+            )?),
+            memory: bytes("memory", l.memory, defaults.memory)?,
+            max_timers: positive("max-timers", l.max_timers, defaults.max_timers as u64)? as usize,
+        };
+        for (key, value) in [("recv-buffer", limits.recv_buffer), ("send-buffer", limits.send_buffer)] {
+            if value > u32::MAX as usize {
+                return Err(format!("listener `{name}`: limits.{key} must be below 4 GiB"));
+            }
+        }
+        let poll_interval = match self.poll_interval_ms {
+            Some(0) => return Err(format!("listener `{name}`: poll-interval-ms must be greater than 0")),
+            ms => ms.map(Duration::from_millis),
+        };
+        Ok(ListenerConfig {
+            spec: ListenerSpec { address: parse_address(&name, &self.address)?, poll_interval, limits, name },
+            plugin: base.join(self.plugin),
+        })
+    }
+}
+
+fn parse_address(name: &str, address: &str) -> Result<SocketAddr, String> {
+    address.trim().parse().map_err(|_| {
+        format!("listener `{name}`: address `{address}` is not IP:PORT (e.g. 127.0.0.1:7000 or [::1]:7000)")
+    })
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/etc/sandport/x.toml"))
+    }
+
+    #[test]
+    fn full_listener_with_limits() {
+        let config = parse(
+            r#"
+            [[listener]]
+            name = "echo"
+            address = "[::1]:7000"
+            plugin = "plugins/echo.wasm"
+            poll-interval-ms = 250
+            [listener.limits]
+            recv-buffer = "64 KiB"
+            send-buffer = 4096
+            event-timeout-ms = 20
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.listeners[0].plugin, Path::new("/etc/sandport/plugins/echo.wasm"));
+        let l = &config.listeners[0].spec;
+        assert_eq!(l.address, "[::1]:7000".parse().unwrap());
+        assert_eq!(l.poll_interval, Some(Duration::from_millis(250)));
+        assert_eq!(l.limits.recv_buffer, 64 * 1024);
+        assert_eq!(l.limits.send_buffer, 4096);
+        assert_eq!(l.limits.event_timeout, Duration::from_millis(20));
+        assert_eq!(l.limits.memory, Limits::default().memory);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = parse("[[listener]]\nname = \"a\"\nadress = \"x\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("/etc/sandport/x.toml:3:1: unknown field `adress`"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let cases = [
+            ("", "no listeners"),
+            ("[[listener]]\nname='a'\naddress='localhost'\nplugin='a.wasm'", "is not IP:PORT"),
+            ("[[listener]]\nname='a'\naddress='127.0.0.1:1'\nplugin='a.wasm'\n[listener.limits]\nsend-buffer=0", "limits.send-buffer must be greater than 0"),
+            ("[[listener]]\nname='a'\naddress='127.0.0.1:1'\nplugin='a.wasm'\n[[listener]]\nname='a'\naddress='127.0.0.1:2'\nplugin='a.wasm'", "used twice"),
+            ("[[listener]]\nname='a'\naddress='127.0.0.1:1'\nplugin='a.wasm'\n[[listener]]\nname='b'\naddress='127.0.0.1:1'\nplugin='a.wasm'", "127.0.0.1:1 is used twice"),
+            ("[[listener]]\nname='a'\naddress='127.0.0.1:1'\nplugin='a.wasm'\n[listener.limits]\nmemory='lots'", "/etc/sandport/x.toml:6:"),
+            ("[[listener]\n", "/etc/sandport/x.toml:1:"),
+        ];
+        for (text, expected) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn pairs_get_names_from_plugin_files() {
+        let config = Config::from_pairs(&[
+            ("127.0.0.1:0".into(), "a/echo.wasm".into()),
+            ("127.0.0.1:0".into(), "b/echo.wasm".into()),
+        ])
+        .unwrap();
+        let names: Vec<_> = config.listeners.iter().map(|l| l.spec.name.as_str()).collect();
+        assert_eq!(names, ["echo", "echo-2"]);
+    }
+}

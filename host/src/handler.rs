@@ -1,0 +1,136 @@
+//! The seam between the reactor and whatever handles connections.
+//!
+//! The reactor calls a [`Handler`] with one [`Event`] at a time and lends it a
+//! [`Host`]: the few things a handler may do to the connections of its listener.
+//! A WebAssembly plugin implements [`Handler`] (see [`crate::plugin`]), and so can
+//! native Rust code, which is how benchmarks get a baseline. Nothing here knows about
+//! wasmtime or sockets.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::mbuf::Mbuf;
+
+/// A connection as handlers name it.
+///
+/// Ids are scoped to one listener and never reused: a stale or foreign id names no
+/// connection at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// What happened to a connection (Mongoose's event set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The listener accepted the connection from this peer. Always the first event.
+    Accept(SocketAddr),
+    /// This many bytes were appended to the receive buffer.
+    Recv(u32),
+    /// This many bytes of the send buffer reached the socket.
+    Send(u32),
+    /// The listener's periodic tick.
+    Poll,
+    /// The timer with this id fired.
+    Timer(u64),
+    /// The connection is gone. Always the last event, exactly once.
+    Close,
+}
+
+/// How [`Host::close`] ends a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseMode {
+    /// Stop reading, write out the send buffer, then close.
+    AfterSend,
+    /// Close at once, discarding the send buffer.
+    Now,
+}
+
+/// Why the host refused a handler's request. A refused request changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// The connection is closed, closing, or not the handler's to name.
+    #[error("connection closed")]
+    Closed,
+    /// A limit of the listener would be exceeded.
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(&'static str),
+    /// The listener's configuration does not allow this.
+    #[error("not allowed")]
+    NotAllowed,
+    /// An argument is out of range.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+}
+
+/// What a handler may do while it handles an event. The reactor implements it.
+///
+/// Every method acts on the handler's own listener: a [`ConnId`] of another listener
+/// is refused with [`HostError::Closed`]. Output only appends to buffers and records
+/// intentions; the reactor does the I/O after the handler returns, so no method
+/// calls the handler again.
+pub trait Host {
+    /// The receive buffer of `conn`: bytes read from the peer and not yet removed.
+    fn recv_buffer(&self, conn: ConnId) -> Result<&Mbuf, HostError>;
+
+    /// Append `data` to the send buffer of `conn`, all or nothing. Returns the room
+    /// left in the send buffer.
+    fn send(&mut self, conn: ConnId, data: &[u8]) -> Result<u32, HostError>;
+
+    /// Discard the first `n` bytes of the receive buffer of `conn`.
+    fn remove(&mut self, conn: ConnId, n: u32) -> Result<(), HostError>;
+
+    /// Arm (or re-arm) timer `id` of `conn` to fire once after `after`.
+    fn set_timer(&mut self, conn: ConnId, id: u64, after: Duration) -> Result<(), HostError>;
+
+    /// Disarm timer `id` of `conn`; returns whether it was armed.
+    fn cancel_timer(&mut self, conn: ConnId, id: u64) -> Result<bool, HostError>;
+
+    /// Close `conn`; its [`Event::Close`] follows from the event loop.
+    fn close(&mut self, conn: ConnId, mode: CloseMode) -> Result<(), HostError>;
+}
+
+/// A handler lost its state: every connection it was serving is orphaned.
+///
+/// Returned when a plugin instance traps, runs past its time limit or exceeds its
+/// memory. The handler has already arranged a fresh instance for new connections;
+/// the reactor closes the connection being handled and every other connection of
+/// the listener, since the state that served them is gone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Fault {
+    /// What went wrong, for the log.
+    pub reason: String,
+}
+
+/// Handles the events of one listener's connections.
+///
+/// ```
+/// use sandport::handler::{ConnId, Event, Fault, Handler, Host};
+///
+/// /// Echo, natively: the benchmark baseline for the echo plugin.
+/// struct Echo;
+///
+/// impl Handler for Echo {
+///     fn handle(&mut self, host: &mut dyn Host, conn: ConnId, event: Event) -> Result<(), Fault> {
+///         if let Event::Recv(_) | Event::Send(_) = event {
+///             let Ok(rx) = host.recv_buffer(conn) else { return Ok(()) };
+///             let bytes = rx.as_slice().to_vec();
+///             if host.send(conn, &bytes).is_ok() {
+///                 let _ = host.remove(conn, bytes.len() as u32);
+///             }
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Handler {
+    /// Handle one event of `conn`. Events of a connection arrive in order, never
+    /// re-entrantly, starting with [`Event::Accept`] and ending with [`Event::Close`].
+    fn handle(&mut self, host: &mut dyn Host, conn: ConnId, event: Event) -> Result<(), Fault>;
+}

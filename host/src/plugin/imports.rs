@@ -1,0 +1,239 @@
+//! What a guest can call: the `sandport:handler/host` imports and the little WASI it
+//! is granted (clocks, random, stdout/stderr into the log), plus the per-store state
+//! behind them.
+//!
+//! The imports act on the reactor through the [`Host`] it lends for the duration of
+//! one `handle` call ([`with_host`]). Outside such a call there is no host to act on,
+//! and an import traps. Nothing here keeps a reference to reactor state between calls.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{debug, error, info, trace, warn};
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::sandport::handler::{host, types};
+use super::stdio::GuestOutput;
+use crate::handler::{CloseMode, ConnId, Host, HostError};
+
+/// Table elements a guest may grow to (a pointer each).
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// The guest's view of a receive buffer (the WIT `mbuf` resource).
+///
+/// Guests only ever get it borrowed, as the `rx` argument of `handle`, so it always
+/// means "the receive buffer of the connection being handled" and needs no table
+/// entry: a borrow cannot outlive the call, and the component model rejects any
+/// handle the guest did not receive.
+pub struct RecvView;
+
+impl RecvView {
+    /// The representation of the one borrowed handle.
+    pub const REP: u32 = 0;
+}
+
+/// Everything a plugin instance's store holds.
+pub struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    listener: Arc<str>,
+    memory_limit: usize,
+    /// The reactor's [`Host`] while a `handle` call runs; `None` otherwise.
+    host: Option<NonNull<dyn Host + 'static>>,
+    /// The connection being handled.
+    conn: ConnId,
+}
+
+// SAFETY: `host` is only `Some` during `with_host`, which runs on the thread that owns
+// both the store and the `Host`, and clears it before returning; the pointer never
+// crosses threads while set.
+unsafe impl Send for GuestState {}
+
+impl GuestState {
+    /// State for a new instance serving `listener`.
+    pub fn new(listener: &Arc<str>, memory_limit: usize) -> GuestState {
+        let wasi = WasiCtx::builder()
+            .stdout(GuestOutput::new(listener.clone(), "stdout"))
+            .stderr(GuestOutput::new(listener.clone(), "stderr"))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        GuestState {
+            wasi,
+            table: ResourceTable::new(),
+            listener: listener.clone(),
+            memory_limit,
+            host: None,
+            conn: ConnId(0),
+        }
+    }
+
+    /// The store's resource limiter: this state itself.
+    pub fn limits(&mut self) -> &mut dyn ResourceLimiter {
+        self
+    }
+
+    fn host(&mut self) -> wasmtime::Result<&mut dyn Host> {
+        match self.host {
+            // SAFETY: set by `with_host` from a live `&mut dyn Host` that outlives the
+            // call in progress; imports run only inside that call, one at a time.
+            Some(mut host) => Ok(unsafe { host.as_mut() }),
+            None => Err(wasmtime::format_err!("sandport host called outside of an event")),
+        }
+    }
+}
+
+/// Run `call` (a call into the guest about `conn`) with `host` reachable from imports.
+pub fn with_host<R>(
+    store: &mut Store<GuestState>,
+    host: &mut dyn Host,
+    conn: ConnId,
+    call: impl FnOnce(&mut Store<GuestState>) -> R,
+) -> R {
+    let host: NonNull<dyn Host + '_> = NonNull::from(host);
+    // SAFETY: only the lifetime is erased; the pointer is cleared below, before the
+    // borrow it came from ends, so it is never used after that.
+    let host: NonNull<dyn Host + 'static> = unsafe { std::mem::transmute(host) };
+    let state = store.data_mut();
+    state.host = Some(host);
+    state.conn = conn;
+    let result = call(store);
+    store.data_mut().host = None;
+    result
+}
+
+impl ResourceLimiter for GuestState {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            wasmtime::bail!("memory limit exceeded: growing to {desired} bytes, the limit is {} bytes", self.memory_limit);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
+            wasmtime::bail!("table limit exceeded: growing to {desired} elements, the limit is {MAX_TABLE_ELEMENTS}");
+        }
+        Ok(true)
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// The imports every plugin may use; anything else a component imports makes it
+/// fail to link, with the name of what is missing.
+pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<GuestState>> {
+    use wasmtime_wasi::p2::bindings::sync::io;
+    use wasmtime_wasi::p2::bindings::{cli, clocks, random};
+    use wasmtime_wasi::{cli::WasiCli, clocks::WasiClocks, random::WasiRandom};
+
+    let mut linker = Linker::new(engine);
+    let l = &mut linker;
+    super::bindings::Plugin::add_to_linker::<GuestState, HasGuest>(l, |state| state)?;
+    clocks::wall_clock::add_to_linker::<GuestState, WasiClocks>(l, |s| wasmtime_wasi::clocks::WasiClocksView::clocks(s))?;
+    clocks::monotonic_clock::add_to_linker::<GuestState, WasiClocks>(l, |s| wasmtime_wasi::clocks::WasiClocksView::clocks(s))?;
+    random::random::add_to_linker::<GuestState, WasiRandom>(l, |s| s.wasi.random())?;
+    random::insecure::add_to_linker::<GuestState, WasiRandom>(l, |s| s.wasi.random())?;
+    random::insecure_seed::add_to_linker::<GuestState, WasiRandom>(l, |s| s.wasi.random())?;
+    cli::stdout::add_to_linker::<GuestState, WasiCli>(l, |s| wasmtime_wasi::cli::WasiCliView::cli(s))?;
+    cli::stderr::add_to_linker::<GuestState, WasiCli>(l, |s| wasmtime_wasi::cli::WasiCliView::cli(s))?;
+    cli::environment::add_to_linker::<GuestState, WasiCli>(l, |s| wasmtime_wasi::cli::WasiCliView::cli(s))?;
+    cli::exit::add_to_linker::<GuestState, WasiCli>(l, |s| wasmtime_wasi::cli::WasiCliView::cli(s))?;
+    wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<GuestState, HasTable>(l, |s| &mut s.table)?;
+    io::poll::add_to_linker::<GuestState, HasTable>(l, |s| &mut s.table)?;
+    io::streams::add_to_linker::<GuestState, HasTable>(l, |s| &mut s.table)?;
+    Ok(linker)
+}
+
+struct HasGuest;
+
+impl HasData for HasGuest {
+    type Data<'a> = &'a mut GuestState;
+}
+
+struct HasTable;
+
+impl HasData for HasTable {
+    type Data<'a> = &'a mut ResourceTable;
+}
+
+impl From<HostError> for types::Error {
+    fn from(err: HostError) -> types::Error {
+        match err {
+            HostError::Closed => types::Error::Closed,
+            HostError::LimitExceeded(_) => types::Error::LimitExceeded,
+            HostError::NotAllowed => types::Error::NotAllowed,
+            HostError::Invalid(why) => types::Error::Invalid(why),
+        }
+    }
+}
+
+impl types::Host for GuestState {}
+
+impl host::Host for GuestState {
+    fn send(&mut self, conn: u64, data: Vec<u8>) -> wasmtime::Result<Result<u32, types::Error>> {
+        Ok(self.host()?.send(ConnId(conn), &data).map_err(Into::into))
+    }
+
+    fn remove(&mut self, conn: u64, n: u32) -> wasmtime::Result<Result<(), types::Error>> {
+        Ok(self.host()?.remove(ConnId(conn), n).map_err(Into::into))
+    }
+
+    fn set_timer(&mut self, conn: u64, id: u64, millis: u64) -> wasmtime::Result<Result<(), types::Error>> {
+        Ok(self.host()?.set_timer(ConnId(conn), id, Duration::from_millis(millis)).map_err(Into::into))
+    }
+
+    fn cancel_timer(&mut self, conn: u64, id: u64) -> wasmtime::Result<Result<bool, types::Error>> {
+        Ok(self.host()?.cancel_timer(ConnId(conn), id).map_err(Into::into))
+    }
+
+    fn close(&mut self, conn: u64, mode: types::CloseMode) -> wasmtime::Result<Result<(), types::Error>> {
+        let mode = match mode {
+            types::CloseMode::AfterSend => CloseMode::AfterSend,
+            types::CloseMode::Now => CloseMode::Now,
+        };
+        Ok(self.host()?.close(ConnId(conn), mode).map_err(Into::into))
+    }
+
+    fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
+        let listener = &*self.listener;
+        match level {
+            types::LogLevel::Trace => trace!(target: "sandport::guest", listener, "{message}"),
+            types::LogLevel::Debug => debug!(target: "sandport::guest", listener, "{message}"),
+            types::LogLevel::Info => info!(target: "sandport::guest", listener, "{message}"),
+            types::LogLevel::Warn => warn!(target: "sandport::guest", listener, "{message}"),
+            types::LogLevel::Error => error!(target: "sandport::guest", listener, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl host::HostMbuf for GuestState {
+    fn len(&mut self, _rx: Resource<RecvView>) -> wasmtime::Result<u32> {
+        let conn = self.conn;
+        Ok(self.host()?.recv_buffer(conn).map_or(0, |rx| rx.len() as u32))
+    }
+
+    fn read(&mut self, _rx: Resource<RecvView>, offset: u32, len: u32) -> wasmtime::Result<Vec<u8>> {
+        let conn = self.conn;
+        Ok(self.host()?.recv_buffer(conn).map_or_else(|_| Vec::new(), |rx| rx.read(offset as usize, len as usize).to_vec()))
+    }
+
+    fn find(&mut self, _rx: Resource<RecvView>, needle: Vec<u8>, from: u32) -> wasmtime::Result<Option<u32>> {
+        let conn = self.conn;
+        Ok(self.host()?.recv_buffer(conn).ok().and_then(|rx| rx.find(&needle, from as usize)).map(|at| at as u32))
+    }
+
+    fn drop(&mut self, _rx: Resource<RecvView>) -> wasmtime::Result<()> {
+        // Guests only ever hold borrows of the receive buffer; there is nothing to free.
+        Ok(())
+    }
+}
