@@ -129,7 +129,7 @@ pub struct Fault {
 ///     }
 /// }
 /// ```
-pub trait Handler {
+pub trait Handler: Send {
     /// Handle one event of `conn`. Events of a connection arrive in order, never
     /// re-entrantly, starting with [`Event::Accept`] and ending with [`Event::Close`].
     fn handle(&mut self, host: &mut dyn Host, conn: ConnId, event: Event) -> Result<(), Fault>;

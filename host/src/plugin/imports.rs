@@ -133,20 +133,30 @@ impl WasiView for GuestState {
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<GuestState>> {
     use wasmtime_wasi::p2::bindings::sync::io;
     use wasmtime_wasi::p2::bindings::{cli, clocks, random};
-    use wasmtime_wasi::{cli::WasiCli, clocks::WasiClocks, random::WasiRandom};
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
+    use wasmtime_wasi::random::WasiRandom;
 
     let mut linker = Linker::new(engine);
     let l = &mut linker;
     super::bindings::Plugin::add_to_linker::<GuestState, HasGuest>(l, |state| state)?;
-    clocks::wall_clock::add_to_linker::<GuestState, WasiClocks>(l, |s| wasmtime_wasi::clocks::WasiClocksView::clocks(s))?;
-    clocks::monotonic_clock::add_to_linker::<GuestState, WasiClocks>(l, |s| wasmtime_wasi::clocks::WasiClocksView::clocks(s))?;
+    clocks::wall_clock::add_to_linker::<GuestState, WasiClocks>(l, GuestState::clocks)?;
+    clocks::monotonic_clock::add_to_linker::<GuestState, WasiClocks>(l, GuestState::clocks)?;
     random::random::add_to_linker::<GuestState, WasiRandom>(l, |s| s.wasi.random())?;
     random::insecure::add_to_linker::<GuestState, WasiRandom>(l, |s| s.wasi.random())?;
     random::insecure_seed::add_to_linker::<GuestState, WasiRandom>(l, |s| s.wasi.random())?;
-    cli::stdout::add_to_linker::<GuestState, WasiCli>(l, |s| wasmtime_wasi::cli::WasiCliView::cli(s))?;
-    cli::stderr::add_to_linker::<GuestState, WasiCli>(l, |s| wasmtime_wasi::cli::WasiCliView::cli(s))?;
-    cli::environment::add_to_linker::<GuestState, WasiCli>(l, |s| wasmtime_wasi::cli::WasiCliView::cli(s))?;
-    cli::exit::add_to_linker::<GuestState, WasiCli>(l, |s| wasmtime_wasi::cli::WasiCliView::cli(s))?;
+    // What Rust's std imports whether or not a plugin uses it: an empty environment
+    // and stdin, no terminal, exit (a trap, like any other), and the output streams.
+    cli::environment::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
+    cli::exit::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
+    cli::stdin::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
+    cli::stdout::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
+    cli::stderr::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
+    cli::terminal_input::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
+    cli::terminal_output::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
+    cli::terminal_stdin::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
+    cli::terminal_stdout::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
+    cli::terminal_stderr::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
     wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<GuestState, HasTable>(l, |s| &mut s.table)?;
     io::poll::add_to_linker::<GuestState, HasTable>(l, |s| &mut s.table)?;
     io::streams::add_to_linker::<GuestState, HasTable>(l, |s| &mut s.table)?;
@@ -206,11 +216,11 @@ impl host::Host for GuestState {
     fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
         let listener = &*self.listener;
         match level {
-            types::LogLevel::Trace => trace!(target: "sandport::guest", listener, "{message}"),
-            types::LogLevel::Debug => debug!(target: "sandport::guest", listener, "{message}"),
-            types::LogLevel::Info => info!(target: "sandport::guest", listener, "{message}"),
-            types::LogLevel::Warn => warn!(target: "sandport::guest", listener, "{message}"),
-            types::LogLevel::Error => error!(target: "sandport::guest", listener, "{message}"),
+            types::LogLevel::Trace => trace!(target: "sandport::guest", listener = %listener, "{message}"),
+            types::LogLevel::Debug => debug!(target: "sandport::guest", listener = %listener, "{message}"),
+            types::LogLevel::Info => info!(target: "sandport::guest", listener = %listener, "{message}"),
+            types::LogLevel::Warn => warn!(target: "sandport::guest", listener = %listener, "{message}"),
+            types::LogLevel::Error => error!(target: "sandport::guest", listener = %listener, "{message}"),
         }
         Ok(())
     }

@@ -1,0 +1,100 @@
+//! The http-hello plugin: a real HTTP client with keep-alive, and raw sockets for
+//! pipelining, partial requests and garbage.
+
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use crate::harness::{Server, listener, plugins};
+
+const BODY: &str = "hello from sandport\n";
+
+fn http_server() -> Server {
+    Server::start(&listener("http", plugins::HTTP_HELLO, ""))
+}
+
+/// Split raw bytes into responses: (status line, body), using Content-Length.
+fn responses(mut raw: &[u8]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    while let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = std::str::from_utf8(&raw[..end]).unwrap();
+        let status = head.lines().next().unwrap().to_owned();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .unwrap();
+        let body = String::from_utf8(raw[end + 4..end + 4 + length].to_vec()).unwrap();
+        out.push((status, body));
+        raw = &raw[end + 4 + length..];
+    }
+    assert!(raw.is_empty(), "trailing bytes: {raw:?}");
+    out
+}
+
+#[test]
+fn curl_reuses_one_connection_for_several_requests() {
+    let server = http_server();
+    let url = format!("http://{}/", server.addr("http"));
+    let output = Command::new("curl")
+        .args(["--silent", "--show-error", "--http1.1", "--max-time", "20"])
+        .args(["--write-out", "[%{http_code} %{num_connects}]\n"])
+        .args([&url, &url, &url])
+        .output()
+        .expect("curl must be installed to run this test");
+    assert!(output.status.success(), "curl failed: {}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    let expected = format!("{BODY}[200 1]\n{BODY}[200 0]\n{BODY}[200 0]\n");
+    assert_eq!(text, expected, "three 200s over one connection (num_connects 1, 0, 0)");
+}
+
+#[test]
+fn answers_pipelined_requests_in_order() {
+    let server = http_server();
+    let mut client = server.connect("http");
+    let request = "GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    let last = "GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    client.write(format!("{request}{request}{last}").as_bytes());
+    let all = client.until_eof();
+    let got = responses(&all);
+    assert_eq!(got.len(), 3, "{}", String::from_utf8_lossy(&all));
+    for (status, body) in got {
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(body, BODY);
+    }
+}
+
+#[test]
+fn waits_for_a_request_split_across_reads() {
+    let server = http_server();
+    let mut client = server.connect("http");
+    let request = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+    for chunk in request.chunks(3) {
+        client.write(chunk);
+        thread::sleep(Duration::from_millis(5));
+    }
+    client.write(b"GET / HTTP/1.0\r\n\r\n");
+    let got = responses(&client.until_eof());
+    assert_eq!(got, vec![("HTTP/1.1 200 OK".into(), BODY.into()); 2]);
+}
+
+#[test]
+fn garbage_gets_400_and_a_close() {
+    let server = http_server();
+    let mut client = server.connect("http");
+    client.write(b"\x00\x01 this is not HTTP\r\n\r\n");
+    let got = responses(&client.until_eof());
+    assert_eq!(got, vec![("HTTP/1.1 400 Bad Request".into(), String::new())]);
+}
+
+#[test]
+fn endless_headers_get_400() {
+    let server = http_server();
+    let mut client = server.connect("http");
+    client.write(b"GET / HTTP/1.1\r\n");
+    let header = format!("X-Filler: {}\r\n", "y".repeat(1000));
+    for _ in 0..20 {
+        client.write(header.as_bytes());
+    }
+    let got = responses(&client.until_eof());
+    assert_eq!(got, vec![("HTTP/1.1 400 Bad Request".into(), String::new())]);
+}
