@@ -1,0 +1,280 @@
+//! Write [sandport] connection handlers in Rust.
+//!
+//! A sandport plugin is a WebAssembly component that handles the TCP connections of
+//! one listener. The host owns the sockets and the buffers; the plugin gets events and
+//! answers through host calls. This crate wraps the generated bindings of the
+//! `sandport:handler/plugin` world in a small API:
+//!
+//! - [`Handler`]: one method per event, each defaulting to doing nothing;
+//! - [`export!`]: makes a `Handler` type the plugin's export;
+//! - [`Conn`]: send, remove, timers and close for a connection;
+//! - [`RecvBuf`]: the connection's receive buffer, read in place in the host;
+//! - [`ByteSource`]: lines, delimited and length-prefixed frames over a `RecvBuf`
+//!   (or over plain bytes, so protocol code can be unit-tested natively);
+//! - [`ConnMap`]: per-connection state; [`log`]: the host's log.
+//!
+//! One value of the handler type serves every connection of the listener, so it can
+//! keep state shared between connections (a chat room, a cache) next to per-connection
+//! state in a [`ConnMap`]. It is created from `Default` (or an expression given to
+//! [`export!`]) when the first event arrives.
+//!
+//! # A complete plugin
+//!
+//! An echo server. Build it as a `cdylib` with
+//! `cargo build --target wasm32-wasip2`; the output is already a component.
+//!
+//! ```no_run
+//! use sandport_guest::{Conn, Handler, RecvBuf};
+//!
+//! #[derive(Default)]
+//! struct Echo;
+//!
+//! impl Handler for Echo {
+//!     fn on_recv(&mut self, conn: Conn, rx: RecvBuf<'_>, _n: u32) {
+//!         let data = rx.read_all();
+//!         // `send` is all or nothing; on failure the bytes stay in `rx` for next time.
+//!         if conn.send(&data).is_ok() {
+//!             let _ = rx.remove(data.len());
+//!         }
+//!     }
+//! }
+//!
+//! sandport_guest::export!(Echo);
+//! ```
+//!
+//! [sandport]: https://github.com/sandport
+
+#![warn(missing_docs)]
+
+mod conn;
+mod conn_map;
+mod error;
+mod framing;
+pub mod log;
+mod recv;
+
+pub use conn::{CloseMode, Conn, Peer};
+pub use conn_map::ConnMap;
+pub use error::Error;
+pub use framing::{ByteSource, FrameError, encode_frame};
+pub use recv::RecvBuf;
+
+/// The raw bindings of the `sandport:handler/plugin` world, as wit-bindgen generates
+/// them; the rest of this crate wraps them.
+///
+/// Reach for them only for what the wrappers lack. `bindings::export!(T)` exports a type
+/// implementing the generated `Guest` trait directly, bypassing [`Handler`].
+#[allow(missing_docs)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "plugin",
+        pub_export_macro: true,
+        default_bindings_module: "$crate::bindings",
+    });
+}
+
+/// A connection handler: one method per event, each defaulting to doing nothing.
+///
+/// Events of one connection arrive in order and never re-entrantly: a host call made
+/// inside a method never calls the handler again. Implement only the events you need
+/// and hand the type to [`export!`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use sandport_guest::{Conn, Handler, Peer, RecvBuf};
+///
+/// /// Greets, then hangs up after five idle seconds.
+/// #[derive(Default)]
+/// struct Greeter;
+///
+/// impl Handler for Greeter {
+///     fn on_accept(&mut self, conn: Conn, peer: Peer) {
+///         let _ = conn.send(format!("hello {peer}\n").as_bytes());
+///         let _ = conn.set_timer(0, Duration::from_secs(5));
+///     }
+///
+///     fn on_timer(&mut self, conn: Conn, _rx: RecvBuf<'_>, _timer_id: u64) {
+///         let _ = conn.close_after_send();
+///     }
+/// }
+///
+/// sandport_guest::export!(Greeter);
+/// ```
+pub trait Handler {
+    /// The listener accepted `conn` from `peer`.
+    ///
+    /// ```no_run
+    /// # use sandport_guest::{Conn, Handler, Peer};
+    /// # struct H;
+    /// impl Handler for H {
+    ///     fn on_accept(&mut self, conn: Conn, peer: Peer) {
+    ///         sandport_guest::log::info(&format!("{conn} from {peer}"));
+    ///     }
+    /// }
+    /// ```
+    fn on_accept(&mut self, conn: Conn, peer: Peer) {
+        let _ = (conn, peer);
+    }
+
+    /// `n` bytes were appended to the receive buffer `rx`; it may hold older bytes too.
+    ///
+    /// ```no_run
+    /// # use sandport_guest::{ByteSource, Conn, Handler, RecvBuf};
+    /// # struct H;
+    /// impl Handler for H {
+    ///     fn on_recv(&mut self, conn: Conn, mut rx: RecvBuf<'_>, _n: u32) {
+    ///         while let Ok(Some(line)) = rx.next_line(1024) {
+    ///             let _ = conn.send(&[&line[..], b"\n"].concat());
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    fn on_recv(&mut self, conn: Conn, rx: RecvBuf<'_>, n: u32) {
+        let _ = (conn, rx, n);
+    }
+
+    /// `n` bytes of the send buffer reached the socket: room to send again after a
+    /// [`Error::LimitExceeded`].
+    ///
+    /// ```no_run
+    /// # use sandport_guest::{Conn, Handler, RecvBuf};
+    /// # struct H { pending: Vec<u8> }
+    /// impl Handler for H {
+    ///     fn on_send(&mut self, conn: Conn, _rx: RecvBuf<'_>, _n: u32) {
+    ///         if !self.pending.is_empty() && conn.send(&self.pending).is_ok() {
+    ///             self.pending.clear();
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    fn on_send(&mut self, conn: Conn, rx: RecvBuf<'_>, n: u32) {
+        let _ = (conn, rx, n);
+    }
+
+    /// The listener's periodic tick (only when the listener sets a poll interval).
+    ///
+    /// ```no_run
+    /// # use sandport_guest::{Conn, Handler, RecvBuf};
+    /// # struct H { ticks: u64 }
+    /// impl Handler for H {
+    ///     fn on_poll(&mut self, _conn: Conn, _rx: RecvBuf<'_>) {
+    ///         self.ticks += 1;
+    ///     }
+    /// }
+    /// ```
+    fn on_poll(&mut self, conn: Conn, rx: RecvBuf<'_>) {
+        let _ = (conn, rx);
+    }
+
+    /// Timer `timer_id`, armed with [`Conn::set_timer`], fired.
+    ///
+    /// ```no_run
+    /// # use sandport_guest::{Conn, Handler, RecvBuf};
+    /// # struct H;
+    /// const IDLE: u64 = 1;
+    /// impl Handler for H {
+    ///     fn on_timer(&mut self, conn: Conn, _rx: RecvBuf<'_>, timer_id: u64) {
+    ///         if timer_id == IDLE {
+    ///             let _ = conn.close_now();
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    fn on_timer(&mut self, conn: Conn, rx: RecvBuf<'_>, timer_id: u64) {
+        let _ = (conn, rx, timer_id);
+    }
+
+    /// `conn` is gone, whoever closed it: always its last event. Forget its state here;
+    /// its id names nothing afterwards.
+    ///
+    /// ```no_run
+    /// # use sandport_guest::{Conn, ConnMap, Handler, RecvBuf};
+    /// # struct H { names: ConnMap<String> }
+    /// impl Handler for H {
+    ///     fn on_close(&mut self, conn: Conn, _rx: RecvBuf<'_>) {
+    ///         self.names.remove(conn);
+    ///     }
+    /// }
+    /// ```
+    fn on_close(&mut self, conn: Conn, rx: RecvBuf<'_>) {
+        let _ = (conn, rx);
+    }
+}
+
+/// Export a [`Handler`] type as the plugin's `handler` interface.
+///
+/// Invoke it once, at the top level of the plugin crate. The handler value is created
+/// on the first event, by `Default::default()` or by the expression after `=>`, and
+/// lives as long as the plugin instance.
+///
+/// ```no_run
+/// use sandport_guest::Handler;
+///
+/// struct Limits {
+///     max_line: usize,
+/// }
+///
+/// impl Handler for Limits {}
+///
+/// sandport_guest::export!(Limits => Limits { max_line: 4096 });
+/// ```
+#[macro_export]
+macro_rules! export {
+    ($handler:ty) => {
+        $crate::export!($handler => <$handler as ::core::default::Default>::default());
+    };
+    ($handler:ty => $make:expr) => {
+        const _: () = {
+            struct SandportExport;
+
+            // Why a thread-local and not a `static`: the value needs no `Sync`, and
+            // wasm32-wasip2 is single-threaded, so this is a plain global.
+            ::std::thread_local! {
+                static HANDLER: ::core::cell::RefCell<::core::option::Option<$handler>> =
+                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
+            }
+
+            impl $crate::__private::Guest for SandportExport {
+                fn handle(conn: u64, ev: $crate::__private::Event, rx: &$crate::__private::Mbuf) {
+                    HANDLER.with_borrow_mut(|handler| {
+                        let handler = handler.get_or_insert_with(|| $make);
+                        $crate::__private::dispatch(handler, conn, ev, rx);
+                    });
+                }
+            }
+
+            $crate::bindings::export!(SandportExport with_types_in $crate::bindings);
+        };
+    };
+}
+
+/// What [`export!`] expands to; not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::bindings::exports::sandport::handler::handler::{Event, Guest, Mbuf};
+
+    use crate::{Conn, Handler, Peer, RecvBuf};
+
+    /// Route one event to the matching `Handler` method.
+    pub fn dispatch<H: Handler>(handler: &mut H, conn: u64, ev: Event, rx: &Mbuf) {
+        let conn = Conn::from_id(conn);
+        let rx = RecvBuf::new(conn, rx);
+        match ev {
+            Event::Accept(addr) => handler.on_accept(
+                conn,
+                Peer {
+                    ip: addr.ip,
+                    port: addr.port,
+                },
+            ),
+            // Reserved for outbound connections, which this version of the host never makes.
+            Event::Connect(_) => {}
+            Event::Recv(n) => handler.on_recv(conn, rx, n),
+            Event::Send(n) => handler.on_send(conn, rx, n),
+            Event::Poll => handler.on_poll(conn, rx),
+            Event::Timer(id) => handler.on_timer(conn, rx, id),
+            Event::Close => handler.on_close(conn, rx),
+        }
+    }
+}

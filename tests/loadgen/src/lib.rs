@@ -1,0 +1,73 @@
+//! A load generator for whole servers: it drives running servers over real TCP and
+//! reports throughput and latency.
+//!
+//! The `sandport-loadgen` binary is a thin command line over [`run`]; tests and
+//! benches can call it directly:
+//!
+//! ```no_run
+//! use sandport_loadgen::{LoadSpec, Mode};
+//!
+//! let targets = vec!["wasm=127.0.0.1:7000".parse()?, "native=127.0.0.1:7100".parse()?];
+//! let report = sandport_loadgen::run(&LoadSpec::new(Mode::Echo, targets))?;
+//! println!("{report}");
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+//!
+//! # How the load is made
+//!
+//! Every connection runs a closed loop: it sends a batch of [`LoadSpec::pipeline`]
+//! requests (echo messages or HTTP `GET`s), waits for all their responses, verifies
+//! them and sends the next batch. A few client threads share the connections, each
+//! running a [mio] event loop: a connection reads while it is still writing, so even
+//! batches larger than the socket buffers cannot deadlock against the server.
+//!
+//! Each round connects, runs [`LoadSpec::warmup`] unmeasured, then measures for
+//! [`LoadSpec::duration`]. With several targets the rounds alternate (t1, t2, t1,
+//! t2, ...), so that slow drifts of a shared, noisy machine hit every target alike;
+//! a target's throughput is the median of its rounds, and its
+//! [`ratio`](TargetReport::ratio) to the first target's is the number to compare
+//! across runs, because absolute numbers on such machines are not.
+
+mod client;
+pub mod http;
+mod report;
+mod spec;
+pub mod stats;
+
+use anyhow::{Context, Result};
+
+pub use report::{Latency, Report, RoundReport, TargetReport};
+pub use spec::{LoadSpec, Mode, Target};
+
+use report::TargetRounds;
+
+/// Runs `spec` and reports what each target achieved.
+///
+/// Fails if the spec is invalid or a target refuses connections at the start of a
+/// round; failures during a round are counted as errors in the report instead.
+pub fn run(spec: &LoadSpec) -> Result<Report> {
+    run_with_progress(spec, |_, _, _| {})
+}
+
+/// [`run`], calling `progress` with the target, the round number (from 0) and the
+/// round's report after every round.
+pub fn run_with_progress(
+    spec: &LoadSpec,
+    mut progress: impl FnMut(&Target, usize, &RoundReport),
+) -> Result<Report> {
+    spec.validate()?;
+    let mut targets: Vec<TargetRounds> = spec
+        .targets
+        .iter()
+        .cloned()
+        .map(TargetRounds::new)
+        .collect();
+    for round in 0..spec.rounds {
+        for (target, rounds) in spec.targets.iter().zip(&mut targets) {
+            let result = client::run_round(spec, target.addr)
+                .with_context(|| format!("round {} of target `{}`", round + 1, target.name))?;
+            progress(target, round, rounds.push(&result, spec.duration));
+        }
+    }
+    Ok(Report::new(spec, targets))
+}

@@ -1,0 +1,243 @@
+//! Connections and what a handler can do to them.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::Error;
+use crate::bindings::sandport::handler::host;
+
+pub use crate::bindings::sandport::handler::types::CloseMode;
+
+/// A connection of this plugin's listener, named by the id the host chose.
+///
+/// A `Conn` is only an id: copy it, keep it in maps, send to it from another
+/// connection's event. Ids are never reused, so a `Conn` kept past its `close` event
+/// names nothing and every call on it fails with [`Error::Closed`].
+///
+/// ```no_run
+/// use sandport_guest::Conn;
+///
+/// fn shout(conn: Conn) -> Result<(), sandport_guest::Error> {
+///     conn.send(b"HELLO\n")?;
+///     conn.close_after_send()
+/// }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Conn(u64);
+
+impl Conn {
+    /// The connection with this id, e.g. one a client typed in.
+    ///
+    /// Nothing is checked here: an id that is not a live connection of this listener
+    /// makes every call fail with [`Error::Closed`].
+    ///
+    /// ```
+    /// use sandport_guest::Conn;
+    ///
+    /// assert_eq!(Conn::from_id(7).id(), 7);
+    /// ```
+    pub const fn from_id(id: u64) -> Self {
+        Conn(id)
+    }
+
+    /// The host's id for this connection.
+    ///
+    /// ```
+    /// # use sandport_guest::Conn;
+    /// let name = format!("user{}", Conn::from_id(3).id());
+    /// assert_eq!(name, "user3");
+    /// ```
+    pub const fn id(self) -> u64 {
+        self.0
+    }
+
+    /// Append `data` to this connection's send buffer; returns the room left, in bytes.
+    ///
+    /// All or nothing: when the buffer cannot hold all of `data` this fails with
+    /// [`Error::LimitExceeded`] and appends nothing. Retry on the next `send` event
+    /// ([`Handler::on_send`](crate::Handler::on_send)).
+    ///
+    /// ```no_run
+    /// # use sandport_guest::{Conn, Error};
+    /// # let conn = Conn::from_id(1);
+    /// match conn.send(b"pong\n") {
+    ///     Ok(room) => assert!(room < u32::MAX),
+    ///     Err(Error::LimitExceeded) => { /* slow reader: wait for on_send */ }
+    ///     Err(_) => {}
+    /// }
+    /// ```
+    pub fn send(self, data: &[u8]) -> Result<u32, Error> {
+        Ok(host::send(self.0, data)?)
+    }
+
+    /// Discard the first `n` bytes of this connection's receive buffer.
+    ///
+    /// Call it for the bytes the handler has consumed; removing makes room, so a paused
+    /// reader resumes. Fails with [`Error::Invalid`] if fewer than `n` bytes are
+    /// buffered. [`RecvBuf::remove`](crate::RecvBuf::remove) does the same.
+    ///
+    /// ```no_run
+    /// # use sandport_guest::Conn;
+    /// # let conn = Conn::from_id(1);
+    /// conn.remove(4).expect("4 bytes were buffered");
+    /// ```
+    pub fn remove(self, n: usize) -> Result<(), Error> {
+        let n = u32::try_from(n).map_err(|_| {
+            Error::Invalid(format!("remove: {n} bytes is more than a buffer holds"))
+        })?;
+        Ok(host::remove(self.0, n)?)
+    }
+
+    /// Arm timer `id` to fire once after `after`, delivered to
+    /// [`Handler::on_timer`](crate::Handler::on_timer).
+    ///
+    /// The id is the handler's own choice; a connection may have several timers, and
+    /// arming an id that is already armed re-arms it. The host counts whole
+    /// milliseconds: a sub-millisecond part is dropped.
+    ///
+    /// ```no_run
+    /// # use sandport_guest::Conn;
+    /// # use std::time::Duration;
+    /// # let conn = Conn::from_id(1);
+    /// const IDLE: u64 = 1;
+    /// conn.set_timer(IDLE, Duration::from_secs(30))?;
+    /// # Ok::<(), sandport_guest::Error>(())
+    /// ```
+    pub fn set_timer(self, id: u64, after: Duration) -> Result<(), Error> {
+        let millis = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        Ok(host::set_timer(self.0, id, millis)?)
+    }
+
+    /// Disarm timer `id`; returns whether it was armed.
+    ///
+    /// ```no_run
+    /// # use sandport_guest::Conn;
+    /// # let conn = Conn::from_id(1);
+    /// let was_armed = conn.cancel_timer(1)?;
+    /// # Ok::<(), sandport_guest::Error>(())
+    /// ```
+    pub fn cancel_timer(self, id: u64) -> Result<bool, Error> {
+        Ok(host::cancel_timer(self.0, id)?)
+    }
+
+    /// Close this connection. Its `close` event follows later, from the event loop.
+    ///
+    /// ```no_run
+    /// # use sandport_guest::{CloseMode, Conn};
+    /// # let conn = Conn::from_id(1);
+    /// conn.close(CloseMode::AfterSend)?;
+    /// # Ok::<(), sandport_guest::Error>(())
+    /// ```
+    pub fn close(self, mode: CloseMode) -> Result<(), Error> {
+        Ok(host::close(self.0, mode)?)
+    }
+
+    /// Stop reading, write out what the send buffer holds, then close.
+    ///
+    /// ```no_run
+    /// # use sandport_guest::Conn;
+    /// # let conn = Conn::from_id(1);
+    /// conn.send(b"bye\n")?;
+    /// conn.close_after_send()?;
+    /// # Ok::<(), sandport_guest::Error>(())
+    /// ```
+    pub fn close_after_send(self) -> Result<(), Error> {
+        self.close(CloseMode::AfterSend)
+    }
+
+    /// Close at once, discarding whatever the send buffer still holds.
+    ///
+    /// ```no_run
+    /// # use sandport_guest::Conn;
+    /// # let conn = Conn::from_id(1);
+    /// conn.close_now()?;
+    /// # Ok::<(), sandport_guest::Error>(())
+    /// ```
+    pub fn close_now(self) -> Result<(), Error> {
+        self.close(CloseMode::Now)
+    }
+}
+
+/// Shows the bare id, which is what protocols and log lines usually want.
+impl fmt::Display for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The remote address of an accepted connection, as the host reports it.
+///
+/// ```
+/// use sandport_guest::Peer;
+///
+/// let peer = Peer { ip: "::1".into(), port: 4000 };
+/// assert_eq!(peer.to_string(), "[::1]:4000");
+/// assert_eq!(peer.socket_addr().unwrap().port(), 4000);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Peer {
+    /// The IP address in its usual text form (`127.0.0.1`, `::1`).
+    pub ip: String,
+    /// The TCP port.
+    pub port: u16,
+}
+
+impl Peer {
+    /// The address as a [`SocketAddr`], or `None` if the host's text does not parse.
+    ///
+    /// ```
+    /// # use sandport_guest::Peer;
+    /// let peer = Peer { ip: "127.0.0.1".into(), port: 80 };
+    /// assert!(peer.socket_addr().unwrap().is_ipv4());
+    /// ```
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        let ip: IpAddr = self.ip.parse().ok()?;
+        Some(SocketAddr::new(ip, self.port))
+    }
+}
+
+/// `ip:port`, with brackets around an IPv6 address.
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.ip.contains(':') {
+            write!(f, "[{}]:{}", self.ip, self.port)
+        } else {
+            write!(f, "{}:{}", self.ip, self.port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_formats_like_a_socket_address() {
+        let v4 = Peer {
+            ip: "10.0.0.1".into(),
+            port: 9,
+        };
+        assert_eq!(v4.to_string(), "10.0.0.1:9");
+        assert_eq!(v4.socket_addr().unwrap().to_string(), v4.to_string());
+        let v6 = Peer {
+            ip: "fe80::1".into(),
+            port: 9,
+        };
+        assert_eq!(v6.socket_addr().unwrap().to_string(), v6.to_string());
+        assert_eq!(
+            Peer {
+                ip: "nonsense".into(),
+                port: 1
+            }
+            .socket_addr(),
+            None
+        );
+    }
+
+    #[test]
+    fn conn_is_its_id() {
+        assert_eq!(Conn::from_id(42).to_string(), "42");
+        assert!(Conn::from_id(1) < Conn::from_id(2));
+    }
+}

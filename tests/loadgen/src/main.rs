@@ -1,0 +1,113 @@
+//! `sandport-loadgen`: drive running servers over TCP and print throughput and
+//! latency; see the library documentation for how the load is made.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use sandport_loadgen::{LoadSpec, Mode, Target};
+
+/// Load-test running echo or HTTP servers and compare them.
+///
+/// With several targets the rounds alternate between them and the last column is
+/// each target's throughput relative to the first target's: on a noisy machine only
+/// such same-run ratios are meaningful.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// What each connection does.
+    #[arg(value_enum)]
+    mode: Mode,
+
+    /// A server to drive, as NAME=ADDR (or just ADDR). Repeat to compare servers;
+    /// the first is the baseline.
+    #[arg(long = "target", value_name = "NAME=ADDR", required = true)]
+    targets: Vec<Target>,
+
+    /// Concurrent connections per target.
+    #[arg(long, default_value_t = LoadSpec::DEFAULT_CONNECTIONS)]
+    connections: usize,
+
+    /// Client threads [default: one per CPU, at most one per connection].
+    #[arg(long)]
+    threads: Option<usize>,
+
+    /// Seconds each round measures.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = seconds)]
+    duration: Duration,
+
+    /// Seconds each round runs before measuring.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = seconds)]
+    warmup: Duration,
+
+    /// Bytes per echo message.
+    #[arg(long, value_name = "BYTES", default_value_t = LoadSpec::DEFAULT_SIZE)]
+    size: usize,
+
+    /// Requests each connection sends before reading their responses.
+    #[arg(long, value_name = "K", default_value_t = LoadSpec::DEFAULT_PIPELINE)]
+    pipeline: usize,
+
+    /// Rounds per target.
+    #[arg(long, value_name = "R", default_value_t = LoadSpec::DEFAULT_ROUNDS)]
+    rounds: usize,
+
+    /// Seconds a connection may make no progress before it counts an error and
+    /// reconnects.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = seconds)]
+    timeout: Duration,
+
+    /// Print the report as JSON on stdout (the table then goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+fn seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let spec = LoadSpec {
+        connections: cli.connections,
+        threads: cli.threads,
+        duration: cli.duration,
+        warmup: cli.warmup,
+        size: cli.size,
+        pipeline: cli.pipeline,
+        rounds: cli.rounds,
+        timeout: cli.timeout,
+        ..LoadSpec::new(cli.mode, cli.targets)
+    };
+    let progress = |target: &Target, round: usize, report: &sandport_loadgen::RoundReport| {
+        eprintln!(
+            "round {}/{} {}: {:.0} req/s, {:.2} MB/s, {}, {} errors",
+            round + 1,
+            spec.rounds,
+            target.name,
+            report.requests_per_sec,
+            report.mb_per_sec,
+            report.latency,
+            report.errors
+        );
+    };
+    match sandport_loadgen::run_with_progress(&spec, progress) {
+        Ok(report) if cli.json => {
+            eprint!("{report}");
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).expect("a report serialises")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

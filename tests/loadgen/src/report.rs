@@ -1,0 +1,393 @@
+//! The results of a run, as data, as a table and as JSON.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+use crate::client::RoundResult;
+use crate::spec::{LoadSpec, Mode, Target};
+use crate::stats::{Histogram, median};
+
+/// Latency percentiles of the responses counted in a measurement: the time from
+/// sending a batch to receiving each of its responses in full.
+///
+/// In JSON the fields are `p50_us`, `p99_us` and `max_us`, in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Latency {
+    /// The median.
+    #[serde(rename = "p50_us", serialize_with = "micros")]
+    pub p50: Duration,
+    /// The 99th percentile.
+    #[serde(rename = "p99_us", serialize_with = "micros")]
+    pub p99: Duration,
+    /// The slowest response.
+    #[serde(rename = "max_us", serialize_with = "micros")]
+    pub max: Duration,
+}
+
+impl Latency {
+    /// The percentiles of `histogram`.
+    pub fn of(histogram: &Histogram) -> Self {
+        Latency {
+            p50: histogram.percentile(50.0),
+            p99: histogram.percentile(99.0),
+            max: histogram.max(),
+        }
+    }
+}
+
+impl fmt::Display for Latency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "p50 {}, p99 {}, max {}",
+            Short(self.p50),
+            Short(self.p99),
+            Short(self.max)
+        )
+    }
+}
+
+/// One round against one target.
+#[derive(Clone, Debug, Serialize)]
+pub struct RoundReport {
+    /// Responses received and verified in the measured window.
+    pub requests: u64,
+    /// Bytes of those responses.
+    pub bytes: u64,
+    /// Failed responses, connection failures and timeouts, warm-up included.
+    pub errors: u64,
+    /// What the first error was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+    /// `requests` per second of the measured window.
+    pub requests_per_sec: f64,
+    /// Megabytes (10^6 bytes) of responses per second.
+    pub mb_per_sec: f64,
+    /// Latency in this round.
+    pub latency: Latency,
+}
+
+impl RoundReport {
+    fn new(result: &RoundResult, duration: Duration) -> Self {
+        let secs = duration.as_secs_f64();
+        RoundReport {
+            requests: result.requests,
+            bytes: result.bytes,
+            errors: result.errors,
+            first_error: result.first_error.clone(),
+            requests_per_sec: result.requests as f64 / secs,
+            mb_per_sec: result.bytes as f64 / 1e6 / secs,
+            latency: Latency::of(&result.latency),
+        }
+    }
+}
+
+/// Everything measured for one target.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetReport {
+    /// The target's name.
+    pub name: String,
+    /// The target's address.
+    pub addr: SocketAddr,
+    /// The median over the rounds of requests per second.
+    pub requests_per_sec: f64,
+    /// The median over the rounds of megabytes of responses per second.
+    pub mb_per_sec: f64,
+    /// `requests_per_sec` divided by the first target's: the one number comparable
+    /// across runs on a noisy machine. 1 for the first target; NaN (`null` in JSON) if
+    /// the first target completed no requests.
+    pub ratio: f64,
+    /// Requests over all rounds.
+    pub requests: u64,
+    /// Errors over all rounds.
+    pub errors: u64,
+    /// What the first error was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+    /// Latency over all rounds' responses.
+    pub latency: Latency,
+    /// Each round, in the order they ran.
+    pub rounds: Vec<RoundReport>,
+}
+
+/// The result of [`crate::run`]: the settings it ran with and one entry per target.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The mode.
+    pub mode: Mode,
+    /// Connections per target.
+    pub connections: usize,
+    /// Client threads.
+    pub threads: usize,
+    /// Requests per batch.
+    pub pipeline: usize,
+    /// Bytes per echo message; `None` in HTTP mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<usize>,
+    /// Measured time per round (`duration_secs` in JSON).
+    #[serde(rename = "duration_secs", serialize_with = "secs")]
+    pub duration: Duration,
+    /// Warm-up per round (`warmup_secs` in JSON).
+    #[serde(rename = "warmup_secs", serialize_with = "secs")]
+    pub warmup: Duration,
+    /// Rounds per target.
+    pub rounds: usize,
+    /// The targets, the baseline first.
+    pub targets: Vec<TargetReport>,
+}
+
+/// Collects the rounds of one target as they complete.
+pub(crate) struct TargetRounds {
+    target: Target,
+    rounds: Vec<RoundReport>,
+    latency: Histogram,
+}
+
+impl TargetRounds {
+    pub(crate) fn new(target: Target) -> Self {
+        TargetRounds {
+            target,
+            rounds: Vec::new(),
+            latency: Histogram::new(),
+        }
+    }
+
+    /// Adds a round and returns its report.
+    pub(crate) fn push(&mut self, result: &RoundResult, duration: Duration) -> &RoundReport {
+        self.latency.merge(&result.latency);
+        self.rounds.push(RoundReport::new(result, duration));
+        self.rounds.last().expect("just pushed")
+    }
+
+    /// The median over the rounds of requests per second.
+    fn requests_per_sec(&self) -> f64 {
+        median(
+            &self
+                .rounds
+                .iter()
+                .map(|r| r.requests_per_sec)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn finish(self, baseline: f64) -> TargetReport {
+        let requests_per_sec = self.requests_per_sec();
+        let throughputs: Vec<f64> = self.rounds.iter().map(|r| r.mb_per_sec).collect();
+        TargetReport {
+            name: self.target.name,
+            addr: self.target.addr,
+            requests_per_sec,
+            mb_per_sec: median(&throughputs),
+            ratio: if baseline > 0.0 {
+                requests_per_sec / baseline
+            } else {
+                f64::NAN
+            },
+            requests: self.rounds.iter().map(|r| r.requests).sum(),
+            errors: self.rounds.iter().map(|r| r.errors).sum(),
+            first_error: self.rounds.iter().find_map(|r| r.first_error.clone()),
+            latency: Latency::of(&self.latency),
+            rounds: self.rounds,
+        }
+    }
+}
+
+impl Report {
+    pub(crate) fn new(spec: &LoadSpec, targets: Vec<TargetRounds>) -> Self {
+        let baseline = targets
+            .first()
+            .map_or(f64::NAN, TargetRounds::requests_per_sec);
+        Report {
+            mode: spec.mode,
+            connections: spec.connections,
+            threads: spec.thread_count(),
+            pipeline: spec.pipeline,
+            size: (spec.mode == Mode::Echo).then_some(spec.size),
+            duration: spec.duration,
+            warmup: spec.warmup,
+            rounds: spec.rounds,
+            targets: targets.into_iter().map(|t| t.finish(baseline)).collect(),
+        }
+    }
+}
+
+/// The human-readable summary: the settings, then one line per target.
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = match self.mode {
+            Mode::Echo => "echo",
+            Mode::Http => "http",
+        };
+        write!(
+            f,
+            "{mode}: {} connections on {} threads, pipeline {}",
+            self.connections, self.threads, self.pipeline
+        )?;
+        if let Some(size) = self.size {
+            write!(f, ", {size}-byte messages")?;
+        }
+        writeln!(
+            f,
+            "; {} rounds of {}s after {}s warm-up",
+            self.rounds,
+            self.duration.as_secs_f64(),
+            self.warmup.as_secs_f64()
+        )?;
+
+        let name_width = self
+            .targets
+            .iter()
+            .map(|t| t.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(6);
+        let addr_width = self
+            .targets
+            .iter()
+            .map(|t| t.addr.to_string().len())
+            .max()
+            .unwrap_or(0)
+            .max(7);
+        let baseline = self.targets.first().map_or("", |t| &t.name);
+        writeln!(
+            f,
+            "{:name_width$}  {:addr_width$}  {:>10}  {:>8}  {:>8}  {:>8}  {:>8}  {:>6}  vs {baseline}",
+            "target", "address", "req/s", "MB/s", "p50", "p99", "max", "errors"
+        )?;
+        for t in &self.targets {
+            writeln!(
+                f,
+                "{:name_width$}  {:addr_width$}  {:>10.0}  {:>8.2}  {:>8}  {:>8}  {:>8}  {:>6}  {}",
+                t.name,
+                t.addr.to_string(),
+                t.requests_per_sec,
+                t.mb_per_sec,
+                Short(t.latency.p50).to_string(),
+                Short(t.latency.p99).to_string(),
+                Short(t.latency.max).to_string(),
+                t.errors,
+                if t.ratio.is_finite() {
+                    format!("{:.3}", t.ratio)
+                } else {
+                    "n/a".to_owned()
+                },
+            )?;
+        }
+        for t in &self.targets {
+            if let Some(error) = &t.first_error {
+                writeln!(f, "{}: {} errors, the first: {error}", t.name, t.errors)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A duration in the unit that suits it, with three significant digits or so.
+struct Short(Duration);
+
+impl fmt::Display for Short {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let us = self.0.as_secs_f64() * 1e6;
+        match us {
+            _ if us < 10.0 => write!(f, "{us:.1}µs"),
+            _ if us < 1e3 => write!(f, "{us:.0}µs"),
+            _ if us < 1e6 => write!(f, "{:.2}ms", us / 1e3),
+            _ => write!(f, "{:.2}s", us / 1e6),
+        }
+    }
+}
+
+fn micros<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    // From whole nanoseconds, so that the value prints without binary noise.
+    s.serialize_f64(d.as_nanos() as f64 / 1e3)
+}
+
+fn secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(requests: u64, latency_us: u64) -> RoundResult {
+        let mut result = RoundResult {
+            requests,
+            bytes: requests * 100,
+            ..RoundResult::default()
+        };
+        for _ in 0..requests {
+            result.latency.record(Duration::from_micros(latency_us));
+        }
+        result
+    }
+
+    #[test]
+    fn ratios_use_the_median_round() {
+        let spec = LoadSpec {
+            duration: Duration::from_secs(2),
+            rounds: 3,
+            ..LoadSpec::new(Mode::Echo, vec![])
+        };
+        let mut base = TargetRounds::new("base=127.0.0.1:1".parse().unwrap());
+        let mut other = TargetRounds::new("other=127.0.0.1:2".parse().unwrap());
+        for (b, o) in [(1000, 3000), (2000, 1000), (9000, 4000)] {
+            base.push(&round(b, 100), spec.duration);
+            other.push(&round(o, 200), spec.duration);
+        }
+        let report = Report::new(&spec, vec![base, other]);
+        let [base, other] = &report.targets[..] else {
+            panic!("two targets")
+        };
+        assert_eq!(base.requests_per_sec, 1000.0);
+        assert_eq!(base.mb_per_sec, 0.1);
+        assert_eq!(other.requests_per_sec, 1500.0);
+        assert_eq!(base.ratio, 1.0);
+        assert_eq!(other.ratio, 1.5);
+        assert_eq!(other.requests, 8000);
+        assert_eq!(other.latency.max, Duration::from_micros(200));
+
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["mode"], "echo");
+        assert_eq!(json["duration_secs"], 2.0);
+        assert_eq!(json["targets"][1]["ratio"], 1.5);
+        assert_eq!(json["targets"][1]["addr"], "127.0.0.1:2");
+        let p50 = json["targets"][1]["latency"]["p50_us"].as_f64().unwrap();
+        assert!((p50 - 200.0).abs() < 200.0 / 64.0);
+
+        let table = report.to_string();
+        assert!(table.contains("vs base"), "{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("other ") && l.ends_with("1.500")),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn a_silent_baseline_has_no_ratio() {
+        let spec = LoadSpec::new(Mode::Http, vec![]);
+        let mut base = TargetRounds::new("127.0.0.1:1".parse().unwrap());
+        base.push(&RoundResult::default(), spec.duration);
+        let report = Report::new(&spec, vec![base]);
+        assert!(report.targets[0].ratio.is_nan());
+        assert!(report.to_string().contains("n/a"));
+        assert_eq!(
+            serde_json::to_value(&report).unwrap()["targets"][0]["ratio"],
+            serde_json::Value::Null
+        );
+    }
+
+    #[test]
+    fn short_durations() {
+        let show = |d| Short(d).to_string();
+        assert_eq!(show(Duration::from_nanos(4_240)), "4.2µs");
+        assert_eq!(show(Duration::from_micros(185)), "185µs");
+        assert_eq!(show(Duration::from_micros(2_104)), "2.10ms");
+        assert_eq!(show(Duration::from_secs(5)), "5.00s");
+    }
+}

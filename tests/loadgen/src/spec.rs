@@ -1,0 +1,208 @@
+//! What to run: the mode, the targets and the shape of the load.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::str::FromStr;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::Serialize;
+
+/// What each connection does, over and over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Write a message of [`LoadSpec::size`] bytes and read the same bytes back.
+    #[value(help = "Write a message of --size bytes and read the same bytes back")]
+    Echo,
+    /// Send `GET / HTTP/1.1` on a kept-alive connection and read one response, which
+    /// must have status 200 and a `Content-Length`.
+    #[value(help = "Send GET / on a kept-alive connection and read a 200 response")]
+    Http,
+}
+
+/// A server to drive, with the name the report gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Label in the report (`wasm`, `native`, ...).
+    pub name: String,
+    /// Where the server listens.
+    pub addr: SocketAddr,
+}
+
+impl FromStr for Target {
+    type Err = anyhow::Error;
+
+    /// Parses `NAME=ADDR`, or a bare `ADDR` that then also serves as the name. `ADDR`
+    /// may be a host name (`localhost:7000`); its first address is used.
+    fn from_str(s: &str) -> Result<Self> {
+        let (name, addr) = s.split_once('=').unwrap_or((s, s));
+        ensure!(!name.is_empty(), "empty target name in `{s}`");
+        let addr = addr
+            .to_socket_addrs()
+            .with_context(|| format!("bad target address `{addr}` (expected HOST:PORT)"))?
+            .next()
+            .with_context(|| format!("`{addr}` resolves to no address"))?;
+        Ok(Target {
+            name: name.to_owned(),
+            addr,
+        })
+    }
+}
+
+/// A complete description of a load run; see [`crate::run`].
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    /// What each connection does.
+    pub mode: Mode,
+    /// The servers to drive; the first is the baseline of the ratios.
+    pub targets: Vec<Target>,
+    /// Concurrent connections per target.
+    pub connections: usize,
+    /// Client threads sharing the connections; `None` means one per CPU, but no more
+    /// than there are connections.
+    pub threads: Option<usize>,
+    /// How long each round measures, after its warm-up.
+    pub duration: Duration,
+    /// How long each round runs before it starts measuring.
+    pub warmup: Duration,
+    /// Bytes per echo message (ignored in HTTP mode).
+    pub size: usize,
+    /// Requests each connection sends before it reads their responses.
+    pub pipeline: usize,
+    /// How many times every target is run, in turn.
+    pub rounds: usize,
+    /// How long a connection may wait for progress (connecting, writing, or the next
+    /// byte of a response) before it counts an error and reconnects.
+    pub timeout: Duration,
+}
+
+impl LoadSpec {
+    /// Default of [`LoadSpec::connections`].
+    pub const DEFAULT_CONNECTIONS: usize = 16;
+    /// Default of [`LoadSpec::duration`].
+    pub const DEFAULT_DURATION: Duration = Duration::from_secs(5);
+    /// Default of [`LoadSpec::warmup`].
+    pub const DEFAULT_WARMUP: Duration = Duration::from_secs(1);
+    /// Default of [`LoadSpec::size`].
+    pub const DEFAULT_SIZE: usize = 64;
+    /// Default of [`LoadSpec::pipeline`].
+    pub const DEFAULT_PIPELINE: usize = 1;
+    /// Default of [`LoadSpec::rounds`].
+    pub const DEFAULT_ROUNDS: usize = 3;
+    /// Default of [`LoadSpec::timeout`].
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// A spec with the defaults for everything but the mode and the targets.
+    pub fn new(mode: Mode, targets: Vec<Target>) -> Self {
+        LoadSpec {
+            mode,
+            targets,
+            connections: Self::DEFAULT_CONNECTIONS,
+            threads: None,
+            duration: Self::DEFAULT_DURATION,
+            warmup: Self::DEFAULT_WARMUP,
+            size: Self::DEFAULT_SIZE,
+            pipeline: Self::DEFAULT_PIPELINE,
+            rounds: Self::DEFAULT_ROUNDS,
+            timeout: Self::DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// The number of client threads [`LoadSpec::threads`] resolves to.
+    pub fn thread_count(&self) -> usize {
+        let auto = || thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        self.threads
+            .unwrap_or_else(auto)
+            .clamp(1, self.connections.max(1))
+    }
+
+    /// Rejects specs that cannot run.
+    pub fn validate(&self) -> Result<()> {
+        if self.targets.is_empty() {
+            bail!("no targets");
+        }
+        for (i, target) in self.targets.iter().enumerate() {
+            if self.targets[..i].iter().any(|t| t.name == target.name) {
+                bail!("two targets are named `{}`", target.name);
+            }
+        }
+        ensure!(self.connections > 0, "connections must be at least 1");
+        ensure!(self.threads != Some(0), "threads must be at least 1");
+        ensure!(self.pipeline > 0, "pipeline must be at least 1");
+        ensure!(self.rounds > 0, "rounds must be at least 1");
+        ensure!(!self.duration.is_zero(), "duration must be positive");
+        ensure!(!self.timeout.is_zero(), "timeout must be positive");
+        ensure!(
+            self.mode != Mode::Echo || self.size > 0,
+            "size must be at least 1 byte"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_with_and_without_name() {
+        let t: Target = "wasm=127.0.0.1:7000".parse().unwrap();
+        assert_eq!(t.name, "wasm");
+        assert_eq!(t.addr, "127.0.0.1:7000".parse().unwrap());
+
+        let t: Target = "127.0.0.1:7100".parse().unwrap();
+        assert_eq!(t.name, "127.0.0.1:7100");
+        assert_eq!(t.addr.port(), 7100);
+
+        assert!("=127.0.0.1:1".parse::<Target>().is_err());
+        assert!("x=nonsense".parse::<Target>().is_err());
+    }
+
+    #[test]
+    fn validation() {
+        let target = |name: &str| Target {
+            name: name.into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+        };
+        let spec = LoadSpec::new(Mode::Echo, vec![target("a"), target("b")]);
+        spec.validate().unwrap();
+
+        let same_names = LoadSpec::new(Mode::Echo, vec![target("a"), target("a")]);
+        assert!(same_names.validate().is_err());
+        assert!(LoadSpec::new(Mode::Http, vec![]).validate().is_err());
+        let no_pipeline = LoadSpec {
+            pipeline: 0,
+            ..spec.clone()
+        };
+        assert!(no_pipeline.validate().is_err());
+        let empty_messages = LoadSpec { size: 0, ..spec };
+        assert!(empty_messages.validate().is_err());
+        assert!(
+            LoadSpec {
+                mode: Mode::Http,
+                ..empty_messages
+            }
+            .validate()
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn thread_count_is_bounded_by_connections() {
+        let spec = LoadSpec {
+            connections: 3,
+            threads: Some(8),
+            ..LoadSpec::new(Mode::Echo, vec![])
+        };
+        assert_eq!(spec.thread_count(), 3);
+        assert_eq!(
+            LoadSpec {
+                threads: Some(2),
+                ..spec
+            }
+            .thread_count(),
+            2
+        );
+    }
+}

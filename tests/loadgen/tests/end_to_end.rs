@@ -1,0 +1,191 @@
+//! `run` against small servers started inside the test: thread-per-connection echo
+//! and HTTP servers, correct and deliberately broken.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+use sandport_loadgen::{LoadSpec, Mode, Report, Target};
+
+/// Serves every connection of a fresh listener on its own thread.
+fn serve(handle: fn(TcpStream) -> io::Result<()>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || handle(stream));
+        }
+    });
+    addr
+}
+
+fn echo(stream: TcpStream) -> io::Result<()> {
+    io::copy(&mut &stream, &mut &stream).map(drop)
+}
+
+/// Echoes with the first byte of every read flipped.
+fn corrupting_echo(mut stream: TcpStream) -> io::Result<()> {
+    let mut buf = [0; 4096];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf[0] ^= 0xff;
+        stream.write_all(&buf[..n])?;
+    }
+}
+
+/// Answers every request in the buffer with `response`, then reads more.
+fn http_server(mut stream: TcpStream, response: &[u8]) -> io::Result<()> {
+    let mut pending = Vec::new();
+    let mut buf = [0; 4096];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        pending.extend_from_slice(&buf[..n]);
+        let mut replies = Vec::new();
+        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            pending.drain(..end + 4);
+            replies.extend_from_slice(response);
+        }
+        stream.write_all(&replies)?;
+    }
+}
+
+fn hello(stream: TcpStream) -> io::Result<()> {
+    http_server(
+        stream,
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, world!",
+    )
+}
+
+fn unavailable(stream: TcpStream) -> io::Result<()> {
+    http_server(
+        stream,
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+    )
+}
+
+fn target(name: &str, addr: SocketAddr) -> Target {
+    Target {
+        name: name.into(),
+        addr,
+    }
+}
+
+/// A short run: these servers are only fixtures, not measured.
+fn quick(mode: Mode, targets: Vec<Target>) -> LoadSpec {
+    LoadSpec {
+        connections: 4,
+        duration: Duration::from_millis(300),
+        warmup: Duration::from_millis(100),
+        rounds: 1,
+        ..LoadSpec::new(mode, targets)
+    }
+}
+
+fn assert_clean(report: &Report) {
+    for t in &report.targets {
+        assert!(t.requests > 0, "{report}");
+        assert_eq!(t.errors, 0, "{report}");
+        assert!(
+            t.requests_per_sec > 0.0 && t.latency.p50 > Duration::ZERO,
+            "{report}"
+        );
+    }
+}
+
+#[test]
+fn echo_alternating_targets() {
+    let spec = LoadSpec {
+        rounds: 2,
+        ..quick(
+            Mode::Echo,
+            vec![target("a", serve(echo)), target("b", serve(echo))],
+        )
+    };
+    let mut order = Vec::new();
+    let report = sandport_loadgen::run_with_progress(&spec, |t, round, _| {
+        order.push((t.name.clone(), round))
+    })
+    .unwrap();
+    assert_clean(&report);
+    let order: Vec<_> = order
+        .iter()
+        .map(|(name, round)| format!("{name}{round}"))
+        .collect();
+    assert_eq!(order, ["a0", "b0", "a1", "b1"]);
+    assert_eq!(report.targets[0].ratio, 1.0);
+    assert!(report.targets[1].ratio > 0.0);
+    assert!(report.targets.iter().all(|t| t.rounds.len() == 2));
+    // Echo replies are exactly the messages.
+    let t = &report.targets[0];
+    assert_eq!(t.rounds[0].bytes, t.rounds[0].requests * 64);
+}
+
+#[test]
+fn echo_large_pipelined_batches_do_not_deadlock() {
+    // 16 MiB in flight: more than loopback socket buffers hold even after Linux
+    // grows them (a client that writes it all before reading stalls at ~8 MiB), so
+    // the client must read while it is still writing.
+    let spec = LoadSpec {
+        connections: 1,
+        size: 1024 * 1024,
+        pipeline: 16,
+        ..quick(Mode::Echo, vec![target("echo", serve(echo))])
+    };
+    assert_clean(&sandport_loadgen::run(&spec).unwrap());
+}
+
+#[test]
+fn http_keep_alive_pipelined() {
+    let spec = LoadSpec {
+        pipeline: 8,
+        ..quick(Mode::Http, vec![target("hello", serve(hello))])
+    };
+    let report = sandport_loadgen::run(&spec).unwrap();
+    assert_clean(&report);
+    assert_eq!(report.targets[0].requests % 8, 0, "whole batches only");
+}
+
+#[test]
+fn http_single_requests() {
+    let report =
+        sandport_loadgen::run(&quick(Mode::Http, vec![target("hello", serve(hello))])).unwrap();
+    assert_clean(&report);
+}
+
+#[test]
+fn wrong_answers_are_errors() {
+    let report =
+        sandport_loadgen::run(&quick(Mode::Http, vec![target("503", serve(unavailable))])).unwrap();
+    let t = &report.targets[0];
+    assert_eq!(t.requests, 0);
+    assert!(t.errors > 0);
+    assert!(
+        t.first_error.as_deref().unwrap().contains("503"),
+        "{report}"
+    );
+
+    let report = sandport_loadgen::run(&quick(
+        Mode::Echo,
+        vec![target("bad", serve(corrupting_echo))],
+    ))
+    .unwrap();
+    assert_eq!(report.targets[0].requests, 0);
+    assert!(report.targets[0].errors > 0, "{report}");
+}
+
+#[test]
+fn refused_connections_fail_the_run() {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let error = sandport_loadgen::run(&quick(Mode::Echo, vec![target("gone", addr)])).unwrap_err();
+    assert!(format!("{error:#}").contains("cannot connect"), "{error:#}");
+}
