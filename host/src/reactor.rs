@@ -398,10 +398,10 @@ impl Reactor {
     fn orphan(&mut self, listener: usize, key: usize, fault: Fault) {
         let keys: Vec<usize> = self.core.scopes[listener].drain().map(|(_, key)| key).collect();
         let name = &self.listeners[listener].spec.name;
-        let culprit = self.core.conns.get(key).map(|c| c.id);
+        let culprit = self.core.conns[key].id;
         error!(
             listener = %name,
-            conn = ?culprit,
+            conn = %culprit,
             orphaned = keys.len(),
             "handler failed: {fault}; it serves new connections with a fresh instance, and the {} connection(s) it held are closed",
             keys.len()
@@ -467,7 +467,7 @@ impl Reactor {
             self.close(key, None);
         }
         info!(
-            closed = open,
+            open,
             accepted = self.stats.accepted,
             faults = self.stats.faults,
             orphaned = self.stats.orphaned,

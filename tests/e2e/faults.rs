@@ -89,3 +89,9 @@ fn guest_output_goes_to_the_log_with_the_listener_name() {
     assert_eq!(c.ask("log a log line"), "logged");
     server.wait_for_log(&["a log line", "listener=probe"]);
 }
+
+#[test]
+fn memory_bomb_hits_the_memory_limit() {
+    let server = tenants("[listener.limits]\nmemory = \"2 MiB\"");
+    fault_is_contained(&server, "big 3000000", "memory limit exceeded");
+}

@@ -109,7 +109,7 @@ pub fn with_host<R>(
 impl ResourceLimiter for GuestState {
     fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.memory_limit {
-            wasmtime::bail!("memory limit exceeded: growing to {desired} bytes, the limit is {} bytes", self.memory_limit);
+            wasmtime::bail!("memory limit exceeded: growing to {desired} bytes, limits.memory is {} bytes", self.memory_limit);
         }
         Ok(true)
     }

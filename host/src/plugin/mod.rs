@@ -118,7 +118,7 @@ impl Runtime {
     /// Compile `bytes` as if read from `path` and check them against the world.
     pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Plugin, PluginError> {
         let path = path.to_owned();
-        if !wasmparser_is_component(bytes) {
+        if !is_component(bytes) {
             let reason = if bytes.starts_with(b"\0asm") {
                 "this is a core WebAssembly module; build it as a component (e.g. --target wasm32-wasip2)".to_owned()
             } else {
@@ -216,12 +216,10 @@ impl PluginHandler {
 
     /// Say why a call failed in words an operator can act on.
     fn explain(&self, err: &wasmtime::Error) -> String {
-        match err.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => format!("ran longer than its {:?} per event (event-timeout-ms)", self.event_timeout),
-            _ if format!("{err:#}").contains("memory") && format!("{err:#}").contains("grow") => {
-                format!("exceeded its memory limit of {} bytes: {}", self.memory, one_line(err))
-            }
-            _ => one_line(err),
+        if let Some(Trap::Interrupt) = err.downcast_ref::<Trap>() {
+            format!("ran longer than its {:?} per event (limits.event-timeout-ms)", self.event_timeout)
+        } else {
+            one_line(err)
         }
     }
 
@@ -274,13 +272,17 @@ fn ticks(timeout: Duration) -> u64 {
 }
 
 /// Whether `bytes` start like a component (not a core module): same magic, layer 1.
-fn wasmparser_is_component(bytes: &[u8]) -> bool {
+fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes.starts_with(b"\0asm") && bytes[6..8] == [1, 0]
 }
 
-/// An error and its causes on one line, without wasm backtraces.
+/// An error and its causes on one line, without the wasm backtrace (function
+/// indexes mean nothing to an operator; the plugin's own panic message is logged).
 fn one_line(err: &wasmtime::Error) -> String {
-    let text = format!("{err:#}");
-    let first = text.split("\nwasm backtrace:").next().unwrap_or(&text);
-    first.split_whitespace().collect::<Vec<_>>().join(" ")
+    err.chain()
+        .map(|cause| cause.to_string())
+        .filter(|text| !text.starts_with("error while executing at wasm backtrace"))
+        .map(|text| text.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(": ")
 }

@@ -74,7 +74,9 @@ impl LogLines {
     fn emit(&mut self) {
         let line = String::from_utf8_lossy(&self.pending);
         let line = line.trim_end_matches('\r');
-        info!(target: "sandport::guest", listener = %self.listener, stream = self.stream, "{line}");
+        if !line.is_empty() {
+            info!(target: "sandport::guest", listener = %self.listener, stream = self.stream, "{line}");
+        }
         self.pending.clear();
     }
 }
