@@ -83,9 +83,8 @@ impl Conn {
     /// conn.remove(4).expect("4 bytes were buffered");
     /// ```
     pub fn remove(self, n: usize) -> Result<(), Error> {
-        let n = u32::try_from(n).map_err(|_| {
-            Error::Invalid(format!("remove: {n} bytes is more than a buffer holds"))
-        })?;
+        let n =
+            u32::try_from(n).map_err(|_| Error::Invalid(format!("remove: {n} bytes is more than a buffer holds")))?;
         Ok(host::remove(self.0, n)?)
     }
 
@@ -214,25 +213,12 @@ mod tests {
 
     #[test]
     fn peer_formats_like_a_socket_address() {
-        let v4 = Peer {
-            ip: "10.0.0.1".into(),
-            port: 9,
-        };
+        let v4 = Peer { ip: "10.0.0.1".into(), port: 9 };
         assert_eq!(v4.to_string(), "10.0.0.1:9");
         assert_eq!(v4.socket_addr().unwrap().to_string(), v4.to_string());
-        let v6 = Peer {
-            ip: "fe80::1".into(),
-            port: 9,
-        };
+        let v6 = Peer { ip: "fe80::1".into(), port: 9 };
         assert_eq!(v6.socket_addr().unwrap().to_string(), v6.to_string());
-        assert_eq!(
-            Peer {
-                ip: "nonsense".into(),
-                port: 1
-            }
-            .socket_addr(),
-            None
-        );
+        assert_eq!(Peer { ip: "nonsense".into(), port: 1 }.socket_addr(), None);
     }
 
     #[test]

@@ -33,9 +33,7 @@ impl<T> ConnMap<T> {
     /// assert!(map.is_empty());
     /// ```
     pub const fn new() -> Self {
-        ConnMap {
-            entries: BTreeMap::new(),
-        }
+        ConnMap { entries: BTreeMap::new() }
     }
 
     /// Store `value` for `conn`; returns the value it replaces, if any.

@@ -92,14 +92,8 @@ mod tests {
 
     #[test]
     fn converts_from_the_generated_type() {
-        assert_eq!(
-            Error::from(WitError::Invalid("n".into())),
-            Error::Invalid("n".into())
-        );
+        assert_eq!(Error::from(WitError::Invalid("n".into())), Error::Invalid("n".into()));
         assert_eq!(Error::from(WitError::Closed), Error::Closed);
-        assert_eq!(
-            Error::Invalid("timer id".into()).to_string(),
-            "invalid argument: timer id"
-        );
+        assert_eq!(Error::Invalid("timer id".into()).to_string(), "invalid argument: timer id");
     }
 }

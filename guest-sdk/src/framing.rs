@@ -261,17 +261,13 @@ fn slice_find(bytes: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     if needle.is_empty() {
         return Some(from);
     }
-    rest.windows(needle.len())
-        .position(|w| w == needle)
-        .map(|at| from + at)
+    rest.windows(needle.len()).position(|w| w == needle).map(|at| from + at)
 }
 
 /// The same refusal the host gives, so in-memory sources behave like a `RecvBuf`.
 fn check_consume(available: usize, n: usize) -> Result<(), Error> {
     if n > available {
-        return Err(Error::Invalid(format!(
-            "remove {n} bytes but only {available} are buffered"
-        )));
+        return Err(Error::Invalid(format!("remove {n} bytes but only {available} are buffered")));
     }
     Ok(())
 }
@@ -355,16 +351,10 @@ mod tests {
     #[test]
     fn multi_byte_delimiter() {
         let mut v = b"GET / HTTP/1.1\r\n\r\nbody\r\n\r".to_vec();
-        assert_eq!(
-            v.next_until(b"\r\n\r\n", 64).unwrap(),
-            Some(b"GET / HTTP/1.1".to_vec())
-        );
+        assert_eq!(v.next_until(b"\r\n\r\n", 64).unwrap(), Some(b"GET / HTTP/1.1".to_vec()));
         assert_eq!(v.next_until(b"\r\n\r\n", 64).unwrap(), None);
         v.extend_from_slice(b"\n");
-        assert_eq!(
-            v.next_until(b"\r\n\r\n", 64).unwrap(),
-            Some(b"body".to_vec())
-        );
+        assert_eq!(v.next_until(b"\r\n\r\n", 64).unwrap(), Some(b"body".to_vec()));
         assert!(v.is_empty());
     }
 
@@ -424,9 +414,6 @@ mod tests {
         let e = FrameError::from(Error::Closed);
         assert_eq!(e, FrameError::Source(Error::Closed));
         assert!(std::error::Error::source(&e).is_some());
-        assert_eq!(
-            e.to_string(),
-            "could not consume the message: connection closed"
-        );
+        assert_eq!(e.to_string(), "could not consume the message: connection closed");
     }
 }

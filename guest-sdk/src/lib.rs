@@ -261,13 +261,7 @@ pub mod __private {
         let conn = Conn::from_id(conn);
         let rx = RecvBuf::new(conn, rx);
         match ev {
-            Event::Accept(addr) => handler.on_accept(
-                conn,
-                Peer {
-                    ip: addr.ip,
-                    port: addr.port,
-                },
-            ),
+            Event::Accept(addr) => handler.on_accept(conn, Peer { ip: addr.ip, port: addr.port }),
             // Reserved for outbound connections, which this version of the host never makes.
             Event::Connect(_) => {}
             Event::Recv(n) => handler.on_recv(conn, rx, n),

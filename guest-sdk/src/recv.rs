@@ -134,9 +134,7 @@ fn saturate(n: usize) -> u32 {
 /// Shows only the connection: printing must not call into the host.
 impl fmt::Debug for RecvBuf<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RecvBuf")
-            .field("conn", &self.conn)
-            .finish_non_exhaustive()
+        f.debug_struct("RecvBuf").field("conn", &self.conn).finish_non_exhaustive()
     }
 }
 

@@ -162,8 +162,8 @@ impl Config {
     /// Read and validate a config file. Plugin paths are resolved against the
     /// file's folder.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::from_toml(&text, path)
     }
 
@@ -171,20 +171,12 @@ impl Config {
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let file: FileToml = toml::from_str(text).map_err(|err| {
             let (line, column) = err.span().map_or((1, 1), |span| line_column(text, span.start));
-            ConfigError::Syntax {
-                path: path.to_owned(),
-                line,
-                column,
-                message: err.message().trim().to_owned(),
-            }
+            ConfigError::Syntax { path: path.to_owned(), line, column, message: err.message().trim().to_owned() }
         })?;
         let invalid = |message: String| ConfigError::Invalid { path: path.to_owned(), message };
         let base = path.parent().unwrap_or(Path::new(""));
-        let listeners = file
-            .listener
-            .into_iter()
-            .map(|l| l.validate(base).map_err(invalid))
-            .collect::<Result<Vec<_>, _>>()?;
+        let listeners =
+            file.listener.into_iter().map(|l| l.validate(base).map_err(invalid)).collect::<Result<Vec<_>, _>>()?;
         Config::new(listeners).map_err(invalid)
     }
 
@@ -325,10 +317,22 @@ mod tests {
         let cases = [
             ("", "no listeners"),
             ("[[listener]]\nname='a'\naddress='localhost'\nplugin='a.wasm'", "is not IP:PORT"),
-            ("[[listener]]\nname='a'\naddress='127.0.0.1:1'\nplugin='a.wasm'\n[listener.limits]\nsend-buffer=0", "limits.send-buffer must be greater than 0"),
-            ("[[listener]]\nname='a'\naddress='127.0.0.1:1'\nplugin='a.wasm'\n[[listener]]\nname='a'\naddress='127.0.0.1:2'\nplugin='a.wasm'", "used twice"),
-            ("[[listener]]\nname='a'\naddress='127.0.0.1:1'\nplugin='a.wasm'\n[[listener]]\nname='b'\naddress='127.0.0.1:1'\nplugin='a.wasm'", "127.0.0.1:1 is used twice"),
-            ("[[listener]]\nname='a'\naddress='127.0.0.1:1'\nplugin='a.wasm'\n[listener.limits]\nmemory='lots'", "/etc/sandport/x.toml:6:"),
+            (
+                "[[listener]]\nname='a'\naddress='127.0.0.1:1'\nplugin='a.wasm'\n[listener.limits]\nsend-buffer=0",
+                "limits.send-buffer must be greater than 0",
+            ),
+            (
+                "[[listener]]\nname='a'\naddress='127.0.0.1:1'\nplugin='a.wasm'\n[[listener]]\nname='a'\naddress='127.0.0.1:2'\nplugin='a.wasm'",
+                "used twice",
+            ),
+            (
+                "[[listener]]\nname='a'\naddress='127.0.0.1:1'\nplugin='a.wasm'\n[[listener]]\nname='b'\naddress='127.0.0.1:1'\nplugin='a.wasm'",
+                "127.0.0.1:1 is used twice",
+            ),
+            (
+                "[[listener]]\nname='a'\naddress='127.0.0.1:1'\nplugin='a.wasm'\n[listener.limits]\nmemory='lots'",
+                "/etc/sandport/x.toml:6:",
+            ),
             ("[[listener]\n", "/etc/sandport/x.toml:1:"),
         ];
         for (text, expected) in cases {

@@ -241,7 +241,12 @@ mod tests {
         let mut expected = Vec::new();
         let mut next = 0u8;
         for round in 0..200 {
-            let chunk: Vec<u8> = (0..(round * 37 % 5000)).map(|_| { next = next.wrapping_add(1); next }).collect();
+            let chunk: Vec<u8> = (0..(round * 37 % 5000))
+                .map(|_| {
+                    next = next.wrapping_add(1);
+                    next
+                })
+                .collect();
             let mut source = chunk.as_slice();
             while !source.is_empty() {
                 buf.fill_from(&mut source, 3000).unwrap();

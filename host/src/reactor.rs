@@ -124,11 +124,11 @@ struct Core {
 
 impl Core {
     fn enqueue(&mut self, key: usize) {
-        if let Some(conn) = self.conns.get_mut(key) {
-            if !conn.queued {
-                conn.queued = true;
-                self.queue.push(key);
-            }
+        if let Some(conn) = self.conns.get_mut(key)
+            && !conn.queued
+        {
+            conn.queued = true;
+            self.queue.push(key);
         }
     }
 
@@ -361,8 +361,12 @@ impl Reactor {
         conn.phase = Phase::Closing;
         let listener = conn.listener;
         match &error {
-            Some(err) => debug!(listener = %self.listeners[listener].spec.name, conn = %conn.id, peer = %conn.peer, "closed on error: {err}"),
-            None => debug!(listener = %self.listeners[listener].spec.name, conn = %conn.id, peer = %conn.peer, "closed"),
+            Some(err) => {
+                debug!(listener = %self.listeners[listener].spec.name, conn = %conn.id, peer = %conn.peer, "closed on error: {err}")
+            }
+            None => {
+                debug!(listener = %self.listeners[listener].spec.name, conn = %conn.id, peer = %conn.peer, "closed")
+            }
         }
         self.core.disarm_all(key);
         self.dispatch(key, Event::Close);
@@ -552,7 +556,9 @@ impl Host for Scope<'_> {
 
     fn set_timer(&mut self, conn: ConnId, id: u64, after: Duration) -> Result<(), HostError> {
         let max = self.core.limits[self.listener].max_timers;
-        let at = Instant::now().checked_add(after).ok_or_else(|| HostError::Invalid(format!("timer delay {after:?} is too far")))?;
+        let at = Instant::now()
+            .checked_add(after)
+            .ok_or_else(|| HostError::Invalid(format!("timer delay {after:?} is too far")))?;
         let (key, c) = self.open(conn)?;
         if !c.timers.contains_key(&id) && c.timers.len() >= max {
             return Err(HostError::LimitExceeded("timers per connection"));

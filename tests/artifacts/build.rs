@@ -14,25 +14,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, exit};
 
 /// The plugin packages, in the order `ALL` lists them.
-const PLUGINS: &[&str] = &[
-    "echo",
-    "chat",
-    "http-hello",
-    "fixture-probe",
-    "fixture-wrong-world",
-];
+const PLUGINS: &[&str] = &["echo", "chat", "http-hello", "fixture-probe", "fixture-wrong-world"];
 
 /// Directories whose contents feed the plugin builds.
 const SOURCE_DIRS: &[&str] = &["plugins", "guest-sdk", "wit"];
 
 /// Workspace files that change how the plugins build (profile, dependency versions,
 /// toolchain, cargo config).
-const WORKSPACE_FILES: &[&str] = &[
-    "Cargo.toml",
-    "Cargo.lock",
-    "rust-toolchain.toml",
-    ".cargo/config.toml",
-];
+const WORKSPACE_FILES: &[&str] = &["Cargo.toml", "Cargo.lock", "rust-toolchain.toml", ".cargo/config.toml"];
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 const PROFILE: &str = "plugin";
@@ -68,8 +57,7 @@ const REMOVED_VARS: &[&str] = &[
 const REMOVED_PREFIXES: &[&str] = &["CARGO_CFG_", "CARGO_FEATURE_", "DEP_"];
 
 fn main() {
-    let manifest_dir =
-        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let workspace = manifest_dir
         .parent()
@@ -82,16 +70,9 @@ fn main() {
         list_files(&workspace.join(dir), &mut inputs);
     }
     // A missing path would make cargo rerun this script on every build.
-    inputs.extend(
-        WORKSPACE_FILES
-            .iter()
-            .map(|f| workspace.join(f))
-            .filter(|p| p.exists()),
-    );
+    inputs.extend(WORKSPACE_FILES.iter().map(|f| workspace.join(f)).filter(|p| p.exists()));
 
-    let target_dir = outer_target_dir(&out_dir)
-        .unwrap_or_else(|| workspace.join("target"))
-        .join("plugin-artifacts");
+    let target_dir = outer_target_dir(&out_dir).unwrap_or_else(|| workspace.join("target")).join("plugin-artifacts");
     build_plugins(&workspace, &target_dir);
     // Only after a successful build: cargo reruns a failed script anyway, and the
     // list would bury the compiler errors in cargo's report of the failure.
@@ -109,16 +90,10 @@ fn main() {
                 path.display()
             ));
         }
-        let path = path
-            .to_str()
-            .unwrap_or_else(|| fail(&format!("plugin path {} is not UTF-8", path.display())));
+        let path = path.to_str().unwrap_or_else(|| fail(&format!("plugin path {} is not UTF-8", path.display())));
         // Writing to a String cannot fail.
         let name = const_name(package);
-        writeln!(
-            generated,
-            "/// Absolute path of the `{package}` plugin component."
-        )
-        .unwrap();
+        writeln!(generated, "/// Absolute path of the `{package}` plugin component.").unwrap();
         writeln!(generated, "pub const {name}: &str = {path:?};").unwrap();
     }
     generated += "/// Every plugin as `(package name, path of its component)`.\n";
@@ -129,8 +104,7 @@ fn main() {
     generated += "];\n";
 
     let gen_path = out_dir.join("gen.rs");
-    fs::write(&gen_path, generated)
-        .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", gen_path.display())));
+    fs::write(&gen_path, generated).unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", gen_path.display())));
 }
 
 /// Runs the nested cargo build, exiting with its output if it fails.
@@ -148,9 +122,7 @@ fn build_plugins(workspace: &Path, target_dir: &Path) {
         cmd.env_remove(var);
     }
     for (var, _) in env::vars_os() {
-        let removed = var
-            .to_str()
-            .is_some_and(|v| REMOVED_PREFIXES.iter().any(|p| v.starts_with(p)));
+        let removed = var.to_str().is_some_and(|v| REMOVED_PREFIXES.iter().any(|p| v.starts_with(p)));
         if removed {
             cmd.env_remove(&var);
         }
@@ -158,15 +130,9 @@ fn build_plugins(workspace: &Path, target_dir: &Path) {
     // CARGO_MAKEFLAGS stays: the nested cargo then draws from the outer jobserver
     // instead of starting as many jobs again on top of it.
 
-    let shown = format!(
-        "cargo {} (in {}, CARGO_TARGET_DIR={})",
-        args.join(" "),
-        workspace.display(),
-        target_dir.display()
-    );
-    let output = cmd
-        .output()
-        .unwrap_or_else(|e| fail(&format!("cannot run {shown}: {e}")));
+    let shown =
+        format!("cargo {} (in {}, CARGO_TARGET_DIR={})", args.join(" "), workspace.display(), target_dir.display());
+    let output = cmd.output().unwrap_or_else(|e| fail(&format!("cannot run {shown}: {e}")));
     let stderr = String::from_utf8_lossy(&output.stderr);
     // Cargo shows a build script's stderr only when it fails or with `-vv`.
     eprint!("{stderr}");
@@ -185,8 +151,7 @@ fn build_plugins(workspace: &Path, target_dir: &Path) {
 /// The files rather than the directory are watched because cargo scans a watched
 /// directory recursively, including any `target/` left by building a plugin on its own.
 fn list_files(dir: &Path, files: &mut Vec<PathBuf>) {
-    let entries =
-        fs::read_dir(dir).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", dir.display())));
+    let entries = fs::read_dir(dir).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", dir.display())));
     for entry in entries {
         let entry = entry.unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", dir.display())));
         let path = entry.path();

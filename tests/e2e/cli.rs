@@ -34,7 +34,10 @@ fn check_lists_imports_and_exports() {
 #[test]
 fn check_rejects_bad_components_with_reasons() {
     let wrong = fails(&["check", plugins::FIXTURE_WRONG_WORLD]);
-    assert!(wrong.contains("fixture_wrong_world.wasm: does not implement the sandport:handler/plugin world"), "{wrong}");
+    assert!(
+        wrong.contains("fixture_wrong_world.wasm: does not implement the sandport:handler/plugin world"),
+        "{wrong}"
+    );
 
     let (_dir, corrupt) = temp_file(b"\0asm\x0d\0\x01\0 this is not a component body");
     let error = fails(&["check", &corrupt]);
@@ -95,7 +98,17 @@ fn serve_reports_a_port_in_use() {
 #[test]
 fn serve_shorthand_pairs() {
     let server = Server::start_args(
-        &["serve", "--listen", "127.0.0.1:0", "--plugin", plugins::ECHO, "--listen", "127.0.0.1:0", "--plugin", plugins::CHAT],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--plugin",
+            plugins::ECHO,
+            "--listen",
+            "127.0.0.1:0",
+            "--plugin",
+            plugins::CHAT,
+        ],
         2,
     );
     let mut echo = server.connect("echo");

@@ -34,7 +34,9 @@ impl Handler for NativeEcho {
 fn native_handler_runs_in_the_same_loop() {
     let (events, seen) = std::sync::mpsc::channel();
     let mut reactor = Reactor::new().unwrap();
-    let addr = reactor.listen(&ListenerSpec::new("native", "127.0.0.1:0".parse().unwrap()), Box::new(NativeEcho { events })).unwrap();
+    let addr = reactor
+        .listen(&ListenerSpec::new("native", "127.0.0.1:0".parse().unwrap()), Box::new(NativeEcho { events }))
+        .unwrap();
     let stop = reactor.stop_handle();
     let running = std::thread::spawn(move || reactor.run().unwrap());
 

@@ -109,7 +109,10 @@ pub fn with_host<R>(
 impl ResourceLimiter for GuestState {
     fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.memory_limit {
-            wasmtime::bail!("memory limit exceeded: growing to {desired} bytes, limits.memory is {} bytes", self.memory_limit);
+            wasmtime::bail!(
+                "memory limit exceeded: growing to {desired} bytes, limits.memory is {} bytes",
+                self.memory_limit
+            );
         }
         Ok(true)
     }
@@ -131,10 +134,10 @@ impl WasiView for GuestState {
 /// The imports every plugin may use; anything else a component imports makes it
 /// fail to link, with the name of what is missing.
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<GuestState>> {
-    use wasmtime_wasi::p2::bindings::sync::io;
-    use wasmtime_wasi::p2::bindings::{cli, clocks, random};
     use wasmtime_wasi::cli::{WasiCli, WasiCliView};
     use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
+    use wasmtime_wasi::p2::bindings::sync::io;
+    use wasmtime_wasi::p2::bindings::{cli, clocks, random};
     use wasmtime_wasi::random::WasiRandom;
 
     let mut linker = Linker::new(engine);
@@ -234,7 +237,10 @@ impl host::HostMbuf for GuestState {
 
     fn read(&mut self, _rx: Resource<RecvView>, offset: u32, len: u32) -> wasmtime::Result<Vec<u8>> {
         let conn = self.conn;
-        Ok(self.host()?.recv_buffer(conn).map_or_else(|_| Vec::new(), |rx| rx.read(offset as usize, len as usize).to_vec()))
+        Ok(self
+            .host()?
+            .recv_buffer(conn)
+            .map_or_else(|_| Vec::new(), |rx| rx.read(offset as usize, len as usize).to_vec()))
     }
 
     fn find(&mut self, _rx: Resource<RecvView>, needle: Vec<u8>, from: u32) -> wasmtime::Result<Option<u32>> {

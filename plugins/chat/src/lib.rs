@@ -114,9 +114,7 @@ fn deliver(to: Conn, message: &[u8]) {
         // A closing client gets its `close` event soon; nothing to report.
         Ok(_) | Err(Error::Closed) => {}
         Err(Error::LimitExceeded) => {
-            log::warn(&format!(
-                "chat: user{to} is not reading; dropped a line for it"
-            ));
+            log::warn(&format!("chat: user{to} is not reading; dropped a line for it"));
         }
         Err(e) => log::warn(&format!("chat: send to user{to} failed: {e}")),
     }

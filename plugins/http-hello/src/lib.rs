@@ -15,13 +15,11 @@ const MAX_HEAD: usize = 16 * 1024;
 /// httparse needs a slot per header; more headers than this is a bad request.
 const MAX_HEADERS: usize = 64;
 
-const OK: &[u8] =
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 20\r\n\r\nhello from sandport\n";
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 20\r\n\r\nhello from sandport\n";
 /// An HTTP/1.0 client assumes the server closes unless the response says otherwise.
 const OK_KEEP_ALIVE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 20\r\nConnection: keep-alive\r\n\r\nhello from sandport\n";
 const OK_CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 20\r\nConnection: close\r\n\r\nhello from sandport\n";
-const BAD_REQUEST: &[u8] =
-    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
 /// The response a request gets.
 #[derive(Clone, Copy)]
@@ -74,11 +72,7 @@ impl Handler for HttpHello {
     }
 
     fn on_recv(&mut self, conn: Conn, rx: RecvBuf<'_>, _n: u32) {
-        serve(
-            self.exchanges.get_or_insert_with(conn, Exchange::default),
-            conn,
-            rx,
-        );
+        serve(self.exchanges.get_or_insert_with(conn, Exchange::default), conn, rx);
     }
 
     /// A reply that did not fit the send buffer may fit now.
@@ -196,10 +190,7 @@ fn parse_length(value: &[u8]) -> Result<u64, ()> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return Err(());
     }
-    std::str::from_utf8(digits)
-        .map_err(drop)?
-        .parse()
-        .map_err(drop)
+    std::str::from_utf8(digits).map_err(drop)?.parse().map_err(drop)
 }
 
 sandport_guest::export!(HttpHello);

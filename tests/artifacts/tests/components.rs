@@ -9,9 +9,6 @@ fn every_plugin_is_a_component() {
     assert_eq!(sandport_test_artifacts::ALL.len(), 5);
     for (package, path) in sandport_test_artifacts::ALL {
         let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{package}: {path}: {e}"));
-        assert!(
-            bytes.starts_with(COMPONENT_PREAMBLE),
-            "{package}: {path} is not a wasm component"
-        );
+        assert!(bytes.starts_with(COMPONENT_PREAMBLE), "{package}: {path} is not a wasm component");
     }
 }

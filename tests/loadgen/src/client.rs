@@ -72,8 +72,7 @@ pub(crate) fn run_round(spec: &LoadSpec, addr: SocketAddr) -> Result<RoundResult
     let results: Vec<Result<RoundResult>> = thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|i| {
-                let conns =
-                    spec.connections / threads + usize::from(i < spec.connections % threads);
+                let conns = spec.connections / threads + usize::from(i < spec.connections % threads);
                 let (ready, failed) = (&ready, &failed);
                 scope.spawn(move || {
                     let worker = Worker::new(spec, addr, conns);
@@ -88,13 +87,7 @@ pub(crate) fn run_round(spec: &LoadSpec, addr: SocketAddr) -> Result<RoundResult
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Err(anyhow!("a client thread panicked")))
-            })
-            .collect()
+        workers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err(anyhow!("a client thread panicked")))).collect()
     });
     let mut total = RoundResult::default();
     for result in results {
@@ -138,19 +131,12 @@ impl<'a> Worker<'a> {
         let poll = Poll::new().context("cannot create a poll instance")?;
         let conns = (0..conns)
             .map(|i| {
-                let mut stream = connect(addr, spec.timeout)
-                    .with_context(|| format!("cannot connect to {addr}"))?;
-                poll.registry()
-                    .register(&mut stream, Token(i), Interest::READABLE)?;
+                let mut stream = connect(addr, spec.timeout).with_context(|| format!("cannot connect to {addr}"))?;
+                poll.registry().register(&mut stream, Token(i), Interest::READABLE)?;
                 Ok(Conn::new(Token(i), stream, spec))
             })
             .collect::<Result<_>>()?;
-        Ok(Worker {
-            spec,
-            addr,
-            poll,
-            conns,
-        })
+        Ok(Worker { spec, addr, poll, conns })
     }
 
     fn run(mut self) -> Result<RoundResult> {
@@ -215,11 +201,7 @@ struct RecvBuf {
 
 impl RecvBuf {
     fn new(capacity: usize) -> Self {
-        RecvBuf {
-            buf: vec![0; capacity],
-            start: 0,
-            end: 0,
-        }
+        RecvBuf { buf: vec![0; capacity], start: 0, end: 0 }
     }
 
     fn data(&self) -> &[u8] {
@@ -279,9 +261,7 @@ struct Conn {
 impl Conn {
     fn new(token: Token, stream: TcpStream, spec: &LoadSpec) -> Conn {
         let out = match spec.mode {
-            Mode::Echo => (0..spec.size * spec.pipeline)
-                .map(|i| (i % 251) as u8)
-                .collect(),
+            Mode::Echo => (0..spec.size * spec.pipeline).map(|i| (i % 251) as u8).collect(),
             Mode::Http => http::REQUEST.repeat(spec.pipeline),
         };
         // Set for real when the first batch starts.
@@ -302,12 +282,7 @@ impl Conn {
     }
 
     /// Starts sending the next batch.
-    fn start_batch(
-        &mut self,
-        settings: &Settings,
-        registry: &Registry,
-        now: Instant,
-    ) -> io::Result<()> {
+    fn start_batch(&mut self, settings: &Settings, registry: &Registry, now: Instant) -> io::Result<()> {
         if settings.mode == Mode::Echo {
             let stamp = settings.size.min(8);
             for message in self.out.chunks_exact_mut(settings.size) {
@@ -336,11 +311,7 @@ impl Conn {
         }
         let wants_write = self.sent < self.out.len();
         if wants_write != self.wants_write {
-            let interest = if wants_write {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
+            let interest = if wants_write { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
             registry.reregister(stream, self.token, interest)?;
             self.wants_write = wants_write;
         }
@@ -349,12 +320,7 @@ impl Conn {
 
     /// Handles a readiness event: writes what is pending, then reads until the
     /// socket is drained (mio is edge-triggered), completing responses as they come.
-    fn on_ready(
-        &mut self,
-        settings: &Settings,
-        registry: &Registry,
-        result: &mut RoundResult,
-    ) -> io::Result<()> {
+    fn on_ready(&mut self, settings: &Settings, registry: &Registry, result: &mut RoundResult) -> io::Result<()> {
         if self.stream.is_none() {
             // An event for the stream a failed reconnect replaced.
             return Ok(());
@@ -370,10 +336,7 @@ impl Conn {
             let stream = self.stream.as_mut().expect("connected");
             match self.recv.read_from(stream) {
                 Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the server closed the connection",
-                    ));
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection"));
                 }
                 Ok(_) => {
                     let now = Instant::now();
@@ -436,13 +399,7 @@ impl Conn {
     }
 
     /// Counts `error` and replaces the connection.
-    fn fail(
-        &mut self,
-        error: io::Error,
-        settings: &Settings,
-        registry: &Registry,
-        result: &mut RoundResult,
-    ) {
+    fn fail(&mut self, error: io::Error, settings: &Settings, registry: &Registry, result: &mut RoundResult) {
         result.error(|| error.to_string());
         self.reconnect(settings, registry, result);
     }
@@ -470,17 +427,10 @@ impl Conn {
 
     /// Periodic check: a connection that made no progress within the timeout is
     /// failed, and a failed reconnect is retried after a tick.
-    fn tick(
-        &mut self,
-        now: Instant,
-        settings: &Settings,
-        registry: &Registry,
-        result: &mut RoundResult,
-    ) {
+    fn tick(&mut self, now: Instant, settings: &Settings, registry: &Registry, result: &mut RoundResult) {
         match self.stream {
             Some(_) if now - self.last_progress > settings.timeout => {
-                let error =
-                    io::Error::new(io::ErrorKind::TimedOut, "no response within the timeout");
+                let error = io::Error::new(io::ErrorKind::TimedOut, "no response within the timeout");
                 self.fail(error, settings, registry, result);
             }
             None if now - self.last_progress >= TICK => self.reconnect(settings, registry, result),
@@ -491,9 +441,6 @@ impl Conn {
 
 /// The status line of a response, for error messages.
 fn first_line(response: &[u8]) -> String {
-    let end = response
-        .iter()
-        .position(|&b| b == b'\r')
-        .unwrap_or(response.len());
+    let end = response.iter().position(|&b| b == b'\r').unwrap_or(response.len());
     String::from_utf8_lossy(&response[..end]).into_owned()
 }

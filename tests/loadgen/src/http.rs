@@ -54,23 +54,14 @@ impl std::error::Error for ParseError {}
 /// by `Content-Length`, except for the statuses that have no body (1xx, 204, 304).
 pub fn parse_response(buf: &[u8]) -> Result<Option<Response>, ParseError> {
     let Some(head_len) = find(buf, b"\r\n\r\n") else {
-        return if buf.len() > MAX_HEAD {
-            Err(ParseError::HeadTooLarge)
-        } else {
-            Ok(None)
-        };
+        return if buf.len() > MAX_HEAD { Err(ParseError::HeadTooLarge) } else { Ok(None) };
     };
-    let mut lines = buf[..head_len]
-        .split(|&b| b == b'\n')
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line));
+    let mut lines = buf[..head_len].split(|&b| b == b'\n').map(|line| line.strip_suffix(b"\r").unwrap_or(line));
     let status = parse_status_line(lines.next().unwrap_or_default())?;
 
     let mut content_length = None;
     for line in lines {
-        let colon = line
-            .iter()
-            .position(|&b| b == b':')
-            .ok_or(ParseError::Header)?;
+        let colon = line.iter().position(|&b| b == b':').ok_or(ParseError::Header)?;
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
         if name.eq_ignore_ascii_case(b"content-length") {
             let len = parse_decimal(value).ok_or(ParseError::ContentLength)?;
@@ -87,16 +78,12 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<Response>, ParseError> {
         (_, Some(len)) => len,
         (_, None) => return Err(ParseError::NoContentLength),
     };
-    let len = (head_len + 4)
-        .checked_add(body_len)
-        .ok_or(ParseError::ContentLength)?;
+    let len = (head_len + 4).checked_add(body_len).ok_or(ParseError::ContentLength)?;
     Ok((buf.len() >= len).then_some(Response { status, len }))
 }
 
 fn parse_status_line(line: &[u8]) -> Result<u16, ParseError> {
-    let rest = line
-        .strip_prefix(b"HTTP/1.")
-        .ok_or(ParseError::StatusLine)?;
+    let rest = line.strip_prefix(b"HTTP/1.").ok_or(ParseError::StatusLine)?;
     match rest {
         [b'0' | b'1', b' ', code @ ..] if code.len() == 3 || code.get(3) == Some(&b' ') => {
             let code = &code[..3];
@@ -112,9 +99,7 @@ fn parse_decimal(digits: &[u8]) -> Option<usize> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    digits.iter().try_fold(0usize, |n, &d| {
-        n.checked_mul(10)?.checked_add(usize::from(d - b'0'))
-    })
+    digits.iter().try_fold(0usize, |n, &d| n.checked_mul(10)?.checked_add(usize::from(d - b'0')))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -125,28 +110,17 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
 
-    const OK: &[u8] =
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello";
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello";
 
     #[test]
     fn complete_response() {
-        assert_eq!(
-            parse_response(OK),
-            Ok(Some(Response {
-                status: 200,
-                len: OK.len()
-            }))
-        );
+        assert_eq!(parse_response(OK), Ok(Some(Response { status: 200, len: OK.len() })));
     }
 
     #[test]
     fn incomplete_until_the_last_body_byte() {
         for end in 0..OK.len() {
-            assert_eq!(
-                parse_response(&OK[..end]),
-                Ok(None),
-                "prefix of {end} bytes"
-            );
+            assert_eq!(parse_response(&OK[..end]), Ok(None), "prefix of {end} bytes");
         }
     }
 
@@ -165,13 +139,7 @@ mod tests {
     #[test]
     fn status_line_variants() {
         let no_reason = b"HTTP/1.1 204\r\n\r\n";
-        assert_eq!(
-            parse_response(no_reason),
-            Ok(Some(Response {
-                status: 204,
-                len: no_reason.len()
-            }))
-        );
+        assert_eq!(parse_response(no_reason), Ok(Some(Response { status: 204, len: no_reason.len() })));
         for bad in [
             &b"HTTP/2 200 OK\r\nContent-Length: 0\r\n\r\n"[..],
             b"HTTP/1.1 20 OK\r\nContent-Length: 0\r\n\r\n",
@@ -179,21 +147,13 @@ mod tests {
             b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n",
             b"hello\r\n\r\n",
         ] {
-            assert_eq!(
-                parse_response(bad),
-                Err(ParseError::StatusLine),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert_eq!(parse_response(bad), Err(ParseError::StatusLine), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 
     #[test]
     fn body_length_rules() {
-        assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\n"),
-            Err(ParseError::NoContentLength)
-        );
+        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\n"), Err(ParseError::NoContentLength));
         assert_eq!(
             parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
             Err(ParseError::NoContentLength)
@@ -202,23 +162,14 @@ mod tests {
             parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
             Err(ParseError::ContentLength)
         );
-        assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"),
-            Err(ParseError::ContentLength)
-        );
+        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"), Err(ParseError::ContentLength));
         assert_eq!(
             parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
             Err(ParseError::ContentLength)
         );
-        assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n"),
-            Err(ParseError::Header)
-        );
+        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n"), Err(ParseError::Header));
         let not_modified = b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n";
-        assert_eq!(
-            parse_response(not_modified).unwrap().unwrap().len,
-            not_modified.len()
-        );
+        assert_eq!(parse_response(not_modified).unwrap().unwrap().len, not_modified.len());
     }
 
     #[test]

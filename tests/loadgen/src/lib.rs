@@ -51,17 +51,9 @@ pub fn run(spec: &LoadSpec) -> Result<Report> {
 
 /// [`run`], calling `progress` with the target, the round number (from 0) and the
 /// round's report after every round.
-pub fn run_with_progress(
-    spec: &LoadSpec,
-    mut progress: impl FnMut(&Target, usize, &RoundReport),
-) -> Result<Report> {
+pub fn run_with_progress(spec: &LoadSpec, mut progress: impl FnMut(&Target, usize, &RoundReport)) -> Result<Report> {
     spec.validate()?;
-    let mut targets: Vec<TargetRounds> = spec
-        .targets
-        .iter()
-        .cloned()
-        .map(TargetRounds::new)
-        .collect();
+    let mut targets: Vec<TargetRounds> = spec.targets.iter().cloned().map(TargetRounds::new).collect();
     for round in 0..spec.rounds {
         for (target, rounds) in spec.targets.iter().zip(&mut targets) {
             let result = client::run_round(spec, target.addr)

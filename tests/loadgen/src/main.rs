@@ -95,10 +95,7 @@ fn main() -> ExitCode {
     match sandport_loadgen::run_with_progress(&spec, progress) {
         Ok(report) if cli.json => {
             eprint!("{report}");
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).expect("a report serialises")
-            );
+            println!("{}", serde_json::to_string_pretty(&report).expect("a report serialises"));
             ExitCode::SUCCESS
         }
         Ok(report) => {

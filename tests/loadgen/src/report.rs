@@ -30,23 +30,13 @@ pub struct Latency {
 impl Latency {
     /// The percentiles of `histogram`.
     pub fn of(histogram: &Histogram) -> Self {
-        Latency {
-            p50: histogram.percentile(50.0),
-            p99: histogram.percentile(99.0),
-            max: histogram.max(),
-        }
+        Latency { p50: histogram.percentile(50.0), p99: histogram.percentile(99.0), max: histogram.max() }
     }
 }
 
 impl fmt::Display for Latency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "p50 {}, p99 {}, max {}",
-            Short(self.p50),
-            Short(self.p99),
-            Short(self.max)
-        )
+        write!(f, "p50 {}, p99 {}, max {}", Short(self.p50), Short(self.p99), Short(self.max))
     }
 }
 
@@ -148,11 +138,7 @@ pub(crate) struct TargetRounds {
 
 impl TargetRounds {
     pub(crate) fn new(target: Target) -> Self {
-        TargetRounds {
-            target,
-            rounds: Vec::new(),
-            latency: Histogram::new(),
-        }
+        TargetRounds { target, rounds: Vec::new(), latency: Histogram::new() }
     }
 
     /// Adds a round and returns its report.
@@ -164,13 +150,7 @@ impl TargetRounds {
 
     /// The median over the rounds of requests per second.
     fn requests_per_sec(&self) -> f64 {
-        median(
-            &self
-                .rounds
-                .iter()
-                .map(|r| r.requests_per_sec)
-                .collect::<Vec<_>>(),
-        )
+        median(&self.rounds.iter().map(|r| r.requests_per_sec).collect::<Vec<_>>())
     }
 
     fn finish(self, baseline: f64) -> TargetReport {
@@ -181,11 +161,7 @@ impl TargetRounds {
             addr: self.target.addr,
             requests_per_sec,
             mb_per_sec: median(&throughputs),
-            ratio: if baseline > 0.0 {
-                requests_per_sec / baseline
-            } else {
-                f64::NAN
-            },
+            ratio: if baseline > 0.0 { requests_per_sec / baseline } else { f64::NAN },
             requests: self.rounds.iter().map(|r| r.requests).sum(),
             errors: self.rounds.iter().map(|r| r.errors).sum(),
             first_error: self.rounds.iter().find_map(|r| r.first_error.clone()),
@@ -197,9 +173,7 @@ impl TargetRounds {
 
 impl Report {
     pub(crate) fn new(spec: &LoadSpec, targets: Vec<TargetRounds>) -> Self {
-        let baseline = targets
-            .first()
-            .map_or(f64::NAN, TargetRounds::requests_per_sec);
+        let baseline = targets.first().map_or(f64::NAN, TargetRounds::requests_per_sec);
         Report {
             mode: spec.mode,
             connections: spec.connections,
@@ -221,11 +195,7 @@ impl fmt::Display for Report {
             Mode::Echo => "echo",
             Mode::Http => "http",
         };
-        write!(
-            f,
-            "{mode}: {} connections on {} threads, pipeline {}",
-            self.connections, self.threads, self.pipeline
-        )?;
+        write!(f, "{mode}: {} connections on {} threads, pipeline {}", self.connections, self.threads, self.pipeline)?;
         if let Some(size) = self.size {
             write!(f, ", {size}-byte messages")?;
         }
@@ -237,20 +207,8 @@ impl fmt::Display for Report {
             self.warmup.as_secs_f64()
         )?;
 
-        let name_width = self
-            .targets
-            .iter()
-            .map(|t| t.name.len())
-            .max()
-            .unwrap_or(0)
-            .max(6);
-        let addr_width = self
-            .targets
-            .iter()
-            .map(|t| t.addr.to_string().len())
-            .max()
-            .unwrap_or(0)
-            .max(7);
+        let name_width = self.targets.iter().map(|t| t.name.len()).max().unwrap_or(0).max(6);
+        let addr_width = self.targets.iter().map(|t| t.addr.to_string().len()).max().unwrap_or(0).max(7);
         let baseline = self.targets.first().map_or("", |t| &t.name);
         writeln!(
             f,
@@ -269,11 +227,7 @@ impl fmt::Display for Report {
                 Short(t.latency.p99).to_string(),
                 Short(t.latency.max).to_string(),
                 t.errors,
-                if t.ratio.is_finite() {
-                    format!("{:.3}", t.ratio)
-                } else {
-                    "n/a".to_owned()
-                },
+                if t.ratio.is_finite() { format!("{:.3}", t.ratio) } else { "n/a".to_owned() },
             )?;
         }
         for t in &self.targets {
@@ -314,11 +268,7 @@ mod tests {
     use super::*;
 
     fn round(requests: u64, latency_us: u64) -> RoundResult {
-        let mut result = RoundResult {
-            requests,
-            bytes: requests * 100,
-            ..RoundResult::default()
-        };
+        let mut result = RoundResult { requests, bytes: requests * 100, ..RoundResult::default() };
         for _ in 0..requests {
             result.latency.record(Duration::from_micros(latency_us));
         }
@@ -327,11 +277,7 @@ mod tests {
 
     #[test]
     fn ratios_use_the_median_round() {
-        let spec = LoadSpec {
-            duration: Duration::from_secs(2),
-            rounds: 3,
-            ..LoadSpec::new(Mode::Echo, vec![])
-        };
+        let spec = LoadSpec { duration: Duration::from_secs(2), rounds: 3, ..LoadSpec::new(Mode::Echo, vec![]) };
         let mut base = TargetRounds::new("base=127.0.0.1:1".parse().unwrap());
         let mut other = TargetRounds::new("other=127.0.0.1:2".parse().unwrap());
         for (b, o) in [(1000, 3000), (2000, 1000), (9000, 4000)] {
@@ -339,9 +285,7 @@ mod tests {
             other.push(&round(o, 200), spec.duration);
         }
         let report = Report::new(&spec, vec![base, other]);
-        let [base, other] = &report.targets[..] else {
-            panic!("two targets")
-        };
+        let [base, other] = &report.targets[..] else { panic!("two targets") };
         assert_eq!(base.requests_per_sec, 1000.0);
         assert_eq!(base.mb_per_sec, 0.1);
         assert_eq!(other.requests_per_sec, 1500.0);
@@ -360,12 +304,7 @@ mod tests {
 
         let table = report.to_string();
         assert!(table.contains("vs base"), "{table}");
-        assert!(
-            table
-                .lines()
-                .any(|l| l.starts_with("other ") && l.ends_with("1.500")),
-            "{table}"
-        );
+        assert!(table.lines().any(|l| l.starts_with("other ") && l.ends_with("1.500")), "{table}");
     }
 
     #[test]
@@ -376,10 +315,7 @@ mod tests {
         let report = Report::new(&spec, vec![base]);
         assert!(report.targets[0].ratio.is_nan());
         assert!(report.to_string().contains("n/a"));
-        assert_eq!(
-            serde_json::to_value(&report).unwrap()["targets"][0]["ratio"],
-            serde_json::Value::Null
-        );
+        assert_eq!(serde_json::to_value(&report).unwrap()["targets"][0]["ratio"], serde_json::Value::Null);
     }
 
     #[test]

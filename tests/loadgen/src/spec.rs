@@ -43,10 +43,7 @@ impl FromStr for Target {
             .with_context(|| format!("bad target address `{addr}` (expected HOST:PORT)"))?
             .next()
             .with_context(|| format!("`{addr}` resolves to no address"))?;
-        Ok(Target {
-            name: name.to_owned(),
-            addr,
-        })
+        Ok(Target { name: name.to_owned(), addr })
     }
 }
 
@@ -112,9 +109,7 @@ impl LoadSpec {
     /// The number of client threads [`LoadSpec::threads`] resolves to.
     pub fn thread_count(&self) -> usize {
         let auto = || thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        self.threads
-            .unwrap_or_else(auto)
-            .clamp(1, self.connections.max(1))
+        self.threads.unwrap_or_else(auto).clamp(1, self.connections.max(1))
     }
 
     /// Rejects specs that cannot run.
@@ -133,10 +128,7 @@ impl LoadSpec {
         ensure!(self.rounds > 0, "rounds must be at least 1");
         ensure!(!self.duration.is_zero(), "duration must be positive");
         ensure!(!self.timeout.is_zero(), "timeout must be positive");
-        ensure!(
-            self.mode != Mode::Echo || self.size > 0,
-            "size must be at least 1 byte"
-        );
+        ensure!(self.mode != Mode::Echo || self.size > 0, "size must be at least 1 byte");
         Ok(())
     }
 }
@@ -161,48 +153,24 @@ mod tests {
 
     #[test]
     fn validation() {
-        let target = |name: &str| Target {
-            name: name.into(),
-            addr: "127.0.0.1:1".parse().unwrap(),
-        };
+        let target = |name: &str| Target { name: name.into(), addr: "127.0.0.1:1".parse().unwrap() };
         let spec = LoadSpec::new(Mode::Echo, vec![target("a"), target("b")]);
         spec.validate().unwrap();
 
         let same_names = LoadSpec::new(Mode::Echo, vec![target("a"), target("a")]);
         assert!(same_names.validate().is_err());
         assert!(LoadSpec::new(Mode::Http, vec![]).validate().is_err());
-        let no_pipeline = LoadSpec {
-            pipeline: 0,
-            ..spec.clone()
-        };
+        let no_pipeline = LoadSpec { pipeline: 0, ..spec.clone() };
         assert!(no_pipeline.validate().is_err());
         let empty_messages = LoadSpec { size: 0, ..spec };
         assert!(empty_messages.validate().is_err());
-        assert!(
-            LoadSpec {
-                mode: Mode::Http,
-                ..empty_messages
-            }
-            .validate()
-            .is_ok()
-        );
+        assert!(LoadSpec { mode: Mode::Http, ..empty_messages }.validate().is_ok());
     }
 
     #[test]
     fn thread_count_is_bounded_by_connections() {
-        let spec = LoadSpec {
-            connections: 3,
-            threads: Some(8),
-            ..LoadSpec::new(Mode::Echo, vec![])
-        };
+        let spec = LoadSpec { connections: 3, threads: Some(8), ..LoadSpec::new(Mode::Echo, vec![]) };
         assert_eq!(spec.thread_count(), 3);
-        assert_eq!(
-            LoadSpec {
-                threads: Some(2),
-                ..spec
-            }
-            .thread_count(),
-            2
-        );
+        assert_eq!(LoadSpec { threads: Some(2), ..spec }.thread_count(), 2);
     }
 }

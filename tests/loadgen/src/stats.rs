@@ -32,11 +32,7 @@ impl Default for Histogram {
 impl Histogram {
     /// An empty histogram.
     pub fn new() -> Self {
-        Histogram {
-            counts: vec![0; BUCKETS].into_boxed_slice(),
-            count: 0,
-            max: 0,
-        }
+        Histogram { counts: vec![0; BUCKETS].into_boxed_slice(), count: 0, max: 0 }
     }
 
     /// Adds one sample.
@@ -117,11 +113,7 @@ pub fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 1 {
-        sorted[mid]
-    } else {
-        f64::midpoint(sorted[mid - 1], sorted[mid])
-    }
+    if sorted.len() % 2 == 1 { sorted[mid] } else { f64::midpoint(sorted[mid - 1], sorted[mid]) }
 }
 
 #[cfg(test)]

@@ -57,24 +57,15 @@ fn http_server(mut stream: TcpStream, response: &[u8]) -> io::Result<()> {
 }
 
 fn hello(stream: TcpStream) -> io::Result<()> {
-    http_server(
-        stream,
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, world!",
-    )
+    http_server(stream, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, world!")
 }
 
 fn unavailable(stream: TcpStream) -> io::Result<()> {
-    http_server(
-        stream,
-        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
-    )
+    http_server(stream, b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
 }
 
 fn target(name: &str, addr: SocketAddr) -> Target {
-    Target {
-        name: name.into(),
-        addr,
-    }
+    Target { name: name.into(), addr }
 }
 
 /// A short run: these servers are only fixtures, not measured.
@@ -92,32 +83,17 @@ fn assert_clean(report: &Report) {
     for t in &report.targets {
         assert!(t.requests > 0, "{report}");
         assert_eq!(t.errors, 0, "{report}");
-        assert!(
-            t.requests_per_sec > 0.0 && t.latency.p50 > Duration::ZERO,
-            "{report}"
-        );
+        assert!(t.requests_per_sec > 0.0 && t.latency.p50 > Duration::ZERO, "{report}");
     }
 }
 
 #[test]
 fn echo_alternating_targets() {
-    let spec = LoadSpec {
-        rounds: 2,
-        ..quick(
-            Mode::Echo,
-            vec![target("a", serve(echo)), target("b", serve(echo))],
-        )
-    };
+    let spec = LoadSpec { rounds: 2, ..quick(Mode::Echo, vec![target("a", serve(echo)), target("b", serve(echo))]) };
     let mut order = Vec::new();
-    let report = sandport_loadgen::run_with_progress(&spec, |t, round, _| {
-        order.push((t.name.clone(), round))
-    })
-    .unwrap();
+    let report = sandport_loadgen::run_with_progress(&spec, |t, round, _| order.push((t.name.clone(), round))).unwrap();
     assert_clean(&report);
-    let order: Vec<_> = order
-        .iter()
-        .map(|(name, round)| format!("{name}{round}"))
-        .collect();
+    let order: Vec<_> = order.iter().map(|(name, round)| format!("{name}{round}")).collect();
     assert_eq!(order, ["a0", "b0", "a1", "b1"]);
     assert_eq!(report.targets[0].ratio, 1.0);
     assert!(report.targets[1].ratio > 0.0);
@@ -143,10 +119,7 @@ fn echo_large_pipelined_batches_do_not_deadlock() {
 
 #[test]
 fn http_keep_alive_pipelined() {
-    let spec = LoadSpec {
-        pipeline: 8,
-        ..quick(Mode::Http, vec![target("hello", serve(hello))])
-    };
+    let spec = LoadSpec { pipeline: 8, ..quick(Mode::Http, vec![target("hello", serve(hello))]) };
     let report = sandport_loadgen::run(&spec).unwrap();
     assert_clean(&report);
     assert_eq!(report.targets[0].requests % 8, 0, "whole batches only");
@@ -154,38 +127,26 @@ fn http_keep_alive_pipelined() {
 
 #[test]
 fn http_single_requests() {
-    let report =
-        sandport_loadgen::run(&quick(Mode::Http, vec![target("hello", serve(hello))])).unwrap();
+    let report = sandport_loadgen::run(&quick(Mode::Http, vec![target("hello", serve(hello))])).unwrap();
     assert_clean(&report);
 }
 
 #[test]
 fn wrong_answers_are_errors() {
-    let report =
-        sandport_loadgen::run(&quick(Mode::Http, vec![target("503", serve(unavailable))])).unwrap();
+    let report = sandport_loadgen::run(&quick(Mode::Http, vec![target("503", serve(unavailable))])).unwrap();
     let t = &report.targets[0];
     assert_eq!(t.requests, 0);
     assert!(t.errors > 0);
-    assert!(
-        t.first_error.as_deref().unwrap().contains("503"),
-        "{report}"
-    );
+    assert!(t.first_error.as_deref().unwrap().contains("503"), "{report}");
 
-    let report = sandport_loadgen::run(&quick(
-        Mode::Echo,
-        vec![target("bad", serve(corrupting_echo))],
-    ))
-    .unwrap();
+    let report = sandport_loadgen::run(&quick(Mode::Echo, vec![target("bad", serve(corrupting_echo))])).unwrap();
     assert_eq!(report.targets[0].requests, 0);
     assert!(report.targets[0].errors > 0, "{report}");
 }
 
 #[test]
 fn refused_connections_fail_the_run() {
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let error = sandport_loadgen::run(&quick(Mode::Echo, vec![target("gone", addr)])).unwrap_err();
     assert!(format!("{error:#}").contains("cannot connect"), "{error:#}");
 }
