@@ -1,4 +1,4 @@
-//! Write [sandport] connection handlers in Rust.
+//! Write sandport connection handlers in Rust.
 //!
 //! A sandport plugin is a WebAssembly component that handles the TCP connections of
 //! one listener. The host owns the sockets and the buffers; the plugin gets events and
@@ -41,8 +41,6 @@
 //!
 //! sandport_guest::export!(Echo);
 //! ```
-//!
-//! [sandport]: https://github.com/sandport
 
 #![warn(missing_docs)]
 

@@ -307,11 +307,16 @@ impl Reactor {
             if self.core.queue.is_empty() {
                 return;
             }
-            for key in std::mem::take(&mut self.core.queue) {
+            let mut batch = std::mem::take(&mut self.core.queue);
+            for key in batch.drain(..) {
                 if let Some(conn) = self.core.conns.get_mut(key) {
                     conn.queued = false;
                     self.service(key);
                 }
+            }
+            if self.core.queue.is_empty() {
+                // Keep the allocation for the next turn.
+                self.core.queue = batch;
             }
         }
     }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, exit};
 
 /// The plugin packages, in the order `ALL` lists them.
-const PLUGINS: &[&str] = &["echo", "chat", "http-hello", "fixture-probe", "fixture-wrong-world"];
+const PLUGINS: &[&str] = &["echo", "chat", "http-hello", "fixture-probe", "fixture-wrong-world", "fixture-wants-wasi"];
 
 /// Directories whose contents feed the plugin builds.
 const SOURCE_DIRS: &[&str] = &["plugins", "guest-sdk", "wit"];

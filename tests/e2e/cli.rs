@@ -56,6 +56,13 @@ fn check_rejects_bad_components_with_reasons() {
 }
 
 #[test]
+fn filesystem_and_sockets_are_not_granted() {
+    let error = fails(&["check", plugins::FIXTURE_WANTS_WASI]);
+    assert!(error.contains("fixture_wants_wasi.wasm: does not implement"), "{error}");
+    assert!(error.contains("wasi:filesystem") || error.contains("wasi:sockets"), "names the refused import: {error}");
+}
+
+#[test]
 fn serve_rejects_malformed_config() {
     let (_dir, path) = config_file("[[listener]]\nname = \"a\"\nadress = \"127.0.0.1:0\"\n");
     let error = fails(&["serve", "--config", path.to_str().unwrap()]);

@@ -95,3 +95,15 @@ fn memory_bomb_hits_the_memory_limit() {
     let server = tenants("[listener.limits]\nmemory = \"2 MiB\"");
     fault_is_contained(&server, "big 3000000", "memory limit exceeded");
 }
+
+#[test]
+fn guests_get_clocks_and_randomness() {
+    let server = tenants("");
+    let mut c = server.connect("probe");
+    let now: u64 = c.ask("now").strip_prefix("now ").unwrap().parse().unwrap();
+    let host_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(now.abs_diff(host_now) <= 5, "guest clock {now}, host clock {host_now}");
+    let a = c.ask("random");
+    let b = server.connect("probe").ask("random");
+    assert!(a.starts_with("random ") && b.starts_with("random "), "{a} / {b}");
+}

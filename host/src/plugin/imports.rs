@@ -58,9 +58,6 @@ impl GuestState {
         let wasi = WasiCtx::builder()
             .stdout(GuestOutput::new(listener.clone(), "stdout"))
             .stderr(GuestOutput::new(listener.clone(), "stderr"))
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
             .build();
         GuestState {
             wasi,
