@@ -3,18 +3,25 @@
 
 use std::time::Duration;
 
-use crate::harness::{Server, listener, plugins};
+use crate::harness::{Client, Server, listener, plugins};
 
 fn probe() -> Server {
     Server::start(&(listener("probe", plugins::FIXTURE_PROBE, "") + &listener("other", plugins::FIXTURE_PROBE, "")))
+}
+
+/// The connection id the probe knows `client` by.
+fn id_of(client: &mut Client) -> String {
+    client.ask("id").strip_prefix("id ").unwrap().to_owned()
 }
 
 #[test]
 fn close_after_send_delivers_the_last_words() {
     let server = probe();
     let mut c = server.connect("probe");
+    let id = id_of(&mut c);
     c.send_line("close-after goodbye");
     assert_eq!(c.until_eof(), b"goodbye\n");
+    server.wait_for_log(&["listener=probe", &format!("closed {id}")]);
 }
 
 #[test]
@@ -33,10 +40,11 @@ fn close_after_send_flushes_a_large_buffer() {
 fn close_now_closes_at_once() {
     let server = probe();
     let mut c = server.connect("probe");
+    let id = id_of(&mut c);
     c.send_line("close-now ignored");
     let rest = c.until_eof();
     assert!(rest.is_empty() || rest == b"ignored\n", "{rest:?}");
-    server.wait_for_log(&["closed", "listener=probe"]);
+    server.wait_for_log(&["listener=probe", &format!("closed {id}")]);
 }
 
 #[test]
@@ -52,7 +60,7 @@ fn half_closed_peer_still_gets_its_answers() {
 fn vanished_peer_gets_its_close_event() {
     let server = probe();
     let mut c = server.connect("probe");
-    let id = c.ask("id").strip_prefix("id ").unwrap().to_owned();
+    let id = id_of(&mut c);
     drop(c);
     server.wait_for_log(&["listener=probe", &format!("closed {id}")]);
 }
@@ -63,8 +71,8 @@ fn handlers_reach_their_own_listeners_connections_only() {
     let mut a = server.connect("probe");
     let mut b = server.connect("probe");
     let mut stranger = server.connect("other");
-    let b_id = b.ask("id").strip_prefix("id ").unwrap().to_owned();
-    let stranger_id = stranger.ask("id").strip_prefix("id ").unwrap().to_owned();
+    let b_id = id_of(&mut b);
+    let stranger_id = id_of(&mut stranger);
 
     assert_eq!(a.ask(&format!("send {b_id} psst")), "ok");
     assert_eq!(b.line(), "psst");
