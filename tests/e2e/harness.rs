@@ -43,6 +43,8 @@ pub struct Server {
     child: Option<Child>,
     addrs: HashMap<String, SocketAddr>,
     log: Arc<Log>,
+    /// Copies stderr into `log`; finishes when the process exits.
+    reader: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -66,7 +68,7 @@ impl Server {
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Log::default());
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let mut text = sink.text.lock().unwrap();
@@ -75,7 +77,7 @@ impl Server {
                 sink.grew.notify_all();
             }
         });
-        let mut server = Server { child: Some(child), addrs: HashMap::new(), log, _dir: dir };
+        let mut server = Server { child: Some(child), addrs: HashMap::new(), log, reader: Some(reader), _dir: dir };
         let deadline = Instant::now() + PATIENCE;
         while server.addrs.len() < listeners {
             let text = server.log();
@@ -115,6 +117,21 @@ impl Server {
         }
     }
 
+    /// Wait until `needle` occurs `count` times in the log; fails if it occurs more.
+    pub fn wait_for_count(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let text = self.log();
+            let seen = text.matches(needle).count();
+            assert!(seen <= count, "{needle:?} occurs {seen} times, expected {count}:\n{text}");
+            if seen == count {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{needle:?} occurs {seen} times, expected {count}:\n{text}");
+            self.wait_log_change(&text, Duration::from_millis(100));
+        }
+    }
+
     /// Wait until the log has a line containing every one of `needles`; returns it.
     pub fn wait_for_log(&self, needles: &[&str]) -> String {
         let deadline = Instant::now() + PATIENCE;
@@ -146,8 +163,7 @@ impl Server {
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         let status = wait_exit(&mut child);
-        // The reader thread may still be copying the last lines.
-        std::thread::sleep(Duration::from_millis(100));
+        self.reader.take().unwrap().join().unwrap();
         (status, self.log())
     }
 }

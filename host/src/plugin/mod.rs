@@ -112,11 +112,7 @@ impl Runtime {
     /// Compile the component at `path` and check it against the world.
     pub fn load(&self, path: &Path) -> Result<Plugin, PluginError> {
         let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.to_owned(), source })?;
-        self.load_bytes(path, &bytes)
-    }
-
-    /// Compile `bytes` as if read from `path` and check them against the world.
-    pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Plugin, PluginError> {
+        let bytes = bytes.as_slice();
         let path = path.to_owned();
         if !is_component(bytes) {
             let reason = if bytes.starts_with(b"\0asm") {
