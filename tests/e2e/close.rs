@@ -31,6 +31,7 @@ fn close_after_send_flushes_a_large_buffer() {
     c.send_line("big 600000");
     c.send_line("close-after done");
     let rest = c.until_eof();
+    assert!(rest.len() > 600_000, "{} bytes arrived\n{}", rest.len(), server.log());
     assert!(rest[..600_000].iter().all(|&b| b == b'x'));
     let tail = String::from_utf8_lossy(&rest[600_000..]);
     assert_eq!(tail, format!("ok {}\ndone\n", (1 << 20) - 600_000));
