@@ -71,6 +71,20 @@ impl Conn {
         Ok(host::send(self.0, data)?)
     }
 
+    /// The room left in this connection's send buffer, in bytes: the most one
+    /// [`send`](Conn::send) can take now.
+    ///
+    /// ```no_run
+    /// # use sandport_guest::Conn;
+    /// # let conn = Conn::from_id(1);
+    /// # let backlog: Vec<u8> = Vec::new();
+    /// let room = conn.send_room().unwrap_or(0) as usize;
+    /// let _ = conn.send(&backlog[..room.min(backlog.len())]);
+    /// ```
+    pub fn send_room(self) -> Result<u32, Error> {
+        Ok(host::send_room(self.0)?)
+    }
+
     /// Discard the first `n` bytes of this connection's receive buffer.
     ///
     /// Call it for the bytes the handler has consumed; removing makes room, so a paused

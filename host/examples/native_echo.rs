@@ -18,14 +18,18 @@ impl Handler for Echo {
         if !matches!(event, Event::Recv(_) | Event::Send(_)) {
             return Ok(());
         }
-        loop {
+        let Ok(mut room) = host.send_room(conn) else { return Ok(()) };
+        while room > 0 {
             let Ok(rx) = host.recv_buffer(conn) else { return Ok(()) };
-            let chunk = rx.read(0, 64 * 1024).to_vec();
-            if chunk.is_empty() || host.send(conn, &chunk).is_err() {
+            let chunk = rx.read(0, (room as usize).min(64 * 1024)).to_vec();
+            if chunk.is_empty() {
                 return Ok(());
             }
+            let Ok(left) = host.send(conn, &chunk) else { return Ok(()) };
+            room = left;
             let _ = host.remove(conn, chunk.len() as u32);
         }
+        Ok(())
     }
 }
 

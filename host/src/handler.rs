@@ -82,6 +82,9 @@ pub trait Host {
     /// left in the send buffer.
     fn send(&mut self, conn: ConnId, data: &[u8]) -> Result<u32, HostError>;
 
+    /// The room left in the send buffer of `conn`: the most one `send` can take now.
+    fn send_room(&self, conn: ConnId) -> Result<u32, HostError>;
+
     /// Discard the first `n` bytes of the receive buffer of `conn`.
     fn remove(&mut self, conn: ConnId, n: u32) -> Result<(), HostError>;
 

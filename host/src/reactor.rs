@@ -549,6 +549,14 @@ impl Host for Scope<'_> {
         Ok(room)
     }
 
+    fn send_room(&self, conn: ConnId) -> Result<u32, HostError> {
+        let c = &self.core.conns[self.key(conn)?];
+        if c.phase != Phase::Open {
+            return Err(HostError::Closed);
+        }
+        Ok(c.tx.room() as u32)
+    }
+
     fn remove(&mut self, conn: ConnId, n: u32) -> Result<(), HostError> {
         let key = self.key(conn)?;
         let c = &mut self.core.conns[key];

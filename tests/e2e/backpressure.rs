@@ -50,6 +50,7 @@ fn flooding_client_is_paused_and_loses_nothing() {
 fn send_past_the_cap_is_refused_whole() {
     let server = Server::start(&listener("probe", plugins::FIXTURE_PROBE, "[listener.limits]\nsend-buffer = 4096"));
     let mut c = server.connect("probe");
+    assert_eq!(c.ask("room"), "room 4096");
     assert_eq!(c.ask("big 5000"), "err limit-exceeded");
     c.send_line("big 1000");
     assert_eq!(c.line(), format!("{}ok {}", "x".repeat(1000), 4096 - 1000));

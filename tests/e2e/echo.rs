@@ -70,6 +70,14 @@ fn echoes_8_mib_through_bounded_buffers() {
 }
 
 #[test]
+fn echoes_through_a_send_buffer_smaller_than_its_chunks() {
+    let server = Server::start(&listener("echo", plugins::ECHO, "[listener.limits]\nsend-buffer = 1000"));
+    let client = server.connect("echo");
+    let payload = pattern(1 << 20, 3);
+    assert!(round_trip(&client, &payload) == payload, "1 MiB through a 1000-byte send buffer came back altered");
+}
+
+#[test]
 fn serves_many_concurrent_clients() {
     let server = echo_server();
     let addr = server.addr("echo");

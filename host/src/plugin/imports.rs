@@ -193,6 +193,10 @@ impl host::Host for GuestState {
         Ok(self.host()?.send(ConnId(conn), &data).map_err(Into::into))
     }
 
+    fn send_room(&mut self, conn: u64) -> wasmtime::Result<Result<u32, types::Error>> {
+        Ok(self.host()?.send_room(ConnId(conn)).map_err(Into::into))
+    }
+
     fn remove(&mut self, conn: u64, n: u32) -> wasmtime::Result<Result<(), types::Error>> {
         Ok(self.host()?.remove(ConnId(conn), n).map_err(Into::into))
     }

@@ -6,11 +6,10 @@
 //! (the socket drained some) resumes the copy. So a payload of any size passes through
 //! bounded buffers.
 
-use sandport_guest::{Conn, Error, Handler, RecvBuf, log};
+use sandport_guest::{Conn, Handler, RecvBuf, log};
 
 /// The most copied per `send` call: big enough that a call's cost is small next to the
-/// copy, small enough to fit a send buffer that is partly full. It must not exceed
-/// the listener's send buffer limit, or no chunk would ever fit.
+/// copy, small enough not to hold much guest memory.
 const CHUNK: usize = 64 * 1024;
 
 /// The handler; it keeps no state, the buffers are all in the host.
@@ -29,9 +28,11 @@ impl Handler for Echo {
 
 /// Copy from `rx` to the send buffer until one of them is full or empty.
 fn pump(conn: Conn, rx: RecvBuf<'_>) {
-    // Once a send reports the room left, size the next chunk to it, so the last chunk
-    // fills the buffer instead of failing.
-    let mut room = CHUNK;
+    let mut room = match conn.send_room() {
+        Ok(room) => room as usize,
+        // Closing: nothing more goes out.
+        Err(_) => return,
+    };
     while room > 0 {
         let chunk = rx.read(0, room.min(CHUNK));
         if chunk.is_empty() {
@@ -39,8 +40,6 @@ fn pump(conn: Conn, rx: RecvBuf<'_>) {
         }
         match conn.send(&chunk) {
             Ok(left) => room = left as usize,
-            // Full: the bytes stay in `rx` until the next `send` event.
-            Err(Error::LimitExceeded) => return,
             Err(e) => {
                 log::warn(&format!("echo {conn}: send failed: {e}"));
                 return;
