@@ -218,26 +218,26 @@ impl PluginHandler {
             one_line(err)
         }
     }
-
-    fn call(&mut self, host: &mut dyn Host, conn: ConnId, event: &wit::Event) -> wasmtime::Result<()> {
-        let Some(live) = self.live.as_mut() else {
-            return Err(wasmtime::format_err!("no instance is running"));
-        };
-        live.store.set_epoch_deadline(self.deadline_ticks);
-        let rx = Resource::<RecvView>::new_borrow(RecvView::REP);
-        let handler = live.bindings.sandport_handler_handler();
-        imports::with_host(&mut live.store, host, conn, |store| handler.call_handle(store, conn.0, event, rx))
-    }
 }
 
 impl Handler for PluginHandler {
     fn handle(&mut self, host: &mut dyn Host, conn: ConnId, event: Event) -> Result<(), Fault> {
-        if self.live.is_none() {
-            self.live = Some(self.fresh_instance().map_err(|e| Fault { reason: e.to_string() })?);
-            info!(listener = %self.listener, plugin = %self.plugin.path().display(), "plugin instance restarted");
-        }
+        let live = match self.live.take() {
+            Some(live) => live,
+            None => {
+                let live = self.fresh_instance().map_err(|e| Fault { reason: e.to_string() })?;
+                info!(listener = %self.listener, plugin = %self.plugin.path().display(), "plugin instance restarted");
+                live
+            }
+        };
+        let live = self.live.insert(live);
+        live.store.set_epoch_deadline(self.deadline_ticks);
         let event = to_wit(event);
-        let Err(err) = self.call(host, conn, &event) else { return Ok(()) };
+        let rx = Resource::<RecvView>::new_borrow(RecvView::REP);
+        let handler = live.bindings.sandport_handler_handler();
+        let called =
+            imports::with_host(&mut live.store, host, conn, |store| handler.call_handle(store, conn.0, &event, rx));
+        let Err(err) = called else { return Ok(()) };
         let reason = format!("plugin {} trapped: {}", self.plugin.path().display(), self.explain(&err));
         // The store is poisoned: every later call would fail. Start over.
         self.live = match self.fresh_instance() {
