@@ -48,7 +48,7 @@ use crate::config::{Limits, ListenerSpec};
 use crate::connection::{Connection, Phase};
 use crate::handler::{CloseMode, ConnId, Event, Fault, Handler, Host, HostError};
 use crate::mbuf::Mbuf;
-use crate::timer::Timers;
+use crate::timer::{Due, Timers};
 
 /// Most bytes read from one socket per service, so one flooding peer cannot starve
 /// the others.
@@ -64,8 +64,16 @@ const TIMER_SLACK: usize = 1024;
 
 const WAKER: Token = Token(usize::MAX);
 
+/// Listeners take tokens from the top of the range, below the waker; connections
+/// use their slab keys from the bottom.
 fn listener_token(index: usize) -> Token {
     Token(usize::MAX - 1 - index)
+}
+
+/// The listener a token names, if it names one of `count` listeners.
+fn listener_index(token: Token, count: usize) -> Option<usize> {
+    let index = (usize::MAX - 1).checked_sub(token.0)?;
+    (index < count).then_some(index)
 }
 
 /// Counts of what happened while the reactor ran.
@@ -226,8 +234,8 @@ impl Reactor {
         for event in self.events.iter() {
             match event.token() {
                 WAKER => {}
-                Token(t) if t > usize::MAX - 1 - self.listeners.len() => {
-                    ready_listeners.push(usize::MAX - 1 - t);
+                token if let Some(index) = listener_index(token, self.listeners.len()) => {
+                    ready_listeners.push(index);
                 }
                 Token(key) => {
                     let Some(conn) = self.core.conns.get_mut(key) else { continue };
@@ -365,14 +373,8 @@ impl Reactor {
         }
         conn.phase = Phase::Closing;
         let listener = conn.listener;
-        match &error {
-            Some(err) => {
-                debug!(listener = %self.listeners[listener].spec.name, conn = %conn.id, peer = %conn.peer, "closed on error: {err}")
-            }
-            None => {
-                debug!(listener = %self.listeners[listener].spec.name, conn = %conn.id, peer = %conn.peer, "closed")
-            }
-        }
+        let why = error.map(|err| format!(" on error: {err}")).unwrap_or_default();
+        debug!(listener = %self.listeners[listener].spec.name, conn = %conn.id, peer = %conn.peer, "closed{why}");
         self.core.disarm_all(key);
         self.dispatch(key, Event::Close);
         let conn = self.core.conns.remove(key);
@@ -430,11 +432,10 @@ impl Reactor {
 
     fn fire_timers(&mut self, now: Instant) {
         while let Some(due) = self.core.timers.pop_due(now) {
-            let Some(conn) = self.core.conns.get_mut(due.key) else { continue };
-            if conn.id != due.conn || conn.timers.get(&due.timer) != Some(&due.arming) {
+            if !is_armed(&self.core.conns, &due) {
                 continue;
             }
-            conn.timers.remove(&due.timer);
+            self.core.conns[due.key].timers.remove(&due.timer);
             self.core.armed -= 1;
             self.dispatch(due.key, Event::Timer(due.timer));
         }
@@ -450,10 +451,9 @@ impl Reactor {
             listener.next_poll = Some(now + every);
             let mut keys: Vec<(ConnId, usize)> = self.core.scopes[index].iter().map(|(id, key)| (*id, *key)).collect();
             keys.sort_unstable();
+            // Handlers only mark connections for closing; none leaves the slab here.
             for (_, key) in keys {
-                if self.core.conns.contains(key) {
-                    self.dispatch(key, Event::Poll);
-                }
+                self.dispatch(key, Event::Poll);
             }
         }
     }
@@ -483,6 +483,12 @@ impl Reactor {
             "stopped"
         );
     }
+}
+
+/// Whether `due` is still the current arming of a live connection's timer (not
+/// cancelled, re-armed, or left behind by a closed connection).
+fn is_armed(conns: &Slab<Connection>, due: &Due) -> bool {
+    conns.get(due.key).is_some_and(|c| c.id == due.conn && c.timers.get(&due.timer) == Some(&due.arming))
 }
 
 /// Register for WRITABLE only while there is something to write and the socket last
@@ -581,10 +587,8 @@ impl Host for Scope<'_> {
             self.core.armed += 1;
         }
         if self.core.timers.len() > 2 * self.core.armed + TIMER_SLACK {
-            let conns = &self.core.conns;
-            self.core.timers.compact(|due| {
-                conns.get(due.key).is_some_and(|c| c.id == due.conn && c.timers.get(&due.timer) == Some(&due.arming))
-            });
+            let Core { conns, timers, .. } = &mut *self.core;
+            timers.compact(|due| is_armed(conns, due));
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::sandport::handler::{host, types};
 use super::stdio::GuestOutput;
 use crate::handler::{CloseMode, ConnId, Host, HostError};
+use crate::mbuf::Mbuf;
 
 /// Table elements a guest may grow to (a pointer each).
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
@@ -72,6 +73,13 @@ impl GuestState {
     /// The store's resource limiter: this state itself.
     pub fn limits(&mut self) -> &mut dyn ResourceLimiter {
         self
+    }
+
+    /// The receive buffer of the connection being handled (the one `mbuf` a guest
+    /// can hold), or `None` if the reactor no longer has it.
+    fn recv_buffer(&mut self) -> wasmtime::Result<Option<&Mbuf>> {
+        let conn = self.conn;
+        Ok(self.host()?.recv_buffer(conn).ok())
     }
 
     fn host(&mut self) -> wasmtime::Result<&mut dyn Host> {
@@ -232,21 +240,15 @@ impl host::Host for GuestState {
 
 impl host::HostMbuf for GuestState {
     fn len(&mut self, _rx: Resource<RecvView>) -> wasmtime::Result<u32> {
-        let conn = self.conn;
-        Ok(self.host()?.recv_buffer(conn).map_or(0, |rx| rx.len() as u32))
+        Ok(self.recv_buffer()?.map_or(0, |rx| rx.len() as u32))
     }
 
     fn read(&mut self, _rx: Resource<RecvView>, offset: u32, len: u32) -> wasmtime::Result<Vec<u8>> {
-        let conn = self.conn;
-        Ok(self
-            .host()?
-            .recv_buffer(conn)
-            .map_or_else(|_| Vec::new(), |rx| rx.read(offset as usize, len as usize).to_vec()))
+        Ok(self.recv_buffer()?.map_or_else(Vec::new, |rx| rx.read(offset as usize, len as usize).to_vec()))
     }
 
-    fn find(&mut self, _rx: Resource<RecvView>, needle: Vec<u8>, from: u32) -> wasmtime::Result<Option<u32>> {
-        let conn = self.conn;
-        Ok(self.host()?.recv_buffer(conn).ok().and_then(|rx| rx.find(&needle, from as usize)).map(|at| at as u32))
+    fn find(&mut self, _rx: Resource<RecvView>, needle: Vec<u8>, start: u32) -> wasmtime::Result<Option<u32>> {
+        Ok(self.recv_buffer()?.and_then(|rx| rx.find(&needle, start as usize)).map(|at| at as u32))
     }
 
     fn drop(&mut self, _rx: Resource<RecvView>) -> wasmtime::Result<()> {
