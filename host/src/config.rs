@@ -187,8 +187,11 @@ impl Config {
         let mut listeners = Vec::new();
         for (address, plugin) in pairs {
             let stem = plugin.file_stem().and_then(|s| s.to_str()).unwrap_or("listener");
-            let taken = listeners.iter().filter(|l: &&ListenerConfig| l.spec.name.starts_with(stem)).count();
-            let name = if taken == 0 { stem.to_owned() } else { format!("{stem}-{}", taken + 1) };
+            let free = |name: &String| !listeners.iter().any(|l: &ListenerConfig| l.spec.name == *name);
+            let name = std::iter::once(stem.to_owned())
+                .chain((2..).map(|n| format!("{stem}-{n}")))
+                .find(free)
+                .expect("some numbered name is free");
             let address = parse_address(&name, address).map_err(invalid)?;
             listeners.push(ListenerConfig { spec: ListenerSpec::new(&name, address), plugin: plugin.clone() });
         }
@@ -346,9 +349,11 @@ mod tests {
         let config = Config::from_pairs(&[
             ("127.0.0.1:0".into(), "a/echo.wasm".into()),
             ("127.0.0.1:0".into(), "b/echo.wasm".into()),
+            ("127.0.0.1:0".into(), "echoes.wasm".into()),
+            ("127.0.0.1:0".into(), "c/echo.wasm".into()),
         ])
         .unwrap();
         let names: Vec<_> = config.listeners.iter().map(|l| l.spec.name.as_str()).collect();
-        assert_eq!(names, ["echo", "echo-2"]);
+        assert_eq!(names, ["echo", "echo-2", "echoes", "echo-3"]);
     }
 }
