@@ -5,38 +5,63 @@
 //! cargo run --release -p sandport --example native_echo -- 127.0.0.1:7100
 //! ```
 
+use std::collections::HashSet;
+
 use sandport::config::ListenerSpec;
-use sandport::handler::{ConnId, Event, Fault, Handler, Host};
+use sandport::handler::{CloseMode, ConnId, Event, Fault, Handler, Host};
 use sandport::reactor::Reactor;
 
 /// Moves bytes from the receive buffer to the send buffer, as the echo plugin does,
-/// with the same 64 KiB chunks and the same backpressure rule.
-struct Echo;
+/// with the same 64 KiB chunks and the same backpressure rule, and closes once a
+/// peer that stopped sending has had everything back.
+#[derive(Default)]
+struct Echo {
+    /// Connections whose peer stopped sending.
+    finished: HashSet<ConnId>,
+}
 
 impl Handler for Echo {
     fn handle(&mut self, host: &mut dyn Host, conn: ConnId, event: Event) -> Result<(), Fault> {
-        if !matches!(event, Event::Recv(_) | Event::Send(_)) {
-            return Ok(());
-        }
-        let Ok(mut room) = host.send_room(conn) else { return Ok(()) };
-        while room > 0 {
-            let Ok(rx) = host.recv_buffer(conn) else { return Ok(()) };
-            let chunk = rx.read(0, (room as usize).min(64 * 1024)).to_vec();
-            if chunk.is_empty() {
+        match event {
+            Event::Recv(0) => {
+                self.finished.insert(conn);
+            }
+            Event::Recv(_) | Event::Send(_) => {}
+            Event::Close => {
+                self.finished.remove(&conn);
                 return Ok(());
             }
-            let Ok(left) = host.send(conn, &chunk) else { return Ok(()) };
-            room = left;
-            let _ = host.remove(conn, chunk.len() as u32);
+            _ => return Ok(()),
+        }
+        pump(host, conn);
+        let drained = host.recv_buffer(conn).is_ok_and(|rx| rx.is_empty());
+        if drained && self.finished.contains(&conn) {
+            let _ = host.close(conn, CloseMode::AfterSend);
         }
         Ok(())
+    }
+}
+
+/// Copy from the receive buffer to the send buffer until one is full or empty.
+fn pump(host: &mut dyn Host, conn: ConnId) {
+    let Ok(mut room) = host.send_room(conn) else { return };
+    while room > 0 {
+        let Ok(rx) = host.recv_buffer(conn) else { return };
+        let chunk = rx.read(0, (room as usize).min(64 * 1024)).to_vec();
+        if chunk.is_empty() {
+            return;
+        }
+        let Ok(left) = host.send(conn, &chunk) else { return };
+        room = left;
+        let _ = host.remove(conn, chunk.len() as u32);
     }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let address = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:7100".into()).parse()?;
     let mut reactor = Reactor::new()?;
-    let bound = reactor.listen(&ListenerSpec::new("native-echo", address), Box::new(Echo))?;
+    let spec = ListenerSpec::new("native-echo", address);
+    let bound = reactor.listen(&spec, Box::new(|| Ok(Box::new(Echo::default()) as Box<dyn Handler>)))?;
     eprintln!("native echo on {bound}");
     reactor.run()?;
     Ok(())

@@ -10,6 +10,8 @@
 //! address = "127.0.0.1:7000"
 //! plugin = "target/wasm32-wasip2/plugin/echo.wasm"   # relative to this file
 //! poll-interval-ms = 1000                             # optional: POLL events
+//! instance = "shared"                                 # or "per-connection"
+//! allow-connect = ["127.0.0.1:9000"]                  # outbound `connect` targets
 //!
 //! [listener.limits]
 //! recv-buffer = "1 MiB"
@@ -17,9 +19,15 @@
 //! event-timeout-ms = 100
 //! memory = "64 MiB"
 //! max-timers = 64
+//! max-connections = 1024
+//! idle-timeout-ms = 60000
+//! log-rate = "64 KiB"                                 # per second
+//!
+//! [listener.config]                                   # read by the plugin
+//! upstream = "127.0.0.1:9000"
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -42,6 +50,15 @@ pub struct Limits {
     pub memory: usize,
     /// Timers a connection may have armed at once (`max-timers`).
     pub max_timers: usize,
+    /// Connections open at once, accepted and dialed together (`max-connections`).
+    /// Beyond it a new connection is accepted and closed at once.
+    pub max_connections: usize,
+    /// A connection with no bytes read or written for this long is closed
+    /// (`idle-timeout-ms`). It also bounds how long an outbound dial may take.
+    pub idle_timeout: Duration,
+    /// Bytes of guest log output (the `log` import, stdout, stderr) per second,
+    /// shared by the listener's instances (`log-rate`); the excess is dropped.
+    pub log_rate: usize,
 }
 
 impl Default for Limits {
@@ -52,8 +69,96 @@ impl Default for Limits {
             event_timeout: Duration::from_millis(100),
             memory: 64 << 20,
             max_timers: 64,
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(60),
+            log_rate: 64 << 10,
         }
     }
+}
+
+/// One of the [`Limits`], as reported when a connection hits it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// `memory`: the instance trapped growing past it.
+    Memory,
+    /// `event-timeout-ms`: the instance was interrupted.
+    EventTime,
+    /// `max-connections`: a connection was refused.
+    Connections,
+    /// `recv-buffer`: reading paused until the handler removes bytes.
+    RecvBuffer,
+    /// `send-buffer`: a `send` was refused.
+    SendBuffer,
+    /// `max-timers`: a `set-timer` was refused.
+    Timers,
+    /// `idle-timeout-ms`: the connection was closed.
+    IdleTimeout,
+    /// `log-rate`: guest log output was dropped.
+    LogRate,
+}
+
+impl Limit {
+    /// Every limit, in the order [`Limit::index`] numbers them.
+    pub const ALL: [Limit; 8] = [
+        Limit::Memory,
+        Limit::EventTime,
+        Limit::Connections,
+        Limit::RecvBuffer,
+        Limit::SendBuffer,
+        Limit::Timers,
+        Limit::IdleTimeout,
+        Limit::LogRate,
+    ];
+
+    /// Position in [`Limit::ALL`], for per-limit counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The limit's key under `[listener.limits]`.
+    ///
+    /// ```
+    /// assert_eq!(sandport::config::Limit::IdleTimeout.key(), "idle-timeout-ms");
+    /// ```
+    pub fn key(self) -> &'static str {
+        match self {
+            Limit::Memory => "memory",
+            Limit::EventTime => "event-timeout-ms",
+            Limit::Connections => "max-connections",
+            Limit::RecvBuffer => "recv-buffer",
+            Limit::SendBuffer => "send-buffer",
+            Limit::Timers => "max-timers",
+            Limit::IdleTimeout => "idle-timeout-ms",
+            Limit::LogRate => "log-rate",
+        }
+    }
+
+    /// What the host does when the limit is hit, for the log.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Limit::Memory | Limit::EventTime => "the plugin instance was stopped",
+            Limit::Connections => "the connection was refused",
+            Limit::RecvBuffer => "reading paused until the handler removes bytes",
+            Limit::SendBuffer => "a send was refused",
+            Limit::Timers => "a set-timer was refused",
+            Limit::IdleTimeout => "the connection was closed",
+            Limit::LogRate => "log output was dropped",
+        }
+    }
+}
+
+/// How a listener's connections share plugin instances (`instance`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceMode {
+    /// One instance serves every connection of the listener; it can keep state
+    /// shared between them, and a fault closes them all.
+    #[default]
+    Shared,
+    /// Each accepted connection gets a fresh instance, dropped after the CLOSE of
+    /// the last connection it holds (the accepted one and any it dialed). A fault
+    /// closes only that instance's connections.
+    PerConnection,
 }
 
 /// What the reactor needs to know of a listener, whatever handles it.
@@ -67,6 +172,10 @@ pub struct ListenerSpec {
     pub poll_interval: Option<Duration>,
     /// The listener's bounds.
     pub limits: Limits,
+    /// Whether connections share one handler instance.
+    pub instance: InstanceMode,
+    /// Addresses the handler may `connect` to. Empty: none.
+    pub allow_connect: Vec<SocketAddr>,
 }
 
 impl ListenerSpec {
@@ -77,7 +186,14 @@ impl ListenerSpec {
     /// assert_eq!(spec.limits, sandport::config::Limits::default());
     /// ```
     pub fn new(name: &str, address: SocketAddr) -> ListenerSpec {
-        ListenerSpec { name: name.to_owned(), address, poll_interval: None, limits: Limits::default() }
+        ListenerSpec {
+            name: name.to_owned(),
+            address,
+            poll_interval: None,
+            limits: Limits::default(),
+            instance: InstanceMode::default(),
+            allow_connect: Vec::new(),
+        }
     }
 }
 
@@ -88,6 +204,9 @@ pub struct ListenerConfig {
     pub spec: ListenerSpec,
     /// The plugin component, resolved against the config file's folder.
     pub plugin: PathBuf,
+    /// The plugin's settings (`[listener.config]`), as text: strings as they are,
+    /// numbers and booleans as written.
+    pub settings: BTreeMap<String, String>,
 }
 
 /// A whole, validated configuration.
@@ -145,7 +264,13 @@ struct ListenerToml {
     plugin: PathBuf,
     poll_interval_ms: Option<u64>,
     #[serde(default)]
+    instance: InstanceMode,
+    #[serde(default)]
+    allow_connect: Vec<String>,
+    #[serde(default)]
     limits: LimitsToml,
+    #[serde(default)]
+    config: toml::Table,
 }
 
 #[derive(Deserialize, Default)]
@@ -156,6 +281,9 @@ struct LimitsToml {
     event_timeout_ms: Option<u64>,
     memory: Option<ByteSize>,
     max_timers: Option<u64>,
+    max_connections: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    log_rate: Option<ByteSize>,
 }
 
 impl Config {
@@ -193,7 +321,11 @@ impl Config {
                 .find(free)
                 .expect("some numbered name is free");
             let address = parse_address(&name, address).map_err(invalid)?;
-            listeners.push(ListenerConfig { spec: ListenerSpec::new(&name, address), plugin: plugin.clone() });
+            listeners.push(ListenerConfig {
+                spec: ListenerSpec::new(&name, address),
+                plugin: plugin.clone(),
+                settings: BTreeMap::new(),
+            });
         }
         Config::new(listeners).map_err(invalid)
     }
@@ -243,6 +375,13 @@ impl ListenerToml {
             )?),
             memory: bytes("memory", l.memory, defaults.memory)?,
             max_timers: positive("max-timers", l.max_timers, defaults.max_timers as u64)? as usize,
+            max_connections: positive("max-connections", l.max_connections, defaults.max_connections as u64)? as usize,
+            idle_timeout: Duration::from_millis(positive(
+                "idle-timeout-ms",
+                l.idle_timeout_ms,
+                defaults.idle_timeout.as_millis() as u64,
+            )?),
+            log_rate: bytes("log-rate", l.log_rate, defaults.log_rate)?,
         };
         for (key, value) in [("recv-buffer", limits.recv_buffer), ("send-buffer", limits.send_buffer)] {
             if value > u32::MAX as usize {
@@ -253,9 +392,37 @@ impl ListenerToml {
             Some(0) => return Err(format!("listener `{name}`: poll-interval-ms must be greater than 0")),
             ms => ms.map(Duration::from_millis),
         };
+        let allow_connect = self
+            .allow_connect
+            .iter()
+            .map(|address| {
+                address.trim().parse().map_err(|_| {
+                    format!("listener `{name}`: allow-connect entry `{address}` is not IP:PORT (e.g. 127.0.0.1:9000)")
+                })
+            })
+            .collect::<Result<Vec<SocketAddr>, String>>()?;
+        let settings = self
+            .config
+            .into_iter()
+            .map(|(key, value)| match value {
+                toml::Value::String(text) => Ok((key, text)),
+                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                    Ok((key, value.to_string()))
+                }
+                _ => Err(format!("listener `{name}`: config.{key} must be a string, a number or a boolean")),
+            })
+            .collect::<Result<_, String>>()?;
         Ok(ListenerConfig {
-            spec: ListenerSpec { address: parse_address(&name, &self.address)?, poll_interval, limits, name },
+            spec: ListenerSpec {
+                address: parse_address(&name, &self.address)?,
+                poll_interval,
+                limits,
+                instance: self.instance,
+                allow_connect,
+                name,
+            },
             plugin: base.join(self.plugin),
+            settings,
         })
     }
 }
@@ -306,6 +473,41 @@ mod tests {
         assert_eq!(l.limits.send_buffer, 4096);
         assert_eq!(l.limits.event_timeout, Duration::from_millis(20));
         assert_eq!(l.limits.memory, Limits::default().memory);
+        assert_eq!(l.instance, InstanceMode::Shared);
+        assert!(l.allow_connect.is_empty());
+        assert!(config.listeners[0].settings.is_empty());
+    }
+
+    #[test]
+    fn isolation_keys() {
+        let config = parse(
+            r#"
+            [[listener]]
+            name = "proxy"
+            address = "127.0.0.1:7002"
+            plugin = "tcp_proxy.wasm"
+            instance = "per-connection"
+            allow-connect = ["127.0.0.1:7000", "[::1]:9000"]
+            [listener.limits]
+            max-connections = 10
+            idle-timeout-ms = 1500
+            log-rate = "1 KiB"
+            [listener.config]
+            upstream = "127.0.0.1:7000"
+            retries = 3
+            verbose = true
+            "#,
+        )
+        .unwrap();
+        let listener = &config.listeners[0];
+        let l = &listener.spec;
+        assert_eq!(l.instance, InstanceMode::PerConnection);
+        assert_eq!(l.allow_connect, ["127.0.0.1:7000".parse().unwrap(), "[::1]:9000".parse().unwrap()]);
+        assert_eq!(l.limits.max_connections, 10);
+        assert_eq!(l.limits.idle_timeout, Duration::from_millis(1500));
+        assert_eq!(l.limits.log_rate, 1024);
+        let settings: Vec<(&str, &str)> = listener.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(settings, [("retries", "3"), ("upstream", "127.0.0.1:7000"), ("verbose", "true")]);
     }
 
     #[test]
@@ -337,6 +539,18 @@ mod tests {
                 "/etc/sandport/x.toml:6:",
             ),
             ("[[listener]\n", "/etc/sandport/x.toml:1:"),
+            (
+                "[[listener]]\nname='a'\naddress='127.0.0.1:1'\nplugin='a.wasm'\ninstance='pooled'",
+                "/etc/sandport/x.toml:5:",
+            ),
+            (
+                "[[listener]]\nname='a'\naddress='127.0.0.1:1'\nplugin='a.wasm'\nallow-connect=['example.com:80']",
+                "allow-connect entry `example.com:80` is not IP:PORT",
+            ),
+            (
+                "[[listener]]\nname='a'\naddress='127.0.0.1:1'\nplugin='a.wasm'\n[listener.config]\nx={y=1}",
+                "config.x must be a string, a number or a boolean",
+            ),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err().to_string();

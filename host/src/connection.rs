@@ -1,4 +1,5 @@
-//! Per-connection state: the socket, its two buffers, readiness, lifecycle, timers.
+//! Per-connection state: the socket, its two buffers, readiness, lifecycle, timers,
+//! and the limits it has hit.
 //!
 //! A [`Connection`] moves bytes between its socket and its buffers when the reactor
 //! tells it to, within the limits of the buffers. It never calls a handler and never
@@ -7,9 +8,11 @@
 use std::collections::HashMap;
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use crate::config::{Limit, Limits};
 use crate::handler::ConnId;
 use crate::mbuf::Mbuf;
 
@@ -25,12 +28,26 @@ pub(crate) enum Phase {
     Closing,
 }
 
+/// Our sending side, which a handler may shut down before closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteSide {
+    /// Sends are accepted.
+    Open,
+    /// Shut down asked for: no more sends; the socket's sending side is shut once
+    /// the send buffer is written out.
+    ShutAfterSend,
+    /// The peer has been sent end-of-stream.
+    Shut,
+}
+
 /// One accepted TCP connection.
 #[derive(Debug)]
 pub(crate) struct Connection {
     pub id: ConnId,
-    /// Index of the listener that accepted it.
+    /// Index of the listener that accepted it (or whose handler dialed it).
     pub listener: usize,
+    /// The reactor's key of the handler instance that serves it.
+    pub instance: usize,
     pub socket: TcpStream,
     pub peer: SocketAddr,
     /// Bytes read from the peer, not yet removed by the handler.
@@ -43,6 +60,9 @@ pub(crate) struct Connection {
     pub writable: bool,
     /// The peer closed its sending side; nothing more will arrive.
     pub peer_closed: bool,
+    /// An outbound dial still in progress.
+    pub connecting: bool,
+    pub write_side: WriteSide,
     pub phase: Phase,
     /// The listener's handler serves this connection. False once CLOSE was delivered,
     /// or when the handler's instance died and the connection is closing unattended.
@@ -53,32 +73,57 @@ pub(crate) struct Connection {
     pub write_interest: bool,
     /// Armed handler timers: timer id -> arming number in the reactor's queue.
     pub timers: HashMap<u64, u64>,
+    /// The arming number of the idle check in the reactor's timer queue.
+    pub idle_arming: u64,
+    /// When a byte last moved either way (or the connection was made).
+    pub last_active: Instant,
+    /// Limits already hit and logged, one bit per [`Limit::index`].
+    hits: u16,
 }
 
 impl Connection {
+    /// A connection just accepted, or (`dialing`) one whose outbound dial has
+    /// started; neither has seen readiness yet.
     pub fn new(
         id: ConnId,
-        listener: usize,
+        (listener, instance): (usize, usize),
         socket: TcpStream,
         peer: SocketAddr,
-        limits: &crate::config::Limits,
+        limits: &Limits,
+        dialing: bool,
     ) -> Connection {
         Connection {
             id,
             listener,
+            instance,
             socket,
             peer,
             rx: Mbuf::with_limit(limits.recv_buffer),
             tx: Mbuf::with_limit(limits.send_buffer),
-            readable: true,
-            writable: true,
+            // An accepted socket may already hold bytes; a dialing one must wait for
+            // readiness to learn whether the dial worked.
+            readable: !dialing,
+            writable: !dialing,
             peer_closed: false,
+            connecting: dialing,
+            write_side: WriteSide::Open,
             phase: Phase::Open,
             attached: true,
             queued: false,
-            write_interest: false,
+            write_interest: dialing,
             timers: HashMap::new(),
+            idle_arming: 0,
+            last_active: Instant::now(),
+            hits: 0,
         }
+    }
+
+    /// Record that `limit` was hit; true the first time for this connection.
+    pub fn first_hit(&mut self, limit: Limit) -> bool {
+        let bit = 1 << limit.index();
+        let first = self.hits & bit == 0;
+        self.hits |= bit;
+        first
     }
 
     /// Write the send buffer until it is empty or the socket would block. Returns the
@@ -88,7 +133,10 @@ impl Connection {
         while !self.tx.is_empty() {
             match self.tx.drain_to(&mut self.socket) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => total += n,
+                Ok(n) => {
+                    total += n;
+                    self.last_active = Instant::now();
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.writable = false;
                     break;
@@ -111,7 +159,10 @@ impl Connection {
                     self.readable = false;
                     break;
                 }
-                Ok(n) => total += n,
+                Ok(n) => {
+                    total += n;
+                    self.last_active = Instant::now();
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.readable = false;
                     break;
@@ -123,11 +174,21 @@ impl Connection {
         Ok(total)
     }
 
+    /// Whether reading could get more bytes now.
+    pub fn can_read(&self) -> bool {
+        self.phase == Phase::Open && !self.connecting && self.readable && !self.peer_closed && self.rx.room() > 0
+    }
+
     /// Whether the socket still has work this connection could do right now.
     pub fn has_io_pending(&self) -> bool {
-        let can_read = self.phase == Phase::Open && self.readable && !self.peer_closed && self.rx.room() > 0;
-        let can_write = self.writable && !self.tx.is_empty();
-        can_read || can_write
+        let can_write = !self.connecting && self.writable && !self.tx.is_empty();
+        self.can_read() || can_write
+    }
+
+    /// Whether nothing can move either way any more: the peer finished sending,
+    /// our side was shut down and written out, and the handler consumed everything.
+    pub fn is_spent(&self) -> bool {
+        self.peer_closed && self.write_side == WriteSide::Shut && self.rx.is_empty()
     }
 
     /// Whether the events of this phase reach the handler.

@@ -10,12 +10,13 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::config::Limit;
 use crate::mbuf::Mbuf;
 
 /// A connection as handlers name it.
 ///
-/// Ids are scoped to one listener and never reused: a stale or foreign id names no
-/// connection at all.
+/// Ids are scoped to one handler instance (the connections it accepted or dialed) and
+/// never reused: a stale or foreign id names no connection at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
 
@@ -28,9 +29,15 @@ impl fmt::Display for ConnId {
 /// What happened to a connection (Mongoose's event set).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// The listener accepted the connection from this peer. Always the first event.
+    /// The listener accepted the connection from this peer. Always the first event
+    /// of an accepted connection.
     Accept(SocketAddr),
-    /// This many bytes were appended to the receive buffer.
+    /// An outbound connection from [`Host::connect`] is established, or failed (then
+    /// CLOSE follows). Always the first event of a dialed connection.
+    Connect(Result<(), HostError>),
+    /// This many bytes were appended to the receive buffer. `Recv(0)`: the peer shut
+    /// down its sending side. The host does not close the connection for that; the
+    /// handler decides when it is done.
     Recv(u32),
     /// This many bytes of the send buffer reached the socket.
     Send(u32),
@@ -66,6 +73,9 @@ pub enum HostError {
     /// An argument is out of range.
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// The network refused (an outbound connection failed); the text is why.
+    #[error("failed: {0}")]
+    Failed(String),
 }
 
 /// What a handler may do while it handles an event. The reactor implements it.
@@ -96,22 +106,39 @@ pub trait Host {
 
     /// Close `conn`; its [`Event::Close`] follows from the event loop.
     fn close(&mut self, conn: ConnId, mode: CloseMode) -> Result<(), HostError>;
+
+    /// Shut down the sending side of `conn` once its send buffer is written out, and
+    /// keep reading (a TCP half-close). Later sends are refused with
+    /// [`HostError::Closed`].
+    fn shutdown(&mut self, conn: ConnId) -> Result<(), HostError>;
+
+    /// Dial `address`, if the listener allows it. Returns the new connection at once;
+    /// its first event, [`Event::Connect`], tells how the dial ended.
+    fn connect(&mut self, address: SocketAddr) -> Result<ConnId, HostError>;
+
+    /// Report that handling `conn` hit a limit only the handler can see (say its log
+    /// rate), so it is logged and counted with the others.
+    fn limit_hit(&mut self, conn: ConnId, limit: Limit);
 }
 
 /// A handler lost its state: every connection it was serving is orphaned.
 ///
 /// Returned when a plugin instance traps, runs past its time limit or exceeds its
-/// memory. The handler has already arranged a fresh instance for new connections;
-/// the reactor closes the connection being handled and every other connection of
-/// the listener, since the state that served them is gone.
+/// memory, or cannot be started. The reactor drops the handler, closes the
+/// connection being handled and every other connection the handler held, since the
+/// state that served them is gone, and asks the listener's [`HandlerFactory`] for a
+/// fresh handler when the next connection arrives.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
 pub struct Fault {
     /// What went wrong, for the log.
     pub reason: String,
+    /// The limit that stopped the handler, if one did.
+    pub limit: Option<Limit>,
 }
 
-/// Handles the events of one listener's connections.
+/// Handles the events of the connections of one instance: all of a listener's, or
+/// one accepted connection's (see [`crate::config::InstanceMode`]).
 ///
 /// ```
 /// use sandport::handler::{ConnId, Event, Fault, Handler, Host};
@@ -123,6 +150,9 @@ pub struct Fault {
 ///     fn handle(&mut self, host: &mut dyn Host, conn: ConnId, event: Event) -> Result<(), Fault> {
 ///         if let Event::Recv(_) | Event::Send(_) = event {
 ///             let Ok(rx) = host.recv_buffer(conn) else { return Ok(()) };
+///             if rx.is_empty() {
+///                 return Ok(());
+///             }
 ///             let bytes = rx.as_slice().to_vec();
 ///             if host.send(conn, &bytes).is_ok() {
 ///                 let _ = host.remove(conn, bytes.len() as u32);
@@ -136,4 +166,37 @@ pub trait Handler: Send {
     /// Handle one event of `conn`. Events of a connection arrive in order, never
     /// re-entrantly, starting with [`Event::Accept`] and ending with [`Event::Close`].
     fn handle(&mut self, host: &mut dyn Host, conn: ConnId, event: Event) -> Result<(), Fault>;
+}
+
+/// Makes the handlers of one listener: the one shared by all its connections, or one
+/// per accepted connection. After a [`Fault`] the reactor asks for a fresh one.
+///
+/// Any `FnMut() -> Result<Box<dyn Handler>, Fault>` closure is a factory:
+///
+/// ```
+/// use sandport::handler::{ConnId, Event, Fault, Handler, HandlerFactory, Host};
+///
+/// struct Silent;
+/// impl Handler for Silent {
+///     fn handle(&mut self, _: &mut dyn Host, _: ConnId, _: Event) -> Result<(), Fault> {
+///         Ok(())
+///     }
+/// }
+///
+/// let mut factory = || Ok(Box::new(Silent) as Box<dyn Handler>);
+/// assert!(factory.new_handler().is_ok());
+/// ```
+pub trait HandlerFactory: Send {
+    /// A fresh handler, or why none can be made now (the reactor refuses the
+    /// connection that needed it).
+    fn new_handler(&mut self) -> Result<Box<dyn Handler>, Fault>;
+}
+
+impl<F> HandlerFactory for F
+where
+    F: FnMut() -> Result<Box<dyn Handler>, Fault> + Send,
+{
+    fn new_handler(&mut self) -> Result<Box<dyn Handler>, Fault> {
+        self()
+    }
 }

@@ -1,12 +1,19 @@
-//! The event loop: accept, read, write, timers, POLL ticks, and event dispatch.
+//! The event loop: accept, dial, read, write, timers, POLL ticks, limits, and event
+//! dispatch.
 //!
-//! The [`Reactor`] owns every listener socket, every connection and every buffer. It
-//! reads into a connection's receive buffer, calls the listener's [`Handler`], and
-//! writes out whatever the handler appended to send buffers. Handlers act only
-//! through [`Host`], which records intentions; the loop carries them out after the
-//! handler returns. So the reactor never calls a handler from inside a handler, and
-//! never blocks: a full receive buffer pauses reading that one socket, a full send
-//! buffer refuses the handler's `send`.
+//! The [`Reactor`] owns every listener socket, every connection, every buffer and
+//! every handler instance. It reads into a connection's receive buffer, calls the
+//! [`Handler`] instance serving it, and writes out whatever the handler appended to
+//! send buffers. Handlers act only through [`Host`], which records intentions; the
+//! loop carries them out after the handler returns. So the reactor never calls a
+//! handler from inside a handler, and never blocks: a full receive buffer pauses
+//! reading that one socket, a full send buffer refuses the handler's `send`.
+//!
+//! Instances are the unit of fate. Each listener's [`HandlerFactory`] makes one
+//! instance shared by all its connections, or one per accepted connection
+//! ([`InstanceMode`]); a handler can name only its own instance's connections, and
+//! when it faults exactly those are closed. Every limit hit is logged once per
+//! connection and counted per listener ([`Stats`]).
 //!
 //! ```no_run
 //! use sandport::config::ListenerSpec;
@@ -25,7 +32,8 @@
 //! }
 //!
 //! let mut reactor = Reactor::new()?;
-//! let address = reactor.listen(&ListenerSpec::new("greeter", "127.0.0.1:7000".parse()?), Box::new(Greeter))?;
+//! let spec = ListenerSpec::new("greeter", "127.0.0.1:7000".parse()?);
+//! let address = reactor.listen(&spec, Box::new(|| Ok(Box::new(Greeter) as Box<dyn Handler>)))?;
 //! println!("greeting on {address}");
 //! reactor.run()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -33,7 +41,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -44,11 +52,11 @@ use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Limits, ListenerSpec};
-use crate::connection::{Connection, Phase};
-use crate::handler::{CloseMode, ConnId, Event, Fault, Handler, Host, HostError};
+use crate::config::{InstanceMode, Limit, ListenerSpec};
+use crate::connection::{Connection, Phase, WriteSide};
+use crate::handler::{CloseMode, ConnId, Event, Fault, Handler, HandlerFactory, Host, HostError};
 use crate::mbuf::Mbuf;
-use crate::timer::{Due, Timers};
+use crate::timer::{Alarm, Due, Timers};
 
 /// Most bytes read from one socket per service, so one flooding peer cannot starve
 /// the others.
@@ -76,17 +84,58 @@ fn listener_index(token: Token, count: usize) -> Option<usize> {
     (index < count).then_some(index)
 }
 
-/// Counts of what happened while the reactor ran.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Stats {
+/// What happened on one listener while the reactor ran.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
     /// Connections accepted.
     pub accepted: u64,
+    /// Outbound connections its handlers dialed.
+    pub dialed: u64,
+    /// Connections refused at accept (`max-connections`, or no handler could start).
+    pub refused: u64,
     /// Connections closed, for whatever reason.
     pub closed: u64,
     /// Handler faults (traps, time or memory limits).
     pub faults: u64,
     /// Connections closed because the handler instance serving them died.
     pub orphaned: u64,
+    /// Connections that hit each limit, indexed by [`Limit::index`]. A connection
+    /// counts once per limit however often it hits it.
+    pub limit_hits: [u64; Limit::ALL.len()],
+}
+
+impl Counts {
+    /// Connections that hit `limit`.
+    pub fn hits(&self, limit: Limit) -> u64 {
+        self.limit_hits[limit.index()]
+    }
+
+    fn add(&mut self, other: &Counts) {
+        self.accepted += other.accepted;
+        self.dialed += other.dialed;
+        self.refused += other.refused;
+        self.closed += other.closed;
+        self.faults += other.faults;
+        self.orphaned += other.orphaned;
+        for (sum, n) in self.limit_hits.iter_mut().zip(other.limit_hits) {
+            *sum += n;
+        }
+    }
+
+    /// The non-zero limit hits as `key:count` pairs, for the log.
+    fn hits_text(&self) -> String {
+        let hits = Limit::ALL.iter().filter(|l| self.hits(**l) > 0);
+        hits.map(|l| format!("{}:{}", l.key(), self.hits(*l))).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// What happened while the reactor ran: per listener, and in total.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Every listener's counts added up.
+    pub total: Counts,
+    /// Each listener's name and counts, in the order they were added.
+    pub listeners: Vec<(String, Counts)>,
 }
 
 /// Stops a running [`Reactor`] from another thread (a signal handler, a test).
@@ -107,23 +156,41 @@ impl StopHandle {
     }
 }
 
-/// A listening socket and its handler's bookkeeping.
+/// A listening socket and where its handlers come from.
 struct Listener {
-    spec: ListenerSpec,
     socket: Option<TcpListener>,
     address: SocketAddr,
     next_poll: Option<Instant>,
+    factory: Box<dyn HandlerFactory>,
+    /// The instance serving every connection, in shared mode, once started.
+    shared: Option<usize>,
+}
+
+/// A listener's rules and books: what handlers' host calls are checked against.
+struct Account {
+    spec: ListenerSpec,
+    /// Connections open now, accepted and dialed.
+    open: usize,
+    counts: Counts,
+}
+
+/// One handler instance and the connections it may name.
+struct Instance {
+    listener: usize,
+    /// Lent out while it handles an event.
+    handler: Option<Box<dyn Handler>>,
+    conns: HashMap<ConnId, usize>,
 }
 
 /// What handlers may see and change: the part of the reactor lent to a [`Host`].
 struct Core {
+    registry: Registry,
     conns: Slab<Connection>,
-    /// Per listener: the ids its handler may name.
-    scopes: Vec<HashMap<ConnId, usize>>,
-    /// Per listener: its limits.
-    limits: Vec<Limits>,
+    instances: Slab<Instance>,
+    accounts: Vec<Account>,
     timers: Timers,
-    /// Timers armed across all connections (entries in `timers` beyond this are stale).
+    /// Handler timers armed across all connections. With one idle check per
+    /// connection, the live entries of `timers`; the rest are stale.
     armed: usize,
     /// Connections that need a service: I/O to do, a close to carry out.
     queue: Vec<usize>,
@@ -145,6 +212,75 @@ impl Core {
         self.armed -= conn.timers.len();
         conn.timers.clear();
     }
+
+    /// Count and log a limit hit by `key`, once per connection and limit.
+    fn hit(&mut self, key: usize, limit: Limit) {
+        let conn = &mut self.conns[key];
+        if !conn.first_hit(limit) {
+            return;
+        }
+        let account = &mut self.accounts[conn.listener];
+        account.counts.limit_hits[limit.index()] += 1;
+        warn!(
+            listener = %account.spec.name,
+            conn = %conn.id,
+            peer = %conn.peer,
+            limit = limit.key(),
+            "limit hit: {}",
+            limit.outcome()
+        );
+    }
+
+    /// Take `stream` into the reactor as a connection of `instance`, watched for
+    /// readiness and for idleness.
+    fn register(
+        &mut self,
+        instance: usize,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        dialing: bool,
+    ) -> io::Result<(usize, ConnId)> {
+        let listener = self.instances[instance].listener;
+        let account = &mut self.accounts[listener];
+        // Small writes (a prompt, a chat line) should leave at once, not wait for Nagle.
+        if let Err(err) = stream.set_nodelay(true) {
+            debug!(listener = %account.spec.name, %peer, "cannot disable Nagle: {err}");
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        // A dial's outcome shows as writability.
+        let interest = if dialing { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        self.registry.register(&mut stream, Token(key), interest)?;
+        let id = ConnId(self.next_id);
+        self.next_id += 1;
+        let limits = &account.spec.limits;
+        let mut conn = Connection::new(id, (listener, instance), stream, peer, limits, dialing);
+        conn.idle_arming = self.timers.arm(conn.last_active + limits.idle_timeout, key, id, Alarm::Idle);
+        entry.insert(conn);
+        account.open += 1;
+        self.instances[instance].conns.insert(id, key);
+        Ok((key, id))
+    }
+
+    /// Whether `due` is still the current arming of a live connection's alarm (not
+    /// cancelled, re-armed, or left behind by a closed connection).
+    fn is_armed(&self, due: &Due) -> bool {
+        let Some(conn) = self.conns.get(due.key).filter(|c| c.id == due.conn) else { return false };
+        match due.alarm {
+            Alarm::Handler(timer) => conn.timers.get(&timer) == Some(&due.arming),
+            Alarm::Idle => conn.idle_arming == due.arming,
+        }
+    }
+
+    /// Drop stale timer entries once they outnumber the live ones.
+    fn compact_timers(&mut self) {
+        let live = self.armed + self.conns.len();
+        if self.timers.len() > 2 * live + TIMER_SLACK {
+            let mut timers = std::mem::take(&mut self.timers);
+            timers.compact(|due| self.is_armed(due));
+            self.timers = timers;
+        }
+    }
 }
 
 /// The event loop. Single-threaded: it owns its sockets, buffers and handlers.
@@ -152,11 +288,9 @@ pub struct Reactor {
     poll: Poll,
     events: Events,
     listeners: Vec<Listener>,
-    handlers: Vec<Box<dyn Handler>>,
     core: Core,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
-    stats: Stats,
 }
 
 impl Reactor {
@@ -164,15 +298,16 @@ impl Reactor {
     pub fn new() -> io::Result<Reactor> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let registry = poll.registry().try_clone()?;
         Ok(Reactor {
             poll,
             events: Events::with_capacity(1024),
             listeners: Vec::new(),
-            handlers: Vec::new(),
             core: Core {
+                registry,
                 conns: Slab::new(),
-                scopes: Vec::new(),
-                limits: Vec::new(),
+                instances: Slab::new(),
+                accounts: Vec::new(),
                 timers: Timers::default(),
                 armed: 0,
                 queue: Vec::new(),
@@ -180,33 +315,32 @@ impl Reactor {
             },
             stop: Arc::new(AtomicBool::new(false)),
             waker,
-            stats: Stats::default(),
         })
     }
 
-    /// Listen on `spec.address` and hand its connections to `handler`. Returns the
-    /// bound address (useful with port 0).
-    pub fn listen(&mut self, spec: &ListenerSpec, handler: Box<dyn Handler>) -> io::Result<SocketAddr> {
+    /// Listen on `spec.address`; `factory` makes the handlers of its connections
+    /// (when they are needed: the first connection, or each one, per
+    /// `spec.instance`). Returns the bound address (useful with port 0).
+    pub fn listen(&mut self, spec: &ListenerSpec, factory: Box<dyn HandlerFactory>) -> io::Result<SocketAddr> {
         let index = self.listeners.len();
         let mut socket = bind(spec.address)?;
         let address = socket.local_addr()?;
         self.poll.registry().register(&mut socket, listener_token(index), Interest::READABLE)?;
         info!(listener = %spec.name, %address, "listening");
         self.listeners.push(Listener {
-            spec: spec.clone(),
             socket: Some(socket),
             address,
             next_poll: spec.poll_interval.map(|every| Instant::now() + every),
+            factory,
+            shared: None,
         });
-        self.handlers.push(handler);
-        self.core.scopes.push(HashMap::new());
-        self.core.limits.push(spec.limits.clone());
+        self.core.accounts.push(Account { spec: spec.clone(), open: 0, counts: Counts::default() });
         Ok(address)
     }
 
     /// The listeners' names and bound addresses, in the order they were added.
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.listeners.iter().map(|l| (l.spec.name.clone(), l.address)).collect()
+        self.core.accounts.iter().zip(&self.listeners).map(|(a, l)| (a.spec.name.clone(), l.address)).collect()
     }
 
     /// A handle that stops [`Reactor::run`] from another thread.
@@ -220,7 +354,12 @@ impl Reactor {
             self.turn()?;
         }
         self.shut_down();
-        Ok(self.stats)
+        let mut stats = Stats::default();
+        for account in &self.core.accounts {
+            stats.total.add(&account.counts);
+            stats.listeners.push((account.spec.name.clone(), account.counts.clone()));
+        }
+        Ok(stats)
     }
 
     /// One loop iteration: wait for readiness or the next deadline, then do all the
@@ -271,41 +410,85 @@ impl Reactor {
     fn accept(&mut self, index: usize) {
         loop {
             let Some(socket) = &self.listeners[index].socket else { return };
+            let account = &mut self.core.accounts[index];
             let (stream, peer) = match socket.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    warn!(listener = %self.listeners[index].spec.name, "accept failed: {e}");
+                    warn!(listener = %account.spec.name, "accept failed: {e}");
                     return;
                 }
             };
-            if let Some(key) = self.register(index, stream, peer) {
-                self.stats.accepted += 1;
-                self.dispatch(key, Event::Accept(peer));
-                self.core.enqueue(key);
+            // Over the limit: accept and close at once, so the peer learns right away
+            // and the backlog never fills with connections nobody will serve.
+            if account.open >= account.spec.limits.max_connections {
+                account.counts.refused += 1;
+                account.counts.limit_hits[Limit::Connections.index()] += 1;
+                let limit = Limit::Connections;
+                warn!(listener = %account.spec.name, %peer, limit = limit.key(), "limit hit: {}", limit.outcome());
+                continue;
+            }
+            let Some(instance) = self.instance_for(index) else {
+                self.core.accounts[index].counts.refused += 1;
+                continue;
+            };
+            match self.core.register(instance, stream, peer, false) {
+                Ok((key, id)) => {
+                    self.core.accounts[index].counts.accepted += 1;
+                    debug!(listener = %self.core.accounts[index].spec.name, conn = %id, %peer, "accepted");
+                    self.dispatch(key, Event::Accept(peer));
+                    self.core.enqueue(key);
+                }
+                Err(err) => {
+                    let account = &mut self.core.accounts[index];
+                    account.counts.refused += 1;
+                    warn!(listener = %account.spec.name, %peer, "cannot watch accepted connection: {err}");
+                    self.release_if_idle(instance);
+                }
             }
         }
     }
 
-    fn register(&mut self, index: usize, mut stream: TcpStream, peer: SocketAddr) -> Option<usize> {
-        let name = &self.listeners[index].spec.name;
-        // Small writes (a prompt, a chat line) should leave at once, not wait for Nagle.
-        if let Err(err) = stream.set_nodelay(true) {
-            debug!(listener = %name, %peer, "cannot disable Nagle: {err}");
+    /// The instance that will serve a new connection of listener `index`: the shared
+    /// one (started if need be) or a fresh one. `None` if none could start; the
+    /// reason is logged.
+    fn instance_for(&mut self, index: usize) -> Option<usize> {
+        let listener = &mut self.listeners[index];
+        let account = &self.core.accounts[index];
+        let shared = account.spec.instance == InstanceMode::Shared;
+        if shared && let Some(instance) = listener.shared {
+            return Some(instance);
         }
-        let entry = self.core.conns.vacant_entry();
-        let key = entry.key();
-        if let Err(err) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE) {
-            warn!(listener = %name, %peer, "cannot watch accepted connection: {err}");
-            return None;
+        match listener.factory.new_handler() {
+            Ok(handler) => {
+                let instance = self.core.instances.insert(Instance {
+                    listener: index,
+                    handler: Some(handler),
+                    conns: HashMap::new(),
+                });
+                if shared {
+                    listener.shared = Some(instance);
+                    if account.counts.faults > 0 {
+                        info!(listener = %account.spec.name, "plugin instance restarted");
+                    }
+                }
+                Some(instance)
+            }
+            Err(fault) => {
+                error!(listener = %account.spec.name, "cannot start a handler, connection refused: {fault}");
+                None
+            }
         }
-        let id = ConnId(self.core.next_id);
-        self.core.next_id += 1;
-        entry.insert(Connection::new(id, index, stream, peer, &self.core.limits[index]));
-        self.core.scopes[index].insert(id, key);
-        debug!(listener = %name, conn = %id, %peer, "accepted");
-        Some(key)
+    }
+
+    /// Drop a per-connection instance that no longer holds any connection.
+    fn release_if_idle(&mut self, instance: usize) {
+        let Some(i) = self.core.instances.get(instance) else { return };
+        let per_connection = self.core.accounts[i.listener].spec.instance == InstanceMode::PerConnection;
+        if per_connection && i.conns.is_empty() {
+            self.core.instances.remove(instance);
+        }
     }
 
     /// Service queued connections, in rounds; connections queued during a round are
@@ -329,8 +512,27 @@ impl Reactor {
         }
     }
 
-    /// Do what a connection is ready for: write, then read, then close if due.
+    /// Do what a connection is ready for: finish a dial, write, shut down our
+    /// sending side, read, then close if due.
     fn service(&mut self, key: usize) {
+        let conn = &mut self.core.conns[key];
+        if conn.connecting && conn.phase != Phase::Closing {
+            if !(conn.writable || conn.readable) {
+                return;
+            }
+            match dial_outcome(&conn.socket) {
+                Ok(true) => {
+                    conn.connecting = false;
+                    self.dispatch(key, Event::Connect(Ok(())));
+                }
+                Ok(false) => {
+                    // Spurious readiness: the dial goes on.
+                    (conn.readable, conn.writable) = (false, false);
+                    return;
+                }
+                Err(err) => return self.close(key, Some(err)),
+            }
+        }
         let conn = &mut self.core.conns[key];
         if conn.phase != Phase::Closing && conn.writable && !conn.tx.is_empty() {
             match conn.write_out() {
@@ -340,20 +542,34 @@ impl Reactor {
             }
         }
         let conn = &mut self.core.conns[key];
-        if conn.phase == Phase::Open && conn.readable && !conn.peer_closed && conn.rx.room() > 0 {
+        if conn.write_side == WriteSide::ShutAfterSend && conn.tx.is_empty() && conn.phase == Phase::Open {
+            if let Err(err) = conn.socket.shutdown(Shutdown::Write) {
+                return self.close(key, Some(err));
+            }
+            conn.write_side = WriteSide::Shut;
+        }
+        if conn.can_read() {
             match conn.read_in(READ_BUDGET) {
-                Ok(0) => {}
-                Ok(n) => self.dispatch(key, Event::Recv(n as u32)),
+                Ok(n) => {
+                    let (full, eof) = (conn.rx.room() == 0, conn.peer_closed);
+                    if n > 0 {
+                        self.dispatch(key, Event::Recv(n as u32));
+                    }
+                    if full {
+                        self.core.hit(key, Limit::RecvBuffer);
+                    }
+                    if eof {
+                        self.dispatch(key, Event::Recv(0));
+                    }
+                }
                 Err(err) => return self.close(key, Some(err)),
             }
         }
         let conn = &mut self.core.conns[key];
         let finished = match conn.phase {
             Phase::Closing => true,
-            // A peer that stopped sending gets what is queued for it, then we close:
-            // there is nothing left to answer.
-            Phase::Open => conn.peer_closed && conn.tx.is_empty(),
             Phase::Draining => conn.tx.is_empty(),
+            Phase::Open => conn.is_spent(),
         };
         if finished {
             return self.close(key, None);
@@ -364,25 +580,40 @@ impl Reactor {
         }
     }
 
-    /// Forget a connection: deliver its CLOSE (if its handler still serves it) and
-    /// drop the socket.
+    /// Forget a connection: deliver its CLOSE (if its handler still serves it; a
+    /// dial that never finished gets its failed CONNECT first) and drop the socket.
     fn close(&mut self, key: usize, error: Option<io::Error>) {
         let conn = &mut self.core.conns[key];
-        if let Err(err) = self.poll.registry().deregister(&mut conn.socket) {
+        if conn.connecting {
+            conn.connecting = false;
+            let why = match &error {
+                Some(err) => HostError::Failed(err.to_string()),
+                None => HostError::Closed,
+            };
+            self.dispatch(key, Event::Connect(Err(why)));
+        }
+        let conn = &mut self.core.conns[key];
+        if let Err(err) = self.core.registry.deregister(&mut conn.socket) {
             debug!(conn = %conn.id, "deregister failed: {err}");
         }
         conn.phase = Phase::Closing;
         let listener = conn.listener;
         let why = error.map(|err| format!(" on error: {err}")).unwrap_or_default();
-        debug!(listener = %self.listeners[listener].spec.name, conn = %conn.id, peer = %conn.peer, "closed{why}");
+        debug!(listener = %self.core.accounts[listener].spec.name, conn = %conn.id, peer = %conn.peer, "closed{why}");
         self.core.disarm_all(key);
         self.dispatch(key, Event::Close);
         let conn = self.core.conns.remove(key);
-        self.core.scopes[listener].remove(&conn.id);
-        self.stats.closed += 1;
+        if let Some(instance) = self.core.instances.get_mut(conn.instance)
+            && instance.conns.remove(&conn.id).is_some()
+        {
+            self.release_if_idle(conn.instance);
+        }
+        let account = &mut self.core.accounts[listener];
+        account.open -= 1;
+        account.counts.closed += 1;
     }
 
-    /// Call the listener's handler with one event of one connection, if the
+    /// Call the handler serving a connection with one of its events, if the
     /// connection's phase lets that event through.
     fn dispatch(&mut self, key: usize, event: Event) {
         let conn = &mut self.core.conns[key];
@@ -396,35 +627,42 @@ impl Reactor {
         if event == Event::Close {
             conn.attached = false;
         }
-        let (listener, id) = (conn.listener, conn.id);
-        let mut host = Scope { core: &mut self.core, listener };
-        if let Err(fault) = self.handlers[listener].handle(&mut host, id, event) {
-            self.orphan(listener, key, fault);
+        let (instance, id) = (conn.instance, conn.id);
+        let mut handler = self.core.instances[instance].handler.take().expect("handlers are never re-entered");
+        let result = handler.handle(&mut Scope { core: &mut self.core, instance, current: key }, id, event);
+        self.core.instances[instance].handler = Some(handler);
+        if let Err(fault) = result {
+            self.fault(instance, key, fault);
         }
     }
 
-    /// The handler of `listener` died while handling `key`: close that connection at
-    /// once and every other one of the listener after its send buffer drains. Their
-    /// state died with the handler, so they get no CLOSE.
-    fn orphan(&mut self, listener: usize, key: usize, fault: Fault) {
-        let keys: Vec<usize> = self.core.scopes[listener].drain().map(|(_, key)| key).collect();
-        let name = &self.listeners[listener].spec.name;
-        let culprit = self.core.conns[key].id;
+    /// The handler `instance` died while handling `key`: drop it, close that
+    /// connection at once and every other one it held after its send buffer drains.
+    /// Their state died with the handler, so they get no CLOSE.
+    fn fault(&mut self, instance: usize, key: usize, fault: Fault) {
+        let Instance { listener, conns, .. } = self.core.instances.remove(instance);
+        if self.listeners[listener].shared == Some(instance) {
+            self.listeners[listener].shared = None;
+        }
+        if let Some(limit) = fault.limit {
+            self.core.hit(key, limit);
+        }
+        let account = &mut self.core.accounts[listener];
+        account.counts.faults += 1;
+        account.counts.orphaned += conns.len() as u64;
         error!(
-            listener = %name,
-            conn = %culprit,
-            orphaned = keys.len(),
-            "handler failed: {fault}; it serves new connections with a fresh instance, and the {} connection(s) it held are closed",
-            keys.len()
+            listener = %account.spec.name,
+            conn = %self.core.conns[key].id,
+            orphaned = conns.len(),
+            "handler failed: {fault}; the {} connection(s) it held are closed, new connections get a fresh instance",
+            conns.len()
         );
-        self.stats.faults += 1;
-        for k in keys {
+        for k in conns.into_values() {
             let conn = &mut self.core.conns[k];
             conn.attached = false;
             if conn.phase != Phase::Closing {
                 conn.phase = if k == key { Phase::Closing } else { Phase::Draining };
             }
-            self.stats.orphaned += 1;
             self.core.disarm_all(k);
             self.core.enqueue(k);
         }
@@ -432,24 +670,42 @@ impl Reactor {
 
     fn fire_timers(&mut self, now: Instant) {
         while let Some(due) = self.core.timers.pop_due(now) {
-            if !is_armed(&self.core.conns, &due) {
+            if !self.core.is_armed(&due) {
                 continue;
             }
-            self.core.conns[due.key].timers.remove(&due.timer);
-            self.core.armed -= 1;
-            self.dispatch(due.key, Event::Timer(due.timer));
+            let conn = &mut self.core.conns[due.key];
+            match due.alarm {
+                Alarm::Handler(timer) => {
+                    conn.timers.remove(&timer);
+                    self.core.armed -= 1;
+                    self.dispatch(due.key, Event::Timer(timer));
+                }
+                Alarm::Idle => {
+                    let idle_timeout = self.core.accounts[conn.listener].spec.limits.idle_timeout;
+                    let deadline = conn.last_active + idle_timeout;
+                    if deadline <= now {
+                        self.core.hit(due.key, Limit::IdleTimeout);
+                        self.close(due.key, None);
+                    } else {
+                        conn.idle_arming = self.core.timers.arm(deadline, due.key, due.conn, Alarm::Idle);
+                    }
+                }
+            }
         }
     }
 
     fn fire_polls(&mut self, now: Instant) {
         for index in 0..self.listeners.len() {
             let listener = &mut self.listeners[index];
-            let (Some(at), Some(every)) = (listener.next_poll, listener.spec.poll_interval) else { continue };
+            let every = self.core.accounts[index].spec.poll_interval;
+            let (Some(at), Some(every)) = (listener.next_poll, every) else { continue };
             if at > now {
                 continue;
             }
             listener.next_poll = Some(now + every);
-            let mut keys: Vec<(ConnId, usize)> = self.core.scopes[index].iter().map(|(id, key)| (*id, *key)).collect();
+            let instances = self.core.instances.iter().filter(|(_, i)| i.listener == index);
+            let mut keys: Vec<(ConnId, usize)> =
+                instances.flat_map(|(_, i)| i.conns.iter().map(|(id, k)| (*id, *k))).collect();
             keys.sort_unstable();
             // Handlers only mark connections for closing; none leaves the slab here.
             for (_, key) in keys {
@@ -470,31 +726,47 @@ impl Reactor {
         let open = keys.len();
         for key in keys {
             let Some(conn) = self.core.conns.get_mut(key) else { continue };
-            if conn.phase != Phase::Closing {
+            if conn.phase != Phase::Closing && !conn.connecting {
                 let _ = conn.write_out();
             }
             self.close(key, None);
         }
-        info!(
-            open,
-            accepted = self.stats.accepted,
-            faults = self.stats.faults,
-            orphaned = self.stats.orphaned,
-            "stopped"
-        );
+        let mut total = Counts::default();
+        for account in &self.core.accounts {
+            let c = &account.counts;
+            total.add(c);
+            info!(
+                listener = %account.spec.name,
+                accepted = c.accepted,
+                dialed = c.dialed,
+                refused = c.refused,
+                faults = c.faults,
+                orphaned = c.orphaned,
+                limit_hits = %c.hits_text(),
+                "listener totals"
+            );
+        }
+        info!(open, accepted = total.accepted, faults = total.faults, orphaned = total.orphaned, "stopped");
     }
 }
 
-/// Whether `due` is still the current arming of a live connection's timer (not
-/// cancelled, re-armed, or left behind by a closed connection).
-fn is_armed(conns: &Slab<Connection>, due: &Due) -> bool {
-    conns.get(due.key).is_some_and(|c| c.id == due.conn && c.timers.get(&due.timer) == Some(&due.arming))
+/// How a dial ended, once its socket reported readiness: connected (true), still
+/// going (false, a spurious wake-up), or the error that ended it.
+fn dial_outcome(socket: &TcpStream) -> io::Result<bool> {
+    if let Some(err) = socket.take_error()? {
+        return Err(err);
+    }
+    match socket.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(err) if err.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(err) => Err(err),
+    }
 }
 
 /// Register for WRITABLE only while there is something to write and the socket last
 /// said it would block.
 fn update_interest(registry: &Registry, conn: &mut Connection, key: usize) {
-    let want = !conn.tx.is_empty() && !conn.writable;
+    let want = conn.connecting || (!conn.tx.is_empty() && !conn.writable);
     if want == conn.write_interest {
         return;
     }
@@ -517,18 +789,24 @@ fn bind(address: SocketAddr) -> io::Result<TcpListener> {
     Ok(TcpListener::from_std(socket.into()))
 }
 
-/// The [`Host`] a handler gets: the reactor's core, seen from one listener.
+/// The [`Host`] a handler gets: the reactor's core, seen from one instance while it
+/// handles an event of connection `current`.
 ///
 /// A connection whose CLOSE is being delivered is already `Phase::Closing`: its
 /// receive buffer can still be read, but nothing can be sent to it.
 struct Scope<'a> {
     core: &'a mut Core,
-    listener: usize,
+    instance: usize,
+    current: usize,
 }
 
 impl Scope<'_> {
     fn key(&self, conn: ConnId) -> Result<usize, HostError> {
-        self.core.scopes[self.listener].get(&conn).copied().ok_or(HostError::Closed)
+        self.core.instances[self.instance].conns.get(&conn).copied().ok_or(HostError::Closed)
+    }
+
+    fn account(&mut self) -> &mut Account {
+        &mut self.core.accounts[self.core.instances[self.instance].listener]
     }
 
     /// A connection the handler may still act on: open, and not being closed.
@@ -549,15 +827,21 @@ impl Host for Scope<'_> {
 
     fn send(&mut self, conn: ConnId, data: &[u8]) -> Result<u32, HostError> {
         let (key, c) = self.open(conn)?;
-        c.tx.append(data).map_err(|_| HostError::LimitExceeded("send buffer"))?;
-        let room = c.tx.room() as u32;
+        if c.write_side != WriteSide::Open {
+            return Err(HostError::Closed);
+        }
+        if c.tx.append(data).is_err() {
+            self.core.hit(key, Limit::SendBuffer);
+            return Err(HostError::LimitExceeded("send buffer"));
+        }
+        let room = self.core.conns[key].tx.room() as u32;
         self.core.enqueue(key);
         Ok(room)
     }
 
     fn send_room(&self, conn: ConnId) -> Result<u32, HostError> {
         let c = &self.core.conns[self.key(conn)?];
-        if c.phase != Phase::Open {
+        if c.phase != Phase::Open || c.write_side != WriteSide::Open {
             return Err(HostError::Closed);
         }
         Ok(c.tx.room() as u32)
@@ -567,29 +851,28 @@ impl Host for Scope<'_> {
         let key = self.key(conn)?;
         let c = &mut self.core.conns[key];
         c.rx.remove(n as usize).map_err(|short| HostError::Invalid(short.to_string()))?;
-        if c.readable {
+        // Room to read again, or perhaps nothing left to wait for.
+        if c.readable || c.peer_closed {
             self.core.enqueue(key);
         }
         Ok(())
     }
 
     fn set_timer(&mut self, conn: ConnId, id: u64, after: Duration) -> Result<(), HostError> {
-        let max = self.core.limits[self.listener].max_timers;
+        let max = self.account().spec.limits.max_timers;
         let at = Instant::now()
             .checked_add(after)
             .ok_or_else(|| HostError::Invalid(format!("timer delay {after:?} is too far")))?;
         let (key, c) = self.open(conn)?;
         if !c.timers.contains_key(&id) && c.timers.len() >= max {
+            self.core.hit(key, Limit::Timers);
             return Err(HostError::LimitExceeded("timers per connection"));
         }
-        let arming = self.core.timers.arm(at, key, conn, id);
+        let arming = self.core.timers.arm(at, key, conn, Alarm::Handler(id));
         if self.core.conns[key].timers.insert(id, arming).is_none() {
             self.core.armed += 1;
         }
-        if self.core.timers.len() > 2 * self.core.armed + TIMER_SLACK {
-            let Core { conns, timers, .. } = &mut *self.core;
-            timers.compact(|due| is_armed(conns, due));
-        }
+        self.core.compact_timers();
         Ok(())
     }
 
@@ -614,5 +897,40 @@ impl Host for Scope<'_> {
         };
         self.core.enqueue(key);
         Ok(())
+    }
+
+    fn shutdown(&mut self, conn: ConnId) -> Result<(), HostError> {
+        let (key, c) = self.open(conn)?;
+        if c.write_side == WriteSide::Open {
+            c.write_side = WriteSide::ShutAfterSend;
+        }
+        self.core.enqueue(key);
+        Ok(())
+    }
+
+    fn connect(&mut self, address: SocketAddr) -> Result<ConnId, HostError> {
+        let account = self.account();
+        if !account.spec.allow_connect.contains(&address) {
+            return Err(HostError::NotAllowed);
+        }
+        if account.open >= account.spec.limits.max_connections {
+            self.core.hit(self.current, Limit::Connections);
+            return Err(HostError::LimitExceeded("connections"));
+        }
+        let stream = TcpStream::connect(address).map_err(|err| HostError::Failed(err.to_string()))?;
+        let (_, id) = self
+            .core
+            .register(self.instance, stream, address, true)
+            .map_err(|err| HostError::Failed(err.to_string()))?;
+        let account = self.account();
+        account.counts.dialed += 1;
+        debug!(listener = %account.spec.name, conn = %id, %address, "dialing");
+        Ok(id)
+    }
+
+    fn limit_hit(&mut self, conn: ConnId, limit: Limit) {
+        if let Ok(key) = self.key(conn) {
+            self.core.hit(key, limit);
+        }
     }
 }

@@ -1,15 +1,18 @@
 //! A server built from a [`Config`]: plugins compiled and bound to their listeners.
 //!
 //! This is the glue between configuration, plugins and the reactor. It does all the
-//! fallible work up front (read, compile, check, bind) so a bad plugin or a busy port
-//! is reported before anything serves, and then hands over to the [`Reactor`].
+//! fallible work up front (read, compile, check, start one instance, bind) so a bad
+//! plugin or a busy port is reported before anything serves, and then hands over to
+//! the [`Reactor`]. Listeners with shared instances use an on-demand engine;
+//! listeners with an instance per connection share a pooled one, sized from their
+//! `max-connections` and `memory` limits.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::config::Config;
+use crate::config::{Config, InstanceMode};
 use crate::plugin::{Plugin, PluginError, Runtime};
 use crate::reactor::{Reactor, Stats, StopHandle};
 
@@ -58,28 +61,44 @@ pub struct Server {
 }
 
 impl Server {
-    /// Compile every listener's plugin (each file once), then bind every listener.
+    /// Compile every listener's plugin (each file once per engine), check that an
+    /// instance starts, then bind every listener.
     pub fn new(config: &Config) -> Result<Server, ServerError> {
-        let runtime = Runtime::new().map_err(ServerError::Runtime)?;
-        let mut plugins: HashMap<PathBuf, Plugin> = HashMap::new();
-        let mut handlers = Vec::new();
+        let shared = Runtime::new().map_err(ServerError::Runtime)?;
+        let per_connection = config.listeners.iter().filter(|l| l.spec.instance == InstanceMode::PerConnection);
+        let (slots, memory) = per_connection.fold((0usize, 0usize), |(slots, memory), l| {
+            (slots + l.spec.limits.max_connections, memory.max(l.spec.limits.memory))
+        });
+        let pooled = match slots {
+            0 => None,
+            _ => Some(Runtime::pooled(u32::try_from(slots).unwrap_or(u32::MAX), memory).map_err(ServerError::Runtime)?),
+        };
+        let mut plugins: HashMap<(PathBuf, InstanceMode), Plugin> = HashMap::new();
+        let mut factories = Vec::new();
         for listener in &config.listeners {
             let spec = &listener.spec;
             let fail = |source| ServerError::Plugin { listener: spec.name.clone(), source };
-            let plugin = match plugins.get(&listener.plugin) {
+            let runtime = match spec.instance {
+                InstanceMode::Shared => &shared,
+                InstanceMode::PerConnection => pooled.as_ref().expect("a pool exists when a listener needs one"),
+            };
+            let key = (listener.plugin.clone(), spec.instance);
+            let plugin = match plugins.get(&key) {
                 Some(plugin) => plugin.clone(),
                 None => {
                     let plugin = runtime.load(&listener.plugin).map_err(fail)?;
-                    plugins.insert(listener.plugin.clone(), plugin.clone());
+                    plugins.insert(key, plugin.clone());
                     plugin
                 }
             };
-            handlers.push(plugin.instantiate(spec).map_err(fail)?);
+            let factory = plugin.factory(spec, &listener.settings);
+            factory.instantiate().map_err(fail)?;
+            factories.push(factory);
         }
         let mut reactor = Reactor::new().map_err(ServerError::Reactor)?;
-        for (listener, handler) in config.listeners.iter().zip(handlers) {
+        for (listener, factory) in config.listeners.iter().zip(factories) {
             let spec = &listener.spec;
-            reactor.listen(spec, Box::new(handler)).map_err(|source| ServerError::Listen {
+            reactor.listen(spec, Box::new(factory)).map_err(|source| ServerError::Listen {
                 listener: spec.name.clone(),
                 address: spec.address,
                 source,

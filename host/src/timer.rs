@@ -1,7 +1,9 @@
-//! The reactor's timer queue: when each armed handler timer is due.
+//! The reactor's timer queue: when each armed handler timer, and each connection's
+//! idle check, is due.
 //!
 //! It orders deadlines and nothing more. Which timers are still armed is the
-//! connections' business (each keeps `timer id -> arming`); re-arming or cancelling
+//! connections' business (each keeps `timer id -> arming`, and the arming of its idle
+//! check); re-arming or cancelling
 //! leaves a stale entry here that is skipped when it comes due, and [`Timers::compact`]
 //! drops stale entries in bulk so a handler re-arming in a hot loop cannot grow the
 //! queue without bound. It never calls a handler.
@@ -11,6 +13,15 @@ use std::collections::BinaryHeap;
 use std::time::Instant;
 
 use crate::handler::ConnId;
+
+/// What a deadline is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Alarm {
+    /// The handler's timer with this id.
+    Handler(u64),
+    /// The connection's idle timeout (checked, and re-armed if bytes moved since).
+    Idle,
+}
 
 /// One arming of one timer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -23,8 +34,8 @@ pub(crate) struct Due {
     pub key: usize,
     /// The connection's id, to tell a reused slot from the original owner.
     pub conn: ConnId,
-    /// The handler's timer id.
-    pub timer: u64,
+    /// What fires.
+    pub alarm: Alarm,
 }
 
 /// Deadlines of armed timers, soonest first.
@@ -36,10 +47,10 @@ pub(crate) struct Timers {
 
 impl Timers {
     /// Record a deadline; returns the arming number the connection must remember.
-    pub fn arm(&mut self, at: Instant, key: usize, conn: ConnId, timer: u64) -> u64 {
+    pub fn arm(&mut self, at: Instant, key: usize, conn: ConnId, alarm: Alarm) -> u64 {
         let arming = self.next_arming;
         self.next_arming += 1;
-        self.heap.push(Reverse(Due { at, arming, key, conn, timer }));
+        self.heap.push(Reverse(Due { at, arming, key, conn, alarm }));
         arming
     }
 
@@ -77,24 +88,24 @@ mod tests {
         let mut timers = Timers::default();
         let t0 = Instant::now();
         let conn = ConnId(1);
-        timers.arm(t0 + Duration::from_millis(30), 0, conn, 3);
-        timers.arm(t0 + Duration::from_millis(10), 0, conn, 1);
-        timers.arm(t0 + Duration::from_millis(10), 0, conn, 2);
+        timers.arm(t0 + Duration::from_millis(30), 0, conn, Alarm::Handler(3));
+        timers.arm(t0 + Duration::from_millis(10), 0, conn, Alarm::Handler(1));
+        timers.arm(t0 + Duration::from_millis(10), 0, conn, Alarm::Idle);
         assert_eq!(timers.next_deadline(), Some(t0 + Duration::from_millis(10)));
         assert_eq!(timers.pop_due(t0), None);
         let later = t0 + Duration::from_millis(50);
-        let order: Vec<u64> = std::iter::from_fn(|| timers.pop_due(later)).map(|d| d.timer).collect();
-        assert_eq!(order, [1, 2, 3]);
+        let order: Vec<Alarm> = std::iter::from_fn(|| timers.pop_due(later)).map(|d| d.alarm).collect();
+        assert_eq!(order, [Alarm::Handler(1), Alarm::Idle, Alarm::Handler(3)]);
     }
 
     #[test]
     fn compact_drops_what_is_not_live() {
         let mut timers = Timers::default();
         let now = Instant::now();
-        let keep = timers.arm(now, 0, ConnId(1), 1);
-        timers.arm(now, 0, ConnId(1), 2);
+        let keep = timers.arm(now, 0, ConnId(1), Alarm::Handler(1));
+        timers.arm(now, 0, ConnId(1), Alarm::Handler(2));
         timers.compact(|due| due.arming == keep);
         assert_eq!(timers.len(), 1);
-        assert_eq!(timers.pop_due(now).map(|d| d.timer), Some(1));
+        assert_eq!(timers.pop_due(now).map(|d| d.alarm), Some(Alarm::Handler(1)));
     }
 }

@@ -1,7 +1,7 @@
 //! The reactor as a library, with a native Rust handler: the same loop, no wasm.
 
 use sandport::config::ListenerSpec;
-use sandport::handler::{ConnId, Event, Fault, Handler, Host};
+use sandport::handler::{CloseMode, ConnId, Event, Fault, Handler, Host};
 use sandport::reactor::Reactor;
 
 use crate::harness::Client;
@@ -15,13 +15,16 @@ impl Handler for NativeEcho {
     fn handle(&mut self, host: &mut dyn Host, conn: ConnId, event: Event) -> Result<(), Fault> {
         let name = match &event {
             Event::Accept(_) => "accept",
+            Event::Recv(0) => "eof",
             Event::Recv(_) => "recv",
             Event::Send(_) => "send",
             Event::Close => "close",
             _ => "other",
         };
         let _ = self.events.send(name.to_owned());
-        if let Event::Recv(_) = event {
+        if let Event::Recv(0) = event {
+            host.close(conn, CloseMode::AfterSend).unwrap();
+        } else if let Event::Recv(_) = event {
             let bytes = host.recv_buffer(conn).unwrap().as_slice().to_vec();
             host.send(conn, &bytes).unwrap();
             host.remove(conn, bytes.len() as u32).unwrap();
@@ -35,7 +38,10 @@ fn native_handler_runs_in_the_same_loop() {
     let (events, seen) = std::sync::mpsc::channel();
     let mut reactor = Reactor::new().unwrap();
     let addr = reactor
-        .listen(&ListenerSpec::new("native", "127.0.0.1:0".parse().unwrap()), Box::new(NativeEcho { events }))
+        .listen(
+            &ListenerSpec::new("native", "127.0.0.1:0".parse().unwrap()),
+            Box::new(move || Ok(Box::new(NativeEcho { events: events.clone() }) as Box<dyn Handler>)),
+        )
         .unwrap();
     let stop = reactor.stop_handle();
     let running = std::thread::spawn(move || reactor.run().unwrap());
@@ -48,9 +54,10 @@ fn native_handler_runs_in_the_same_loop() {
     while names.last().map(String::as_str) != Some("close") {
         names.push(seen.recv_timeout(crate::harness::PATIENCE).unwrap());
     }
-    assert_eq!(names, ["accept", "recv", "send", "close"]);
+    assert_eq!(names, ["accept", "recv", "send", "eof", "close"]);
 
     stop.stop();
     let stats = running.join().unwrap();
-    assert_eq!((stats.accepted, stats.closed, stats.faults), (1, 1, 0));
+    assert_eq!((stats.total.accepted, stats.total.closed, stats.total.faults), (1, 1, 0));
+    assert_eq!(stats.listeners[0].0, "native");
 }

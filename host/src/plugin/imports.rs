@@ -1,11 +1,12 @@
 //! What a guest can call: the `sandport:handler/host` imports and the little WASI it
-//! is granted (clocks, random, stdout/stderr into the log), plus the per-store state
-//! behind them.
+//! is granted (clocks, random, stdout/stderr into the log, within the listener's log
+//! budget), plus the per-store state behind them.
 //!
 //! The imports act on the reactor through the [`Host`] it lends for the duration of
 //! one `handle` call ([`with_host`]). Outside such a call there is no host to act on,
 //! and an import traps. Nothing here keeps a reference to reactor state between calls.
 
+use std::collections::BTreeMap;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use wasmtime::{Engine, ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::sandport::handler::{host, types};
+use super::log_rate::LogBudget;
 use super::stdio::GuestOutput;
 use crate::handler::{CloseMode, ConnId, Host, HostError};
 use crate::mbuf::Mbuf;
@@ -42,6 +44,10 @@ pub struct GuestState {
     table: ResourceTable,
     listener: Arc<str>,
     memory_limit: usize,
+    /// The guest tried to grow past `memory_limit` (so its trap is that limit's).
+    memory_exceeded: bool,
+    settings: Arc<BTreeMap<String, String>>,
+    log_budget: Arc<LogBudget>,
     /// The reactor's [`Host`] while a `handle` call runs; `None` otherwise.
     host: Option<NonNull<dyn Host + 'static>>,
     /// The connection being handled.
@@ -55,19 +61,32 @@ unsafe impl Send for GuestState {}
 
 impl GuestState {
     /// State for a new instance serving `listener`.
-    pub fn new(listener: &Arc<str>, memory_limit: usize) -> GuestState {
+    pub fn new(
+        listener: &Arc<str>,
+        memory_limit: usize,
+        settings: &Arc<BTreeMap<String, String>>,
+        log_budget: &Arc<LogBudget>,
+    ) -> GuestState {
         let wasi = WasiCtx::builder()
-            .stdout(GuestOutput::new(listener.clone(), "stdout"))
-            .stderr(GuestOutput::new(listener.clone(), "stderr"))
+            .stdout(GuestOutput::new(listener.clone(), "stdout", log_budget.clone()))
+            .stderr(GuestOutput::new(listener.clone(), "stderr", log_budget.clone()))
             .build();
         GuestState {
             wasi,
             table: ResourceTable::new(),
             listener: listener.clone(),
             memory_limit,
+            memory_exceeded: false,
+            settings: settings.clone(),
+            log_budget: log_budget.clone(),
             host: None,
             conn: ConnId(0),
         }
+    }
+
+    /// Whether the guest tried to grow its memory past the limit.
+    pub fn memory_exceeded(&self) -> bool {
+        self.memory_exceeded
     }
 
     /// The store's resource limiter: this state itself.
@@ -114,6 +133,7 @@ pub fn with_host<R>(
 impl ResourceLimiter for GuestState {
     fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.memory_limit {
+            self.memory_exceeded = true;
             wasmtime::bail!(
                 "memory limit exceeded: growing to {desired} bytes, limits.memory is {} bytes",
                 self.memory_limit
@@ -190,6 +210,7 @@ impl From<HostError> for types::Error {
             HostError::LimitExceeded(_) => types::Error::LimitExceeded,
             HostError::NotAllowed => types::Error::NotAllowed,
             HostError::Invalid(why) => types::Error::Invalid(why),
+            HostError::Failed(why) => types::Error::Failed(why),
         }
     }
 }
@@ -225,7 +246,26 @@ impl host::Host for GuestState {
         Ok(self.host()?.close(ConnId(conn), mode).map_err(Into::into))
     }
 
+    fn shutdown(&mut self, conn: u64) -> wasmtime::Result<Result<(), types::Error>> {
+        Ok(self.host()?.shutdown(ConnId(conn)).map_err(Into::into))
+    }
+
+    fn connect(&mut self, address: String) -> wasmtime::Result<Result<u64, types::Error>> {
+        let host = self.host()?;
+        let Ok(address) = address.trim().parse() else {
+            return Ok(Err(types::Error::Invalid(format!("`{address}` is not IP:PORT"))));
+        };
+        Ok(host.connect(address).map(|conn| conn.0).map_err(Into::into))
+    }
+
+    fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.settings.get(&key).cloned())
+    }
+
     fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
+        if !self.log_budget.admit(message.len()) {
+            return Ok(());
+        }
         let listener = &*self.listener;
         match level {
             types::LogLevel::Trace => trace!(target: "sandport::guest", listener = %listener, "{message}"),

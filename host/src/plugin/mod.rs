@@ -4,27 +4,32 @@
 //! This module is the only one that knows wasmtime. A [`Runtime`] holds the engine
 //! (and the thread that ticks its epoch, which is how runaway guests are stopped);
 //! [`Runtime::load`] compiles and links a component once into a [`Plugin`];
-//! [`Plugin::instantiate`] makes a [`PluginHandler`] for one listener. A trap poisons
-//! the whole wasmtime `Store`, so each handler keeps exactly one instance in its own
-//! store: when the guest traps, runs out of time or memory, the handler drops that
-//! store, starts a fresh instance, and reports a [`Fault`] so the reactor closes the
-//! connections whose state died. It never touches a socket.
+//! [`Plugin::factory`] makes the [`HandlerFactory`] of one listener, which starts
+//! instances from the pre-linked component. A trap poisons the whole wasmtime
+//! `Store`, so each [`PluginHandler`] is exactly one instance in its own store: when
+//! the guest traps, runs out of time or memory, the handler reports a [`Fault`] and
+//! the reactor drops it, closing the connections whose state died. A listener with
+//! per-connection instances uses a [`Runtime::pooled`] engine, whose pooling
+//! allocator makes starting an instance cheap. It never touches a socket.
 
 mod imports;
+mod log_rate;
 mod stdio;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{error, info};
+use tracing::warn;
 use wasmtime::component::{Component, Linker, Resource};
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
-use crate::config::ListenerSpec;
-use crate::handler::{ConnId, Event, Fault, Handler, Host};
+use crate::config::{Limit, ListenerSpec};
+use crate::handler::{ConnId, Event, Fault, Handler, HandlerFactory, Host};
 use bindings::sandport::handler::types as wit;
 use imports::{GuestState, RecvView};
+use log_rate::LogBudget;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -79,7 +84,12 @@ pub enum PluginError {
     },
 }
 
-/// The compilation engine shared by all plugins.
+/// Most instances a pooled engine holds at once. Each live instance holds a few
+/// memory mappings, and Linux's default `vm.max_map_count` (65530) caps a process
+/// near 16k live instances.
+pub const MAX_POOLED_INSTANCES: u32 = 10_000;
+
+/// The compilation engine shared by plugins.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<GuestState>,
@@ -87,9 +97,34 @@ pub struct Runtime {
 
 impl Runtime {
     /// An engine for synchronous hosts with epoch interruption, plus a thread that
-    /// advances the epoch for as long as the engine lives.
+    /// advances the epoch for as long as the engine lives. Instances are allocated on
+    /// demand: right for a few long-lived shared instances.
     pub fn new() -> Result<Runtime, PluginError> {
+        Runtime::build(wasmtime::Config::new())
+    }
+
+    /// Like [`Runtime::new`], with instances taken from a pre-reserved pool of
+    /// `instances` slots (at most [`MAX_POOLED_INSTANCES`]) whose linear memories
+    /// may grow to `memory` bytes: right for an instance per connection. Memory
+    /// slots this small need bounds checks on guest memory access, which costs a
+    /// little speed, so shared instances use [`Runtime::new`].
+    pub fn pooled(instances: u32, memory: usize) -> Result<Runtime, PluginError> {
+        let instances = instances.min(MAX_POOLED_INSTANCES);
+        let memory = memory.next_multiple_of(1 << 16);
+        let mut pool = PoolingAllocationConfig::new();
+        // A component instance is several core instances (the program, adapter
+        // shims), each with a table or two, and usually one memory.
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * 8)
+            .total_memories(instances * 2)
+            .total_tables(instances * 4)
+            .max_memory_size(memory);
         let mut config = wasmtime::Config::new();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool)).memory_reservation(memory as u64);
+        Runtime::build(config)
+    }
+
+    fn build(mut config: wasmtime::Config) -> Result<Runtime, PluginError> {
         config.epoch_interruption(true);
         // The host is synchronous; async support would double the cost of every call.
         config.concurrency_support(false);
@@ -165,95 +200,120 @@ impl Plugin {
         ty.exports(&self.inner.engine).map(|(name, _)| name.to_owned()).collect()
     }
 
-    /// A handler for the listener `spec`, with a fresh instance bounded by its limits.
-    pub fn instantiate(&self, spec: &ListenerSpec) -> Result<PluginHandler, PluginError> {
-        let mut handler = PluginHandler {
-            plugin: self.clone(),
-            listener: Arc::from(spec.name.as_str()),
-            memory: spec.limits.memory,
-            deadline_ticks: ticks(spec.limits.event_timeout),
-            event_timeout: spec.limits.event_timeout,
-            live: None,
-        };
-        handler.live = Some(handler.fresh_instance()?);
-        Ok(handler)
+    /// The factory of the handlers of listener `spec`: instances bounded by its
+    /// limits, reading `settings` through the `config` import.
+    pub fn factory(&self, spec: &ListenerSpec, settings: &BTreeMap<String, String>) -> PluginFactory {
+        PluginFactory {
+            tenant: Arc::new(Tenant {
+                plugin: self.clone(),
+                listener: Arc::from(spec.name.as_str()),
+                memory: spec.limits.memory,
+                deadline_ticks: ticks(spec.limits.event_timeout),
+                event_timeout: spec.limits.event_timeout,
+                settings: Arc::new(settings.clone()),
+                log_budget: Arc::new(LogBudget::new(spec.limits.log_rate)),
+            }),
+        }
     }
 }
 
-/// The [`Handler`] of one listener: one plugin instance in its own store.
-pub struct PluginHandler {
+/// What every instance of one listener shares: the plugin, the limits, the settings,
+/// the log budget.
+struct Tenant {
     plugin: Plugin,
     listener: Arc<str>,
     memory: usize,
     deadline_ticks: u64,
     event_timeout: Duration,
-    /// `None` after a fault whose replacement instance failed to start.
-    live: Option<Live>,
+    settings: Arc<BTreeMap<String, String>>,
+    log_budget: Arc<LogBudget>,
 }
 
-struct Live {
-    store: Store<GuestState>,
-    bindings: bindings::Plugin,
-}
-
-impl PluginHandler {
-    fn fresh_instance(&self) -> Result<Live, PluginError> {
-        let loaded = &self.plugin.inner;
-        let state = GuestState::new(&self.listener, self.memory);
-        let mut store = Store::new(&loaded.engine, state);
-        store.limiter(|state| state.limits());
-        store.set_epoch_deadline(self.deadline_ticks);
-        let bindings = loaded
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| PluginError::Instantiate { path: loaded.path.clone(), reason: self.explain(&e) })?;
-        Ok(Live { store, bindings })
-    }
-
-    /// Say why a call failed in words an operator can act on.
-    fn explain(&self, err: &wasmtime::Error) -> String {
+impl Tenant {
+    /// Say why a call failed in words an operator can act on, and which limit (if
+    /// any) stopped it.
+    fn explain(&self, err: &wasmtime::Error, state: &GuestState) -> (String, Option<Limit>) {
         if let Some(Trap::Interrupt) = err.downcast_ref::<Trap>() {
-            format!("ran longer than its {:?} per event (limits.event-timeout-ms)", self.event_timeout)
+            let why = format!("ran longer than its {:?} per event (limits.event-timeout-ms)", self.event_timeout);
+            (why, Some(Limit::EventTime))
         } else {
-            one_line(err)
+            (one_line(err), state.memory_exceeded().then_some(Limit::Memory))
         }
     }
 }
 
+impl Drop for Tenant {
+    fn drop(&mut self) {
+        let dropped = self.log_budget.dropped();
+        if dropped > 0 {
+            warn!(listener = %self.listener, dropped, "guest log output dropped in all (limits.log-rate)");
+        }
+    }
+}
+
+/// Starts the plugin instances of one listener (a [`HandlerFactory`]).
+pub struct PluginFactory {
+    tenant: Arc<Tenant>,
+}
+
+impl PluginFactory {
+    /// A fresh instance in its own store, as a [`PluginHandler`].
+    pub fn instantiate(&self) -> Result<PluginHandler, PluginError> {
+        let tenant = &self.tenant;
+        let loaded = &tenant.plugin.inner;
+        let state = GuestState::new(&tenant.listener, tenant.memory, &tenant.settings, &tenant.log_budget);
+        let mut store = Store::new(&loaded.engine, state);
+        store.limiter(|state| state.limits());
+        store.set_epoch_deadline(tenant.deadline_ticks);
+        let bindings = loaded.pre.instantiate(&mut store).map_err(|e| PluginError::Instantiate {
+            path: loaded.path.clone(),
+            reason: tenant.explain(&e, store.data()).0,
+        })?;
+        Ok(PluginHandler { tenant: tenant.clone(), store, bindings })
+    }
+}
+
+impl HandlerFactory for PluginFactory {
+    fn new_handler(&mut self) -> Result<Box<dyn Handler>, Fault> {
+        match self.instantiate() {
+            Ok(handler) => Ok(Box::new(handler)),
+            Err(err) => Err(Fault { reason: err.to_string(), limit: None }),
+        }
+    }
+}
+
+/// One plugin instance in its own store, serving one listener's connections (or
+/// one connection's, per-connection).
+pub struct PluginHandler {
+    tenant: Arc<Tenant>,
+    store: Store<GuestState>,
+    bindings: bindings::Plugin,
+}
+
 impl Handler for PluginHandler {
     fn handle(&mut self, host: &mut dyn Host, conn: ConnId, event: Event) -> Result<(), Fault> {
-        let live = match self.live.take() {
-            Some(live) => live,
-            None => {
-                let live = self.fresh_instance().map_err(|e| Fault { reason: e.to_string() })?;
-                info!(listener = %self.listener, plugin = %self.plugin.path().display(), "plugin instance restarted");
-                live
-            }
-        };
-        let live = self.live.insert(live);
-        live.store.set_epoch_deadline(self.deadline_ticks);
+        let tenant = &self.tenant;
+        self.store.set_epoch_deadline(tenant.deadline_ticks);
         let event = to_wit(event);
         let rx = Resource::<RecvView>::new_borrow(RecvView::REP);
-        let handler = live.bindings.sandport_handler_handler();
+        let handler = self.bindings.sandport_handler_handler();
         let called =
-            imports::with_host(&mut live.store, host, conn, |store| handler.call_handle(store, conn.0, &event, rx));
+            imports::with_host(&mut self.store, host, conn, |store| handler.call_handle(store, conn.0, &event, rx));
+        if tenant.log_budget.take_dropped() {
+            host.limit_hit(conn, Limit::LogRate);
+        }
         let Err(err) = called else { return Ok(()) };
-        let reason = format!("plugin {} trapped: {}", self.plugin.path().display(), self.explain(&err));
-        // The store is poisoned: every later call would fail. Start over.
-        self.live = match self.fresh_instance() {
-            Ok(live) => Some(live),
-            Err(e) => {
-                error!(listener = %self.listener, "{e}");
-                None
-            }
-        };
-        Err(Fault { reason })
+        // The store is poisoned: every later call would fail. The reactor drops this
+        // handler and asks the factory for a fresh one when it needs one.
+        let (why, limit) = tenant.explain(&err, self.store.data());
+        Err(Fault { reason: format!("plugin {} trapped: {why}", tenant.plugin.path().display()), limit })
     }
 }
 
 fn to_wit(event: Event) -> wit::Event {
     match event {
         Event::Accept(peer) => wit::Event::Accept(wit::SocketAddress { ip: peer.ip().to_string(), port: peer.port() }),
+        Event::Connect(result) => wit::Event::Connect(result.map_err(Into::into)),
         Event::Recv(n) => wit::Event::Recv(n),
         Event::Send(n) => wit::Event::Send(n),
         Event::Poll => wit::Event::Poll,

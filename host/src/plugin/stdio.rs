@@ -2,7 +2,8 @@
 //!
 //! Output is split into lines; each complete line becomes one log event. A line that
 //! grows past [`MAX_LINE`] without a newline is logged in pieces, so a guest cannot
-//! make the host buffer without bound. It never blocks the guest.
+//! make the host buffer without bound. Lines beyond the listener's [`LogBudget`] are
+//! dropped. It never blocks the guest.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use tracing::info;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
+use super::log_rate::LogBudget;
+
 /// Longest piece of output held back waiting for a newline.
 const MAX_LINE: usize = 4096;
 
@@ -21,15 +24,21 @@ const MAX_LINE: usize = 4096;
 pub struct GuestOutput {
     listener: Arc<str>,
     stream: &'static str,
+    budget: Arc<LogBudget>,
 }
 
 impl GuestOutput {
-    pub fn new(listener: Arc<str>, stream: &'static str) -> GuestOutput {
-        GuestOutput { listener, stream }
+    pub fn new(listener: Arc<str>, stream: &'static str, budget: Arc<LogBudget>) -> GuestOutput {
+        GuestOutput { listener, stream, budget }
     }
 
     fn lines(&self) -> LogLines {
-        LogLines { listener: self.listener.clone(), stream: self.stream, pending: Vec::new() }
+        LogLines {
+            listener: self.listener.clone(),
+            stream: self.stream,
+            budget: self.budget.clone(),
+            pending: Vec::new(),
+        }
     }
 }
 
@@ -53,6 +62,7 @@ impl StdoutStream for GuestOutput {
 struct LogLines {
     listener: Arc<str>,
     stream: &'static str,
+    budget: Arc<LogBudget>,
     pending: Vec<u8>,
 }
 
@@ -74,7 +84,7 @@ impl LogLines {
     fn emit(&mut self) {
         let line = String::from_utf8_lossy(&self.pending);
         let line = line.trim_end_matches('\r');
-        if !line.is_empty() {
+        if !line.is_empty() && self.budget.admit(line.len()) {
             info!(target: "sandport::guest", listener = %self.listener, stream = self.stream, "{line}");
         }
         self.pending.clear();

@@ -1,0 +1,92 @@
+//! The guest log budget: how many bytes of log output a listener's plugin instances
+//! may write per second (`limits.log-rate`), across the `log` import, stdout and
+//! stderr.
+//!
+//! A token bucket that holds at most one second's worth: a quiet plugin can log a
+//! burst, a chatty one gets its rate and no more. Output is admitted or dropped a
+//! whole line at a time. It only counts; it never blocks or slows the guest, and it
+//! never logs on its own.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// One listener's log budget, shared by its instances and their output streams.
+#[derive(Debug)]
+pub struct LogBudget {
+    /// Bytes per second, and the most the bucket holds.
+    rate: usize,
+    bucket: Mutex<Bucket>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+    /// Output was dropped since [`LogBudget::take_dropped`] last looked.
+    dropped_lately: bool,
+    /// Bytes dropped in all.
+    dropped: u64,
+}
+
+impl LogBudget {
+    /// A full budget of `rate` bytes per second.
+    pub fn new(rate: usize) -> LogBudget {
+        let bucket = Bucket { tokens: rate as f64, refilled: Instant::now(), dropped_lately: false, dropped: 0 };
+        LogBudget { rate, bucket: Mutex::new(bucket) }
+    }
+
+    /// Whether a line of `len` bytes may be logged; if so it is paid for, if not it
+    /// is counted as dropped.
+    pub fn admit(&self, len: usize) -> bool {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        let earned = now.duration_since(bucket.refilled).as_secs_f64() * self.rate as f64;
+        bucket.tokens = (bucket.tokens + earned).min(self.rate as f64);
+        bucket.refilled = now;
+        if bucket.tokens >= len as f64 {
+            bucket.tokens -= len as f64;
+            true
+        } else {
+            bucket.dropped_lately = true;
+            bucket.dropped += len as u64;
+            false
+        }
+    }
+
+    /// Whether anything was dropped since the last call.
+    pub fn take_dropped(&self) -> bool {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        std::mem::take(&mut bucket.dropped_lately)
+    }
+
+    /// Bytes dropped since the budget was made.
+    pub fn dropped(&self) -> u64 {
+        self.bucket.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admits_a_burst_then_drops_and_reports_once() {
+        let budget = LogBudget::new(1000);
+        assert!(budget.admit(600));
+        assert!(budget.admit(300));
+        assert!(!budget.take_dropped());
+        assert!(!budget.admit(500));
+        assert!(budget.take_dropped());
+        assert!(!budget.take_dropped());
+        assert_eq!(budget.dropped(), 500);
+    }
+
+    #[test]
+    fn refills_with_time() {
+        let budget = LogBudget::new(1_000_000);
+        assert!(budget.admit(1_000_000));
+        assert!(!budget.admit(100_000));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(budget.admit(100_000));
+    }
+}
