@@ -225,7 +225,7 @@ impl Core {
             listener = %account.spec.name,
             conn = %conn.id,
             peer = %conn.peer,
-            limit = limit.key(),
+            limit = %limit.key(),
             "limit hit: {}",
             limit.outcome()
         );
@@ -426,7 +426,7 @@ impl Reactor {
                 account.counts.refused += 1;
                 account.counts.limit_hits[Limit::Connections.index()] += 1;
                 let limit = Limit::Connections;
-                warn!(listener = %account.spec.name, %peer, limit = limit.key(), "limit hit: {}", limit.outcome());
+                warn!(listener = %account.spec.name, %peer, limit = %limit.key(), "limit hit: {}", limit.outcome());
                 continue;
             }
             let Some(instance) = self.instance_for(index) else {

@@ -10,5 +10,7 @@ mod close;
 mod echo;
 mod faults;
 mod http;
+mod instances;
+mod limits;
 mod native;
 mod timers;
