@@ -7,6 +7,7 @@ mod backpressure;
 mod chat;
 mod cli;
 mod close;
+mod connect;
 mod echo;
 mod faults;
 mod http;

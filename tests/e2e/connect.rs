@@ -1,0 +1,164 @@
+//! Outbound connections and plugin settings: a handler dials only what its listener's
+//! `allow-connect` lists, hears CONNECT with the outcome, and talks to the dialed
+//! connection like any other; `[listener.config]` reaches it through `config`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use crate::harness::{Server, listener, plugins};
+
+/// A probe listener allowed to dial `allowed`, with extra TOML lines.
+fn probe(allowed: &[SocketAddr], extra: &str) -> Server {
+    let list: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
+    Server::start(&listener(
+        "probe",
+        plugins::FIXTURE_PROBE,
+        &format!("allow-connect = [{}]\n{extra}", list.join(", ")),
+    ))
+}
+
+/// An address nothing listens on.
+fn dead_address() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+#[test]
+fn dialed_connections_carry_bytes_both_ways() {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = upstream.local_addr().unwrap();
+    let server = probe(&[address], "");
+    let mut c = server.connect("probe");
+
+    let answer = c.ask(&format!("connect {address}"));
+    let id = answer.strip_prefix("connecting ").unwrap_or_else(|| panic!("{answer}")).to_owned();
+    let (accepted, _) = upstream.accept().unwrap();
+    assert_eq!(c.line(), format!("connected {id}"));
+
+    let mut far = BufReader::new(accepted);
+    far.get_mut().write_all(b"hello from upstream\n").unwrap();
+    assert_eq!(c.line(), format!("from {id} hello from upstream"));
+    assert_eq!(c.ask(&format!("send {id} hello from the plugin")), "ok");
+    let mut line = String::new();
+    far.read_line(&mut line).unwrap();
+    assert_eq!(line, "hello from the plugin\n");
+
+    // The far side hangs up: the dialed connection ends with its CLOSE.
+    far.get_mut().write_all(b"bye").unwrap();
+    drop(far);
+    assert_eq!(c.line(), format!("from {id} bye"));
+    server.wait_for_log(&[&format!("closed {id} ")]);
+    assert_eq!(c.ask(&format!("send {id} anyone?")), "err closed");
+
+    let (_, log) = server.terminate();
+    assert!(log.contains("dialed=1"), "{log}");
+}
+
+#[test]
+fn only_allowed_addresses_may_be_dialed() {
+    let allowed = dead_address();
+    let server = probe(&[allowed], "");
+    let mut c = server.connect("probe");
+    assert_eq!(c.ask("connect 127.0.0.1:1"), "err not-allowed");
+    let other_port = SocketAddr::new(allowed.ip(), allowed.port().wrapping_add(1).max(1));
+    assert_eq!(c.ask(&format!("connect {other_port}")), "err not-allowed");
+    assert_eq!(c.ask("connect example.com:80"), "err invalid");
+
+    // With no list at all, nothing may be dialed.
+    let closed = Server::start(&listener("probe", plugins::FIXTURE_PROBE, ""));
+    let mut c = closed.connect("probe");
+    assert_eq!(c.ask(&format!("connect {allowed}")), "err not-allowed");
+}
+
+#[test]
+fn a_refused_dial_reports_the_failure_then_closes() {
+    let address = dead_address();
+    let server = probe(&[address], "");
+    let mut c = server.connect("probe");
+    let answer = c.ask(&format!("connect {address}"));
+    let id = answer.strip_prefix("connecting ").unwrap_or_else(|| panic!("{answer}")).to_owned();
+    assert_eq!(c.line(), format!("connect-failed {id} failed"));
+    server.wait_for_log(&[&format!("closed {id} ")]);
+    assert_eq!(c.ask("echo the dialer lives on"), "the dialer lives on");
+}
+
+#[test]
+fn dialed_connections_count_toward_max_connections() {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = upstream.local_addr().unwrap();
+    let server = probe(&[address], "[listener.limits]\nmax-connections = 2");
+    let mut c = server.connect("probe");
+    assert!(c.ask(&format!("connect {address}")).starts_with("connecting "));
+    let _accepted = upstream.accept().unwrap();
+    assert!(c.line().starts_with("connected "));
+    assert_eq!(c.ask(&format!("connect {address}")), "err limit-exceeded");
+    server.wait_for_log(&["limit hit", "limit=max-connections", "listener=probe"]);
+    let mut refused = server.connect("probe");
+    assert!(refused.until_eof().is_empty(), "the dial took the last slot");
+}
+
+#[test]
+fn a_dial_that_never_answers_ends_at_the_idle_timeout() {
+    // A listener that never accepts, with its backlog full: Linux drops further SYNs,
+    // so a dial to it hangs.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket.listen(0).unwrap();
+    let address = socket.local_addr().unwrap().as_socket().unwrap();
+    let fillers: Vec<_> =
+        (0..4).filter_map(|_| TcpStream::connect_timeout(&address, Duration::from_millis(200)).ok()).collect();
+    assert!(!fillers.is_empty());
+
+    let server = probe(&[address], "[listener.limits]\nidle-timeout-ms = 300");
+    let mut c = server.connect("probe");
+    let answer = c.ask(&format!("connect {address}"));
+    let id = answer.strip_prefix("connecting ").unwrap_or_else(|| panic!("{answer}")).to_owned();
+    // The client keeps talking, so only the hanging dial goes idle.
+    let outcome = loop {
+        std::thread::sleep(Duration::from_millis(100));
+        match c.ask("echo tick").as_str() {
+            "tick" => continue,
+            other => break other.to_owned(),
+        }
+    };
+    assert_eq!(outcome, format!("connect-failed {id} closed"));
+    assert_eq!(c.line(), "tick");
+    server.wait_for_log(&["limit hit", "limit=idle-timeout-ms", &format!("conn=#{id} ")]);
+    assert_eq!(c.ask("echo the dialer lives on"), "the dialer lives on");
+}
+
+#[test]
+fn plugins_read_their_listener_settings() {
+    let extra = "[listener.config]\nupstream = \"127.0.0.1:9\"\nretries = 3\nverbose = true";
+    let server = Server::start(&listener("probe", plugins::FIXTURE_PROBE, extra));
+    let mut c = server.connect("probe");
+    assert_eq!(c.ask("config upstream"), "config 127.0.0.1:9");
+    assert_eq!(c.ask("config retries"), "config 3");
+    assert_eq!(c.ask("config verbose"), "config true");
+    assert_eq!(c.ask("config missing"), "config none");
+}
+
+#[test]
+fn shutdown_half_closes_and_keeps_reading() {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = upstream.local_addr().unwrap();
+    let server = probe(&[address], "");
+    let mut c = server.connect("probe");
+    let answer = c.ask(&format!("connect {address}"));
+    let id = answer.strip_prefix("connecting ").unwrap().to_owned();
+    let (accepted, _) = upstream.accept().unwrap();
+    assert_eq!(c.line(), format!("connected {id}"));
+    assert_eq!(c.ask(&format!("send {id} last words")), "ok");
+
+    // The probe's own `shutdown` ends its sending side toward this client; reading goes on.
+    assert_eq!(c.ask("shutdown"), "ok");
+    assert!(c.until_eof().is_empty(), "the client reads end-of-stream");
+    let mut far = BufReader::new(accepted);
+    let mut line = String::new();
+    far.read_line(&mut line).unwrap();
+    assert_eq!(line, "last words\n");
+    c.send_line(&format!("send {id} still heard"));
+    line.clear();
+    far.read_line(&mut line).unwrap();
+    assert_eq!(line, "still heard\n", "the half-closed connection still takes commands");
+}
