@@ -14,4 +14,5 @@ mod http;
 mod instances;
 mod limits;
 mod native;
+mod proxy;
 mod timers;
