@@ -14,7 +14,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, exit};
 
 /// The plugin packages, in the order `ALL` lists them.
-const PLUGINS: &[&str] = &["echo", "chat", "http-hello", "fixture-probe", "fixture-wrong-world", "fixture-wants-wasi"];
+const PLUGINS: &[&str] = &[
+    "echo",
+    "chat",
+    "http-hello",
+    "tcp-proxy",
+    "fixture-probe",
+    "fixture-wrong-world",
+    "fixture-wants-wasi",
+    "fixture-adversary",
+];
 
 /// Directories whose contents feed the plugin builds.
 const SOURCE_DIRS: &[&str] = &["plugins", "guest-sdk", "wit"];
