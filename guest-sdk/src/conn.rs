@@ -9,7 +9,8 @@ use crate::bindings::sandport::handler::host;
 
 pub use crate::bindings::sandport::handler::types::CloseMode;
 
-/// A connection of this plugin's listener, named by the id the host chose.
+/// A connection of this plugin's listener, accepted or dialed with [`Conn::connect`],
+/// named by the id the host chose.
 ///
 /// A `Conn` is only an id: copy it, keep it in maps, send to it from another
 /// connection's event. Ids are never reused, so a `Conn` kept past its `close` event
@@ -50,6 +51,29 @@ impl Conn {
     /// ```
     pub const fn id(self) -> u64 {
         self.0
+    }
+
+    /// Dial an outbound TCP connection to `address` (`IP:PORT`, `[IPv6]:PORT`).
+    ///
+    /// Returns the new connection at once; the dial goes on in the host's event loop.
+    /// Its events come to this same handler, the first being
+    /// [`Handler::on_connect`](crate::Handler::on_connect) with the outcome (a failure is
+    /// followed by [`on_close`](crate::Handler::on_close)). Sending to it before it is
+    /// established is fine: the bytes wait in its send buffer.
+    ///
+    /// Fails with [`Error::NotAllowed`] for an address the listener's `allow-connect`
+    /// list lacks, [`Error::Invalid`] for one that does not parse, and
+    /// [`Error::LimitExceeded`] when the listener has all the connections it may.
+    ///
+    /// ```no_run
+    /// use sandport_guest::{Conn, Error};
+    ///
+    /// let upstream = Conn::connect("127.0.0.1:6379")?;
+    /// upstream.send(b"PING\r\n")?; // waits in the send buffer until connected
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn connect(address: &str) -> Result<Conn, Error> {
+        Ok(Conn(host::connect(address)?))
     }
 
     /// Append `data` to this connection's send buffer; returns the room left, in bytes.
@@ -169,6 +193,24 @@ impl Conn {
     /// ```
     pub fn close_now(self) -> Result<(), Error> {
         self.close(CloseMode::Now)
+    }
+
+    /// Shut down the sending side once the send buffer is written out, and keep
+    /// reading: a TCP half-close, so the peer reads end-of-stream.
+    ///
+    /// Further [`send`](Conn::send)s fail with [`Error::Closed`]; events, including
+    /// `recv`, go on until the connection is closed. What a proxy does when one side
+    /// finished sending, or a client that has sent its whole request.
+    ///
+    /// ```no_run
+    /// # use sandport_guest::Conn;
+    /// # let conn = Conn::from_id(1);
+    /// conn.send(b"that is all\n")?;
+    /// conn.shutdown()?; // the peer reads EOF after this line, and may still answer
+    /// # Ok::<(), sandport_guest::Error>(())
+    /// ```
+    pub fn shutdown(self) -> Result<(), Error> {
+        Ok(host::shutdown(self.0)?)
     }
 }
 

@@ -25,24 +25,30 @@ use crate::bindings::sandport::handler::types::Error as WitError;
 pub enum Error {
     /// The connection is closed, closing, or was never this plugin's.
     Closed,
-    /// A limit of the listener would be exceeded (send buffer, timers).
+    /// A limit of the listener would be exceeded (send buffer, timers, connections).
     LimitExceeded,
     /// The listener's configuration does not allow this.
     NotAllowed,
     /// An argument is out of range; the text says which.
     Invalid(String),
+    /// The network said no: an outbound connection was refused, unreachable, or reset
+    /// before it was established. The text is the system's reason.
+    Failed(String),
 }
 
 impl Error {
-    /// The WIT name of the case: `closed`, `limit-exceeded`, `not-allowed` or `invalid`.
+    /// The WIT name of the case: `closed`, `limit-exceeded`, `not-allowed`, `invalid` or
+    /// `failed`.
     ///
-    /// Stable and free of the `invalid` text, so it suits wire protocols and log keys.
+    /// Stable and free of the `invalid` and `failed` texts, so it suits wire protocols
+    /// and log keys.
     ///
     /// ```
     /// use sandport_guest::Error;
     ///
     /// assert_eq!(Error::LimitExceeded.code(), "limit-exceeded");
     /// assert_eq!(Error::Invalid("n too large".into()).code(), "invalid");
+    /// assert_eq!(Error::Failed("connection refused".into()).code(), "failed");
     /// ```
     pub fn code(&self) -> &'static str {
         match self {
@@ -50,6 +56,7 @@ impl Error {
             Error::LimitExceeded => "limit-exceeded",
             Error::NotAllowed => "not-allowed",
             Error::Invalid(_) => "invalid",
+            Error::Failed(_) => "failed",
         }
     }
 }
@@ -61,6 +68,7 @@ impl fmt::Display for Error {
             Error::LimitExceeded => f.write_str("listener limit exceeded"),
             Error::NotAllowed => f.write_str("not allowed by the listener's configuration"),
             Error::Invalid(why) => write!(f, "invalid argument: {why}"),
+            Error::Failed(why) => write!(f, "network failure: {why}"),
         }
     }
 }
@@ -74,6 +82,7 @@ impl From<WitError> for Error {
             WitError::LimitExceeded => Error::LimitExceeded,
             WitError::NotAllowed => Error::NotAllowed,
             WitError::Invalid(why) => Error::Invalid(why),
+            WitError::Failed(why) => Error::Failed(why),
         }
     }
 }
@@ -88,6 +97,7 @@ mod tests {
         assert_eq!(Error::LimitExceeded.code(), "limit-exceeded");
         assert_eq!(Error::NotAllowed.code(), "not-allowed");
         assert_eq!(Error::Invalid("x".into()).code(), "invalid");
+        assert_eq!(Error::Failed("x".into()).code(), "failed");
     }
 
     #[test]
@@ -95,5 +105,7 @@ mod tests {
         assert_eq!(Error::from(WitError::Invalid("n".into())), Error::Invalid("n".into()));
         assert_eq!(Error::from(WitError::Closed), Error::Closed);
         assert_eq!(Error::Invalid("timer id".into()).to_string(), "invalid argument: timer id");
+        assert_eq!(Error::from(WitError::Failed("refused".into())), Error::Failed("refused".into()));
+        assert_eq!(Error::Failed("connection refused".into()).to_string(), "network failure: connection refused");
     }
 }

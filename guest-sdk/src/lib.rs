@@ -5,13 +5,16 @@
 //! answers through host calls. This crate wraps the generated bindings of the
 //! `sandport:handler/plugin` world in a small API:
 //!
-//! - [`Handler`]: one method per event, each defaulting to doing nothing;
+//! - [`Handler`]: one method per event, each defaulting to doing nothing, except
+//!   end-of-stream ([`Handler::on_eof`]), which closes after sending;
 //! - [`export!`]: makes a `Handler` type the plugin's export;
-//! - [`Conn`]: send, remove, timers and close for a connection;
+//! - [`Conn`]: send, remove, timers, close and half-close for a connection, and
+//!   [`Conn::connect`] to dial an outbound one;
 //! - [`RecvBuf`]: the connection's receive buffer, read in place in the host;
 //! - [`ByteSource`]: lines, delimited and length-prefixed frames over a `RecvBuf`
 //!   (or over plain bytes, so protocol code can be unit-tested natively);
-//! - [`ConnMap`]: per-connection state; [`log`]: the host's log.
+//! - [`ConnMap`]: per-connection state; [`config`]: the listener's configuration
+//!   values; [`log`]: the host's log.
 //!
 //! One value of the handler type serves every connection of the listener, so it can
 //! keep state shared between connections (a chat room, a cache) next to per-connection
@@ -44,6 +47,7 @@
 
 #![warn(missing_docs)]
 
+pub mod config;
 mod conn;
 mod conn_map;
 mod error;
@@ -72,7 +76,8 @@ pub mod bindings {
     });
 }
 
-/// A connection handler: one method per event, each defaulting to doing nothing.
+/// A connection handler: one method per event, each defaulting to doing nothing,
+/// except [`on_eof`](Handler::on_eof), which closes the connection after sending.
 ///
 /// Events of one connection arrive in order and never re-entrantly: a host call made
 /// inside a method never calls the handler again. Implement only the events you need
@@ -115,7 +120,30 @@ pub trait Handler {
         let _ = (conn, peer);
     }
 
+    /// The outbound connection `conn`, dialed with [`Conn::connect`], is established
+    /// (`Ok`) or could not be (`Err`, e.g. [`Error::Failed`] with the system's reason;
+    /// [`on_close`](Handler::on_close) follows). Always its first event; accepted
+    /// connections never get it.
+    ///
+    /// ```no_run
+    /// # use sandport_guest::{Conn, Error, Handler};
+    /// # struct H;
+    /// impl Handler for H {
+    ///     fn on_connect(&mut self, conn: Conn, result: Result<(), Error>) {
+    ///         match result {
+    ///             Ok(()) => sandport_guest::log::debug(&format!("{conn} connected")),
+    ///             Err(e) => sandport_guest::log::error(&format!("{conn} could not connect: {e}")),
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    fn on_connect(&mut self, conn: Conn, result: Result<(), Error>) {
+        let _ = (conn, result);
+    }
+
     /// `n` bytes were appended to the receive buffer `rx`; it may hold older bytes too.
+    ///
+    /// `n` is never 0: end-of-stream goes to [`on_eof`](Handler::on_eof).
     ///
     /// ```no_run
     /// # use sandport_guest::{ByteSource, Conn, Handler, RecvBuf};
@@ -130,6 +158,41 @@ pub trait Handler {
     /// ```
     fn on_recv(&mut self, conn: Conn, rx: RecvBuf<'_>, n: u32) {
         let _ = (conn, rx, n);
+    }
+
+    /// The peer shut down its sending side: nothing more will arrive in `rx`, though it
+    /// may still hold bytes the handler has not consumed. Comes once, after the last
+    /// [`on_recv`](Handler::on_recv) (it is the WIT's `recv(0)`).
+    ///
+    /// The host does not close the connection for this: only the handler knows whether
+    /// it still has work, and the connection can still send. The default closes after
+    /// sending ([`Conn::close_after_send`]), as Mongoose does: what is already in the send
+    /// buffer goes out, bytes left in `rx` are dropped, [`on_close`](Handler::on_close)
+    /// follows. That suits request-response protocols, whose answers to everything
+    /// received are in the send buffer by the time end-of-stream arrives.
+    ///
+    /// Override it when work remains after the peer stops sending: an echo with bytes
+    /// still in `rx` waiting for send-buffer room, a proxy that passes the half-close on
+    /// ([`Conn::shutdown`]) and waits for the other side's answer, a protocol whose last
+    /// message ends at end-of-stream. Close the connection yourself when done; until
+    /// then it stays open (up to the listener's idle timeout).
+    ///
+    /// ```no_run
+    /// # use sandport_guest::{Conn, Handler, RecvBuf};
+    /// # struct H;
+    /// impl Handler for H {
+    ///     /// The last line may lack its `\n`: answer it too, then hang up.
+    ///     fn on_eof(&mut self, conn: Conn, rx: RecvBuf<'_>) {
+    ///         if !rx.is_empty() {
+    ///             let _ = conn.send(&[&rx.read_all()[..], b"\n"].concat());
+    ///         }
+    ///         let _ = conn.close_after_send();
+    ///     }
+    /// }
+    /// ```
+    fn on_eof(&mut self, conn: Conn, rx: RecvBuf<'_>) {
+        let _ = rx;
+        let _ = conn.close_after_send();
     }
 
     /// `n` bytes of the send buffer reached the socket: room to send again after a
@@ -252,7 +315,7 @@ macro_rules! export {
 pub mod __private {
     pub use crate::bindings::exports::sandport::handler::handler::{Event, Guest, Mbuf};
 
-    use crate::{Conn, Handler, Peer, RecvBuf};
+    use crate::{Conn, Error, Handler, Peer, RecvBuf};
 
     /// Route one event to the matching `Handler` method.
     pub fn dispatch<H: Handler>(handler: &mut H, conn: u64, ev: Event, rx: &Mbuf) {
@@ -260,8 +323,8 @@ pub mod __private {
         let rx = RecvBuf::new(conn, rx);
         match ev {
             Event::Accept(addr) => handler.on_accept(conn, Peer { ip: addr.ip, port: addr.port }),
-            // Reserved for outbound connections, which this version of the host never makes.
-            Event::Connect(_) => {}
+            Event::Connect(result) => handler.on_connect(conn, result.map_err(Error::from)),
+            Event::Recv(0) => handler.on_eof(conn, rx),
             Event::Recv(n) => handler.on_recv(conn, rx, n),
             Event::Send(n) => handler.on_send(conn, rx, n),
             Event::Poll => handler.on_poll(conn, rx),

@@ -5,6 +5,8 @@
 //! pipelined requests in order, waits for requests that arrive in pieces, and skips
 //! request bodies given by `Content-Length`. Anything it cannot parse gets a 400 and
 //! the connection is closed, since after garbage the next request cannot be found.
+//! A client that half-closes gets the replies to every complete request it sent, then
+//! the connection closes.
 
 use sandport_guest::{Conn, ConnMap, Handler, Peer, RecvBuf};
 
@@ -58,6 +60,16 @@ struct Exchange {
     owed: Option<Reply>,
     /// A closing reply went out: whatever else arrives is ignored.
     done: bool,
+    /// The client half-closed while a reply waited for room: close once it is out.
+    eof: bool,
+}
+
+impl Exchange {
+    /// Whether a reply is ready but did not fit the send buffer (`serve` stops there
+    /// only when `send` fails).
+    fn waits_for_room(&self) -> bool {
+        !self.done && self.body_left == 0 && self.owed.is_some()
+    }
 }
 
 /// The handler: one [`Exchange`] per connection.
@@ -79,6 +91,20 @@ impl Handler for HttpHello {
     fn on_send(&mut self, conn: Conn, rx: RecvBuf<'_>, _n: u32) {
         if let Some(exchange) = self.exchanges.get_mut(conn) {
             serve(exchange, conn, rx);
+            if exchange.eof && !exchange.waits_for_room() {
+                let _ = conn.close_after_send();
+            }
+        }
+    }
+
+    /// No more requests will come: close once every complete one is answered, which is
+    /// now unless a reply waits for room (the requests behind it wait in `rx`).
+    fn on_eof(&mut self, conn: Conn, _rx: RecvBuf<'_>) {
+        match self.exchanges.get_mut(conn) {
+            Some(exchange) if exchange.waits_for_room() => exchange.eof = true,
+            _ => {
+                let _ = conn.close_after_send();
+            }
         }
     }
 

@@ -1,0 +1,162 @@
+//! tcp-proxy: forwards every accepted connection to one upstream, both ways.
+//!
+//! Configuration: `upstream = "IP:PORT"` in the listener's `[listener.config]` table,
+//! and the same address in its `allow-connect` list. Each accepted client gets its own
+//! upstream connection, dialed at once; the client's first bytes wait in the upstream's
+//! send buffer until the dial completes. A missing `upstream` or a refused dial is
+//! logged and the client is closed.
+//!
+//! Design:
+//!
+//! - **Pairs.** Each connection's [`Side`] names its peer, so either side finds the other.
+//! - **Backpressure both ways.** Bytes move from a side's receive buffer to its peer's
+//!   send buffer only as far as the peer's `send-room` allows; the rest stays in the
+//!   receive buffer, which (once full) makes the host stop reading that side. So a slow
+//!   reader on one side pauses the writer on the other, with bounded buffers and no
+//!   copy kept in the guest.
+//! - **Waking a stalled side.** A receive buffer is readable only in its own
+//!   connection's events, but room appears in the peer's `send` event. That event arms
+//!   a zero-delay [`WAKE`] timer on the stalled side, whose `timer` event (with the
+//!   right buffer) resumes the copy.
+//! - **Half-close.** When a side reaches end-of-stream and everything it sent is
+//!   forwarded, its peer is `shutdown`: the other party reads end-of-stream too and may
+//!   still answer. When both directions are finished, both connections close after
+//!   sending.
+//! - **Either side gone** (reset, error, a failed dial): what is still readable from it
+//!   is forwarded as far as room allows, and its peer is closed after sending.
+
+use std::time::Duration;
+
+use sandport_guest::{Conn, ConnMap, Error, Handler, Peer, RecvBuf, config, log};
+
+/// The most copied per `send` call, so a big buffer is not copied into the guest at once.
+const CHUNK: usize = 64 * 1024;
+/// The timer that resumes forwarding from a side whose bytes waited for room.
+const WAKE: u64 = 1;
+
+/// One connection of a pair, as the proxy sees it.
+struct Side {
+    /// The other connection of the pair.
+    peer: Conn,
+    /// This side's party sent end-of-stream: nothing more arrives in its receive buffer.
+    eof: bool,
+    /// Bytes wait in this side's receive buffer for room in the peer's send buffer.
+    stalled: bool,
+    /// Everything this side will send is forwarded and the peer is shut down.
+    done: bool,
+}
+
+impl Side {
+    fn new(peer: Conn) -> Self {
+        Side { peer, eof: false, stalled: false, done: false }
+    }
+}
+
+/// The handler: a [`Side`] for every connection, client and upstream alike.
+#[derive(Default)]
+struct Proxy {
+    sides: ConnMap<Side>,
+}
+
+impl Handler for Proxy {
+    fn on_accept(&mut self, client: Conn, peer: Peer) {
+        let Some(address) = config::get("upstream") else {
+            log::error(&format!("tcp-proxy: client {client} ({peer}) refused: no `upstream` configured"));
+            let _ = client.close_now();
+            return;
+        };
+        match Conn::connect(&address) {
+            Ok(upstream) => {
+                self.sides.insert(client, Side::new(upstream));
+                self.sides.insert(upstream, Side::new(client));
+            }
+            Err(e) => {
+                log::error(&format!("tcp-proxy: client {client} ({peer}) refused: upstream {address}: {e}"));
+                let _ = client.close_now();
+            }
+        }
+    }
+
+    /// Only a failure matters here; `on_close` follows it and closes the client.
+    fn on_connect(&mut self, upstream: Conn, result: Result<(), Error>) {
+        if let (Err(e), Some(side)) = (result, self.sides.get(upstream)) {
+            log::error(&format!("tcp-proxy: upstream {upstream} for client {} failed: {e}", side.peer));
+        }
+    }
+
+    fn on_recv(&mut self, conn: Conn, rx: RecvBuf<'_>, _n: u32) {
+        self.forward(conn, rx);
+    }
+
+    /// Room in `conn`'s send buffer: wake its peer if bytes wait there for it.
+    fn on_send(&mut self, conn: Conn, _rx: RecvBuf<'_>, _n: u32) {
+        let Some(side) = self.sides.get(conn) else { return };
+        if self.sides.get(side.peer).is_some_and(|peer| peer.stalled) {
+            let _ = side.peer.set_timer(WAKE, Duration::ZERO);
+        }
+    }
+
+    fn on_timer(&mut self, conn: Conn, rx: RecvBuf<'_>, timer_id: u64) {
+        if timer_id == WAKE {
+            self.forward(conn, rx);
+        }
+    }
+
+    fn on_eof(&mut self, conn: Conn, rx: RecvBuf<'_>) {
+        if let Some(side) = self.sides.get_mut(conn) {
+            side.eof = true;
+        }
+        self.forward(conn, rx);
+    }
+
+    fn on_close(&mut self, conn: Conn, rx: RecvBuf<'_>) {
+        if let Some(side) = self.sides.remove(conn) {
+            self.sides.remove(side.peer);
+            copy(rx, side.peer);
+            let _ = side.peer.close_after_send();
+        }
+    }
+}
+
+impl Proxy {
+    /// Copy what fits from `conn`'s receive buffer to its peer, and pass end-of-stream
+    /// on once the last byte is across.
+    fn forward(&mut self, conn: Conn, rx: RecvBuf<'_>) {
+        let Some(side) = self.sides.get_mut(conn) else { return };
+        side.stalled = !copy(rx, side.peer);
+        if !side.eof || side.stalled || side.done {
+            return;
+        }
+        side.done = true;
+        let peer = side.peer;
+        if let Err(e) = peer.shutdown() {
+            log::warn(&format!("tcp-proxy: shutdown of {peer} failed: {e}"));
+        }
+        if self.sides.get(peer).is_some_and(|other| other.done) {
+            let _ = conn.close_after_send();
+            let _ = peer.close_after_send();
+        }
+    }
+}
+
+/// Move bytes from `rx` to `to`'s send buffer while both have some; returns whether
+/// `rx` is now empty. Stops quietly if `to` is closing: its `close` event follows.
+fn copy(rx: RecvBuf<'_>, to: Conn) -> bool {
+    let mut room = to.send_room().unwrap_or(0) as usize;
+    while room > 0 {
+        let chunk = rx.read(0, room.min(CHUNK));
+        if chunk.is_empty() {
+            break;
+        }
+        match to.send(&chunk) {
+            Ok(left) => room = left as usize,
+            Err(_) => break,
+        }
+        if rx.remove(chunk.len()).is_err() {
+            break;
+        }
+    }
+    rx.is_empty()
+}
+
+sandport_guest::export!(Proxy);
