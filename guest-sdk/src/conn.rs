@@ -4,8 +4,8 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::Error;
 use crate::bindings::sandport::handler::host;
+use crate::{Error, RecvBuf};
 
 pub use crate::bindings::sandport::handler::types::CloseMode;
 
@@ -74,6 +74,29 @@ impl Conn {
     /// ```
     pub fn connect(address: &str) -> Result<Conn, Error> {
         Ok(Conn(host::connect(address)?))
+    }
+
+    /// Run `f` with this connection's receive buffer, from any event of the instance:
+    /// say a proxy moving one side's waiting bytes in the other side's
+    /// [`on_send`](crate::Handler::on_send), when room appeared there. (In this
+    /// connection's own events, use the `rx` they bring: it costs no host call.)
+    ///
+    /// Fails with [`Error::Closed`] if the connection is not this instance's, or gone.
+    ///
+    /// ```no_run
+    /// # use sandport_guest::{Conn, Error};
+    /// # let (client, upstream) = (Conn::from_id(1), Conn::from_id(2));
+    /// // Room in the upstream's send buffer: move what the client sent.
+    /// let room = upstream.send_room()? as usize;
+    /// client.with_recv_buffer(|rx| {
+    ///     let bytes = rx.read(0, room);
+    ///     upstream.send(&bytes).and_then(|_| rx.remove(bytes.len()))
+    /// })??;
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn with_recv_buffer<R>(self, f: impl FnOnce(RecvBuf<'_>) -> R) -> Result<R, Error> {
+        let mbuf = host::recv_buffer(self.0)?;
+        Ok(f(RecvBuf::new(self, &mbuf)))
     }
 
     /// Append `data` to this connection's send buffer; returns the room left, in bytes.

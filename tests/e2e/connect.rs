@@ -43,12 +43,22 @@ fn dialed_connections_carry_bytes_both_ways() {
     far.read_line(&mut line).unwrap();
     assert_eq!(line, "hello from the plugin\n");
 
-    // The far side hangs up: the dialed connection ends with its CLOSE.
+    // A partial line waits in the dialed connection's buffer, where any event of the
+    // instance can read it.
     far.get_mut().write_all(b"bye").unwrap();
+    let peek = format!("peek {id}");
+    let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
+    while c.ask(&peek) != "peek bye" {
+        assert!(std::time::Instant::now() < deadline, "the partial line never showed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // The far side hangs up: the dialed connection ends with its CLOSE.
     drop(far);
     assert_eq!(c.line(), format!("from {id} bye"));
     server.wait_for_log(&[&format!("closed {id} ")]);
     assert_eq!(c.ask(&format!("send {id} anyone?")), "err closed");
+    assert_eq!(c.ask(&peek), "err closed");
 
     let (_, log) = server.terminate();
     assert!(log.contains("dialed=1"), "{log}");

@@ -11,6 +11,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 
+use slab::Slab;
 use tracing::{debug, error, info, trace, warn};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store};
@@ -25,23 +26,31 @@ use crate::mbuf::Mbuf;
 /// Table elements a guest may grow to (a pointer each).
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
+/// Views of other connections' receive buffers a guest may hold at once.
+const MAX_VIEWS: usize = 1024;
+
 /// The guest's view of a receive buffer (the WIT `mbuf` resource).
 ///
-/// Guests only ever get it borrowed, as the `rx` argument of `handle`, so it always
-/// means "the receive buffer of the connection being handled" and needs no table
-/// entry: a borrow cannot outlive the call, and the component model rejects any
-/// handle the guest did not receive.
+/// The `rx` argument of `handle` is a borrow with the representation
+/// [`RecvView::CURRENT`]: "the receive buffer of the connection being handled"; it
+/// needs no bookkeeping, since a borrow cannot outlive the call. The `recv-buffer`
+/// import hands out owned views of any of the instance's connections, numbered by
+/// their slot in [`GuestState`]'s `views`. Either way the view names a connection,
+/// not bytes: each call reads the buffer as it is then, and a closed connection's
+/// reads as empty. The component model rejects any handle the guest was not given.
 pub struct RecvView;
 
 impl RecvView {
-    /// The representation of the one borrowed handle.
-    pub const REP: u32 = 0;
+    /// The representation of the borrowed `rx` of the event being handled.
+    pub const CURRENT: u32 = u32::MAX;
 }
 
 /// Everything a plugin instance's store holds.
 pub struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
+    /// The connections of the owned `mbuf` views the guest holds, by representation.
+    views: Slab<ConnId>,
     listener: Arc<str>,
     memory_limit: usize,
     /// The guest tried to grow past `memory_limit` (so its trap is that limit's).
@@ -74,6 +83,7 @@ impl GuestState {
         GuestState {
             wasi,
             table: ResourceTable::new(),
+            views: Slab::new(),
             listener: listener.clone(),
             memory_limit,
             memory_exceeded: false,
@@ -94,10 +104,12 @@ impl GuestState {
         self
     }
 
-    /// The receive buffer of the connection being handled (the one `mbuf` a guest
-    /// can hold), or `None` if the reactor no longer has it.
-    fn recv_buffer(&mut self) -> wasmtime::Result<Option<&Mbuf>> {
-        let conn = self.conn;
+    /// The receive buffer `view` shows, or `None` if the reactor no longer has it.
+    fn recv_buffer(&mut self, view: &Resource<RecvView>) -> wasmtime::Result<Option<&Mbuf>> {
+        let conn = match view.rep() {
+            RecvView::CURRENT => self.conn,
+            rep => *self.views.get(rep as usize).ok_or_else(|| wasmtime::format_err!("unknown mbuf {rep}"))?,
+        };
         Ok(self.host()?.recv_buffer(conn).ok())
     }
 
@@ -258,6 +270,18 @@ impl host::Host for GuestState {
         Ok(host.connect(address).map(|conn| conn.0).map_err(Into::into))
     }
 
+    fn recv_buffer(&mut self, conn: u64) -> wasmtime::Result<Result<Resource<RecvView>, types::Error>> {
+        let conn = ConnId(conn);
+        if let Err(err) = self.host()?.recv_buffer(conn) {
+            return Ok(Err(err.into()));
+        }
+        if self.views.len() >= MAX_VIEWS {
+            return Ok(Err(types::Error::LimitExceeded));
+        }
+        let rep = self.views.insert(conn);
+        Ok(Ok(Resource::new_own(rep as u32)))
+    }
+
     fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
         Ok(self.settings.get(&key).cloned())
     }
@@ -279,20 +303,21 @@ impl host::Host for GuestState {
 }
 
 impl host::HostMbuf for GuestState {
-    fn len(&mut self, _rx: Resource<RecvView>) -> wasmtime::Result<u32> {
-        Ok(self.recv_buffer()?.map_or(0, |rx| rx.len() as u32))
+    fn len(&mut self, rx: Resource<RecvView>) -> wasmtime::Result<u32> {
+        Ok(self.recv_buffer(&rx)?.map_or(0, |rx| rx.len() as u32))
     }
 
-    fn read(&mut self, _rx: Resource<RecvView>, offset: u32, len: u32) -> wasmtime::Result<Vec<u8>> {
-        Ok(self.recv_buffer()?.map_or_else(Vec::new, |rx| rx.read(offset as usize, len as usize).to_vec()))
+    fn read(&mut self, rx: Resource<RecvView>, offset: u32, len: u32) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.recv_buffer(&rx)?.map_or_else(Vec::new, |rx| rx.read(offset as usize, len as usize).to_vec()))
     }
 
-    fn find(&mut self, _rx: Resource<RecvView>, needle: Vec<u8>, start: u32) -> wasmtime::Result<Option<u32>> {
-        Ok(self.recv_buffer()?.and_then(|rx| rx.find(&needle, start as usize)).map(|at| at as u32))
+    fn find(&mut self, rx: Resource<RecvView>, needle: Vec<u8>, start: u32) -> wasmtime::Result<Option<u32>> {
+        Ok(self.recv_buffer(&rx)?.and_then(|rx| rx.find(&needle, start as usize)).map(|at| at as u32))
     }
 
-    fn drop(&mut self, _rx: Resource<RecvView>) -> wasmtime::Result<()> {
-        // Guests only ever hold borrows of the receive buffer; there is nothing to free.
+    fn drop(&mut self, rx: Resource<RecvView>) -> wasmtime::Result<()> {
+        // Only owned views are dropped; the borrowed `rx` of an event never is.
+        self.views.try_remove(rx.rep() as usize);
         Ok(())
     }
 }

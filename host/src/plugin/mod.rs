@@ -295,7 +295,7 @@ impl Handler for PluginHandler {
         let tenant = &self.tenant;
         self.store.set_epoch_deadline(tenant.deadline_ticks);
         let event = to_wit(event);
-        let rx = Resource::<RecvView>::new_borrow(RecvView::REP);
+        let rx = Resource::<RecvView>::new_borrow(RecvView::CURRENT);
         let handler = self.bindings.sandport_handler_handler();
         let called =
             imports::with_host(&mut self.store, host, conn, |store| handler.call_handle(store, conn.0, &event, rx));

@@ -14,10 +14,9 @@
 //!   receive buffer, which (once full) makes the host stop reading that side. So a slow
 //!   reader on one side pauses the writer on the other, with bounded buffers and no
 //!   copy kept in the guest.
-//! - **Waking a stalled side.** A receive buffer is readable only in its own
-//!   connection's events, but room appears in the peer's `send` event. That event arms
-//!   a zero-delay [`WAKE`] timer on the stalled side, whose `timer` event (with the
-//!   right buffer) resumes the copy.
+//! - **Resuming a stalled side.** Room for a stalled side's bytes appears in its peer's
+//!   `send` event; that event reads the stalled side's receive buffer through
+//!   [`Conn::with_recv_buffer`] and resumes the copy.
 //! - **Half-close.** When a side reaches end-of-stream and everything it sent is
 //!   forwarded, its peer is `shutdown`: the other party reads end-of-stream too and may
 //!   still answer. When both directions are finished, both connections close after
@@ -25,14 +24,10 @@
 //! - **Either side gone** (reset, error, a failed dial): what is still readable from it
 //!   is forwarded as far as room allows, and its peer is closed after sending.
 
-use std::time::Duration;
-
 use sandport_guest::{Conn, ConnMap, Error, Handler, Peer, RecvBuf, config, log};
 
 /// The most copied per `send` call, so a big buffer is not copied into the guest at once.
 const CHUNK: usize = 64 * 1024;
-/// The timer that resumes forwarding from a side whose bytes waited for room.
-const WAKE: u64 = 1;
 
 /// One connection of a pair, as the proxy sees it.
 struct Side {
@@ -88,17 +83,11 @@ impl Handler for Proxy {
         self.forward(conn, rx);
     }
 
-    /// Room in `conn`'s send buffer: wake its peer if bytes wait there for it.
+    /// Room in `conn`'s send buffer: move what its peer has waiting.
     fn on_send(&mut self, conn: Conn, _rx: RecvBuf<'_>, _n: u32) {
-        let Some(side) = self.sides.get(conn) else { return };
-        if self.sides.get(side.peer).is_some_and(|peer| peer.stalled) {
-            let _ = side.peer.set_timer(WAKE, Duration::ZERO);
-        }
-    }
-
-    fn on_timer(&mut self, conn: Conn, rx: RecvBuf<'_>, timer_id: u64) {
-        if timer_id == WAKE {
-            self.forward(conn, rx);
+        let Some(peer) = self.sides.get(conn).map(|side| side.peer) else { return };
+        if self.sides.get(peer).is_some_and(|side| side.stalled) {
+            let _ = peer.with_recv_buffer(|rx| self.forward(peer, rx));
         }
     }
 
