@@ -123,7 +123,40 @@ impl<'a> RecvBuf<'a> {
     pub fn remove(&self, n: usize) -> Result<(), Error> {
         self.conn.remove(n)
     }
+
+    /// Move bytes from this buffer to `to`'s send buffer, as many as fit, in chunks of
+    /// at most 64 KiB; returns how many moved. What does not fit stays here (which,
+    /// once the buffer is full, pauses reading this connection) for the next `send`
+    /// event of `to`. The heart of an echo (`to` is [`conn`](Self::conn)) or a proxy.
+    ///
+    /// Fails with [`Error::Closed`] when `to` takes no more bytes (it is closing).
+    ///
+    /// ```no_run
+    /// # use sandport_guest::{Conn, RecvBuf};
+    /// // Echo with backpressure: on every recv and every send event.
+    /// fn pump(rx: RecvBuf<'_>) {
+    ///     let _ = rx.pipe_to(rx.conn());
+    /// }
+    /// ```
+    pub fn pipe_to(&self, to: Conn) -> Result<usize, Error> {
+        let mut room = to.send_room()? as usize;
+        let mut moved = 0;
+        while room > 0 {
+            let chunk = self.read(0, room.min(PIPE_CHUNK));
+            if chunk.is_empty() {
+                break;
+            }
+            room = to.send(&chunk)? as usize;
+            self.remove(chunk.len())?;
+            moved += chunk.len();
+        }
+        Ok(moved)
+    }
 }
+
+/// The most [`RecvBuf::pipe_to`] copies per `send`: big enough that a call's cost is
+/// small next to the copy, small enough not to hold much guest memory.
+const PIPE_CHUNK: usize = 64 * 1024;
 
 /// Why saturating is right: the host's buffers are bounded by `u32`, so an offset or
 /// length beyond it means "past the end" or "as much as there is" either way.

@@ -10,11 +10,7 @@
 //! echo remembers the end-of-stream and closes (after sending) only once the last of
 //! them is in the send buffer, so the client reads its whole echo before EOF.
 
-use sandport_guest::{Conn, ConnMap, Handler, RecvBuf, log};
-
-/// The most copied per `send` call: big enough that a call's cost is small next to the
-/// copy, small enough not to hold much guest memory.
-const CHUNK: usize = 64 * 1024;
+use sandport_guest::{Conn, ConnMap, Error, Handler, RecvBuf, log};
 
 /// The handler; the bytes are all in the host, it only remembers who has finished.
 #[derive(Default)]
@@ -53,27 +49,10 @@ impl Handler for Echo {
 
 /// Copy from `rx` to the send buffer until one of them is full or empty.
 fn pump(conn: Conn, rx: RecvBuf<'_>) {
-    let mut room = match conn.send_room() {
-        Ok(room) => room as usize,
+    match rx.pipe_to(conn) {
         // Closing: nothing more goes out.
-        Err(_) => return,
-    };
-    while room > 0 {
-        let chunk = rx.read(0, room.min(CHUNK));
-        if chunk.is_empty() {
-            return;
-        }
-        match conn.send(&chunk) {
-            Ok(left) => room = left as usize,
-            Err(e) => {
-                log::warn(&format!("echo {conn}: send failed: {e}"));
-                return;
-            }
-        }
-        if let Err(e) = rx.remove(chunk.len()) {
-            log::warn(&format!("echo {conn}: remove failed: {e}"));
-            return;
-        }
+        Ok(_) | Err(Error::Closed) => {}
+        Err(e) => log::warn(&format!("echo {conn}: {e}")),
     }
 }
 

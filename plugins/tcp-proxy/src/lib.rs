@@ -26,9 +26,6 @@
 
 use sandport_guest::{Conn, ConnMap, Error, Handler, Peer, RecvBuf, config, log};
 
-/// The most copied per `send` call, so a big buffer is not copied into the guest at once.
-const CHUNK: usize = 64 * 1024;
-
 /// One connection of a pair, as the proxy sees it.
 struct Side {
     /// The other connection of the pair.
@@ -128,23 +125,10 @@ impl Proxy {
     }
 }
 
-/// Move bytes from `rx` to `to`'s send buffer while both have some; returns whether
-/// `rx` is now empty. Stops quietly if `to` is closing: its `close` event follows.
+/// Move what fits from `rx` to `to`; returns whether `rx` is now empty. A closing
+/// `to` takes nothing more: its `close` event follows.
 fn copy(rx: RecvBuf<'_>, to: Conn) -> bool {
-    let mut room = to.send_room().unwrap_or(0) as usize;
-    while room > 0 {
-        let chunk = rx.read(0, room.min(CHUNK));
-        if chunk.is_empty() {
-            break;
-        }
-        match to.send(&chunk) {
-            Ok(left) => room = left as usize,
-            Err(_) => break,
-        }
-        if rx.remove(chunk.len()).is_err() {
-            break;
-        }
-    }
+    let _ = rx.pipe_to(to);
     rx.is_empty()
 }
 
