@@ -740,6 +740,7 @@ impl Reactor {
                 accepted = c.accepted,
                 dialed = c.dialed,
                 refused = c.refused,
+                closed = c.closed,
                 faults = c.faults,
                 orphaned = c.orphaned,
                 limit_hits = %c.hits_text(),

@@ -3,9 +3,8 @@
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
-use crate::harness::{Server, listener, plugins};
+use crate::harness::{Server, listener, plugins, stalls_at};
 
 #[test]
 fn flooding_client_is_paused_and_loses_nothing() {
@@ -26,15 +25,7 @@ fn flooding_client_is_paused_and_loses_nothing() {
             }
         });
         // Wait until the writer is stuck: the server stopped reading.
-        let mut last = usize::MAX;
-        loop {
-            std::thread::sleep(Duration::from_millis(300));
-            let now = written.load(Ordering::SeqCst);
-            if now == last {
-                break;
-            }
-            last = now;
-        }
+        let last = stalls_at(written);
         assert!(last < TOTAL, "the server kept reading from a client that never reads");
         let grown = server.rss().saturating_sub(rss_before);
         assert!(grown < 16 << 20, "server memory grew by {grown} bytes while {last} bytes were pushed at it");

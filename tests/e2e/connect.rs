@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use crate::harness::{Server, listener, plugins};
+use crate::harness::{Server, free_address, listener, plugins};
 
 /// A probe listener allowed to dial `allowed`, with extra TOML lines.
 fn probe(allowed: &[SocketAddr], extra: &str) -> Server {
@@ -16,11 +16,6 @@ fn probe(allowed: &[SocketAddr], extra: &str) -> Server {
         plugins::FIXTURE_PROBE,
         &format!("allow-connect = [{}]\n{extra}", list.join(", ")),
     ))
-}
-
-/// An address nothing listens on.
-fn dead_address() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 #[test]
@@ -66,7 +61,7 @@ fn dialed_connections_carry_bytes_both_ways() {
 
 #[test]
 fn only_allowed_addresses_may_be_dialed() {
-    let allowed = dead_address();
+    let allowed = free_address();
     let server = probe(&[allowed], "");
     let mut c = server.connect("probe");
     assert_eq!(c.ask("connect 127.0.0.1:1"), "err not-allowed");
@@ -82,7 +77,7 @@ fn only_allowed_addresses_may_be_dialed() {
 
 #[test]
 fn a_refused_dial_reports_the_failure_then_closes() {
-    let address = dead_address();
+    let address = free_address();
     let server = probe(&[address], "");
     let mut c = server.connect("probe");
     let answer = c.ask(&format!("connect {address}"));

@@ -203,6 +203,31 @@ pub fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// An address of 127.0.0.1 that was free a moment ago.
+pub fn free_address() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// The `listener totals` line of listener `name` in a stopped server's log.
+pub fn totals<'a>(log: &'a str, name: &str) -> &'a str {
+    let needle = format!("listener={name} ");
+    log.lines().find(|l| l.contains("listener totals") && l.contains(&needle)).unwrap_or_else(|| panic!("{log}"))
+}
+
+/// Wait until a writer's progress counter stops moving (the peer stopped taking
+/// bytes); returns where it stopped.
+pub fn stalls_at(written: &std::sync::atomic::AtomicUsize) -> usize {
+    let mut last = usize::MAX;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = written.load(std::sync::atomic::Ordering::SeqCst);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// The value of `key=value` in a tracing log line.
 fn field(line: &str, key: &str) -> Option<String> {
     let start = line.find(&format!(" {key}="))? + key.len() + 2;

@@ -4,16 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Client, Server, listener, plugins};
+use crate::harness::{Client, Server, listener, plugins, totals};
 
 fn probe(limits: &str) -> Server {
     Server::start(&listener("probe", plugins::FIXTURE_PROBE, &format!("[listener.limits]\n{limits}")))
-}
-
-/// The `listener totals` line of `name` in a stopped server's log.
-fn totals<'a>(log: &'a str, name: &str) -> &'a str {
-    let needle = format!("listener={name} ");
-    log.lines().find(|l| l.contains("listener totals") && l.contains(&needle)).unwrap_or_else(|| panic!("{log}"))
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod echo;
 mod faults;
 mod http;
 mod instances;
+mod isolation;
 mod limits;
 mod native;
 mod proxy;

@@ -5,14 +5,8 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
-use crate::harness::{Client, Server, listener, listener_at, plugins};
-
-/// A free port on 127.0.0.1 (free a moment ago).
-fn free_address() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
+use crate::harness::{Client, Server, free_address, listener, listener_at, plugins, stalls_at};
 
 /// A proxy listener forwarding to `upstream`, allowed to dial `allowed`.
 fn proxy_listener(upstream: SocketAddr, allowed: SocketAddr, extra: &str) -> String {
@@ -78,19 +72,6 @@ fn push(stream: &TcpStream, total: usize, written: &AtomicUsize) {
             return;
         }
         written.fetch_add(chunk.len(), Ordering::SeqCst);
-    }
-}
-
-/// Wait until `written` stops moving; returns where it stopped.
-fn stalls_at(written: &AtomicUsize) -> usize {
-    let mut last = usize::MAX;
-    loop {
-        std::thread::sleep(Duration::from_millis(300));
-        let now = written.load(Ordering::SeqCst);
-        if now == last {
-            return now;
-        }
-        last = now;
     }
 }
 

@@ -6,6 +6,20 @@
 //! server's replies fill the socket buffers before the client has finished sending,
 //! and a client that only reads after writing would deadlock with any server that
 //! applies back-pressure.
+//!
+//! Connections are opened before the round starts with a blocking connect, since
+//! that is not measured; a connection opened during the round (to replace a failed
+//! one, or for every batch with [`LoadSpec::reconnect`]) connects without blocking,
+//! so that the other connections of its thread keep running meanwhile.
+//!
+//! A replaced connection is closed normally, not reset (`SO_LINGER` 0), so that the
+//! server sees and pays for the teardown a real client causes. That leaves each
+//! closed connection in `TIME_WAIT` on the client for a minute, holding its
+//! ephemeral port: Linux lets new connections to loopback reuse such ports
+//! (`net.ipv4.tcp_tw_reuse = 2`, the default), but to another host a fast
+//! [`LoadSpec::reconnect`] run can exhaust them (about 28 000 per minute with the
+//! default port range), which shows as `cannot reconnect` errors (`Cannot assign
+//! requested address`).
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -96,6 +110,7 @@ pub(crate) fn run_round(spec: &LoadSpec, addr: SocketAddr) -> Result<RoundResult
     Ok(total)
 }
 
+/// Opens a connection before the round starts.
 fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     // Small requests must go out at once, not wait for the previous one's ACK.
@@ -109,6 +124,7 @@ struct Settings {
     mode: Mode,
     size: usize,
     pipeline: usize,
+    reconnect: bool,
     addr: SocketAddr,
     timeout: Duration,
     /// Responses completed before this belong to the warm-up.
@@ -145,6 +161,7 @@ impl<'a> Worker<'a> {
             mode: self.spec.mode,
             size: self.spec.size,
             pipeline: self.spec.pipeline,
+            reconnect: self.spec.reconnect,
             addr: self.addr,
             timeout: self.spec.timeout,
             measure_from: now + self.spec.warmup,
@@ -242,8 +259,10 @@ struct Conn {
     token: Token,
     /// `None` after a failed reconnect, until the next attempt.
     stream: Option<TcpStream>,
+    /// Whether `stream` is still connecting (see [`Conn::reconnect`]).
+    connecting: bool,
     /// Whether the stream is registered for writability, which it only needs while
-    /// the kernel refuses part of a batch.
+    /// it connects or the kernel refuses part of a batch.
     wants_write: bool,
     /// The current batch: `pipeline` echo messages or HTTP requests.
     out: Vec<u8>,
@@ -251,6 +270,8 @@ struct Conn {
     recv: RecvBuf,
     /// Responses to the current batch received so far.
     answered: usize,
+    /// When the current batch started, or on a fresh connection when it was opened:
+    /// the start of its responses' latency.
     batch_start: Instant,
     last_progress: Instant,
     /// Echo messages sent so far; stamped into each message so that a server that
@@ -270,6 +291,7 @@ impl Conn {
         Conn {
             token,
             stream: Some(stream),
+            connecting: false,
             wants_write: false,
             out,
             sent: 0,
@@ -281,8 +303,8 @@ impl Conn {
         }
     }
 
-    /// Starts sending the next batch.
-    fn start_batch(&mut self, settings: &Settings, registry: &Registry, now: Instant) -> io::Result<()> {
+    /// Starts sending the next batch, whose latency counts from `started`.
+    fn start_batch(&mut self, settings: &Settings, registry: &Registry, started: Instant) -> io::Result<()> {
         if settings.mode == Mode::Echo {
             let stamp = settings.size.min(8);
             for message in self.out.chunks_exact_mut(settings.size) {
@@ -292,8 +314,8 @@ impl Conn {
         }
         self.sent = 0;
         self.answered = 0;
-        self.batch_start = now;
-        self.last_progress = now;
+        self.batch_start = started;
+        self.last_progress = started;
         self.flush(registry)
     }
 
@@ -318,12 +340,22 @@ impl Conn {
         Ok(())
     }
 
-    /// Handles a readiness event: writes what is pending, then reads until the
-    /// socket is drained (mio is edge-triggered), completing responses as they come.
+    /// Handles a readiness event: completes a connect, writes what is pending, then
+    /// reads until the socket is drained (mio is edge-triggered), completing
+    /// responses as they come.
     fn on_ready(&mut self, settings: &Settings, registry: &Registry, result: &mut RoundResult) -> io::Result<()> {
-        if self.stream.is_none() {
+        let Some(stream) = &self.stream else {
             // An event for the stream a failed reconnect replaced.
             return Ok(());
+        };
+        if self.connecting {
+            if !is_connected(stream)? {
+                return Ok(());
+            }
+            stream.set_nodelay(true)?;
+            self.connecting = false;
+            self.start_batch(settings, registry, self.batch_start)?;
+            self.last_progress = Instant::now();
         }
         if self.sent < self.out.len() {
             let before = self.sent;
@@ -341,7 +373,14 @@ impl Conn {
                 Ok(_) => {
                     let now = Instant::now();
                     self.last_progress = now;
-                    self.take_responses(now, settings, registry, result)?;
+                    if !self.take_responses(now, settings, result)? {
+                        continue;
+                    }
+                    if settings.reconnect {
+                        self.reconnect(settings, registry, result);
+                        return Ok(());
+                    }
+                    self.start_batch(settings, registry, now)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -351,27 +390,21 @@ impl Conn {
     }
 
     /// Takes the complete responses off the receive buffer, verifies and records
-    /// them, and starts the next batch once the current one is answered.
-    fn take_responses(
-        &mut self,
-        now: Instant,
-        settings: &Settings,
-        registry: &Registry,
-        result: &mut RoundResult,
-    ) -> io::Result<()> {
+    /// them, and returns whether the batch is now answered.
+    fn take_responses(&mut self, now: Instant, settings: &Settings, result: &mut RoundResult) -> io::Result<bool> {
         while self.answered < settings.pipeline {
             let data = self.recv.data();
             let (len, ok) = match settings.mode {
                 Mode::Echo => {
                     if data.len() < settings.size {
-                        return Ok(());
+                        return Ok(false);
                     }
                     let sent = &self.out[self.answered * settings.size..][..settings.size];
                     (settings.size, data[..settings.size] == *sent)
                 }
                 Mode::Http => match http::parse_response(data) {
                     Ok(Some(response)) => (response.len, response.status == 200),
-                    Ok(None) => return Ok(()),
+                    Ok(None) => return Ok(false),
                     Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
                 },
             };
@@ -395,34 +428,50 @@ impl Conn {
                 "the server sent more than the responses to the requests",
             ));
         }
-        self.start_batch(settings, registry, now)
+        Ok(true)
     }
 
-    /// Counts `error` and replaces the connection.
+    /// Counts `error` and replaces the connection; if it was a fresh connection that
+    /// failed to open, only after a tick (see [`Conn::tick`]), so that a server that
+    /// refuses connections is not flooded with them.
     fn fail(&mut self, error: io::Error, settings: &Settings, registry: &Registry, result: &mut RoundResult) {
-        result.error(|| error.to_string());
-        self.reconnect(settings, registry, result);
+        if self.connecting {
+            result.error(|| format!("cannot reconnect to {}: {error}", settings.addr));
+            self.close(registry);
+            self.last_progress = Instant::now();
+        } else {
+            result.error(|| error.to_string());
+            self.reconnect(settings, registry, result);
+        }
     }
 
+    /// Closes the connection, if open, and starts opening a fresh one; once it is
+    /// connected, [`Conn::on_ready`] starts the next batch.
     fn reconnect(&mut self, settings: &Settings, registry: &Registry, result: &mut RoundResult) {
+        self.close(registry);
+        let now = Instant::now();
+        // The start of the next batch's latency (see `on_ready`), and also the time of
+        // the next attempt if this one fails (see `tick`).
+        self.batch_start = now;
+        self.last_progress = now;
+        match start_connect(settings.addr, self.token, registry) {
+            Ok(stream) => {
+                self.stream = Some(stream);
+                self.connecting = true;
+                self.wants_write = true;
+            }
+            Err(e) => result.error(|| format!("cannot reconnect to {}: {e}", settings.addr)),
+        }
+    }
+
+    /// Closes the stream, if any.
+    fn close(&mut self, registry: &Registry) {
         if let Some(mut old) = self.stream.take() {
             // Closing deregisters too; this just keeps mio's bookkeeping exact.
             let _ = registry.deregister(&mut old);
         }
+        self.connecting = false;
         self.recv.clear();
-        self.wants_write = false;
-        let now = Instant::now();
-        // Also the time of the next attempt if this one fails (see `tick`).
-        self.last_progress = now;
-        let started = connect(settings.addr, settings.timeout).and_then(|mut stream| {
-            registry.register(&mut stream, self.token, Interest::READABLE)?;
-            self.stream = Some(stream);
-            self.start_batch(settings, registry, now)
-        });
-        if let Err(e) = started {
-            result.error(|| format!("cannot reconnect to {}: {e}", settings.addr));
-            self.stream = None;
-        }
     }
 
     /// Periodic check: a connection that made no progress within the timeout is
@@ -430,12 +479,35 @@ impl Conn {
     fn tick(&mut self, now: Instant, settings: &Settings, registry: &Registry, result: &mut RoundResult) {
         match self.stream {
             Some(_) if now - self.last_progress > settings.timeout => {
-                let error = io::Error::new(io::ErrorKind::TimedOut, "no response within the timeout");
+                let what = if self.connecting { "not connected" } else { "no response" };
+                let error = io::Error::new(io::ErrorKind::TimedOut, format!("{what} within the timeout"));
                 self.fail(error, settings, registry, result);
             }
             None if now - self.last_progress >= TICK => self.reconnect(settings, registry, result),
             _ => {}
         }
+    }
+}
+
+/// Starts a non-blocking connect to `addr`, registered for the writability that
+/// signals its end.
+fn start_connect(addr: SocketAddr, token: Token, registry: &Registry) -> io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr)?;
+    registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
+    Ok(stream)
+}
+
+/// Whether the non-blocking connect of `stream` has completed, or why it failed; the
+/// checks [`TcpStream::connect`] prescribes (on Unix, the peer's address is
+/// `NotConnected` until then).
+fn is_connected(stream: &TcpStream) -> io::Result<bool> {
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    match stream.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -21,6 +21,10 @@
 //! running a [mio] event loop: a connection reads while it is still writing, so even
 //! batches larger than the socket buffers cannot deadlock against the server.
 //!
+//! With [`LoadSpec::reconnect`] a connection is closed once its batch is answered and
+//! a fresh one, connected without blocking the thread, sends the next: throughput
+//! then includes connection setup and teardown, and latency counts from the connect.
+//!
 //! Each round connects, runs [`LoadSpec::warmup`] unmeasured, then measures for
 //! [`LoadSpec::duration`]. With several targets the rounds alternate (t1, t2, t1,
 //! t2, ...), so that slow drifts of a shared, noisy machine hit every target alike;

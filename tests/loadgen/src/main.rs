@@ -48,6 +48,12 @@ struct Cli {
     #[arg(long, value_name = "K", default_value_t = LoadSpec::DEFAULT_PIPELINE)]
     pipeline: usize,
 
+    /// Close each connection once its batch is answered and open a fresh one, so that
+    /// every exchange (with the default --pipeline) pays for connection setup and
+    /// teardown.
+    #[arg(long)]
+    reconnect: bool,
+
     /// Rounds per target.
     #[arg(long, value_name = "R", default_value_t = LoadSpec::DEFAULT_ROUNDS)]
     rounds: usize,
@@ -76,6 +82,7 @@ fn main() -> ExitCode {
         warmup: cli.warmup,
         size: cli.size,
         pipeline: cli.pipeline,
+        reconnect: cli.reconnect,
         rounds: cli.rounds,
         timeout: cli.timeout,
         ..LoadSpec::new(cli.mode, cli.targets)

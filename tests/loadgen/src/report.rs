@@ -11,7 +11,8 @@ use crate::spec::{LoadSpec, Mode, Target};
 use crate::stats::{Histogram, median};
 
 /// Latency percentiles of the responses counted in a measurement: the time from
-/// sending a batch to receiving each of its responses in full.
+/// sending a batch (with [`LoadSpec::reconnect`], from opening its connection) to
+/// receiving each of its responses in full.
 ///
 /// In JSON the fields are `p50_us`, `p99_us` and `max_us`, in microseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -114,6 +115,8 @@ pub struct Report {
     pub threads: usize,
     /// Requests per batch.
     pub pipeline: usize,
+    /// Whether every batch ran on a fresh connection, closed once it was answered.
+    pub reconnect: bool,
     /// Bytes per echo message; `None` in HTTP mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<usize>,
@@ -179,6 +182,7 @@ impl Report {
             connections: spec.connections,
             threads: spec.thread_count(),
             pipeline: spec.pipeline,
+            reconnect: spec.reconnect,
             size: (spec.mode == Mode::Echo).then_some(spec.size),
             duration: spec.duration,
             warmup: spec.warmup,
@@ -198,6 +202,9 @@ impl fmt::Display for Report {
         write!(f, "{mode}: {} connections on {} threads, pipeline {}", self.connections, self.threads, self.pipeline)?;
         if let Some(size) = self.size {
             write!(f, ", {size}-byte messages")?;
+        }
+        if self.reconnect {
+            write!(f, ", a fresh connection per batch")?;
         }
         writeln!(
             f,
@@ -296,6 +303,8 @@ mod tests {
 
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["mode"], "echo");
+        assert_eq!(json["reconnect"], false);
+        assert_eq!(json["size"], 64);
         assert_eq!(json["duration_secs"], 2.0);
         assert_eq!(json["targets"][1]["ratio"], 1.5);
         assert_eq!(json["targets"][1]["addr"], "127.0.0.1:2");
@@ -304,6 +313,7 @@ mod tests {
 
         let table = report.to_string();
         assert!(table.contains("vs base"), "{table}");
+        assert!(!table.contains("fresh connection"), "{table}");
         assert!(table.lines().any(|l| l.starts_with("other ") && l.ends_with("1.500")), "{table}");
     }
 
@@ -316,6 +326,23 @@ mod tests {
         assert!(report.targets[0].ratio.is_nan());
         assert!(report.to_string().contains("n/a"));
         assert_eq!(serde_json::to_value(&report).unwrap()["targets"][0]["ratio"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn reconnect_is_reported() {
+        let spec = LoadSpec { reconnect: true, ..LoadSpec::new(Mode::Http, vec![]) };
+        let mut base = TargetRounds::new("127.0.0.1:1".parse().unwrap());
+        base.push(&round(10, 100), spec.duration);
+        let report = Report::new(&spec, vec![base]);
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["reconnect"], true);
+        assert_eq!(json.get("size"), None);
+        let table = report.to_string();
+        let settings = table.lines().next().unwrap();
+        assert!(
+            settings.starts_with("http: 16 connections") && settings.contains(", a fresh connection per batch;"),
+            "{table}"
+        );
     }
 
     #[test]

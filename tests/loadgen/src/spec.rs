@@ -67,6 +67,10 @@ pub struct LoadSpec {
     pub size: usize,
     /// Requests each connection sends before it reads their responses.
     pub pipeline: usize,
+    /// Whether each connection is closed once its batch is answered and replaced by a
+    /// fresh one (with the default `pipeline` of 1: a connection per exchange), so
+    /// that every batch also pays for connection setup and teardown.
+    pub reconnect: bool,
     /// How many times every target is run, in turn.
     pub rounds: usize,
     /// How long a connection may wait for progress (connecting, writing, or the next
@@ -101,6 +105,7 @@ impl LoadSpec {
             warmup: Self::DEFAULT_WARMUP,
             size: Self::DEFAULT_SIZE,
             pipeline: Self::DEFAULT_PIPELINE,
+            reconnect: false,
             rounds: Self::DEFAULT_ROUNDS,
             timeout: Self::DEFAULT_TIMEOUT,
         }
@@ -162,6 +167,7 @@ mod tests {
         assert!(LoadSpec::new(Mode::Http, vec![]).validate().is_err());
         let no_pipeline = LoadSpec { pipeline: 0, ..spec.clone() };
         assert!(no_pipeline.validate().is_err());
+        assert!(LoadSpec { reconnect: true, pipeline: 4, ..spec.clone() }.validate().is_ok());
         let empty_messages = LoadSpec { size: 0, ..spec };
         assert!(empty_messages.validate().is_err());
         assert!(LoadSpec { mode: Mode::Http, ..empty_messages }.validate().is_ok());

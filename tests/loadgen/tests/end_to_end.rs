@@ -3,6 +3,8 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -10,12 +12,38 @@ use sandport_loadgen::{LoadSpec, Mode, Report, Target};
 
 /// Serves every connection of a fresh listener on its own thread.
 fn serve(handle: fn(TcpStream) -> io::Result<()>) -> SocketAddr {
+    serve_counted(handle).0
+}
+
+/// [`serve`], also counting the connections accepted.
+fn serve_counted(handle: fn(TcpStream) -> io::Result<()>) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&accepted);
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            counter.fetch_add(1, Ordering::Relaxed);
+            thread::spawn(move || handle(stream));
+        }
+    });
+    (addr, accepted)
+}
+
+/// Serves `n` connections with [`echo`], then stops listening, so that further
+/// connects are refused; it closes the listener as it accepts the last connection,
+/// before echoing anything, so no connect can race it.
+fn serve_echo_then_refuse(n: usize) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            thread::spawn(move || handle(stream));
+        for _ in 1..n {
+            let (stream, _) = listener.accept()?;
+            thread::spawn(move || echo(stream));
         }
+        let (last, _) = listener.accept()?;
+        drop(listener);
+        echo(last)
     });
     addr
 }
@@ -58,6 +86,20 @@ fn http_server(mut stream: TcpStream, response: &[u8]) -> io::Result<()> {
 
 fn hello(stream: TcpStream) -> io::Result<()> {
     http_server(stream, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, world!")
+}
+
+/// Answers one request and closes the connection, as an HTTP/1.0 server does.
+fn hello_once(mut stream: TcpStream) -> io::Result<()> {
+    let mut request = Vec::new();
+    let mut buf = [0; 4096];
+    while !request.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 13\r\n\r\nHello, world!")
 }
 
 fn unavailable(stream: TcpStream) -> io::Result<()> {
@@ -149,4 +191,39 @@ fn refused_connections_fail_the_run() {
     let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let error = sandport_loadgen::run(&quick(Mode::Echo, vec![target("gone", addr)])).unwrap_err();
     assert!(format!("{error:#}").contains("cannot connect"), "{error:#}");
+}
+
+#[test]
+fn echo_reconnect_opens_a_connection_per_exchange() {
+    let (addr, accepted) = serve_counted(echo);
+    let spec = LoadSpec { reconnect: true, ..quick(Mode::Echo, vec![target("echo", addr)]) };
+    let report = sandport_loadgen::run(&spec).unwrap();
+    assert_clean(&report);
+    assert!(report.reconnect);
+    // The measured exchanges, plus the warm-up's on the connections opened first.
+    assert!(accepted.load(Ordering::Relaxed) > report.targets[0].requests + 4, "{report}");
+}
+
+#[test]
+fn http_reconnect_works_with_one_response_per_connection() {
+    let spec = quick(Mode::Http, vec![target("once", serve(hello_once))]);
+    let report = sandport_loadgen::run(&LoadSpec { reconnect: true, ..spec.clone() }).unwrap();
+    assert_clean(&report);
+    // Without reconnecting, the server's close fails every connection.
+    let report = sandport_loadgen::run(&spec).unwrap();
+    assert!(report.targets[0].first_error.as_deref().unwrap().contains("closed"), "{report}");
+}
+
+#[test]
+fn reconnect_counts_refused_connects_as_errors() {
+    let spec = LoadSpec {
+        connections: 1,
+        reconnect: true,
+        ..quick(Mode::Echo, vec![target("refusing", serve_echo_then_refuse(5))])
+    };
+    let report = sandport_loadgen::run(&spec).unwrap();
+    let t = &report.targets[0];
+    assert!(t.first_error.as_deref().unwrap().contains("cannot reconnect"), "{report}");
+    // Retried once per 100 ms tick over the 400 ms round, not in a busy loop.
+    assert!((1..10).contains(&t.errors), "{report}");
 }

@@ -1,0 +1,553 @@
+//! Adversarial tenants: a plugin that misbehaves on purpose (the `adversary` fixture,
+//! one test per mode) or a client that does (floods without reading, opens connections
+//! and goes silent, resets mid-write) runs on one listener while a well-behaved echo
+//! listener, another tenant, is under load on another port.
+//!
+//! Every test goes through [`beside_a_busy_neighbour`], which asserts what must hold
+//! whatever the offence: the host keeps running; the neighbour loses no byte, gets none
+//! it did not send, and keeps answering after the offence; the neighbour's listener hits
+//! no limit and sees no fault; the server's memory stays bounded; and the server stops
+//! cleanly on SIGTERM. Each test then checks the offender's documented outcome.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Client, PATIENCE, Server, free_address, listener, listener_at, plugins, stalls_at, totals};
+
+/// Echo clients keeping the neighbour busy, each on its own connection.
+const NEIGHBOURS: usize = 3;
+
+/// Message sizes the neighbours cycle through: single bytes to a 64 KiB block.
+const SIZES: [usize; 10] = [1, 2, 3, 100, 1000, 1460, 4096, 16384, 65535, 65536];
+
+/// How far the server's peak resident memory may rise above its level before the
+/// offence: the memory test's 32 MiB limit plus 16 MiB of slack; every other offence,
+/// if the host bounded nothing, would take far more.
+const HEADROOM: u64 = 48 << 20;
+
+/// Limits for modes whose events do real work (20 000 timer calls, 8 MiB of log
+/// output, each a few ms): the event deadline is wall-clock time, and a machine starved
+/// by the rest of the suite could spend the default 100 ms on them.
+const GENEROUS_DEADLINE: &str = "[listener.limits]\nevent-timeout-ms = 1000";
+
+/// The adversary fixture's listener table, named "adversary", in `mode`, with extra
+/// lines (keys such as `allow-connect`, or a `[listener.limits]` table).
+fn adversary(mode: &str, extra: &str) -> String {
+    listener("adversary", plugins::FIXTURE_ADVERSARY, &format!("{extra}\n[listener.config]\nmode = \"{mode}\""))
+}
+
+/// Run `offend` against the listener `offender` (a `[[listener]]` table) while
+/// [`NEIGHBOURS`] clients keep an echo listener named "echo" busy, then check that the
+/// neighbour got through unharmed. Returns the log of the stopped server.
+fn beside_a_busy_neighbour(offender: &str, offend: impl FnOnce(&Server)) -> String {
+    beside_a_busy_neighbour_at(offender, "127.0.0.1:0", offend)
+}
+
+/// [`beside_a_busy_neighbour`] with the neighbour on a given address.
+fn beside_a_busy_neighbour_at(offender: &str, neighbour: &str, offend: impl FnOnce(&Server)) -> String {
+    let server = Server::start(&(offender.to_owned() + &listener_at("echo", neighbour, plugins::ECHO, "")));
+    let echo = server.addr("echo");
+    let stop = AtomicBool::new(false);
+    let rounds: Vec<AtomicU64> = (0..NEIGHBOURS).map(|_| AtomicU64::new(0)).collect();
+    std::thread::scope(|s| {
+        let _stop_on_unwind = StopOnDrop(&stop);
+        let threads: Vec<_> = rounds
+            .iter()
+            .enumerate()
+            .map(|(seed, rounds)| {
+                let stop = &stop;
+                s.spawn(move || keep_echoing(echo, seed, stop, rounds))
+            })
+            .collect();
+        let running = || !threads.iter().any(|t| t.is_finished());
+        wait_until("every neighbour to finish a round", || {
+            !running() || rounds.iter().all(|r| r.load(Ordering::SeqCst) > 0)
+        });
+
+        let rss_before = server.rss();
+        let peak_tracked = reset_peak_rss(&server);
+        offend(&server);
+
+        // The neighbour keeps answering after the offence, every one of its clients.
+        let seen: Vec<u64> = rounds.iter().map(|r| r.load(Ordering::SeqCst)).collect();
+        wait_until("every neighbour to finish a round after the offence", || {
+            !running() || rounds.iter().zip(&seen).all(|(r, seen)| r.load(Ordering::SeqCst) > *seen)
+        });
+        let peak = if peak_tracked { peak_rss(&server) } else { server.rss() };
+        let grown = peak.saturating_sub(rss_before);
+        assert!(grown < HEADROOM, "server memory rose by {grown} bytes (from {rss_before}) during the offence");
+
+        // A newcomer is served too: the host is alive and accepting.
+        let mut fresh = Client::connect(echo);
+        fresh.write(b"still there?");
+        assert_eq!(fresh.bytes(12), b"still there?");
+
+        stop.store(true, Ordering::SeqCst);
+        for thread in threads {
+            let bytes = thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            assert!(bytes > 0);
+        }
+    });
+
+    let (status, log) = server.terminate();
+    assert!(status.success(), "sandport exited with {status}:\n{log}");
+    let line = totals(&log, "echo");
+    assert!(line.contains("faults=0 orphaned=0 limit_hits=") && line.ends_with("limit_hits="), "{line}");
+    let alarms: Vec<&str> = log.lines().filter(|l| names(l, "echo") && is_warning(l)).collect();
+    assert!(alarms.is_empty(), "the neighbour's listener logged warnings:\n{}", alarms.join("\n"));
+    log
+}
+
+/// One neighbour: echo round trips of varied sizes and contents, each checked byte for
+/// byte, until `stop`; then a half-close, after which nothing more may arrive. Returns
+/// the bytes echoed.
+fn keep_echoing(addr: SocketAddr, seed: usize, stop: &AtomicBool, rounds: &AtomicU64) -> u64 {
+    let mut client = Client::connect(addr);
+    let mut bytes = 0u64;
+    let mut round = 0usize;
+    while !stop.load(Ordering::SeqCst) {
+        let len = SIZES[(round + seed) % SIZES.len()];
+        let message: Vec<u8> = (0..len).map(|i| ((i * 7 + round * 13 + seed * 101) % 251) as u8).collect();
+        client.write(&message);
+        let back = client.bytes(len);
+        if let Some(at) = back.iter().zip(&message).position(|(a, b)| a != b) {
+            panic!("neighbour {seed}, round {round}: byte {at} of {len} differs in the echo");
+        }
+        bytes += len as u64;
+        round += 1;
+        rounds.fetch_add(1, Ordering::SeqCst);
+    }
+    client.shutdown_write();
+    let extra = client.until_eof();
+    assert!(extra.is_empty(), "neighbour {seed} received {} bytes it never sent", extra.len());
+    bytes
+}
+
+/// Sets the flag when dropped, so that a failing test stops the neighbours' threads
+/// rather than waiting for them forever.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Poll `done` until it holds; fails the test after [`PATIENCE`].
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reset the kernel's record of the server's peak resident memory to its current
+/// level (`/proc/PID/clear_refs`); false if not permitted.
+fn reset_peak_rss(server: &Server) -> bool {
+    std::fs::write(format!("/proc/{}/clear_refs", server.pid()), "5").is_ok()
+}
+
+/// The server's peak resident memory (`VmHWM`) since the last reset, in bytes.
+fn peak_rss(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// Whether a log line is about listener `name` (has the field `listener=NAME`).
+fn names(line: &str, name: &str) -> bool {
+    let field = format!("listener={name}");
+    line.split_whitespace().any(|word| word == field)
+}
+
+fn is_warning(line: &str) -> bool {
+    line.contains(" WARN ") || line.contains(" ERROR ")
+}
+
+/// The lines of `log` about listener `name` that contain every one of `needles`.
+fn lines<'a>(log: &'a str, name: &str, needles: &[&str]) -> Vec<&'a str> {
+    log.lines().filter(|l| names(l, name) && needles.iter().all(|n| l.contains(n))).collect()
+}
+
+/// Wait until the server has logged `count` lines about `name` with every one of
+/// `needles`; fails if there are more.
+fn wait_for_lines(server: &Server, name: &str, needles: &[&str], count: usize) {
+    let mut seen = 0;
+    wait_until(&format!("{count} lines about {name} with {needles:?}"), || {
+        let log = server.log();
+        seen = lines(&log, name, needles).len();
+        assert!(seen <= count, "{seen} lines about {name} with {needles:?}, expected {count}:\n{log}");
+        seen == count
+    });
+}
+
+/// A number field (`key=N`) of a log line.
+fn number(line: &str, key: &str) -> u64 {
+    let prefix = format!("{key}=");
+    let word = line.split_whitespace().find_map(|w| w.strip_prefix(&prefix)).unwrap_or_else(|| panic!("{line}"));
+    word.parse().unwrap_or_else(|_| panic!("{key} in {line}"))
+}
+
+/// How many connections hit `limit`, from a totals line's `limit_hits=key:n,...`.
+fn hits(line: &str, limit: &str) -> u64 {
+    let list = line.split_whitespace().find_map(|w| w.strip_prefix("limit_hits=")).unwrap_or("");
+    let count = list.split(',').find_map(|pair| pair.strip_prefix(limit)?.strip_prefix(':'));
+    count.map_or(0, |n| n.parse().unwrap())
+}
+
+/// The id (`#N`) the server gave the connection whose client end is `stream`.
+fn conn_id(server: &Server, name: &str, stream: &TcpStream) -> String {
+    let peer = format!("peer={}", stream.local_addr().unwrap());
+    let mut id = None;
+    wait_until(&format!("the accept of {peer} on {name}"), || {
+        let log = server.log();
+        let line = lines(&log, name, &["accepted"]).into_iter().find(|l| l.split_whitespace().any(|w| w == peer));
+        id = line.and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("conn=")).map(str::to_owned));
+        id.is_some()
+    });
+    id.unwrap()
+}
+
+/// A plugin that loops forever in an event is interrupted at the event deadline: its
+/// connections close, each new connection gets a fresh instance (which spins again),
+/// and each interruption is one fault and one `event-timeout-ms` hit.
+#[test]
+fn a_spinning_plugin_is_interrupted_and_its_neighbour_keeps_echoing() {
+    let offender = adversary("spin", "[listener.limits]\nevent-timeout-ms = 50");
+    let log = beside_a_busy_neighbour(&offender, |server| {
+        for round in 1..=3 {
+            let mut bystander = server.connect("adversary");
+            let mut spinner = server.connect("adversary");
+            let id = conn_id(server, "adversary", spinner.stream());
+            spinner.write(b"spin\n");
+            assert!(spinner.until_eof().is_empty());
+            assert!(bystander.until_eof().is_empty(), "the instance's other connection is closed too");
+            let line = server.wait_for_log(&["handler failed", "listener=adversary", &format!("conn={id} ")]);
+            assert!(line.contains("ran longer than its 50ms per event") && line.contains("orphaned=2"), "{line}");
+            server.wait_for_count("limit=event-timeout-ms", round);
+        }
+    });
+    let line = totals(&log, "adversary");
+    assert!(line.contains("accepted=6") && line.contains("faults=3 orphaned=6"), "{line}");
+    assert_eq!(hits(line, "event-timeout-ms"), 3, "{line}");
+}
+
+/// A plugin that allocates without end traps at its memory limit; the host's memory
+/// rises by no more than that limit, and goes back, as three bombs in a row show.
+/// (A generous event deadline: filling 32 MiB on a starved machine may take longer than
+/// the default 100 ms, which would stop the bomb for the other reason.)
+#[test]
+fn a_memory_bomb_stops_at_the_memory_limit() {
+    let offender = adversary("memory", "[listener.limits]\nmemory = \"32 MiB\"\nevent-timeout-ms = 5000");
+    let log = beside_a_busy_neighbour(&offender, |server| {
+        for round in 1..=3 {
+            let mut bomber = server.connect("adversary");
+            let id = conn_id(server, "adversary", bomber.stream());
+            bomber.write(b"boom\n");
+            assert!(bomber.until_eof().is_empty());
+            let line = server.wait_for_log(&["handler failed", "listener=adversary", &format!("conn={id} ")]);
+            assert!(line.contains("memory limit exceeded") && line.contains("orphaned=1"), "{line}");
+            server.wait_for_count("limit=memory", round);
+        }
+    });
+    let line = totals(&log, "adversary");
+    assert!(line.contains("faults=3 orphaned=3"), "{line}");
+    assert_eq!(hits(line, "memory"), 3, "{line}");
+}
+
+/// A plugin that panics on every event traps on `accept`: each connection is closed
+/// without a byte, the panic message reaches the log under the offender's name, and
+/// every new connection gets (and kills) a fresh instance.
+#[test]
+fn a_plugin_that_traps_on_accept_costs_only_its_connections() {
+    let log = beside_a_busy_neighbour(&adversary("trap", ""), |server| {
+        for round in 1..=3 {
+            let mut victim = server.connect("adversary");
+            assert!(victim.until_eof().is_empty(), "a trap on accept closes without a byte");
+            server.wait_for_count("handler failed", round);
+        }
+        let line = server.wait_for_log(&["sandport::guest", "trap on purpose: accept"]);
+        assert!(names(&line, "adversary"), "{line}");
+        let line = server.wait_for_log(&["handler failed", "listener=adversary"]);
+        assert!(
+            line.contains("fixture_adversary.wasm") && line.contains("trapped") && line.contains("orphaned=1"),
+            "{line}"
+        );
+    });
+    let line = totals(&log, "adversary");
+    assert!(line.contains("accepted=3") && line.contains("faults=3 orphaned=3"), "{line}");
+    assert!(!log.contains("trap on purpose: close"), "a dead instance gets no CLOSE:\n{log}");
+}
+
+/// A plugin that sends without end: its sends are refused at the 1 MiB send buffer
+/// (logged once per connection), a client that reads gets an endless stream of `x`, and
+/// a client that stops reading, or never reads, leaves the host's memory flat.
+#[test]
+fn a_send_flood_is_held_at_the_send_buffer() {
+    let log = beside_a_busy_neighbour(&adversary("send-flood", ""), |server| {
+        let mut reader = server.connect("adversary");
+        let _never_reads = server.connect("adversary");
+        for _ in 0..4 {
+            let chunk = reader.bytes(1 << 20);
+            assert!(chunk.iter().all(|&b| b == b'x'), "the flood is all 'x'");
+        }
+        server.wait_for_count("send refused after 1048576 bytes: limit-exceeded", 2);
+        server.wait_for_count("limit=send-buffer", 2);
+        // The reader pauses: the flood waits, and resumes when it reads again.
+        std::thread::sleep(Duration::from_millis(200));
+        let chunk = reader.bytes(1 << 20);
+        assert!(chunk.iter().all(|&b| b == b'x'));
+    });
+    let line = totals(&log, "adversary");
+    assert!(line.contains("faults=0"), "{line}");
+    assert_eq!(hits(line, "send-buffer"), 2, "one hit per connection however many refusals: {line}");
+}
+
+/// A plugin that arms 10 000 timers and re-arms one 10 000 times per line gets 64 per
+/// connection, no more, each time it tries; the hit is logged once per connection.
+#[test]
+fn a_timer_hoarder_gets_max_timers_per_connection() {
+    let log = beside_a_busy_neighbour(&adversary("timers", GENEROUS_DEADLINE), |server| {
+        for n in 1..=2 {
+            let mut hoarder = server.connect("adversary");
+            for _ in 0..3 {
+                assert_eq!(hoarder.ask("arm"), "armed 10064 refused 9936 first-error limit-exceeded");
+            }
+            server.wait_for_count("limit=max-timers", n);
+        }
+    });
+    let line = totals(&log, "adversary");
+    assert!(line.contains("faults=0"), "{line}");
+    assert_eq!(hits(line, "max-timers"), 2, "{line}");
+}
+
+/// A plugin that writes 8 MiB of log lines per request is answered, and the log rate
+/// limit drops nearly all of them: the server's log gets a small fraction.
+#[test]
+fn a_log_flood_is_mostly_dropped() {
+    let log = beside_a_busy_neighbour(&adversary("log-flood", GENEROUS_DEADLINE), |server| {
+        for n in 1..=2 {
+            let mut flooder = server.connect("adversary");
+            let id = conn_id(server, "adversary", flooder.stream());
+            assert_eq!(flooder.ask("flood"), "logged 8388608");
+            let line = server.wait_for_log(&["limit hit", "limit=log-rate", &format!("conn={id} ")]);
+            assert!(names(&line, "adversary"), "{line}");
+            server.wait_for_count("limit=log-rate", n);
+        }
+    });
+    let (log_lines, stdout_lines) = ("l".repeat(1024), "p".repeat(1023));
+    let kept = log.lines().filter(|l| l.contains(&log_lines) || l.contains(&stdout_lines)).count();
+    assert!(kept > 0, "some of the output is logged");
+    assert!(kept < 256, "{kept} of 16384 lines of 1 KiB logged at 64 KiB/s");
+    assert!(!log.contains("handler failed"), "{log}");
+    assert_eq!(hits(totals(&log, "adversary"), "log-rate"), 2);
+}
+
+/// A plugin that names connections that are not its own (0, `u64::MAX`, far ahead, one
+/// closed) gets `closed` for every call and reaches nobody; one that forges a resource
+/// handle traps and loses its connections.
+#[test]
+fn forged_ids_reach_nobody_and_a_forged_handle_traps() {
+    let log = beside_a_busy_neighbour(&adversary("forge", ""), |server| {
+        let gone = server.connect("adversary");
+        let gone_id = conn_id(server, "adversary", gone.stream());
+        drop(gone);
+        server.wait_for_log(&["closed", "listener=adversary", &format!("conn={gone_id} ")]);
+
+        let mut bystander = server.connect("adversary");
+        let mut forger = server.connect("adversary");
+        let id = conn_id(server, "adversary", forger.stream());
+        for _ in 0..3 {
+            assert_eq!(
+                forger.ask("forge"),
+                "forge send0=closed sendmax=closed sendfar=closed stale=closed remove=closed timer=closed close=closed"
+            );
+        }
+        assert!(bystander.quiet_for(Duration::from_millis(200)), "nothing forged reached the other connection");
+
+        forger.send_line("handle");
+        assert!(forger.until_eof().is_empty(), "a forged handle traps");
+        assert!(bystander.until_eof().is_empty(), "the instance's other connection is closed too");
+        let line = server.wait_for_log(&["handler failed", "listener=adversary", &format!("conn={id} ")]);
+        assert!(line.contains("trapped") && line.contains("orphaned=2"), "{line}");
+    });
+    assert!(!log.contains("forge handle survived"), "{log}");
+    assert!(totals(&log, "adversary").contains("faults=1 orphaned=2"), "{log}");
+}
+
+/// A plugin dials what `allow-connect` lists and nothing else: the neighbour (listed)
+/// is reached, a closed listed port fails, an unlisted address (another port, or the
+/// neighbour's port on another IP) is not allowed and a malformed one is invalid; the
+/// dialed connections end with their dialer.
+#[test]
+fn a_dialer_reaches_only_allowed_addresses() {
+    let neighbour = free_address();
+    let dead = free_address();
+    let offender = adversary("dial", &format!("allow-connect = [\"{neighbour}\", \"{dead}\"]"));
+    let log = beside_a_busy_neighbour_at(&offender, &neighbour.to_string(), |server| {
+        let mut dialer = server.connect("adversary");
+        let answer = dialer.ask(&neighbour.to_string());
+        let reached = answer.strip_prefix(&format!("dial {neighbour} ok ")).unwrap_or_else(|| panic!("{answer}"));
+        let reached = reached.to_owned();
+        assert_eq!(dialer.line(), format!("connected {reached}"));
+
+        assert_eq!(dialer.ask("127.0.0.1:1"), "dial 127.0.0.1:1 not-allowed");
+        let unlisted = SocketAddr::new([127, 0, 0, 2].into(), neighbour.port());
+        assert_eq!(dialer.ask(&unlisted.to_string()), format!("dial {unlisted} not-allowed"));
+        assert_eq!(dialer.ask("garbage"), "dial garbage invalid");
+
+        let answer = dialer.ask(&dead.to_string());
+        let failed = answer.strip_prefix(&format!("dial {dead} ok ")).unwrap_or_else(|| panic!("{answer}"));
+        assert_eq!(dialer.line(), format!("connect-failed {failed} failed"));
+
+        // The dialer leaves: the connection it dialed goes with it.
+        drop(dialer);
+        server.wait_for_log(&["closed", "listener=adversary", &format!("conn=#{reached} ")]);
+    });
+    let line = totals(&log, "adversary");
+    assert!(line.contains("accepted=1 dialed=2") && line.contains("faults=0"), "{line}");
+}
+
+/// A plugin that removes one byte more than it has is refused, and the refused remove
+/// removes nothing.
+#[test]
+fn removing_too_much_removes_nothing() {
+    let log = beside_a_busy_neighbour(&adversary("remove-too-much", ""), |server| {
+        let mut c = server.connect("adversary");
+        for _ in 0..3 {
+            c.write(b"abc\n");
+            assert_eq!(c.bytes(26), b"remove invalid kept 4\nabc\n");
+        }
+    });
+    assert!(totals(&log, "adversary").contains("faults=0"), "{log}");
+}
+
+/// A client that sends without end and never reads: echo's buffers fill, the host
+/// stops reading that socket (a `recv-buffer` hit), the writer stalls, the host's memory
+/// stays flat; once the client reads, it gets every byte back.
+#[test]
+fn a_client_flooding_without_reading_is_paused() {
+    /// Pattern period; a chunk holds a whole number of periods.
+    const PERIOD: usize = 251;
+    const CHUNK: usize = PERIOD * 256;
+    const CAP: usize = 256 << 20;
+    beside_a_busy_neighbour(&listener("target", plugins::ECHO, ""), |server| {
+        let client = TcpStream::connect(server.addr("target")).unwrap();
+        client.set_read_timeout(Some(PATIENCE)).unwrap();
+        let chunk: Vec<u8> = (0..CHUNK).map(|i| (i % PERIOD) as u8).collect();
+        let (written, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
+        std::thread::scope(|s| {
+            let mut writer = client.try_clone().unwrap();
+            let (chunk, written, stop) = (&chunk, &written, &stop);
+            let writing = s.spawn(move || {
+                while !stop.load(Ordering::SeqCst) && written.load(Ordering::SeqCst) < CAP {
+                    writer.write_all(chunk).unwrap();
+                    written.fetch_add(chunk.len(), Ordering::SeqCst);
+                }
+                writer.shutdown(std::net::Shutdown::Write).unwrap();
+            });
+            let _stop_on_unwind = StopOnDrop(stop);
+            server.wait_for_log(&["limit hit", "listener=target", "limit=recv-buffer", "reading paused"]);
+            // Wait until the writer is stuck: the server stopped reading.
+            let last = stalls_at(written);
+            assert!(last < CAP, "the server kept reading from a client that never reads");
+
+            stop.store(true, Ordering::SeqCst);
+            let mut back = Vec::new();
+            let mut reader = &client;
+            reader.read_to_end(&mut back).unwrap();
+            writing.join().unwrap();
+            assert_eq!(back.len(), written.load(Ordering::SeqCst), "every byte comes back");
+            if let Some(at) = back.iter().enumerate().position(|(i, &b)| b != (i % PERIOD) as u8) {
+                panic!("byte {at} of the echo differs");
+            }
+        });
+        server.wait_for_count("limit=recv-buffer", 1);
+    });
+}
+
+/// Slowloris: 50 connections trickle a byte every 100 ms, 50 send nothing, 100 more
+/// arrive on a listener that takes 100. The excess is refused at once, the silent ones
+/// are closed by the idle timeout, the tricklers are not, the listener accepts again once
+/// the silent ones are gone, and the neighbour, on another listener, never notices.
+#[test]
+fn slowloris_connections_are_refused_or_timed_out() {
+    let limits = "[listener.limits]\nidle-timeout-ms = 500\nmax-connections = 100";
+    let log = beside_a_busy_neighbour(&listener("target", plugins::ECHO, limits), |server| {
+        let target = server.addr("target");
+        let mut slow: Vec<Client> = (0..50).map(|_| Client::connect(target)).collect();
+        for c in &mut slow {
+            c.write(b"s");
+            assert_eq!(c.bytes(1), b"s");
+        }
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let stop = &stop;
+            let trickle = s.spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    for c in &mut slow {
+                        c.write(b".");
+                        assert_eq!(c.bytes(1), b".");
+                    }
+                }
+                slow
+            });
+            let _stop_on_unwind = StopOnDrop(stop);
+            let mut silent: Vec<Client> = (0..50).map(|_| Client::connect(target)).collect();
+            let mut excess: Vec<Client> = (0..100).map(|_| Client::connect(target)).collect();
+            for c in excess.iter_mut().chain(&mut silent) {
+                assert!(c.until_eof().is_empty(), "refused or timed out, without a byte");
+            }
+            // Room again: the silent ones are gone, the tricklers still there.
+            let mut again = Client::connect(target);
+            again.write(b"again");
+            assert_eq!(again.bytes(5), b"again");
+
+            stop.store(true, Ordering::SeqCst);
+            let mut slow = trickle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            for c in &mut slow {
+                c.write(b"!");
+                assert_eq!(c.bytes(1), b"!", "a trickling connection is not idle");
+            }
+        });
+    });
+    let line = totals(&log, "target");
+    let (refused, idle) = (number(line, "refused"), hits(line, "idle-timeout-ms"));
+    assert!(refused > 0 && refused == hits(line, "max-connections"), "{line}");
+    assert!(idle >= 50, "every silent connection timed out: {line}");
+    assert_eq!(refused + idle, 150, "every silent or excess connection was refused or timed out: {line}");
+    assert_eq!(number(line, "accepted"), 201 - refused, "{line}");
+}
+
+/// A client that sends a big payload and resets the connection (`SO_LINGER` 0) while
+/// the server writes its echo back, twenty times: each such connection is closed
+/// quietly, nothing is logged as a warning, and the listener keeps serving.
+#[test]
+fn clients_resetting_mid_write_are_closed_quietly() {
+    const PAYLOAD: usize = 512 << 10;
+    let log = beside_a_busy_neighbour(&listener("target", plugins::ECHO, ""), |server| {
+        let payload: Vec<u8> = (0..PAYLOAD).map(|i| (i % 253) as u8).collect();
+        for _ in 0..20 {
+            let mut c = Client::connect(server.addr("target"));
+            c.write(&payload);
+            assert_eq!(c.bytes(1000), payload[..1000], "the server is writing the echo back");
+            socket2::SockRef::from(c.stream()).set_linger(Some(Duration::ZERO)).unwrap();
+            drop(c);
+        }
+        wait_for_lines(server, "target", &[": closed"], 20);
+        let mut fresh = Client::connect(server.addr("target"));
+        fresh.write(&payload);
+        assert!(fresh.bytes(PAYLOAD) == payload, "a fresh connection gets its whole echo");
+    });
+    let alarms: Vec<&str> = log.lines().filter(|l| names(l, "target") && is_warning(l)).collect();
+    assert!(alarms.is_empty(), "resets are not alarming:\n{}", alarms.join("\n"));
+    let line = totals(&log, "target");
+    assert!(line.contains("accepted=21 dialed=0 refused=0 closed=21 faults=0 orphaned=0"), "{line}");
+    let resets = lines(&log, "target", &[": closed on error"]).len();
+    assert!(resets > 0, "the resets were seen as such:\n{log}");
+}
