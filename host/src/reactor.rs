@@ -353,13 +353,7 @@ impl Reactor {
         while !self.stop.load(Ordering::SeqCst) {
             self.turn()?;
         }
-        self.shut_down();
-        let mut stats = Stats::default();
-        for account in &self.core.accounts {
-            stats.total.add(&account.counts);
-            stats.listeners.push((account.spec.name.clone(), account.counts.clone()));
-        }
-        Ok(stats)
+        Ok(self.shut_down())
     }
 
     /// One loop iteration: wait for readiness or the next deadline, then do all the
@@ -714,9 +708,9 @@ impl Reactor {
         }
     }
 
-    /// Stop accepting, flush what can be flushed without waiting, and close every
-    /// connection with its CLOSE event.
-    fn shut_down(&mut self) {
+    /// Stop accepting, flush what can be flushed without waiting, close every
+    /// connection with its CLOSE event, and log and return what happened.
+    fn shut_down(&mut self) -> Stats {
         for listener in &mut self.listeners {
             if let Some(mut socket) = listener.socket.take() {
                 let _ = self.poll.registry().deregister(&mut socket);
@@ -731,10 +725,11 @@ impl Reactor {
             }
             self.close(key, None);
         }
-        let mut total = Counts::default();
+        let mut stats = Stats::default();
         for account in &self.core.accounts {
             let c = &account.counts;
-            total.add(c);
+            stats.total.add(c);
+            stats.listeners.push((account.spec.name.clone(), c.clone()));
             info!(
                 listener = %account.spec.name,
                 accepted = c.accepted,
@@ -747,7 +742,9 @@ impl Reactor {
                 "listener totals"
             );
         }
+        let total = &stats.total;
         info!(open, accepted = total.accepted, faults = total.faults, orphaned = total.orphaned, "stopped");
+        stats
     }
 }
 

@@ -99,7 +99,13 @@ fn hello_once(mut stream: TcpStream) -> io::Result<()> {
         }
         request.extend_from_slice(&buf[..n]);
     }
-    stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 13\r\n\r\nHello, world!")
+    stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 13\r\n\r\nHello, world!")?;
+    // Close only once the client closed, or sent a second request (read here, so the
+    // close is a clean FIN, not a reset). A server that closes first keeps the port
+    // pair in TIME_WAIT, and a client reconnecting thousands of times a second from
+    // reused ports then gets resets now and then.
+    let _ = stream.read(&mut buf)?;
+    Ok(())
 }
 
 fn unavailable(stream: TcpStream) -> io::Result<()> {
