@@ -16,10 +16,13 @@
 //! - [`ConnMap`]: per-connection state; [`config`]: the listener's configuration
 //!   values; [`log`]: the host's log.
 //!
-//! One value of the handler type serves every connection of the listener, so it can
-//! keep state shared between connections (a chat room, a cache) next to per-connection
-//! state in a [`ConnMap`]. It is created from `Default` (or an expression given to
-//! [`export!`]) when the first event arrives.
+//! One value of the handler type serves every connection of its plugin instance, so it
+//! can keep state shared between connections (a chat room, a cache) next to
+//! per-connection state in a [`ConnMap`]. It is created from `Default` (or an
+//! expression given to [`export!`]) when the first event arrives. With the listener's
+//! default `instance = "shared"` an instance serves all of the listener's connections;
+//! with `instance = "per-connection"` it serves one accepted connection and the
+//! connections it dials, and a handler keeps no state across clients.
 //!
 //! # A complete plugin
 //!
