@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use crate::harness::{Server, free_address, listener, plugins};
+use crate::harness::{Client, Server, free_address, listener, plugins};
 
 /// A probe listener allowed to dial `allowed`, with extra TOML lines.
 fn probe(allowed: &[SocketAddr], extra: &str) -> Server {
@@ -18,6 +18,12 @@ fn probe(allowed: &[SocketAddr], extra: &str) -> Server {
     ))
 }
 
+/// Have the probe behind `client` dial `address`; returns the new connection's id.
+fn dial(client: &mut Client, address: SocketAddr) -> String {
+    let answer = client.ask(&format!("connect {address}"));
+    answer.strip_prefix("connecting ").unwrap_or_else(|| panic!("{answer}")).to_owned()
+}
+
 #[test]
 fn dialed_connections_carry_bytes_both_ways() {
     let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -25,8 +31,7 @@ fn dialed_connections_carry_bytes_both_ways() {
     let server = probe(&[address], "");
     let mut c = server.connect("probe");
 
-    let answer = c.ask(&format!("connect {address}"));
-    let id = answer.strip_prefix("connecting ").unwrap_or_else(|| panic!("{answer}")).to_owned();
+    let id = dial(&mut c, address);
     let (accepted, _) = upstream.accept().unwrap();
     assert_eq!(c.line(), format!("connected {id}"));
 
@@ -80,8 +85,7 @@ fn a_refused_dial_reports_the_failure_then_closes() {
     let address = free_address();
     let server = probe(&[address], "");
     let mut c = server.connect("probe");
-    let answer = c.ask(&format!("connect {address}"));
-    let id = answer.strip_prefix("connecting ").unwrap_or_else(|| panic!("{answer}")).to_owned();
+    let id = dial(&mut c, address);
     assert_eq!(c.line(), format!("connect-failed {id} failed"));
     server.wait_for_log(&[&format!("closed {id} ")]);
     assert_eq!(c.ask("echo the dialer lives on"), "the dialer lives on");
@@ -116,8 +120,7 @@ fn a_dial_that_never_answers_ends_at_the_idle_timeout() {
 
     let server = probe(&[address], "[listener.limits]\nidle-timeout-ms = 300");
     let mut c = server.connect("probe");
-    let answer = c.ask(&format!("connect {address}"));
-    let id = answer.strip_prefix("connecting ").unwrap_or_else(|| panic!("{answer}")).to_owned();
+    let id = dial(&mut c, address);
     // The client keeps talking, so only the hanging dial goes idle.
     let outcome = loop {
         std::thread::sleep(Duration::from_millis(100));
@@ -149,8 +152,7 @@ fn shutdown_half_closes_and_keeps_reading() {
     let address = upstream.local_addr().unwrap();
     let server = probe(&[address], "");
     let mut c = server.connect("probe");
-    let answer = c.ask(&format!("connect {address}"));
-    let id = answer.strip_prefix("connecting ").unwrap().to_owned();
+    let id = dial(&mut c, address);
     let (accepted, _) = upstream.accept().unwrap();
     assert_eq!(c.line(), format!("connected {id}"));
     assert_eq!(c.ask(&format!("send {id} last words")), "ok");
