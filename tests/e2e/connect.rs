@@ -24,16 +24,22 @@ fn dial(client: &mut Client, address: SocketAddr) -> String {
     answer.strip_prefix("connecting ").unwrap_or_else(|| panic!("{answer}")).to_owned()
 }
 
-#[test]
-fn dialed_connections_carry_bytes_both_ways() {
+/// A probe client whose probe dialed an upstream the test holds: the server, the
+/// client, the dialed connection's id and the upstream's end of it.
+fn dialed_upstream() -> (Server, Client, String, TcpStream) {
     let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = upstream.local_addr().unwrap();
     let server = probe(&[address], "");
     let mut c = server.connect("probe");
-
     let id = dial(&mut c, address);
     let (accepted, _) = upstream.accept().unwrap();
     assert_eq!(c.line(), format!("connected {id}"));
+    (server, c, id, accepted)
+}
+
+#[test]
+fn dialed_connections_carry_bytes_both_ways() {
+    let (server, mut c, id, accepted) = dialed_upstream();
 
     let mut far = BufReader::new(accepted);
     far.get_mut().write_all(b"hello from upstream\n").unwrap();
@@ -148,13 +154,7 @@ fn plugins_read_their_listener_settings() {
 
 #[test]
 fn shutdown_half_closes_and_keeps_reading() {
-    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = upstream.local_addr().unwrap();
-    let server = probe(&[address], "");
-    let mut c = server.connect("probe");
-    let id = dial(&mut c, address);
-    let (accepted, _) = upstream.accept().unwrap();
-    assert_eq!(c.line(), format!("connected {id}"));
+    let (_server, mut c, id, accepted) = dialed_upstream();
     assert_eq!(c.ask(&format!("send {id} last words")), "ok");
 
     // The probe's own `shutdown` ends its sending side toward this client; reading goes on.
