@@ -133,10 +133,7 @@ impl Connection {
         while !self.tx.is_empty() {
             match self.tx.drain_to(&mut self.socket) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    total += n;
-                    self.last_active = Instant::now();
-                }
+                Ok(n) => total += n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.writable = false;
                     break;
@@ -145,6 +142,7 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
+        self.touch(total);
         Ok(total)
     }
 
@@ -159,10 +157,7 @@ impl Connection {
                     self.readable = false;
                     break;
                 }
-                Ok(n) => {
-                    total += n;
-                    self.last_active = Instant::now();
-                }
+                Ok(n) => total += n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.readable = false;
                     break;
@@ -171,7 +166,16 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
+        self.touch(total);
         Ok(total)
+    }
+
+    /// Note that `moved` bytes went either way: the connection is not idle. (Once per
+    /// read or write burst, not per system call: the clock is not free.)
+    fn touch(&mut self, moved: usize) {
+        if moved > 0 {
+            self.last_active = Instant::now();
+        }
     }
 
     /// Whether reading could get more bytes now.
