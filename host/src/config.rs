@@ -16,12 +16,14 @@
 //! [listener.limits]
 //! recv-buffer = "1 MiB"
 //! send-buffer = "1 MiB"
-//! event-timeout-ms = 100
+//! event-timeout-ms = 100                             # CPU time per event
+//! event-wall-timeout-ms = 1000                        # wall-clock ceiling per event
 //! memory = "64 MiB"
 //! max-timers = 64
 //! max-connections = 1024
 //! idle-timeout-ms = 60000
 //! log-rate = "64 KiB"                                 # per second
+//! linger-ms = 5000
 //!
 //! [listener.config]                                   # read by the plugin
 //! upstream = "127.0.0.1:9000"
@@ -44,8 +46,11 @@ pub struct Limits {
     /// Send buffer cap per connection (`send-buffer`). A `send` that does not fit is
     /// refused with `limit-exceeded`.
     pub send_buffer: usize,
-    /// Wall-clock time a plugin may spend on one event (`event-timeout-ms`).
+    /// CPU time a plugin may spend on one event (`event-timeout-ms`).
     pub event_timeout: Duration,
+    /// Wall-clock time one event may take whatever the CPU time
+    /// (`event-wall-timeout-ms`): the ceiling for a starved or stuck call.
+    pub event_wall_timeout: Duration,
     /// Linear memory a plugin instance may grow to (`memory`).
     pub memory: usize,
     /// Timers a connection may have armed at once (`max-timers`).
@@ -59,6 +64,11 @@ pub struct Limits {
     /// Bytes of guest log output (the `log` import, stdout, stderr) per second,
     /// shared by the listener's instances (`log-rate`); the excess is dropped.
     pub log_rate: usize,
+    /// After `close(after-send)` has written out the send buffer, how long the host
+    /// goes on reading and discarding what the peer still sends before it closes
+    /// (`linger-ms`), so unread input does not turn the close into a reset that
+    /// destroys the last response (nginx's `lingering_close`).
+    pub linger: Duration,
 }
 
 impl Default for Limits {
@@ -67,11 +77,13 @@ impl Default for Limits {
             recv_buffer: 1 << 20,
             send_buffer: 1 << 20,
             event_timeout: Duration::from_millis(100),
+            event_wall_timeout: Duration::from_millis(1000),
             memory: 64 << 20,
             max_timers: 64,
             max_connections: 1024,
             idle_timeout: Duration::from_secs(60),
             log_rate: 64 << 10,
+            linger: Duration::from_millis(5000),
         }
     }
 }
@@ -83,6 +95,8 @@ pub enum Limit {
     Memory,
     /// `event-timeout-ms`: the instance was interrupted.
     EventTime,
+    /// `event-wall-timeout-ms`: the instance was interrupted.
+    EventWallTime,
     /// `max-connections`: a connection was refused.
     Connections,
     /// `recv-buffer`: reading paused until the handler removes bytes.
@@ -95,19 +109,23 @@ pub enum Limit {
     IdleTimeout,
     /// `log-rate`: guest log output was dropped.
     LogRate,
+    /// `linger-ms`: a closing connection stopped discarding input and was closed.
+    Linger,
 }
 
 impl Limit {
     /// Every limit, in the order [`Limit::index`] numbers them.
-    pub const ALL: [Limit; 8] = [
+    pub const ALL: [Limit; 10] = [
         Limit::Memory,
         Limit::EventTime,
+        Limit::EventWallTime,
         Limit::Connections,
         Limit::RecvBuffer,
         Limit::SendBuffer,
         Limit::Timers,
         Limit::IdleTimeout,
         Limit::LogRate,
+        Limit::Linger,
     ];
 
     /// Position in [`Limit::ALL`], for per-limit counters.
@@ -124,25 +142,28 @@ impl Limit {
         match self {
             Limit::Memory => "memory",
             Limit::EventTime => "event-timeout-ms",
+            Limit::EventWallTime => "event-wall-timeout-ms",
             Limit::Connections => "max-connections",
             Limit::RecvBuffer => "recv-buffer",
             Limit::SendBuffer => "send-buffer",
             Limit::Timers => "max-timers",
             Limit::IdleTimeout => "idle-timeout-ms",
             Limit::LogRate => "log-rate",
+            Limit::Linger => "linger-ms",
         }
     }
 
     /// What the host does when the limit is hit, for the log.
     pub fn outcome(self) -> &'static str {
         match self {
-            Limit::Memory | Limit::EventTime => "the plugin instance was stopped",
+            Limit::Memory | Limit::EventTime | Limit::EventWallTime => "the plugin instance was stopped",
             Limit::Connections => "the connection was refused",
             Limit::RecvBuffer => "reading paused until the handler removes bytes",
             Limit::SendBuffer => "a send was refused",
             Limit::Timers => "a set-timer was refused",
             Limit::IdleTimeout => "the connection was closed",
             Limit::LogRate => "log output was dropped",
+            Limit::Linger => "the closing connection was closed with input unread",
         }
     }
 }
@@ -279,11 +300,13 @@ struct LimitsToml {
     recv_buffer: Option<ByteSize>,
     send_buffer: Option<ByteSize>,
     event_timeout_ms: Option<u64>,
+    event_wall_timeout_ms: Option<u64>,
     memory: Option<ByteSize>,
     max_timers: Option<u64>,
     max_connections: Option<u64>,
     idle_timeout_ms: Option<u64>,
     log_rate: Option<ByteSize>,
+    linger_ms: Option<u64>,
 }
 
 impl Config {
@@ -361,6 +384,9 @@ impl ListenerToml {
             Some(v) => Ok(v),
             None => Ok(default),
         };
+        let millis = |key: &str, value: Option<u64>, default: Duration| {
+            positive(key, value, default.as_millis() as u64).map(Duration::from_millis)
+        };
         let bytes = |key: &str, value: Option<ByteSize>, default: usize| {
             let v = positive(key, value.map(|b| b.as_u64()), default as u64)?;
             usize::try_from(v).map_err(|_| format!("listener `{name}`: limits.{key} is too large"))
@@ -368,20 +394,14 @@ impl ListenerToml {
         let limits = Limits {
             recv_buffer: bytes("recv-buffer", l.recv_buffer, defaults.recv_buffer)?,
             send_buffer: bytes("send-buffer", l.send_buffer, defaults.send_buffer)?,
-            event_timeout: Duration::from_millis(positive(
-                "event-timeout-ms",
-                l.event_timeout_ms,
-                defaults.event_timeout.as_millis() as u64,
-            )?),
+            event_timeout: millis("event-timeout-ms", l.event_timeout_ms, defaults.event_timeout)?,
+            event_wall_timeout: millis("event-wall-timeout-ms", l.event_wall_timeout_ms, defaults.event_wall_timeout)?,
             memory: bytes("memory", l.memory, defaults.memory)?,
             max_timers: positive("max-timers", l.max_timers, defaults.max_timers as u64)? as usize,
             max_connections: positive("max-connections", l.max_connections, defaults.max_connections as u64)? as usize,
-            idle_timeout: Duration::from_millis(positive(
-                "idle-timeout-ms",
-                l.idle_timeout_ms,
-                defaults.idle_timeout.as_millis() as u64,
-            )?),
+            idle_timeout: millis("idle-timeout-ms", l.idle_timeout_ms, defaults.idle_timeout)?,
             log_rate: bytes("log-rate", l.log_rate, defaults.log_rate)?,
+            linger: millis("linger-ms", l.linger_ms, defaults.linger)?,
         };
         for (key, value) in [("recv-buffer", limits.recv_buffer), ("send-buffer", limits.send_buffer)] {
             if value > u32::MAX as usize {

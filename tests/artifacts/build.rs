@@ -23,6 +23,8 @@ const PLUGINS: &[&str] = &[
     "fixture-wrong-world",
     "fixture-wants-wasi",
     "fixture-adversary",
+    "fixture-hostile",
+    "fixture-chaos",
 ];
 
 /// Directories whose contents feed the plugin builds.

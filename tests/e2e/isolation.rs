@@ -11,21 +11,14 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
-use crate::harness::{Client, PATIENCE, Server, free_address, listener, listener_at, plugins, stalls_at, totals};
-
-/// Echo clients keeping the neighbour busy, each on its own connection.
-const NEIGHBOURS: usize = 3;
-
-/// Message sizes the neighbours cycle through: single bytes to a 64 KiB block.
-const SIZES: [usize; 10] = [1, 2, 3, 100, 1000, 1460, 4096, 16384, 65535, 65536];
-
-/// How far the server's peak resident memory may rise above its level before the
-/// offence: the memory test's 32 MiB limit plus 16 MiB of slack; every other offence,
-/// if the host bounded nothing, would take far more.
-const HEADROOM: u64 = 48 << 20;
+use crate::harness::{Client, PATIENCE, free_address, listener, plugins, stalls_at, totals};
+use crate::neighbour::{
+    StopOnDrop, beside_a_busy_neighbour, beside_a_busy_neighbour_at, conn_id, hits, is_warning, lines, names, number,
+    wait_for_lines,
+};
 
 /// Limits for modes whose events do real work (20 000 timer calls, 8 MiB of log
 /// output, each a few ms): the event deadline is wall-clock time, and a machine starved
@@ -36,180 +29,6 @@ const GENEROUS_DEADLINE: &str = "[listener.limits]\nevent-timeout-ms = 1000";
 /// lines (keys such as `allow-connect`, or a `[listener.limits]` table).
 fn adversary(mode: &str, extra: &str) -> String {
     listener("adversary", plugins::FIXTURE_ADVERSARY, &format!("{extra}\n[listener.config]\nmode = \"{mode}\""))
-}
-
-/// Run `offend` against the listener `offender` (a `[[listener]]` table) while
-/// [`NEIGHBOURS`] clients keep an echo listener named "echo" busy, then check that the
-/// neighbour got through unharmed. Returns the log of the stopped server.
-fn beside_a_busy_neighbour(offender: &str, offend: impl FnOnce(&Server)) -> String {
-    beside_a_busy_neighbour_at(offender, "127.0.0.1:0", offend)
-}
-
-/// [`beside_a_busy_neighbour`] with the neighbour on a given address.
-fn beside_a_busy_neighbour_at(offender: &str, neighbour: &str, offend: impl FnOnce(&Server)) -> String {
-    let server = Server::start(&(offender.to_owned() + &listener_at("echo", neighbour, plugins::ECHO, "")));
-    let echo = server.addr("echo");
-    let stop = AtomicBool::new(false);
-    let rounds: Vec<AtomicU64> = (0..NEIGHBOURS).map(|_| AtomicU64::new(0)).collect();
-    std::thread::scope(|s| {
-        let _stop_on_unwind = StopOnDrop(&stop);
-        let threads: Vec<_> = rounds
-            .iter()
-            .enumerate()
-            .map(|(seed, rounds)| {
-                let stop = &stop;
-                s.spawn(move || keep_echoing(echo, seed, stop, rounds))
-            })
-            .collect();
-        let running = || !threads.iter().any(|t| t.is_finished());
-        wait_until("every neighbour to finish a round", || {
-            !running() || rounds.iter().all(|r| r.load(Ordering::SeqCst) > 0)
-        });
-
-        let rss_before = server.rss();
-        let peak_tracked = reset_peak_rss(&server);
-        offend(&server);
-
-        // The neighbour keeps answering after the offence, every one of its clients.
-        let seen: Vec<u64> = rounds.iter().map(|r| r.load(Ordering::SeqCst)).collect();
-        wait_until("every neighbour to finish a round after the offence", || {
-            !running() || rounds.iter().zip(&seen).all(|(r, seen)| r.load(Ordering::SeqCst) > *seen)
-        });
-        let peak = if peak_tracked { peak_rss(&server) } else { server.rss() };
-        let grown = peak.saturating_sub(rss_before);
-        assert!(grown < HEADROOM, "server memory rose by {grown} bytes (from {rss_before}) during the offence");
-
-        // A newcomer is served too: the host is alive and accepting.
-        let mut fresh = Client::connect(echo);
-        fresh.write(b"still there?");
-        assert_eq!(fresh.bytes(12), b"still there?");
-
-        stop.store(true, Ordering::SeqCst);
-        for thread in threads {
-            let bytes = thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            assert!(bytes > 0);
-        }
-    });
-
-    let (status, log) = server.terminate();
-    assert!(status.success(), "sandport exited with {status}:\n{log}");
-    let line = totals(&log, "echo");
-    assert!(line.contains("faults=0 orphaned=0 limit_hits=") && line.ends_with("limit_hits="), "{line}");
-    let alarms: Vec<&str> = log.lines().filter(|l| names(l, "echo") && is_warning(l)).collect();
-    assert!(alarms.is_empty(), "the neighbour's listener logged warnings:\n{}", alarms.join("\n"));
-    log
-}
-
-/// One neighbour: echo round trips of varied sizes and contents, each checked byte for
-/// byte, until `stop`; then a half-close, after which nothing more may arrive. Returns
-/// the bytes echoed.
-fn keep_echoing(addr: SocketAddr, seed: usize, stop: &AtomicBool, rounds: &AtomicU64) -> u64 {
-    let mut client = Client::connect(addr);
-    let mut bytes = 0u64;
-    let mut round = 0usize;
-    while !stop.load(Ordering::SeqCst) {
-        let len = SIZES[(round + seed) % SIZES.len()];
-        let message: Vec<u8> = (0..len).map(|i| ((i * 7 + round * 13 + seed * 101) % 251) as u8).collect();
-        client.write(&message);
-        let back = client.bytes(len);
-        if let Some(at) = back.iter().zip(&message).position(|(a, b)| a != b) {
-            panic!("neighbour {seed}, round {round}: byte {at} of {len} differs in the echo");
-        }
-        bytes += len as u64;
-        round += 1;
-        rounds.fetch_add(1, Ordering::SeqCst);
-    }
-    client.shutdown_write();
-    let extra = client.until_eof();
-    assert!(extra.is_empty(), "neighbour {seed} received {} bytes it never sent", extra.len());
-    bytes
-}
-
-/// Sets the flag when dropped, so that a failing test stops the neighbours' threads
-/// rather than waiting for them forever.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
-
-/// Poll `done` until it holds; fails the test after [`PATIENCE`].
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Reset the kernel's record of the server's peak resident memory to its current
-/// level (`/proc/PID/clear_refs`); false if not permitted.
-fn reset_peak_rss(server: &Server) -> bool {
-    std::fs::write(format!("/proc/{}/clear_refs", server.pid()), "5").is_ok()
-}
-
-/// The server's peak resident memory (`VmHWM`) since the last reset, in bytes.
-fn peak_rss(server: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
-/// Whether a log line is about listener `name` (has the field `listener=NAME`).
-fn names(line: &str, name: &str) -> bool {
-    let field = format!("listener={name}");
-    line.split_whitespace().any(|word| word == field)
-}
-
-fn is_warning(line: &str) -> bool {
-    line.contains(" WARN ") || line.contains(" ERROR ")
-}
-
-/// The lines of `log` about listener `name` that contain every one of `needles`.
-fn lines<'a>(log: &'a str, name: &str, needles: &[&str]) -> Vec<&'a str> {
-    log.lines().filter(|l| names(l, name) && needles.iter().all(|n| l.contains(n))).collect()
-}
-
-/// Wait until the server has logged `count` lines about `name` with every one of
-/// `needles`; fails if there are more.
-fn wait_for_lines(server: &Server, name: &str, needles: &[&str], count: usize) {
-    let mut seen = 0;
-    wait_until(&format!("{count} lines about {name} with {needles:?}"), || {
-        let log = server.log();
-        seen = lines(&log, name, needles).len();
-        assert!(seen <= count, "{seen} lines about {name} with {needles:?}, expected {count}:\n{log}");
-        seen == count
-    });
-}
-
-/// A number field (`key=N`) of a log line.
-fn number(line: &str, key: &str) -> u64 {
-    let prefix = format!("{key}=");
-    let word = line.split_whitespace().find_map(|w| w.strip_prefix(&prefix)).unwrap_or_else(|| panic!("{line}"));
-    word.parse().unwrap_or_else(|_| panic!("{key} in {line}"))
-}
-
-/// How many connections hit `limit`, from a totals line's `limit_hits=key:n,...`.
-fn hits(line: &str, limit: &str) -> u64 {
-    let list = line.split_whitespace().find_map(|w| w.strip_prefix("limit_hits=")).unwrap_or("");
-    let count = list.split(',').find_map(|pair| pair.strip_prefix(limit)?.strip_prefix(':'));
-    count.map_or(0, |n| n.parse().unwrap())
-}
-
-/// The id (`#N`) the server gave the connection whose client end is `stream`.
-fn conn_id(server: &Server, name: &str, stream: &TcpStream) -> String {
-    let peer = format!("peer={}", stream.local_addr().unwrap());
-    let mut id = None;
-    wait_until(&format!("the accept of {peer} on {name}"), || {
-        let log = server.log();
-        let line = lines(&log, name, &["accepted"]).into_iter().find(|l| l.split_whitespace().any(|w| w == peer));
-        id = line.and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("conn=")).map(str::to_owned));
-        id.is_some()
-    });
-    id.unwrap()
 }
 
 /// A plugin that loops forever in an event is interrupted at the event deadline: its

@@ -4,16 +4,22 @@
 mod harness;
 
 mod backpressure;
+mod chaos;
 mod chat;
 mod cli;
 mod close;
 mod connect;
+mod descriptors;
 mod echo;
 mod faults;
+mod host_log;
+mod hostile;
 mod http;
 mod instances;
 mod isolation;
 mod limits;
+mod linger;
 mod native;
+mod neighbour;
 mod proxy;
 mod timers;
