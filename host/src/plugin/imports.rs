@@ -1,10 +1,14 @@
-//! What a guest can call: the `sandport:handler/host` imports and the little WASI it
-//! is granted (clocks, random, stdout/stderr into the log, within the listener's log
-//! budget), plus the per-store state behind them.
+//! What a guest can call: the `sandport:handler/host` imports, plus the per-store
+//! state behind them and behind the WASI of `wasi`.
 //!
 //! The imports act on the reactor through the [`Host`] it lends for the duration of
 //! one `handle` call ([`with_host`]). Outside such a call there is no host to act on,
 //! and an import traps. Nothing here keeps a reference to reactor state between calls.
+//!
+//! Everything a guest can make the host keep is capped per instance: owned `mbuf`
+//! views ([`MAX_VIEWS`]), WASI resources of any kind such as streams and pollables
+//! ([`MAX_RESOURCES`]), table elements ([`MAX_TABLE_ELEMENTS`]), the bytes of one
+//! random call (the memory limit), partial output lines (see `output`).
 
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
@@ -12,22 +16,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use slab::Slab;
-use tracing::{debug, error, info, trace, warn};
+use tracing::Level;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store};
+use wasmtime_wasi::p2::pipe::ClosedInputStream;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::sandport::handler::{host, types};
+use super::deadline::CallClock;
 use super::log_rate::LogBudget;
-use super::stdio::GuestOutput;
+use super::output::{GuestLog, GuestStream, Source};
+use super::wasi::NoWaitView;
 use crate::handler::{CloseMode, ConnId, Host, HostError};
 use crate::mbuf::Mbuf;
 
-/// Table elements a guest may grow to (a pointer each).
-const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+/// Table elements a guest may grow a table to (a pointer each: 512 KiB).
+pub const MAX_TABLE_ELEMENTS: usize = 1 << 16;
 
-/// Views of other connections' receive buffers a guest may hold at once.
-const MAX_VIEWS: usize = 1024;
+/// Views of connections' receive buffers a guest may hold at once (`recv-buffer`).
+pub const MAX_VIEWS: usize = 1024;
+
+/// WASI resources (streams, pollables, errors) an instance may hold at once; beyond
+/// it the call that would make one traps.
+pub const MAX_RESOURCES: usize = 4096;
 
 /// The guest's view of a receive buffer (the WIT `mbuf` resource).
 ///
@@ -51,12 +62,13 @@ pub struct GuestState {
     table: ResourceTable,
     /// The connections of the owned `mbuf` views the guest holds, by representation.
     views: Slab<ConnId>,
-    listener: Arc<str>,
     memory_limit: usize,
     /// The guest tried to grow past `memory_limit` (so its trap is that limit's).
     memory_exceeded: bool,
     settings: Arc<BTreeMap<String, String>>,
-    log_budget: Arc<LogBudget>,
+    log: Arc<GuestLog>,
+    /// When the call in progress started, for the event deadline.
+    pub clock: CallClock,
     /// The reactor's [`Host`] while a `handle` call runs; `None` otherwise.
     host: Option<NonNull<dyn Host + 'static>>,
     /// The connection being handled.
@@ -76,19 +88,24 @@ impl GuestState {
         settings: &Arc<BTreeMap<String, String>>,
         log_budget: &Arc<LogBudget>,
     ) -> GuestState {
+        let log = Arc::new(GuestLog::new(listener.clone(), log_budget.clone()));
         let wasi = WasiCtx::builder()
-            .stdout(GuestOutput::new(listener.clone(), "stdout", log_budget.clone()))
-            .stderr(GuestOutput::new(listener.clone(), "stderr", log_budget.clone()))
+            .stdin(ClosedInputStream)
+            .stdout(GuestStream::new(log.clone(), Source::Stdout))
+            .stderr(GuestStream::new(log.clone(), Source::Stderr))
+            .max_random_size(memory_limit as u64)
             .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         GuestState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             views: Slab::new(),
-            listener: listener.clone(),
             memory_limit,
             memory_exceeded: false,
             settings: settings.clone(),
-            log_budget: log_budget.clone(),
+            log,
+            clock: CallClock::default(),
             host: None,
             conn: ConnId(0),
         }
@@ -102,6 +119,21 @@ impl GuestState {
     /// The store's resource limiter: this state itself.
     pub fn limits(&mut self) -> &mut dyn ResourceLimiter {
         self
+    }
+
+    /// The WASI context, for the WASI functions that need more than the table.
+    pub fn wasi(&mut self) -> &mut WasiCtx {
+        &mut self.wasi
+    }
+
+    /// The resource table, where WASI keeps streams, pollables and errors.
+    pub fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
+    /// The view `wasi`'s functions that never wait act on.
+    pub fn no_wait(&mut self) -> NoWaitView<'_> {
+        NoWaitView { table: &mut self.table }
     }
 
     /// The receive buffer `view` shows, or `None` if the reactor no longer has it.
@@ -137,6 +169,7 @@ pub fn with_host<R>(
     let state = store.data_mut();
     state.host = Some(host);
     state.conn = conn;
+    state.log.set_conn(conn);
     let result = call(store);
     store.data_mut().host = None;
     result
@@ -171,35 +204,9 @@ impl WasiView for GuestState {
 /// The imports every plugin may use; anything else a component imports makes it
 /// fail to link, with the name of what is missing.
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<GuestState>> {
-    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
-    use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
-    use wasmtime_wasi::p2::bindings::sync::io;
-    use wasmtime_wasi::p2::bindings::{cli, clocks, random};
-    use wasmtime_wasi::random::WasiRandom;
-
     let mut linker = Linker::new(engine);
-    let l = &mut linker;
-    super::bindings::Plugin::add_to_linker::<GuestState, HasGuest>(l, |state| state)?;
-    clocks::wall_clock::add_to_linker::<GuestState, WasiClocks>(l, GuestState::clocks)?;
-    clocks::monotonic_clock::add_to_linker::<GuestState, WasiClocks>(l, GuestState::clocks)?;
-    random::random::add_to_linker::<GuestState, WasiRandom>(l, |s| s.wasi.random())?;
-    random::insecure::add_to_linker::<GuestState, WasiRandom>(l, |s| s.wasi.random())?;
-    random::insecure_seed::add_to_linker::<GuestState, WasiRandom>(l, |s| s.wasi.random())?;
-    // What Rust's std imports whether or not a plugin uses it: an empty environment
-    // and stdin, no terminal, exit (a trap, like any other), and the output streams.
-    cli::environment::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
-    cli::exit::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
-    cli::stdin::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
-    cli::stdout::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
-    cli::stderr::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
-    cli::terminal_input::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
-    cli::terminal_output::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
-    cli::terminal_stdin::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
-    cli::terminal_stdout::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
-    cli::terminal_stderr::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
-    wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<GuestState, HasTable>(l, |s| &mut s.table)?;
-    io::poll::add_to_linker::<GuestState, HasTable>(l, |s| &mut s.table)?;
-    io::streams::add_to_linker::<GuestState, HasTable>(l, |s| &mut s.table)?;
+    super::bindings::Plugin::add_to_linker::<GuestState, HasGuest>(&mut linker, |state| state)?;
+    super::wasi::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 
@@ -207,12 +214,6 @@ struct HasGuest;
 
 impl HasData for HasGuest {
     type Data<'a> = &'a mut GuestState;
-}
-
-struct HasTable;
-
-impl HasData for HasTable {
-    type Data<'a> = &'a mut ResourceTable;
 }
 
 impl From<HostError> for types::Error {
@@ -287,17 +288,14 @@ impl host::Host for GuestState {
     }
 
     fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
-        if !self.log_budget.admit(message.len()) {
-            return Ok(());
-        }
-        let listener = &*self.listener;
-        match level {
-            types::LogLevel::Trace => trace!(target: "sandport::guest", listener = %listener, "{message}"),
-            types::LogLevel::Debug => debug!(target: "sandport::guest", listener = %listener, "{message}"),
-            types::LogLevel::Info => info!(target: "sandport::guest", listener = %listener, "{message}"),
-            types::LogLevel::Warn => warn!(target: "sandport::guest", listener = %listener, "{message}"),
-            types::LogLevel::Error => error!(target: "sandport::guest", listener = %listener, "{message}"),
-        }
+        let level = match level {
+            types::LogLevel::Trace => Level::TRACE,
+            types::LogLevel::Debug => Level::DEBUG,
+            types::LogLevel::Info => Level::INFO,
+            types::LogLevel::Warn => Level::WARN,
+            types::LogLevel::Error => Level::ERROR,
+        };
+        self.log.message(level, &message);
         Ok(())
     }
 }

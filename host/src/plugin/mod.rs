@@ -7,29 +7,34 @@
 //! [`Plugin::factory`] makes the [`HandlerFactory`] of one listener, which starts
 //! instances from the pre-linked component. A trap poisons the whole wasmtime
 //! `Store`, so each [`PluginHandler`] is exactly one instance in its own store: when
-//! the guest traps, runs out of time or memory, the handler reports a [`Fault`] and
-//! the reactor drops it, closing the connections whose state died. A listener with
-//! per-connection instances uses a [`Runtime::pooled`] engine, whose pooling
-//! allocator makes starting an instance cheap. It never touches a socket.
+//! the guest traps, runs out of time or memory, or tries to wait, the handler reports
+//! a [`Fault`] and the reactor drops it, closing the connections whose state died. A
+//! listener with per-connection instances uses a [`Runtime::pooled`] engine, whose
+//! pooling allocator makes starting an instance cheap. It never touches a socket, and
+//! nothing a guest calls waits.
 
+mod deadline;
 mod imports;
 mod log_rate;
-mod stdio;
+mod output;
+mod wasi;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tracing::warn;
 use wasmtime::component::{Component, Linker, Resource};
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
 use crate::config::{Limit, ListenerSpec};
 use crate::handler::{ConnId, Event, Fault, Handler, HandlerFactory, Host};
 use bindings::sandport::handler::types as wit;
+use deadline::{Budget, CallClock, OverBudget};
 use imports::{GuestState, RecvView};
 use log_rate::LogBudget;
+use output::escape_controls;
+use wasi::WouldBlock;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -40,9 +45,6 @@ mod bindings {
         with: { "sandport:handler/host.mbuf": super::imports::RecvView },
     });
 }
-
-/// How often the engine's epoch advances: the resolution of `event-timeout-ms`.
-const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Why a plugin cannot be used. Messages name the file.
 #[derive(Debug, thiserror::Error)]
@@ -89,16 +91,17 @@ pub enum PluginError {
 /// near 16k live instances.
 pub const MAX_POOLED_INSTANCES: u32 = 10_000;
 
-/// The compilation engine shared by plugins.
+/// The compilation engine shared by plugins, whose epoch the process's one ticker
+/// thread advances (see `deadline`).
 pub struct Runtime {
     engine: Engine,
     linker: Linker<GuestState>,
 }
 
 impl Runtime {
-    /// An engine for synchronous hosts with epoch interruption, plus a thread that
-    /// advances the epoch for as long as the engine lives. Instances are allocated on
-    /// demand: right for a few long-lived shared instances.
+    /// An engine for synchronous hosts with epoch interruption, its epoch advanced for
+    /// as long as it lives. Instances are allocated on demand: right for a few
+    /// long-lived shared instances.
     pub fn new() -> Result<Runtime, PluginError> {
         Runtime::build(wasmtime::Config::new())
     }
@@ -130,17 +133,7 @@ impl Runtime {
         config.concurrency_support(false);
         let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let linker = imports::linker(&engine).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
-        let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("sandport-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            })
-            .map_err(|e| PluginError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        deadline::tick(&engine).map_err(|e| PluginError::Engine(format!("cannot start the epoch thread: {e}")))?;
         Ok(Runtime { engine, linker })
     }
 
@@ -208,8 +201,7 @@ impl Plugin {
                 plugin: self.clone(),
                 listener: Arc::from(spec.name.as_str()),
                 memory: spec.limits.memory,
-                deadline_ticks: ticks(spec.limits.event_timeout),
-                event_timeout: spec.limits.event_timeout,
+                budget: Budget { cpu: spec.limits.event_timeout, wall: spec.limits.event_wall_timeout },
                 settings: Arc::new(settings.clone()),
                 log_budget: Arc::new(LogBudget::new(spec.limits.log_rate)),
             }),
@@ -223,8 +215,7 @@ struct Tenant {
     plugin: Plugin,
     listener: Arc<str>,
     memory: usize,
-    deadline_ticks: u64,
-    event_timeout: Duration,
+    budget: Budget,
     settings: Arc<BTreeMap<String, String>>,
     log_budget: Arc<LogBudget>,
 }
@@ -233,9 +224,10 @@ impl Tenant {
     /// Say why a call failed in words an operator can act on, and which limit (if
     /// any) stopped it.
     fn explain(&self, err: &wasmtime::Error, state: &GuestState) -> (String, Option<Limit>) {
-        if let Some(Trap::Interrupt) = err.downcast_ref::<Trap>() {
-            let why = format!("ran longer than its {:?} per event (limits.event-timeout-ms)", self.event_timeout);
-            (why, Some(Limit::EventTime))
+        if let Some(over) = err.downcast_ref::<OverBudget>() {
+            (over.to_string(), Some(over.limit()))
+        } else if let Some(blocked) = err.downcast_ref::<WouldBlock>() {
+            (blocked.to_string(), None)
         } else {
             (one_line(err), state.memory_exceeded().then_some(Limit::Memory))
         }
@@ -264,7 +256,15 @@ impl PluginFactory {
         let state = GuestState::new(&tenant.listener, tenant.memory, &tenant.settings, &tenant.log_budget);
         let mut store = Store::new(&loaded.engine, state);
         store.limiter(|state| state.limits());
-        store.set_epoch_deadline(tenant.deadline_ticks);
+        let budget = tenant.budget;
+        // The deadline comes due when the call could have used its budget; it goes
+        // on if the guest was only starved of CPU, and ends as a fault if it was not.
+        store.epoch_deadline_callback(move |store| match store.data().clock.verdict(&budget) {
+            Ok(ticks) => Ok(UpdateDeadline::Continue(ticks)),
+            Err(over) => Err(over.into()),
+        });
+        store.data_mut().clock = CallClock::start();
+        store.set_epoch_deadline(budget.first_deadline());
         let bindings = loaded.pre.instantiate(&mut store).map_err(|e| PluginError::Instantiate {
             path: loaded.path.clone(),
             reason: tenant.explain(&e, store.data()).0,
@@ -293,7 +293,8 @@ pub struct PluginHandler {
 impl Handler for PluginHandler {
     fn handle(&mut self, host: &mut dyn Host, conn: ConnId, event: Event) -> Result<(), Fault> {
         let tenant = &self.tenant;
-        self.store.set_epoch_deadline(tenant.deadline_ticks);
+        self.store.data_mut().clock = CallClock::start();
+        self.store.set_epoch_deadline(tenant.budget.first_deadline());
         let event = to_wit(event);
         let rx = Resource::<RecvView>::new_borrow(RecvView::CURRENT);
         let handler = self.bindings.sandport_handler_handler();
@@ -322,23 +323,21 @@ fn to_wit(event: Event) -> wit::Event {
     }
 }
 
-/// Epoch ticks in `timeout`, rounded up, at least one.
-fn ticks(timeout: Duration) -> u64 {
-    (timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1)
-}
-
 /// Whether `bytes` start like a component (not a core module): same magic, layer 1.
 fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes.starts_with(b"\0asm") && bytes[6..8] == [1, 0]
 }
 
 /// An error and its causes on one line, without the wasm backtrace (function
-/// indexes mean nothing to an operator; the plugin's own panic message is logged).
+/// indexes mean nothing to an operator; the plugin's own panic message is logged),
+/// and with any control character a component put in a name escaped.
 fn one_line(err: &wasmtime::Error) -> String {
-    err.chain()
+    let text = err
+        .chain()
         .map(|cause| cause.to_string())
         .filter(|text| !text.starts_with("error while executing at wasm backtrace"))
         .map(|text| text.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect::<Vec<_>>()
-        .join(": ")
+        .join(": ");
+    escape_controls(&text).into_owned()
 }
