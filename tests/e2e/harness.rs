@@ -13,6 +13,23 @@ pub use sandport_test_artifacts as plugins;
 /// Time any single expectation may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// More bytes than the kernel's buffers of a loopback connection hold (the sender's
+/// `tcp_wmem` maximum is 4 MiB by default, a [`Client::connect_with_small_window`]
+/// window a few KiB): of a send this big to a client that does not read, most stays
+/// in the host's send buffer (which must then be larger: see [`BIG_SEND_BUFFER`]).
+pub const MORE_THAN_THE_KERNEL_HOLDS: usize = 16 << 20;
+
+/// A `send-buffer` limit that takes [`MORE_THAN_THE_KERNEL_HOLDS`] and more.
+pub const BIG_SEND_BUFFER: usize = 32 << 20;
+
+/// `[listener.limits]` lines for a listener whose events send
+/// [`MORE_THAN_THE_KERNEL_HOLDS`] at once: a [`BIG_SEND_BUFFER`], and time for an
+/// innocent event that copies that much on a busy machine (the 100 ms default can
+/// be too little for it there).
+pub fn big_send_limits() -> String {
+    format!("send-buffer = {BIG_SEND_BUFFER}\nevent-timeout-ms = 1000\nevent-wall-timeout-ms = 5000")
+}
+
 /// The `sandport` binary under test.
 pub fn sandport() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sandport"));
@@ -175,8 +192,9 @@ impl Server {
         }
         let text = state.text.clone();
         drop(state);
-        let status = self.child.lock().unwrap().try_wait().unwrap();
-        let status = status.map_or_else(|| "its stderr closed".to_owned(), |s| s.to_string());
+        // Its stderr closed as it exited: the status follows at once.
+        let status = wait_until_exit(&mut self.child.lock().unwrap(), PATIENCE);
+        let status = status.map_or_else(|| "it closed its stderr".to_owned(), |s| s.to_string());
         panic!("sandport exited ({status}) while the test waited for {waiting_for}:\n{text}");
     }
 
@@ -508,19 +526,6 @@ impl Client {
             Ok(_) => (rest, End::Eof),
             Err(e) if e.kind() == ErrorKind::ConnectionReset => (rest, End::Reset),
             Err(e) => panic!("expected the server to close the connection: {e} (after {} bytes)", rest.len()),
-        }
-    }
-
-    /// Whether the server has ended the connection (end of stream or reset) with
-    /// nothing left to read before it; does not wait.
-    pub fn is_ended(&self) -> bool {
-        self.stream().set_nonblocking(true).unwrap();
-        let mut byte = [0u8; 1];
-        let peeked = self.stream().peek(&mut byte);
-        self.stream().set_nonblocking(false).unwrap();
-        match peeked {
-            Ok(n) => n == 0 && self.reader.buffer().is_empty(),
-            Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
         }
     }
 
