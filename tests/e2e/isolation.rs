@@ -23,9 +23,9 @@ use crate::neighbour::{
 };
 
 /// Limits for modes whose events do real work (20 000 timer calls, 8 MiB of log
-/// output, each a few ms): the event deadline is wall-clock time, and a machine starved
-/// by the rest of the suite could spend the default 100 ms on them.
-const GENEROUS_DEADLINE: &str = "[listener.limits]\nevent-timeout-ms = 1000";
+/// output, each a few ms): a machine starved by the rest of the suite could spend the
+/// default 100 ms on them, and more than the default 1 s wall-clock ceiling.
+const GENEROUS_DEADLINE: &str = "[listener.limits]\nevent-timeout-ms = 1000\nevent-wall-timeout-ms = 5000";
 
 /// The adversary fixture's listener table, named "adversary", in `mode`, with extra
 /// lines (keys such as `allow-connect`, or a `[listener.limits]` table).
@@ -61,11 +61,13 @@ fn a_spinning_plugin_is_interrupted_and_its_neighbour_keeps_echoing() {
 
 /// A plugin that allocates without end traps at its memory limit; the host's memory
 /// rises by no more than that limit, and goes back, as three bombs in a row show.
-/// (A generous event deadline: filling 32 MiB on a starved machine may take longer than
-/// the default 100 ms, which would stop the bomb for the other reason.)
+/// (Generous event deadlines: filling 32 MiB on a starved machine may take longer than
+/// the default 100 ms, or the 1 s wall-clock ceiling, which would stop the bomb for
+/// the other reason.)
 #[test]
 fn a_memory_bomb_stops_at_the_memory_limit() {
-    let offender = adversary("memory", "[listener.limits]\nmemory = \"32 MiB\"\nevent-timeout-ms = 5000");
+    let limits = "[listener.limits]\nmemory = \"32 MiB\"\nevent-timeout-ms = 5000\nevent-wall-timeout-ms = 10000";
+    let offender = adversary("memory", limits);
     let log = beside_a_busy_neighbour(&offender, |server| {
         for round in 1..=3 {
             let mut bomber = server.connect("adversary");
