@@ -1,4 +1,10 @@
 //! Runs the real `sandport` binary on free ports and talks to it over real sockets.
+//!
+//! It owns the server processes a test starts and the clients it connects. It never
+//! lets a server end unchecked (every one is stopped with SIGTERM and must exit as
+//! expected, without a panic), never takes a reset for a clean close, and never
+//! waits without a deadline: whatever breaks, a test fails with the server's log
+//! instead of passing or hanging.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
