@@ -377,7 +377,8 @@ pub fn wait_exit(child: &mut Child) -> ExitStatus {
 }
 
 /// Run `sandport` with `args` to completion; returns exit status, stdout, stderr.
-/// Fails the test (after killing it) if it runs longer than [`PATIENCE`].
+/// Fails the test if it panics, or (after killing it) if it runs longer than
+/// [`PATIENCE`].
 pub fn run_sandport<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (ExitStatus, String, String) {
     let mut child =
         sandport().args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
@@ -391,7 +392,9 @@ pub fn run_sandport<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (ExitStatus, Strin
     let stdout = slurp(Box::new(child.stdout.take().unwrap()));
     let stderr = slurp(Box::new(child.stderr.take().unwrap()));
     let status = wait_exit(&mut child);
-    (status, stdout.join().unwrap(), stderr.join().unwrap())
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    assert!(!stderr.lines().any(is_host_panic), "sandport {status} and panicked:\n{stderr}");
+    (status, stdout, stderr)
 }
 
 /// A config file in a fresh temporary folder, for commands that are expected to fail.
