@@ -189,9 +189,9 @@ impl Server {
         }
     }
 
-    /// Fail the test at once if the process is gone (it can no longer log what the
-    /// test waits for), with its exit status and log.
-    fn fail_if_dead(&self, waiting_for: &str) {
+    /// Fail the test at once if the process is gone (it can no longer do what the
+    /// test waits for), with its exit status and log: for a test's own waiting loops.
+    pub fn assert_alive(&self, waiting_for: &str) {
         let state = self.log.state.lock().unwrap();
         if !state.ended {
             return;
@@ -215,7 +215,7 @@ impl Server {
             if seen == count {
                 return;
             }
-            self.fail_if_dead(&format!("{count} times {needle:?} (seen {seen})"));
+            self.assert_alive(&format!("{count} times {needle:?} (seen {seen})"));
             assert!(Instant::now() < deadline, "{needle:?} occurs {seen} times, expected {count}:\n{text}");
             self.wait_log_change(&text, Duration::from_millis(100));
         }
@@ -230,7 +230,7 @@ impl Server {
             if let Some(line) = text.lines().find(|line| needles.iter().all(|n| line.contains(n))) {
                 return line.to_owned();
             }
-            self.fail_if_dead(&format!("a log line with {needles:?}"));
+            self.assert_alive(&format!("a log line with {needles:?}"));
             assert!(Instant::now() < deadline, "no log line with {needles:?} in:\n{text}");
             self.wait_log_change(&text, Duration::from_millis(100));
         }
@@ -244,7 +244,7 @@ impl Server {
     /// Resident memory of the server process, in bytes.
     pub fn rss(&self) -> u64 {
         let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid())) else {
-            self.fail_if_dead("its memory use");
+            self.assert_alive("its memory use");
             panic!("cannot read the memory use of sandport (pid {})", self.pid());
         };
         let kib: u64 = field_value(&status, "VmRSS:").unwrap();
