@@ -61,6 +61,7 @@ struct Log {
     grew: Condvar,
 }
 
+/// The text so far, and whether more can come.
 #[derive(Default)]
 struct LogState {
     text: String,
