@@ -1,9 +1,14 @@
 //! The command line: `check`, the `serve` shorthand, clear one-line errors for every
-//! kind of bad input, and a clean stop on SIGTERM.
+//! kind of bad input, and a clean stop on SIGTERM; and the harness's own promise that
+//! a server which dies, or ends otherwise than expected, fails its test.
 
 use std::net::TcpListener;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use crate::harness::{Server, config_file, listener, listener_at, plugins, run_sandport};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::harness::{Ending, Server, config_file, listener, listener_at, plugins, run_sandport};
 
 /// Run `sandport ARGS`, expect failure, and return the one `error:` line.
 fn fails(args: &[&str]) -> String {
@@ -145,4 +150,33 @@ fn sigterm_closes_every_connection_and_exits_zero() {
     }
     assert!(log.contains("stopped") && log.contains("open=3"), "{log}");
     assert!(a.until_eof().is_empty() && b.until_eof().is_empty() && e.until_eof().is_empty());
+}
+
+/// The text of a caught panic.
+fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
+    match panic.downcast::<String>() {
+        Ok(text) => *text,
+        Err(panic) => panic.downcast_ref::<&str>().map(|s| s.to_string()).unwrap_or_default(),
+    }
+}
+
+#[test]
+fn a_server_that_dies_fails_the_wait_at_once() {
+    let mut server = Server::start(&listener("echo", plugins::ECHO, ""));
+    kill(Pid::from_raw(server.pid() as i32), Signal::SIGKILL).unwrap();
+    server.expect_exit(Ending::Signal(Signal::SIGKILL as i32));
+    let waited = catch_unwind(AssertUnwindSafe(|| server.wait_for_log(&["a line that never comes"])));
+    let text = panic_text(waited.expect_err("the wait noticed nothing"));
+    // At once, with the log: not the timeout's message.
+    assert!(text.contains("sandport exited") && text.contains("signal: 9"), "{text}");
+    assert!(text.contains("listening"), "the failure shows the log: {text}");
+}
+
+#[test]
+fn a_server_that_ends_otherwise_than_expected_fails_its_test() {
+    let mut server = Server::start(&listener("echo", plugins::ECHO, ""));
+    server.expect_exit(Ending::Code(3));
+    let dropped = catch_unwind(AssertUnwindSafe(move || drop(server)));
+    let text = panic_text(dropped.expect_err("an exit code 0 where 3 was expected went unnoticed"));
+    assert!(text.contains("expected Code(3)") && text.contains("listener totals"), "{text}");
 }

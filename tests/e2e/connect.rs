@@ -4,9 +4,10 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::harness::{Client, Server, free_address, listener, plugins};
+use crate::close::watcher;
+use crate::harness::{Client, PATIENCE, Server, free_address, listener, plugins};
 
 /// A probe listener allowed to dial `allowed`, with extra TOML lines.
 fn probe(allowed: &[SocketAddr], extra: &str) -> Server {
@@ -40,6 +41,7 @@ fn dialed_upstream() -> (Server, Client, String, TcpStream) {
 #[test]
 fn dialed_connections_carry_bytes_both_ways() {
     let (server, mut c, id, accepted) = dialed_upstream();
+    let mut w = watcher(&server, "probe");
 
     let mut far = BufReader::new(accepted);
     far.get_mut().write_all(b"hello from upstream\n").unwrap();
@@ -53,16 +55,16 @@ fn dialed_connections_carry_bytes_both_ways() {
     // instance can read it.
     far.get_mut().write_all(b"bye").unwrap();
     let peek = format!("peek {id}");
-    let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
+    let deadline = Instant::now() + PATIENCE;
     while c.ask(&peek) != "peek bye" {
-        assert!(std::time::Instant::now() < deadline, "the partial line never showed");
+        assert!(Instant::now() < deadline, "the partial line never showed");
         std::thread::sleep(Duration::from_millis(10));
     }
 
     // The far side hangs up: the dialed connection ends with its CLOSE.
     drop(far);
     assert_eq!(c.line(), format!("from {id} bye"));
-    server.wait_for_log(&[&format!("closed {id} ")]);
+    assert_eq!(w.line(), format!("closed {id}"));
     assert_eq!(c.ask(&format!("send {id} anyone?")), "err closed");
     assert_eq!(c.ask(&peek), "err closed");
 
@@ -90,10 +92,11 @@ fn only_allowed_addresses_may_be_dialed() {
 fn a_refused_dial_reports_the_failure_then_closes() {
     let address = free_address();
     let server = probe(&[address], "");
+    let mut w = watcher(&server, "probe");
     let mut c = server.connect("probe");
     let id = dial(&mut c, address);
     assert_eq!(c.line(), format!("connect-failed {id} failed"));
-    server.wait_for_log(&[&format!("closed {id} ")]);
+    assert_eq!(w.line(), format!("closed {id}"));
     assert_eq!(c.ask("echo the dialer lives on"), "the dialer lives on");
 }
 
@@ -124,11 +127,14 @@ fn a_dial_that_never_answers_ends_at_the_idle_timeout() {
         (0..4).filter_map(|_| TcpStream::connect_timeout(&address, Duration::from_millis(200)).ok()).collect();
     assert!(!fillers.is_empty());
 
-    let server = probe(&[address], "[listener.limits]\nidle-timeout-ms = 300");
+    // A second: the client's 100 ms pauses keep far below it, even on a starved machine.
+    let server = probe(&[address], "[listener.limits]\nidle-timeout-ms = 1000");
     let mut c = server.connect("probe");
     let id = dial(&mut c, address);
     // The client keeps talking, so only the hanging dial goes idle.
+    let deadline = Instant::now() + PATIENCE;
     let outcome = loop {
+        assert!(Instant::now() < deadline, "the hanging dial never ended");
         std::thread::sleep(Duration::from_millis(100));
         match c.ask("echo tick").as_str() {
             "tick" => continue,

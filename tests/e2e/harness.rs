@@ -1,4 +1,10 @@
 //! Runs the real `sandport` binary on free ports and talks to it over real sockets.
+//!
+//! It owns the server processes a test starts and the clients it connects. It never
+//! lets a server end unchecked (every one is stopped with SIGTERM and must exit as
+//! expected, without a panic), never takes a reset for a clean close, and never
+//! waits without a deadline: whatever breaks, a test fails with the server's log
+//! instead of passing or hanging.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -12,6 +18,23 @@ pub use sandport_test_artifacts as plugins;
 
 /// Time any single expectation may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// More bytes than the kernel's buffers of a loopback connection hold (the sender's
+/// `tcp_wmem` maximum is 4 MiB by default, a [`Client::connect_with_small_window`]
+/// window a few KiB): of a send this big to a client that does not read, most stays
+/// in the host's send buffer (which must then be larger: see [`BIG_SEND_BUFFER`]).
+pub const MORE_THAN_THE_KERNEL_HOLDS: usize = 16 << 20;
+
+/// A `send-buffer` limit that takes [`MORE_THAN_THE_KERNEL_HOLDS`] and more.
+pub const BIG_SEND_BUFFER: usize = 32 << 20;
+
+/// `[listener.limits]` lines for a listener whose events send
+/// [`MORE_THAN_THE_KERNEL_HOLDS`] at once: a [`BIG_SEND_BUFFER`], and time for an
+/// innocent event that copies that much on a busy machine (the 100 ms default can
+/// be too little for it there).
+pub fn big_send_limits() -> String {
+    format!("send-buffer = {BIG_SEND_BUFFER}\nevent-timeout-ms = 1000\nevent-wall-timeout-ms = 5000")
+}
 
 /// The `sandport` binary under test.
 pub fn sandport() -> Command {
@@ -34,17 +57,47 @@ pub fn listener_at(name: &str, address: &str, plugin: &str, extra: &str) -> Stri
 /// Everything a server process wrote to stderr, shared with the thread reading it.
 #[derive(Default)]
 struct Log {
-    text: Mutex<String>,
+    state: Mutex<LogState>,
     grew: Condvar,
 }
 
-/// A running `sandport serve` process. Killed on drop.
+/// The text so far, and whether more can come.
+#[derive(Default)]
+struct LogState {
+    text: String,
+    /// Stderr reached its end: the process exited (sandport starts no children).
+    ended: bool,
+}
+
+/// How a server's process must end when its test is done with it. Whatever the
+/// ending, a panic of the host (a `thread '...' panicked at` line) fails the test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Stopped by SIGTERM with exit code 0: the default.
+    Clean,
+    /// Stopped by SIGTERM (or ended before) with this exit code.
+    Code(i32),
+    /// Killed by this signal before the test ended (the test sent it).
+    Signal(i32),
+}
+
+/// A running `sandport serve` process.
+///
+/// Whatever the test does, the server ends checked: [`Server::terminate`] or, when the
+/// test drops it, the drop sends SIGTERM, waits (at most [`PATIENCE`]) and fails the
+/// test, with the log, unless the process ended as [`Server::expect_exit`] says (exit
+/// code 0 by default) and never panicked. A server that dies while the test waits for
+/// its log fails the wait at once.
 pub struct Server {
-    child: Option<Child>,
+    child: Mutex<Child>,
+    pid: u32,
     addrs: HashMap<String, SocketAddr>,
     log: Arc<Log>,
     /// Copies stderr into `log`; finishes when the process exits.
     reader: Option<std::thread::JoinHandle<()>>,
+    ending: Ending,
+    /// The ending was checked already (by `terminate`): nothing left for the drop.
+    checked: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -71,13 +124,25 @@ impl Server {
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                let mut text = sink.text.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
+                let mut state = sink.state.lock().unwrap();
+                state.text.push_str(&line);
+                state.text.push('\n');
                 sink.grew.notify_all();
             }
+            sink.state.lock().unwrap().ended = true;
+            sink.grew.notify_all();
         });
-        let mut server = Server { child: Some(child), addrs: HashMap::new(), log, reader: Some(reader), _dir: dir };
+        let pid = child.id();
+        let mut server = Server {
+            child: Mutex::new(child),
+            pid,
+            addrs: HashMap::new(),
+            log,
+            reader: Some(reader),
+            ending: Ending::Clean,
+            checked: false,
+            _dir: dir,
+        };
         let deadline = Instant::now() + PATIENCE;
         while server.addrs.len() < listeners {
             let text = server.log();
@@ -86,13 +151,20 @@ impl Server {
                 .filter(|line| line.contains(" listening "))
                 .filter_map(|line| Some((field(line, "listener")?, field(line, "address")?.parse().ok()?)))
                 .collect();
-            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
+            if let Some(status) = server.child.lock().unwrap().try_wait().unwrap() {
+                server.checked = true;
                 panic!("sandport exited with {status} before listening:\n{text}");
             }
             assert!(Instant::now() < deadline, "sandport did not start listening:\n{text}");
             server.wait_log_change(&text, Duration::from_millis(100));
         }
         server
+    }
+
+    /// Say how this server's process must end instead of the default, exit code 0 on
+    /// SIGTERM: for a test that stops or kills it in another way.
+    pub fn expect_exit(&mut self, ending: Ending) {
+        self.ending = ending;
     }
 
     /// The bound address of a listener.
@@ -107,17 +179,34 @@ impl Server {
 
     /// The server's log so far.
     pub fn log(&self) -> String {
-        self.log.text.lock().unwrap().clone()
+        self.log.state.lock().unwrap().text.clone()
     }
 
+    /// Wait up to `wait` for the log to grow past `seen` (or the process to end).
     fn wait_log_change(&self, seen: &str, wait: Duration) {
-        let text = self.log.text.lock().unwrap();
-        if text.len() == seen.len() {
-            drop(self.log.grew.wait_timeout(text, wait).unwrap());
+        let state = self.log.state.lock().unwrap();
+        if state.text.len() == seen.len() && !state.ended {
+            drop(self.log.grew.wait_timeout(state, wait).unwrap());
         }
     }
 
-    /// Wait until `needle` occurs `count` times in the log; fails if it occurs more.
+    /// Fail the test at once if the process is gone (it can no longer do what the
+    /// test waits for), with its exit status and log: for a test's own waiting loops.
+    pub fn assert_alive(&self, waiting_for: &str) {
+        let state = self.log.state.lock().unwrap();
+        if !state.ended {
+            return;
+        }
+        let text = state.text.clone();
+        drop(state);
+        // Its stderr closed as it exited: the status follows at once.
+        let status = wait_until_exit(&mut self.child.lock().unwrap(), PATIENCE);
+        let status = status.map_or_else(|| "it closed its stderr".to_owned(), |s| s.to_string());
+        panic!("sandport exited ({status}) while the test waited for {waiting_for}:\n{text}");
+    }
+
+    /// Wait until `needle` occurs `count` times in the log; fails if it occurs more, or
+    /// if the process dies first.
     pub fn wait_for_count(&self, needle: &str, count: usize) {
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -127,12 +216,14 @@ impl Server {
             if seen == count {
                 return;
             }
+            self.assert_alive(&format!("{count} times {needle:?} (seen {seen})"));
             assert!(Instant::now() < deadline, "{needle:?} occurs {seen} times, expected {count}:\n{text}");
             self.wait_log_change(&text, Duration::from_millis(100));
         }
     }
 
     /// Wait until the log has a line containing every one of `needles`; returns it.
+    /// Fails if the process dies first.
     pub fn wait_for_log(&self, needles: &[&str]) -> String {
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -140,6 +231,7 @@ impl Server {
             if let Some(line) = text.lines().find(|line| needles.iter().all(|n| line.contains(n))) {
                 return line.to_owned();
             }
+            self.assert_alive(&format!("a log line with {needles:?}"));
             assert!(Instant::now() < deadline, "no log line with {needles:?} in:\n{text}");
             self.wait_log_change(&text, Duration::from_millis(100));
         }
@@ -147,52 +239,163 @@ impl Server {
 
     /// The process id, e.g. to read its memory use.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
+        self.pid
     }
 
     /// Resident memory of the server process, in bytes.
     pub fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid())) else {
+            self.assert_alive("its memory use");
+            panic!("cannot read the memory use of sandport (pid {})", self.pid());
+        };
         let kib: u64 = field_value(&status, "VmRSS:").unwrap();
         kib * 1024
     }
 
-    /// Send SIGTERM and wait for the process to exit; returns its status and log.
+    /// Send SIGTERM, wait for the process to exit and check that it ended as expected
+    /// (exit code 0 unless [`Server::expect_exit`] said otherwise, and no panic);
+    /// returns its status and log.
     pub fn terminate(mut self) -> (ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let status = wait_exit(&mut child);
-        self.reader.take().unwrap().join().unwrap();
-        (status, self.log())
+        self.checked = true;
+        match self.finish() {
+            Ok(ended) => ended,
+            Err(why) => panic!("{why}"),
+        }
+    }
+
+    /// Stop the process (SIGTERM, unless it already exited), collect its whole log,
+    /// and check its ending. Kills it if SIGTERM does not stop it within [`PATIENCE`].
+    fn finish(&mut self) -> Result<(ExitStatus, String), String> {
+        let mut child = self.child.lock().unwrap();
+        let mut hung = false;
+        let status = match child.try_wait().unwrap() {
+            Some(status) => status,
+            None => {
+                let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+                match wait_until_exit(&mut child, PATIENCE) {
+                    Some(status) => status,
+                    None => {
+                        hung = true;
+                        let _ = child.kill();
+                        child.wait().unwrap()
+                    }
+                }
+            }
+        };
+        drop(child);
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        let log = self.log();
+        let problem = if hung {
+            Some(format!("sandport did not exit within {PATIENCE:?} of SIGTERM (killed)"))
+        } else if let Some(line) = log.lines().find(|l| is_host_panic(l)) {
+            Some(format!("sandport panicked: {line}"))
+        } else if !self.ended_as_expected(status) {
+            Some(format!("sandport ended with {status}, expected {:?}", self.ending))
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => Err(format!("{problem}; its log:\n{}", tail(&log))),
+            None => Ok((status, log)),
+        }
+    }
+
+    fn ended_as_expected(&self, status: ExitStatus) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        match self.ending {
+            Ending::Clean => status.code() == Some(0),
+            Ending::Code(code) => status.code() == Some(code),
+            Ending::Signal(signal) => status.signal() == Some(signal),
+        }
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if self.checked {
+            return;
+        }
+        self.checked = true;
+        let outcome = self.finish();
+        if std::thread::panicking() {
+            // The test failed already: show how the server ended and what it said,
+            // which often explains the failure, without a panic inside the unwinding.
+            match outcome {
+                Ok((status, log)) => eprintln!("sandport ended with {status}; its log:\n{}", tail(&log)),
+                Err(why) => eprintln!("{why}"),
+            }
+        } else if let Err(why) = outcome {
+            panic!("{why}");
         }
     }
 }
 
-/// Wait for a child to exit, failing the test if it takes longer than [`PATIENCE`].
-pub fn wait_exit(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + PATIENCE;
+/// Whether a line of a server's stderr is a panic message of the host's own. (Guest
+/// output is logged with a prefix, so a guest's panic never starts a line.)
+fn is_host_panic(line: &str) -> bool {
+    line.starts_with("thread '") && line.contains("' panicked at ")
+}
+
+/// The end of a log, short enough to read in a test failure.
+fn tail(log: &str) -> &str {
+    const MAX: usize = 256 << 10;
+    if log.len() <= MAX {
+        return log;
+    }
+    let mut start = log.len() - MAX;
+    while !log.is_char_boundary(start) {
+        start += 1;
+    }
+    &log[start..]
+}
+
+/// Wait up to `patience` for a child to exit; `None` if it is still running.
+fn wait_until_exit(child: &mut Child, patience: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + patience;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            return status;
+            return Some(status);
         }
-        assert!(Instant::now() < deadline, "process did not exit");
+        if Instant::now() >= deadline {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
+/// Wait for a child to exit, failing the test (after killing it) if it takes longer
+/// than [`PATIENCE`].
+pub fn wait_exit(child: &mut Child) -> ExitStatus {
+    if let Some(status) = wait_until_exit(child, PATIENCE) {
+        return status;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("process did not exit within {PATIENCE:?} (killed)");
+}
+
 /// Run `sandport` with `args` to completion; returns exit status, stdout, stderr.
+/// Fails the test if it panics, or (after killing it) if it runs longer than
+/// [`PATIENCE`].
 pub fn run_sandport<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (ExitStatus, String, String) {
-    let output = sandport().args(args).output().unwrap();
-    (output.status, String::from_utf8_lossy(&output.stdout).into(), String::from_utf8_lossy(&output.stderr).into())
+    let mut child =
+        sandport().args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let slurp = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            pipe.read_to_end(&mut bytes).unwrap();
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let stdout = slurp(Box::new(child.stdout.take().unwrap()));
+    let stderr = slurp(Box::new(child.stderr.take().unwrap()));
+    let status = wait_exit(&mut child);
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    assert!(!stderr.lines().any(is_host_panic), "sandport {status} and panicked:\n{stderr}");
+    (status, stdout, stderr)
 }
 
 /// A config file in a fresh temporary folder, for commands that are expected to fail.
@@ -215,8 +418,9 @@ pub fn totals<'a>(log: &'a str, name: &str) -> &'a str {
 }
 
 /// Wait until a writer's progress counter stops moving (the peer stopped taking
-/// bytes); returns where it stopped.
+/// bytes); returns where it stopped. Fails if it still moves after [`PATIENCE`].
 pub fn stalls_at(written: &std::sync::atomic::AtomicUsize) -> usize {
+    let deadline = Instant::now() + PATIENCE;
     let mut last = usize::MAX;
     loop {
         std::thread::sleep(Duration::from_millis(300));
@@ -224,6 +428,7 @@ pub fn stalls_at(written: &std::sync::atomic::AtomicUsize) -> usize {
         if now == last {
             return now;
         }
+        assert!(Instant::now() < deadline, "the writer never stalled ({now} bytes written)");
         last = now;
     }
 }
@@ -244,10 +449,33 @@ pub struct Client {
     reader: BufReader<TcpStream>,
 }
 
+/// How the server ended a connection, for a test that accepts either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// End of stream: the server closed (or shut down its sending side) cleanly.
+    Eof,
+    /// The connection was reset.
+    Reset,
+}
+
 impl Client {
     /// Connect to `addr`.
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).unwrap();
+        Client::from_stream(TcpStream::connect_timeout(&addr, PATIENCE).unwrap())
+    }
+
+    /// Connect to `addr` with a small receive buffer (a few KiB, set before the
+    /// handshake so that the advertised window is small too): bytes the server sends
+    /// and this client does not read stay in the server's send buffer.
+    pub fn connect_with_small_window(addr: SocketAddr) -> Client {
+        let domain = socket2::Domain::for_address(addr);
+        let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP)).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect_timeout(&addr.into(), PATIENCE).unwrap();
+        Client::from_stream(socket.into())
+    }
+
+    fn from_stream(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
         stream.set_write_timeout(Some(PATIENCE)).unwrap();
         stream.set_nodelay(true).unwrap();
@@ -290,15 +518,25 @@ impl Client {
         buf
     }
 
-    /// Read until the server closes; returns what arrived. A reset counts as closed.
+    /// Read until the server closes cleanly (end of stream); returns what arrived.
+    /// A reset fails the test: it can destroy bytes in flight, so it is not a clean
+    /// close. (A test that accepts one says so with [`Client::until_end`].)
     pub fn until_eof(&mut self) -> Vec<u8> {
-        let mut rest = Vec::new();
-        match self.reader.read_to_end(&mut rest) {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
-            Err(e) => panic!("expected the server to close the connection: {e}"),
-        }
+        let (rest, end) = self.until_end();
+        assert_eq!(end, End::Eof, "expected end of stream, got a reset after {} bytes", rest.len());
         rest
+    }
+
+    /// Read until the server ends the connection, by closing or by a reset; returns
+    /// what arrived and how it ended. Fails on a timeout.
+    pub fn until_end(&mut self) -> (Vec<u8>, End) {
+        let mut rest = Vec::new();
+        // On an error, what was read before it stays in `rest`.
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => (rest, End::Eof),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => (rest, End::Reset),
+            Err(e) => panic!("expected the server to close the connection: {e} (after {} bytes)", rest.len()),
+        }
     }
 
     /// Whether nothing arrives within `wait` (and the connection stays open).

@@ -2,8 +2,7 @@
 //! a fresh one per connection, dropped when its connections are gone, so a fault
 //! costs only that connection.
 
-use std::time::Duration;
-
+use crate::faults::EVENT_DEADLINES;
 use crate::harness::{Client, Server, listener, plugins};
 
 fn per_connection(limits: &str) -> Server {
@@ -33,14 +32,39 @@ fn per_connection_instances_cannot_name_each_other() {
     assert_eq!(b.line(), "hello");
 }
 
+/// Guest state: the probe's `count` is a counter of its instance. Per connection,
+/// each client counts alone, and a new client starts afresh; shared, they count
+/// together.
+#[test]
+fn per_connection_instances_keep_their_own_state() {
+    let server = per_connection("");
+    let mut a = server.connect("probe");
+    let mut b = server.connect("probe");
+    assert_eq!(a.ask("count"), "count 1");
+    assert_eq!(a.ask("count"), "count 2");
+    assert_eq!(b.ask("count"), "count 1", "b's instance does not see a's counter");
+    assert_eq!(a.ask("count"), "count 3");
+    drop(a);
+    assert_eq!(server.connect("probe").ask("count"), "count 1", "a new client gets a fresh instance");
+    assert_eq!(b.ask("count"), "count 2");
+
+    let shared = Server::start(&listener("probe", plugins::FIXTURE_PROBE, ""));
+    let mut a = shared.connect("probe");
+    let mut b = shared.connect("probe");
+    assert_eq!(a.ask("count"), "count 1");
+    assert_eq!(b.ask("count"), "count 2", "a shared instance counts for all its connections");
+    assert_eq!(a.ask("count"), "count 3");
+}
+
 #[test]
 fn a_trap_per_connection_closes_only_that_connection() {
     let server = per_connection("");
     let mut neighbour = server.connect("echo");
     let mut bystander = server.connect("probe");
+    assert_eq!(bystander.ask("count"), "count 1");
     assert_eq!(bystander.ask("timer 1 300"), "armed 1");
     let mut offender = server.connect("probe");
-    assert_eq!(offender.ask("echo ready"), "ready");
+    assert_eq!(offender.ask("count"), "count 1");
 
     offender.send_line("trap");
     assert!(offender.until_eof().is_empty());
@@ -48,7 +72,7 @@ fn a_trap_per_connection_closes_only_that_connection() {
     assert!(line.contains("trapped"), "{line}");
 
     assert_eq!(bystander.line(), "timer 1", "the bystander's instance and timers live on");
-    assert_eq!(bystander.ask("echo unharmed"), "unharmed");
+    assert_eq!(bystander.ask("count"), "count 2", "and so does its state");
     neighbour.write(b"ping");
     assert_eq!(neighbour.bytes(4), b"ping");
     assert_eq!(server.connect("probe").ask("echo next"), "next");
@@ -56,15 +80,16 @@ fn a_trap_per_connection_closes_only_that_connection() {
 
 #[test]
 fn a_runaway_loop_per_connection_costs_only_that_connection() {
-    let server = per_connection("event-timeout-ms = 50");
+    let server = per_connection("event-timeout-ms = 200");
     let mut bystander = server.connect("probe");
+    assert_eq!(bystander.ask("count"), "count 1");
     let mut offender = server.connect("probe");
     offender.send_line("spin");
     assert!(offender.until_eof().is_empty());
     let line = server.wait_for_log(&["handler failed", "orphaned=1"]);
-    assert!(line.contains("ran longer than its 50ms per event"), "{line}");
-    assert_eq!(bystander.ask("echo unharmed"), "unharmed");
-    server.wait_for_log(&["limit hit", "limit=event-timeout-ms"]);
+    assert!(EVENT_DEADLINES.iter().any(|limit| line.contains(limit)), "{line}");
+    assert_eq!(bystander.ask("count"), "count 2", "the bystander's instance lives on");
+    server.wait_for_log(&["limit hit", "listener=probe", "limit=event-"]);
 }
 
 #[test]
@@ -93,8 +118,10 @@ fn many_live_instances_at_once_stay_cheap() {
     }
     let grown = server.rss().saturating_sub(rss_before);
     assert!(grown < 200 << 20, "{CLIENTS} instances grew the server by {grown} bytes");
-    // Each has its own state: timers armed on one fire on that one only.
-    assert_eq!(clients[7].ask("timer 5 50"), "armed 5");
-    assert_eq!(clients[7].line(), "timer 5");
-    assert!(clients[8].quiet_for(Duration::from_millis(100)));
+    // Each has its own state: every one counts from 1, and counts alone.
+    for c in &mut clients {
+        assert_eq!(c.ask("count"), "count 1");
+    }
+    assert_eq!(clients[7].ask("count"), "count 2");
+    assert_eq!(clients[8].ask("count"), "count 2");
 }

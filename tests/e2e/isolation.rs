@@ -9,21 +9,23 @@
 //! no limit and sees no fault; the server's memory stays bounded; and the server stops
 //! cleanly on SIGTERM. Each test then checks the offender's documented outcome.
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::close::watcher;
+use crate::faults::EVENT_DEADLINES;
 use crate::harness::{Client, PATIENCE, free_address, listener, plugins, stalls_at, totals};
 use crate::neighbour::{
     StopOnDrop, beside_a_busy_neighbour, beside_a_busy_neighbour_at, conn_id, hits, is_warning, lines, names, number,
-    wait_for_lines,
 };
 
 /// Limits for modes whose events do real work (20 000 timer calls, 8 MiB of log
-/// output, each a few ms): the event deadline is wall-clock time, and a machine starved
-/// by the rest of the suite could spend the default 100 ms on them.
-const GENEROUS_DEADLINE: &str = "[listener.limits]\nevent-timeout-ms = 1000";
+/// output, each a few ms): a machine starved by the rest of the suite could spend the
+/// default 100 ms on them, and more than the default 1 s wall-clock ceiling.
+const GENEROUS_DEADLINE: &str = "[listener.limits]\nevent-timeout-ms = 1000\nevent-wall-timeout-ms = 5000";
 
 /// The adversary fixture's listener table, named "adversary", in `mode`, with extra
 /// lines (keys such as `allow-connect`, or a `[listener.limits]` table).
@@ -33,12 +35,13 @@ fn adversary(mode: &str, extra: &str) -> String {
 
 /// A plugin that loops forever in an event is interrupted at the event deadline: its
 /// connections close, each new connection gets a fresh instance (which spins again),
-/// and each interruption is one fault and one `event-timeout-ms` hit.
+/// and each interruption is one fault and one hit of a per-event time limit (the
+/// budget, or on a starved machine the wall-clock ceiling).
 #[test]
 fn a_spinning_plugin_is_interrupted_and_its_neighbour_keeps_echoing() {
-    let offender = adversary("spin", "[listener.limits]\nevent-timeout-ms = 50");
+    let offender = adversary("spin", "[listener.limits]\nevent-timeout-ms = 200");
     let log = beside_a_busy_neighbour(&offender, |server| {
-        for round in 1..=3 {
+        for _ in 1..=3 {
             let mut bystander = server.connect("adversary");
             let mut spinner = server.connect("adversary");
             let id = conn_id(server, "adversary", spinner.stream());
@@ -46,22 +49,25 @@ fn a_spinning_plugin_is_interrupted_and_its_neighbour_keeps_echoing() {
             assert!(spinner.until_eof().is_empty());
             assert!(bystander.until_eof().is_empty(), "the instance's other connection is closed too");
             let line = server.wait_for_log(&["handler failed", "listener=adversary", &format!("conn={id} ")]);
-            assert!(line.contains("ran longer than its 50ms per event") && line.contains("orphaned=2"), "{line}");
-            server.wait_for_count("limit=event-timeout-ms", round);
+            assert!(EVENT_DEADLINES.iter().any(|limit| line.contains(limit)), "{line}");
+            assert!(line.contains("orphaned=2"), "{line}");
+            server.wait_for_log(&["limit hit", "listener=adversary", "limit=event-", &format!("conn={id} ")]);
         }
     });
     let line = totals(&log, "adversary");
     assert!(line.contains("accepted=6") && line.contains("faults=3 orphaned=6"), "{line}");
-    assert_eq!(hits(line, "event-timeout-ms"), 3, "{line}");
+    assert_eq!(hits(line, "event-timeout-ms") + hits(line, "event-wall-timeout-ms"), 3, "{line}");
 }
 
 /// A plugin that allocates without end traps at its memory limit; the host's memory
 /// rises by no more than that limit, and goes back, as three bombs in a row show.
-/// (A generous event deadline: filling 32 MiB on a starved machine may take longer than
-/// the default 100 ms, which would stop the bomb for the other reason.)
+/// (Generous event deadlines: filling 32 MiB on a starved machine may take longer than
+/// the default 100 ms, or the 1 s wall-clock ceiling, which would stop the bomb for
+/// the other reason.)
 #[test]
 fn a_memory_bomb_stops_at_the_memory_limit() {
-    let offender = adversary("memory", "[listener.limits]\nmemory = \"32 MiB\"\nevent-timeout-ms = 5000");
+    let limits = "[listener.limits]\nmemory = \"32 MiB\"\nevent-timeout-ms = 5000\nevent-wall-timeout-ms = 10000";
+    let offender = adversary("memory", limits);
     let log = beside_a_busy_neighbour(&offender, |server| {
         for round in 1..=3 {
             let mut bomber = server.connect("adversary");
@@ -148,7 +154,9 @@ fn a_timer_hoarder_gets_max_timers_per_connection() {
 /// limit drops nearly all of them: the server's log gets a small fraction.
 #[test]
 fn a_log_flood_is_mostly_dropped() {
+    let mut seconds = 0.0;
     let log = beside_a_busy_neighbour(&adversary("log-flood", GENEROUS_DEADLINE), |server| {
+        let started = Instant::now();
         for n in 1..=2 {
             let mut flooder = server.connect("adversary");
             let id = conn_id(server, "adversary", flooder.stream());
@@ -157,11 +165,15 @@ fn a_log_flood_is_mostly_dropped() {
             assert!(names(&line, "adversary"), "{line}");
             server.wait_for_count("limit=log-rate", n);
         }
+        seconds = started.elapsed().as_secs_f64();
     });
     let (log_lines, stdout_lines) = ("l".repeat(1024), "p".repeat(1023));
     let kept = log.lines().filter(|l| l.contains(&log_lines) || l.contains(&stdout_lines)).count();
     assert!(kept > 0, "some of the output is logged");
-    assert!(kept < 256, "{kept} of 16384 lines of 1 KiB logged at 64 KiB/s");
+    // 64 lines a second, and a second's worth at once; a slow machine, taking longer
+    // over the floods, is allowed more.
+    let most = (64.0 * (seconds + 1.0)).ceil() as usize;
+    assert!(kept <= most, "{kept} of 16384 lines of 1 KiB logged at 64 KiB/s in {seconds:.1} s");
     assert!(!log.contains("handler failed"), "{log}");
     assert_eq!(hits(totals(&log, "adversary"), "log-rate"), 2);
 }
@@ -290,12 +302,14 @@ fn a_client_flooding_without_reading_is_paused() {
 }
 
 /// Slowloris: 50 connections trickle a byte every 100 ms, 50 send nothing, 100 more
-/// arrive on a listener that takes 100. The excess is refused at once, the silent ones
+/// arrive on a listener that takes 100, whose idle timeout is a second. The excess is refused at once, the silent ones
 /// are closed by the idle timeout, the tricklers are not, the listener accepts again once
 /// the silent ones are gone, and the neighbour, on another listener, never notices.
 #[test]
 fn slowloris_connections_are_refused_or_timed_out() {
-    let limits = "[listener.limits]\nidle-timeout-ms = 500\nmax-connections = 100";
+    // The tricklers' 100 ms pauses stay far below a second of idleness on a starved
+    // machine.
+    let limits = "[listener.limits]\nidle-timeout-ms = 1000\nmax-connections = 100";
     let log = beside_a_busy_neighbour(&listener("target", plugins::ECHO, limits), |server| {
         let target = server.addr("target");
         let mut slow: Vec<Client> = (0..50).map(|_| Client::connect(target)).collect();
@@ -343,30 +357,37 @@ fn slowloris_connections_are_refused_or_timed_out() {
     assert_eq!(number(line, "accepted"), 201 - refused, "{line}");
 }
 
-/// A client that sends a big payload and resets the connection (`SO_LINGER` 0) while
-/// the server writes its echo back, twenty times: each such connection is closed
-/// quietly, nothing is logged as a warning, and the listener keeps serving.
+/// A client that asks for a big answer and resets the connection (`SO_LINGER` 0) while
+/// the server writes it, twenty times: each such connection is closed quietly and its
+/// handler gets its CLOSE (a watching connection of the same probe instance hears of
+/// each), nothing is logged as a warning, and the listener keeps serving.
 #[test]
 fn clients_resetting_mid_write_are_closed_quietly() {
     const PAYLOAD: usize = 512 << 10;
-    let log = beside_a_busy_neighbour(&listener("target", plugins::ECHO, ""), |server| {
-        let payload: Vec<u8> = (0..PAYLOAD).map(|i| (i % 253) as u8).collect();
+    let log = beside_a_busy_neighbour(&listener("target", plugins::FIXTURE_PROBE, ""), |server| {
+        let mut w = watcher(server, "target");
+        let mut reset = HashSet::new();
         for _ in 0..20 {
             let mut c = Client::connect(server.addr("target"));
-            c.write(&payload);
-            assert_eq!(c.bytes(1000), payload[..1000], "the server is writing the echo back");
+            reset.insert(c.ask("id").strip_prefix("id ").unwrap().to_owned());
+            c.send_line(&format!("big {PAYLOAD}"));
+            assert!(c.bytes(1000).iter().all(|&b| b == b'x'), "the server is writing the answer");
             socket2::SockRef::from(c.stream()).set_linger(Some(Duration::ZERO)).unwrap();
             drop(c);
         }
-        wait_for_lines(server, "target", &[": closed"], 20);
+        let closed: HashSet<String> =
+            (0..20).map(|_| w.line().strip_prefix("closed ").map(str::to_owned).unwrap_or_default()).collect();
+        assert_eq!(closed, reset, "the guest got the CLOSE of every reset connection");
         let mut fresh = Client::connect(server.addr("target"));
-        fresh.write(&payload);
-        assert!(fresh.bytes(PAYLOAD) == payload, "a fresh connection gets its whole echo");
+        fresh.send_line(&format!("big {PAYLOAD}"));
+        let answer = fresh.bytes(PAYLOAD);
+        assert!(answer.iter().all(|&b| b == b'x'), "a fresh connection gets its whole answer");
+        assert_eq!(fresh.line(), format!("ok {}", (1 << 20) - PAYLOAD));
     });
     let alarms: Vec<&str> = log.lines().filter(|l| names(l, "target") && is_warning(l)).collect();
     assert!(alarms.is_empty(), "resets are not alarming:\n{}", alarms.join("\n"));
     let line = totals(&log, "target");
-    assert!(line.contains("accepted=21 dialed=0 refused=0 closed=21 faults=0 orphaned=0"), "{line}");
+    assert!(line.contains("accepted=22 dialed=0 refused=0 closed=22 faults=0 orphaned=0"), "{line}");
     let resets = lines(&log, "target", &[": closed on error"]).len();
     assert!(resets > 0, "the resets were seen as such:\n{log}");
 }
