@@ -173,18 +173,6 @@ pub fn lines<'a>(log: &'a str, name: &str, needles: &[&str]) -> Vec<&'a str> {
     log.lines().filter(|l| names(l, name) && needles.iter().all(|n| l.contains(n))).collect()
 }
 
-/// Wait until the server has logged `count` lines about `name` with every one of
-/// `needles`; fails if there are more.
-pub fn wait_for_lines(server: &Server, name: &str, needles: &[&str], count: usize) {
-    let mut seen = 0;
-    wait_until(&format!("{count} lines about {name} with {needles:?}"), || {
-        let log = server.log();
-        seen = lines(&log, name, needles).len();
-        assert!(seen <= count, "{seen} lines about {name} with {needles:?}, expected {count}:\n{log}");
-        seen == count
-    });
-}
-
 /// A number field (`key=N`) of a log line.
 pub fn number(line: &str, key: &str) -> u64 {
     let prefix = format!("{key}=");
@@ -204,6 +192,7 @@ pub fn conn_id(server: &Server, name: &str, stream: &TcpStream) -> String {
     let peer = format!("peer={}", stream.local_addr().unwrap());
     let mut id = None;
     wait_until(&format!("the accept of {peer} on {name}"), || {
+        server.assert_alive(&format!("the accept of {peer} on {name}"));
         let log = server.log();
         let line = lines(&log, name, &["accepted"]).into_iter().find(|l| l.split_whitespace().any(|w| w == peer));
         id = line.and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("conn=")).map(str::to_owned));
