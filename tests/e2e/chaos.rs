@@ -31,11 +31,11 @@ const OFFENCE: Duration = Duration::from_millis(2500);
 /// Clients driving the chaos listener at once.
 const CLIENTS: u64 = 6;
 
-/// The neighbour's slowest round trip allowed. A guest call may run up to the event
-/// deadline (100 ms of CPU by default) and the machine is shared, so a few hundred
-/// milliseconds can happen; a second means the loop was held far longer than any one
-/// event may take.
-const WORST_ROUND_TRIP: Duration = Duration::from_secs(1);
+/// The neighbour's slowest round trip allowed. One guest event may hold the loop up to
+/// its wall-clock ceiling (`event-wall-timeout-ms`, 1 s) on a starved machine, and on a
+/// busy 2-core machine round trips of half a second were seen with a well-behaved
+/// host; two seconds means the loop was held longer than any event may take.
+const WORST_ROUND_TRIP: Duration = Duration::from_secs(2);
 
 /// The chaos listener's limits, which bound what it can make the host hold.
 const MEMORY_MIB: u64 = 16;
@@ -118,19 +118,20 @@ fn check(aftermath: &Aftermath) -> String {
     assert!(panics.is_empty(), "the host panicked:\n{}", panics.join("\n"));
     let worst = aftermath.worst_round_trip;
     assert!(worst < WORST_ROUND_TRIP, "the neighbour's worst round trip took {worst:?}");
-    let unexplained: Vec<&str> = lines(log, "chaos", &["handler failed"])
-        .into_iter()
-        .filter(|l| !l.contains("sandport::guest") && !EXPECTED_FAULTS.iter().any(|reason| l.contains(reason)))
-        .collect();
+    let faults: Vec<&str> =
+        lines(log, "chaos", &["handler failed"]).into_iter().filter(|l| !l.contains("sandport::guest")).collect();
+    let unexplained: Vec<&str> =
+        faults.iter().copied().filter(|l| !EXPECTED_FAULTS.iter().any(|reason| l.contains(reason))).collect();
     assert!(unexplained.is_empty(), "faults of the chaos listener no limit explains:\n{}", unexplained.join("\n"));
     let forged: Vec<&str> = log.lines().filter(|l| l.contains("forged") && !l.contains("listener=chaos")).collect();
     assert!(forged.is_empty(), "the guest wrote lines of its own, untagged:\n{}", forged.join("\n"));
     let line = totals(log, "chaos");
     assert!(number(line, "accepted") > 0, "the chaos listener accepted nothing: {line}");
+    let by_limit = faults.iter().filter(|l| l.contains("limits.")).count();
     format!(
-        "accepted={} faults={} worst-round-trip={worst:?} log={} KiB",
+        "accepted={} faults={} (of which {by_limit} at a limit) worst-round-trip={worst:?} log={} KiB",
         number(line, "accepted"),
-        number(line, "faults"),
+        faults.len(),
         log.len() / 1024
     )
 }
