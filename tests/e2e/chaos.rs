@@ -76,10 +76,11 @@ fn random_guests_in_per_connection_instances_never_hurt_the_host() {
 fn chaos(seed: u64, mode: &str) {
     let started = Instant::now();
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut sent = 0;
         let aftermath = neighbourhood(&chaos_listener(seed, mode), "127.0.0.1:0", HEADROOM, |server| {
-            drive(server.addr("chaos"), seed)
+            sent = drive(server.addr("chaos"), seed);
         });
-        check(&aftermath)
+        format!("{} sent={} KiB", check(&aftermath), sent / 1024)
     }));
     match outcome {
         Ok(summary) => eprintln!("chaos seed {seed} {mode}: {summary} in {:?}", started.elapsed()),
@@ -136,21 +137,27 @@ fn check(aftermath: &Aftermath) -> String {
     )
 }
 
-/// [`CLIENTS`] clients of `addr` for [`OFFENCE`], each doing random things.
-fn drive(addr: SocketAddr, seed: u64) {
+/// [`CLIENTS`] clients of `addr` for [`OFFENCE`], each doing random things; returns
+/// the bytes they wrote.
+fn drive(addr: SocketAddr, seed: u64) -> u64 {
     let until = Instant::now() + OFFENCE;
     std::thread::scope(|s| {
-        for client in 0..CLIENTS {
-            s.spawn(move || random_client(addr, Rng(seed.wrapping_mul(1_000_003).wrapping_add(client)), until));
-        }
-    });
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|client| {
+                let rng = Rng(seed.wrapping_mul(1_000_003).wrapping_add(client));
+                s.spawn(move || random_client(addr, rng, until))
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).sum()
+    })
 }
 
 /// One client until `until`: connects, writes random bytes, reads whatever comes,
 /// half-closes, hangs up (with unread bytes, a reset), pauses; reconnects when the
 /// server closed it. Every step is bounded by a socket timeout; what arrives is not
-/// checked (the guest sends random bytes), only that the server keeps answering.
-fn random_client(addr: SocketAddr, mut rng: Rng, until: Instant) {
+/// checked (the guest sends random bytes). Returns the bytes it wrote.
+fn random_client(addr: SocketAddr, mut rng: Rng, until: Instant) -> u64 {
+    let mut sent = 0;
     let mut conn: Option<TcpStream> = None;
     let mut buf = vec![0u8; 64 * 1024];
     while Instant::now() < until {
@@ -173,7 +180,10 @@ fn random_client(addr: SocketAddr, mut rng: Rng, until: Instant) {
                 };
                 let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
                 match stream.write(&bytes) {
-                    Ok(_) => true,
+                    Ok(n) => {
+                        sent += n as u64;
+                        true
+                    }
                     Err(e) => matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
                 }
             }
@@ -193,6 +203,7 @@ fn random_client(addr: SocketAddr, mut rng: Rng, until: Instant) {
             conn = None;
         }
     }
+    sent
 }
 
 /// The seeds to run: `SANDPORT_CHAOS_SEEDS` (`N`, `A..B`, `A..=B` or `A,B,C`) or
