@@ -102,6 +102,11 @@ impl Mbuf {
     /// An empty needle is found at `from` when `from` is within the buffer.
     pub fn find(&self, needle: &[u8], from: usize) -> Option<usize> {
         let hay = self.as_slice().get(from..)?;
+        // A needle longer than the rest cannot match; searching would still cost time
+        // in its length, which a guest chooses.
+        if needle.len() > hay.len() {
+            return None;
+        }
         memchr::memmem::find(hay, needle).map(|at| at + from)
     }
 
@@ -222,6 +227,7 @@ mod tests {
         assert_eq!(buf.find(b"\n", 2), Some(3));
         assert_eq!(buf.find(b"\n", 4), None);
         assert_eq!(buf.find(b"\n", 99), None);
+        assert_eq!(buf.find(b"a\nb\nc and more", 0), None);
         buf.remove(2).unwrap();
         assert_eq!(buf.find(b"\n", 0), Some(1));
     }

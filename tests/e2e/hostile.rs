@@ -36,7 +36,7 @@ fn no_wasi_call_blocks_the_loop() {
         assert_eq!(client.ask("stdin"), "stdin closed");
         assert_eq!(client.ask("stdout-blocking 100000"), "wrote 100000");
         assert_eq!(client.ask("zeroes 4096"), "zeroes ok");
-        assert_eq!(client.ask("random 64"), "random 64");
+        assert_eq!(client.ask("random 262144"), "random 262144");
 
         // What would wait: a fault, at once.
         for (command, call) in [
@@ -52,9 +52,9 @@ fn no_wasi_call_blocks_the_loop() {
             let line = server.wait_for_log(&["handler failed", "listener=hostile", call]);
             assert!(line.contains("would wait") && line.contains("use set-timer"), "{line}");
         }
-        // Asking for more random bytes than the memory limit, or more zeroes than the
-        // stream takes, is refused the same way, before the host allocates them.
-        for (command, why) in [("random 99999999999", "exceeds limit"), ("zeroes 99999999", "check_write")] {
+        // Asking for more random bytes than the host makes at once, or more zeroes than
+        // the stream takes, is refused the same way, before the host allocates them.
+        for (command, why) in [("random 262145", "exceeds limit"), ("zeroes 99999999", "check_write")] {
             let mut greedy = server.connect("hostile");
             greedy.send_line(command);
             assert!(greedy.until_eof().is_empty());

@@ -8,7 +8,7 @@
 //! Everything a guest can make the host keep is capped per instance: owned `mbuf`
 //! views ([`MAX_VIEWS`]), WASI resources of any kind such as streams and pollables
 //! ([`MAX_RESOURCES`]), table elements ([`MAX_TABLE_ELEMENTS`]), the bytes of one
-//! random call (the memory limit), partial output lines (see `output`).
+//! random call ([`MAX_RANDOM`]), partial output lines (see `output`).
 
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
@@ -39,6 +39,10 @@ pub const MAX_VIEWS: usize = 1024;
 /// WASI resources (streams, pollables, errors) an instance may hold at once; beyond
 /// it the call that would make one traps.
 pub const MAX_RESOURCES: usize = 4096;
+
+/// Most bytes one WASI random call may ask for; more is a trap. Generating them is host
+/// work the event deadline cannot interrupt (64 MiB took 0.4 s), so it stays small.
+pub const MAX_RANDOM: u64 = 256 << 10;
 
 /// The guest's view of a receive buffer (the WIT `mbuf` resource).
 ///
@@ -93,7 +97,7 @@ impl GuestState {
             .stdin(ClosedInputStream)
             .stdout(GuestStream::new(log.clone(), Source::Stdout))
             .stderr(GuestStream::new(log.clone(), Source::Stderr))
-            .max_random_size(memory_limit as u64)
+            .max_random_size(MAX_RANDOM)
             .build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
