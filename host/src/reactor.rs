@@ -558,15 +558,21 @@ impl Reactor {
                 }
                 Err(err) => return self.close(key, Some(err)),
             }
+        } else if conn.can_discard() {
+            match conn.discard_in(READ_BUDGET) {
+                Ok(()) if conn.peer_closed => return self.close(key, None),
+                Ok(()) => {}
+                Err(err) => return self.close(key, Some(err)),
+            }
         }
         let conn = &mut self.core.conns[key];
-        let finished = match conn.phase {
-            Phase::Closing => true,
-            Phase::Draining => conn.tx.is_empty(),
-            Phase::Open => conn.is_spent(),
-        };
-        if finished {
-            return self.close(key, None);
+        match conn.phase {
+            Phase::Closing => return self.close(key, None),
+            // A peer that already sent EOF left nothing unread: no need to linger.
+            Phase::Draining if conn.tx.is_empty() && conn.peer_closed => return self.close(key, None),
+            Phase::Draining if conn.tx.is_empty() => return self.linger(key),
+            Phase::Open if conn.is_spent() => return self.close(key, None),
+            _ => {}
         }
         update_interest(self.poll.registry(), conn, key);
         if conn.has_io_pending() {
@@ -594,17 +600,49 @@ impl Reactor {
         let listener = conn.listener;
         let why = error.map(|err| format!(" on error: {err}")).unwrap_or_default();
         debug!(listener = %self.core.accounts[listener].spec.name, conn = %conn.id, peer = %conn.peer, "closed{why}");
-        self.core.disarm_all(key);
-        self.dispatch(key, Event::Close);
-        let conn = self.core.conns.remove(key);
-        if let Some(instance) = self.core.instances.get_mut(conn.instance)
-            && instance.conns.remove(&conn.id).is_some()
-        {
-            self.release_if_idle(conn.instance);
-        }
+        self.detach(key);
+        self.core.conns.remove(key);
         let account = &mut self.core.accounts[listener];
         account.open -= 1;
         account.counts.closed += 1;
+    }
+
+    /// A drained connection whose peer may still be sending: shut our write side (the
+    /// peer reads EOF after the last byte), hand the connection back from its handler
+    /// (CLOSE), and read and discard until the peer's EOF, an error or `linger-ms`.
+    /// It keeps its place in `max-connections` until it is really closed.
+    fn linger(&mut self, key: usize) {
+        let conn = &mut self.core.conns[key];
+        if conn.write_side != WriteSide::Shut {
+            if let Err(err) = conn.socket.shutdown(Shutdown::Write) {
+                return self.close(key, Some(err));
+            }
+            conn.write_side = WriteSide::Shut;
+        }
+        conn.phase = Phase::Lingering;
+        let linger = self.core.accounts[conn.listener].spec.limits.linger;
+        conn.idle_arming = self.core.timers.arm(Instant::now() + linger, key, conn.id, Alarm::Idle);
+        debug!(listener = %self.core.accounts[conn.listener].spec.name, conn = %conn.id, peer = %conn.peer, "lingering");
+        self.detach(key);
+        let conn = &mut self.core.conns[key];
+        conn.rx.clear();
+        update_interest(self.poll.registry(), conn, key);
+        self.core.enqueue(key);
+    }
+
+    /// The handler is done with a connection: deliver its CLOSE (if the handler still
+    /// serves it) and take it out of its instance's table, dropping a per-connection
+    /// instance left with nothing to serve.
+    fn detach(&mut self, key: usize) {
+        self.core.disarm_all(key);
+        self.dispatch(key, Event::Close);
+        let conn = &self.core.conns[key];
+        let (instance, id) = (conn.instance, conn.id);
+        if let Some(i) = self.core.instances.get_mut(instance)
+            && i.conns.remove(&id).is_some()
+        {
+            self.release_if_idle(instance);
+        }
     }
 
     /// Call the handler serving a connection with one of its events, if the
@@ -673,6 +711,10 @@ impl Reactor {
                     conn.timers.remove(&timer);
                     self.core.armed -= 1;
                     self.dispatch(due.key, Event::Timer(timer));
+                }
+                Alarm::Idle if conn.phase == Phase::Lingering => {
+                    self.core.hit(due.key, Limit::Linger);
+                    self.close(due.key, None);
                 }
                 Alarm::Idle => {
                     let idle_timeout = self.core.accounts[conn.listener].spec.limits.idle_timeout;
@@ -790,8 +832,9 @@ fn bind(address: SocketAddr) -> io::Result<TcpListener> {
 /// The [`Host`] a handler gets: the reactor's core, seen from one instance while it
 /// handles an event of connection `current`.
 ///
-/// A connection whose CLOSE is being delivered is already `Phase::Closing`: its
-/// receive buffer can still be read, but nothing can be sent to it.
+/// A connection whose CLOSE is being delivered is already `Phase::Closing` (or
+/// `Phase::Lingering`): its receive buffer can still be read, but nothing can be sent
+/// to it.
 struct Scope<'a> {
     core: &'a mut Core,
     instance: usize,
@@ -886,7 +929,7 @@ impl Host for Scope<'_> {
     fn close(&mut self, conn: ConnId, mode: CloseMode) -> Result<(), HostError> {
         let key = self.key(conn)?;
         let c = &mut self.core.conns[key];
-        if c.phase == Phase::Closing {
+        if matches!(c.phase, Phase::Closing | Phase::Lingering) {
             return Err(HostError::Closed);
         }
         c.phase = match mode {
