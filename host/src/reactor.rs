@@ -13,7 +13,16 @@
 //! instance shared by all its connections, or one per accepted connection
 //! ([`InstanceMode`]); a handler can name only its own instance's connections, and
 //! when it faults exactly those are closed. Every limit hit is logged once per
-//! connection and counted per listener ([`Stats`]).
+//! connection and counted per listener ([`Stats`]); the lines about a listener's
+//! connections (refusals, limit hits, faults) are rate-limited per listener, the counts
+//! are not.
+//!
+//! `close(after-send)` lingers: once the send buffer is out, the write side is shut,
+//! the handler gets its CLOSE, and what the peer still sends is read and discarded until
+//! its EOF or `linger-ms`, so unread input cannot turn the close into a reset. When
+//! accept runs out of descriptors, a spare one is given up to accept the waiting
+//! connection and close it at once, and a listener whose accept failed otherwise is
+//! retried when a connection closes or after [`ACCEPT_RETRY`].
 //!
 //! ```no_run
 //! use sandport::config::ListenerSpec;
@@ -54,8 +63,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{InstanceMode, Limit, ListenerSpec};
 use crate::connection::{Connection, Phase, WriteSide};
+use crate::descriptors::{self, Reserve};
 use crate::handler::{CloseMode, ConnId, Event, Fault, Handler, HandlerFactory, Host, HostError};
 use crate::mbuf::Mbuf;
+use crate::throttle::Throttle;
 use crate::timer::{Alarm, Due, Timers};
 
 /// Most bytes read from one socket per service, so one flooding peer cannot starve
@@ -69,6 +80,11 @@ const SERVICE_ROUNDS: usize = 8;
 
 /// Stale timer entries tolerated before the queue is compacted.
 const TIMER_SLACK: usize = 1024;
+
+/// How soon a listener whose accept failed (for want of memory or descriptors, with
+/// no spare to give up) tries again if no connection closes first. Readiness is
+/// edge-triggered: connections already waiting raise no new event by themselves.
+pub const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -102,6 +118,9 @@ pub struct Counts {
     /// Connections that hit each limit, indexed by [`Limit::index`]. A connection
     /// counts once per limit however often it hits it.
     pub limit_hits: [u64; Limit::ALL.len()],
+    /// Host log lines about the listener's connections (refusals, limit hits,
+    /// faults) left out by the rate limit. The events are counted above all the same.
+    pub suppressed: u64,
 }
 
 impl Counts {
@@ -117,6 +136,7 @@ impl Counts {
         self.closed += other.closed;
         self.faults += other.faults;
         self.orphaned += other.orphaned;
+        self.suppressed += other.suppressed;
         for (sum, n) in self.limit_hits.iter_mut().zip(other.limit_hits) {
             *sum += n;
         }
@@ -164,14 +184,31 @@ struct Listener {
     factory: Box<dyn HandlerFactory>,
     /// The instance serving every connection, in shared mode, once started.
     shared: Option<usize>,
+    /// Accept failed in a way readiness will not report again: try again at this
+    /// time, or as soon as a connection closes.
+    retry_at: Option<Instant>,
 }
 
 /// A listener's rules and books: what handlers' host calls are checked against.
 struct Account {
     spec: ListenerSpec,
-    /// Connections open now, accepted and dialed.
+    /// Connections open now, accepted and dialed (lingering ones included).
     open: usize,
     counts: Counts,
+    /// The rate limit on lines about its connections.
+    throttle: Throttle,
+}
+
+impl Account {
+    /// Whether a line about one of this listener's connections may be logged now;
+    /// if not, it is counted as suppressed.
+    fn may_log(&mut self) -> bool {
+        let admitted = self.throttle.admit(Instant::now());
+        if !admitted {
+            self.counts.suppressed += 1;
+        }
+        admitted
+    }
 }
 
 /// One handler instance and the connections it may name.
@@ -221,14 +258,16 @@ impl Core {
         }
         let account = &mut self.accounts[conn.listener];
         account.counts.limit_hits[limit.index()] += 1;
-        warn!(
-            listener = %account.spec.name,
-            conn = %conn.id,
-            peer = %conn.peer,
-            limit = %limit.key(),
-            "limit hit: {}",
-            limit.outcome()
-        );
+        if account.may_log() {
+            warn!(
+                listener = %account.spec.name,
+                conn = %conn.id,
+                peer = %conn.peer,
+                limit = %limit.key(),
+                "limit hit: {}",
+                limit.outcome()
+            );
+        }
     }
 
     /// Take `stream` into the reactor as a connection of `instance`, watched for
@@ -291,6 +330,11 @@ pub struct Reactor {
     core: Core,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
+    /// The descriptor given up when accept finds none left.
+    reserve: Reserve,
+    /// A connection closed (a descriptor freed) since listeners waiting to retry
+    /// their accept were last looked at.
+    freed: bool,
 }
 
 impl Reactor {
@@ -315,6 +359,8 @@ impl Reactor {
             },
             stop: Arc::new(AtomicBool::new(false)),
             waker,
+            reserve: Reserve::new(),
+            freed: false,
         })
     }
 
@@ -333,8 +379,14 @@ impl Reactor {
             next_poll: spec.poll_interval.map(|every| Instant::now() + every),
             factory,
             shared: None,
+            retry_at: None,
         });
-        self.core.accounts.push(Account { spec: spec.clone(), open: 0, counts: Counts::default() });
+        self.core.accounts.push(Account {
+            spec: spec.clone(),
+            open: 0,
+            counts: Counts::default(),
+            throttle: Throttle::new(Instant::now()),
+        });
         Ok(address)
     }
 
@@ -386,41 +438,63 @@ impl Reactor {
         let now = Instant::now();
         self.fire_timers(now);
         self.fire_polls(now);
+        self.retry_accepts(now);
+        self.report_suppressed(now);
         self.service_queue();
         Ok(())
     }
 
     /// How long the next poll may sleep: not at all with work queued, otherwise until
-    /// the next timer or POLL tick.
+    /// the next timer, POLL tick, accept retry or report of suppressed lines.
     fn timeout(&self) -> Option<Duration> {
         if !self.core.queue.is_empty() {
             return Some(Duration::ZERO);
         }
         let polls = self.listeners.iter().filter_map(|l| l.next_poll);
-        let next = self.core.timers.next_deadline().into_iter().chain(polls).min()?;
+        let retries = self.listeners.iter().filter_map(|l| l.retry_at);
+        let reports = self.core.accounts.iter().filter_map(|a| a.throttle.next_report());
+        let next = self.core.timers.next_deadline().into_iter().chain(polls).chain(retries).chain(reports).min()?;
         Some(next.saturating_duration_since(Instant::now()))
     }
 
+    /// Accept the connections waiting on listener `index` until none is left.
     fn accept(&mut self, index: usize) {
         loop {
             let Some(socket) = &self.listeners[index].socket else { return };
-            let account = &mut self.core.accounts[index];
             let (stream, peer) = match socket.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    warn!(listener = %account.spec.name, "accept failed: {e}");
-                    return;
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => continue,
+                Err(e) if descriptors::exhausted(&e) && self.reserve.release() => {
+                    // Free the spare to take the waiting connection and close it at
+                    // once: its peer is told, not left in the backlog.
+                    let shed = socket.accept().map(|(_, peer)| peer);
+                    self.reserve.restore();
+                    match shed {
+                        Ok(peer) => {
+                            let account = &mut self.core.accounts[index];
+                            account.counts.refused += 1;
+                            if account.may_log() {
+                                warn!(listener = %account.spec.name, %peer, "out of file descriptors ({e}): connection refused");
+                            }
+                            continue;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                        Err(e) => return self.starve(index, &e),
+                    }
                 }
+                Err(e) => return self.starve(index, &e),
             };
             // Over the limit: accept and close at once, so the peer learns right away
             // and the backlog never fills with connections nobody will serve.
+            let account = &mut self.core.accounts[index];
             if account.open >= account.spec.limits.max_connections {
-                account.counts.refused += 1;
-                account.counts.limit_hits[Limit::Connections.index()] += 1;
                 let limit = Limit::Connections;
-                warn!(listener = %account.spec.name, %peer, limit = %limit.key(), "limit hit: {}", limit.outcome());
+                account.counts.refused += 1;
+                account.counts.limit_hits[limit.index()] += 1;
+                if account.may_log() {
+                    warn!(listener = %account.spec.name, %peer, limit = %limit.key(), "limit hit: {}", limit.outcome());
+                }
                 continue;
             }
             let Some(instance) = self.instance_for(index) else {
@@ -437,9 +511,45 @@ impl Reactor {
                 Err(err) => {
                     let account = &mut self.core.accounts[index];
                     account.counts.refused += 1;
-                    warn!(listener = %account.spec.name, %peer, "cannot watch accepted connection: {err}");
+                    if account.may_log() {
+                        warn!(listener = %account.spec.name, %peer, "cannot watch accepted connection: {err}");
+                    }
                     self.release_if_idle(instance);
                 }
+            }
+        }
+    }
+
+    /// Accept on listener `index` failed with `err` and the connections waiting there
+    /// will raise no new readiness: try again when a connection closes, or after
+    /// [`ACCEPT_RETRY`].
+    fn starve(&mut self, index: usize, err: &io::Error) {
+        self.listeners[index].retry_at = Some(Instant::now() + ACCEPT_RETRY);
+        let account = &mut self.core.accounts[index];
+        if account.may_log() {
+            warn!(listener = %account.spec.name, "accept failed: {err}; retrying when a connection closes, or in {ACCEPT_RETRY:?}");
+        }
+    }
+
+    /// Accept again on the listeners whose accept failed, once a connection closed or
+    /// their retry is due.
+    fn retry_accepts(&mut self, now: Instant) {
+        let freed = std::mem::take(&mut self.freed);
+        for index in 0..self.listeners.len() {
+            if self.listeners[index].retry_at.is_some_and(|at| freed || at <= now) {
+                self.listeners[index].retry_at = None;
+                self.reserve.restore();
+                self.accept(index);
+            }
+        }
+    }
+
+    /// Log how many lines about each listener's connections the rate limit left out,
+    /// where that report is due.
+    fn report_suppressed(&mut self, now: Instant) {
+        for account in &mut self.core.accounts {
+            if let Some(n) = account.throttle.due_report(now) {
+                warn!(listener = %account.spec.name, suppressed = n, "host lines about connections suppressed by the rate limit");
             }
         }
     }
@@ -449,7 +559,7 @@ impl Reactor {
     /// reason is logged.
     fn instance_for(&mut self, index: usize) -> Option<usize> {
         let listener = &mut self.listeners[index];
-        let account = &self.core.accounts[index];
+        let account = &mut self.core.accounts[index];
         let shared = account.spec.instance == InstanceMode::Shared;
         if shared && let Some(instance) = listener.shared {
             return Some(instance);
@@ -463,14 +573,16 @@ impl Reactor {
                 });
                 if shared {
                     listener.shared = Some(instance);
-                    if account.counts.faults > 0 {
+                    if account.counts.faults > 0 && account.may_log() {
                         info!(listener = %account.spec.name, "plugin instance restarted");
                     }
                 }
                 Some(instance)
             }
             Err(fault) => {
-                error!(listener = %account.spec.name, "cannot start a handler, connection refused: {fault}");
+                if account.may_log() {
+                    error!(listener = %account.spec.name, "cannot start a handler, connection refused: {fault}");
+                }
                 None
             }
         }
@@ -605,6 +717,7 @@ impl Reactor {
         let account = &mut self.core.accounts[listener];
         account.open -= 1;
         account.counts.closed += 1;
+        self.freed = true;
     }
 
     /// A drained connection whose peer may still be sending: shut our write side (the
@@ -682,13 +795,15 @@ impl Reactor {
         let account = &mut self.core.accounts[listener];
         account.counts.faults += 1;
         account.counts.orphaned += conns.len() as u64;
-        error!(
-            listener = %account.spec.name,
-            conn = %self.core.conns[key].id,
-            orphaned = conns.len(),
-            "handler failed: {fault}; the {} connection(s) it held are closed, new connections get a fresh instance",
-            conns.len()
-        );
+        if account.may_log() {
+            error!(
+                listener = %account.spec.name,
+                conn = %self.core.conns[key].id,
+                orphaned = conns.len(),
+                "handler failed: {fault}; the {} connection(s) it held are closed, new connections get a fresh instance",
+                conns.len()
+            );
+        }
         for k in conns.into_values() {
             let conn = &mut self.core.conns[k];
             conn.attached = false;
@@ -768,12 +883,16 @@ impl Reactor {
             self.close(key, None);
         }
         let mut stats = Stats::default();
-        for account in &self.core.accounts {
+        for account in &mut self.core.accounts {
+            if let Some(n) = account.throttle.flush() {
+                warn!(listener = %account.spec.name, suppressed = n, "host lines about connections suppressed by the rate limit");
+            }
             let c = &account.counts;
             stats.total.add(c);
             stats.listeners.push((account.spec.name.clone(), c.clone()));
             info!(
                 listener = %account.spec.name,
+                suppressed = c.suppressed,
                 accepted = c.accepted,
                 dialed = c.dialed,
                 refused = c.refused,
