@@ -22,7 +22,7 @@
 //! its EOF or `linger-ms`, so unread input cannot turn the close into a reset. When
 //! accept runs out of descriptors, a spare one is given up to accept the waiting
 //! connection and close it at once, and a listener whose accept failed otherwise is
-//! retried when a connection closes or after [`ACCEPT_RETRY`].
+//! retried when a connection closes or after 100 ms (see `reactor/accept.rs`).
 //!
 //! ```no_run
 //! use sandport::config::ListenerSpec;
@@ -63,11 +63,13 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{InstanceMode, Limit, ListenerSpec};
 use crate::connection::{Connection, Phase, WriteSide};
-use crate::descriptors::{self, Reserve};
+use crate::descriptors::Reserve;
 use crate::handler::{CloseMode, ConnId, Event, Fault, Handler, HandlerFactory, Host, HostError};
 use crate::mbuf::Mbuf;
 use crate::throttle::Throttle;
 use crate::timer::{Alarm, Due, Timers};
+
+mod accept;
 
 /// Most bytes read from one socket per service, so one flooding peer cannot starve
 /// the others.
@@ -80,11 +82,6 @@ const SERVICE_ROUNDS: usize = 8;
 
 /// Stale timer entries tolerated before the queue is compacted.
 const TIMER_SLACK: usize = 1024;
-
-/// How soon a listener whose accept failed (for want of memory or descriptors, with
-/// no spare to give up) tries again if no connection closes first. Readiness is
-/// edge-triggered: connections already waiting raise no new event by themselves.
-pub const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -457,133 +454,12 @@ impl Reactor {
         Some(next.saturating_duration_since(Instant::now()))
     }
 
-    /// Accept the connections waiting on listener `index` until none is left.
-    fn accept(&mut self, index: usize) {
-        loop {
-            let Some(socket) = &self.listeners[index].socket else { return };
-            let (stream, peer) = match socket.accept() {
-                Ok(accepted) => accepted,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => continue,
-                Err(e) if descriptors::exhausted(&e) && self.reserve.release() => {
-                    // Free the spare to take the waiting connection and close it at
-                    // once: its peer is told, not left in the backlog.
-                    let shed = socket.accept().map(|(_, peer)| peer);
-                    self.reserve.restore();
-                    match shed {
-                        Ok(peer) => {
-                            let account = &mut self.core.accounts[index];
-                            account.counts.refused += 1;
-                            if account.may_log() {
-                                warn!(listener = %account.spec.name, %peer, "out of file descriptors ({e}): connection refused");
-                            }
-                            continue;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                        Err(e) => return self.starve(index, &e),
-                    }
-                }
-                Err(e) => return self.starve(index, &e),
-            };
-            // Over the limit: accept and close at once, so the peer learns right away
-            // and the backlog never fills with connections nobody will serve.
-            let account = &mut self.core.accounts[index];
-            if account.open >= account.spec.limits.max_connections {
-                let limit = Limit::Connections;
-                account.counts.refused += 1;
-                account.counts.limit_hits[limit.index()] += 1;
-                if account.may_log() {
-                    warn!(listener = %account.spec.name, %peer, limit = %limit.key(), "limit hit: {}", limit.outcome());
-                }
-                continue;
-            }
-            let Some(instance) = self.instance_for(index) else {
-                self.core.accounts[index].counts.refused += 1;
-                continue;
-            };
-            match self.core.register(instance, stream, peer, false) {
-                Ok((key, id)) => {
-                    self.core.accounts[index].counts.accepted += 1;
-                    debug!(listener = %self.core.accounts[index].spec.name, conn = %id, %peer, "accepted");
-                    self.dispatch(key, Event::Accept(peer));
-                    self.core.enqueue(key);
-                }
-                Err(err) => {
-                    let account = &mut self.core.accounts[index];
-                    account.counts.refused += 1;
-                    if account.may_log() {
-                        warn!(listener = %account.spec.name, %peer, "cannot watch accepted connection: {err}");
-                    }
-                    self.release_if_idle(instance);
-                }
-            }
-        }
-    }
-
-    /// Accept on listener `index` failed with `err` and the connections waiting there
-    /// will raise no new readiness: try again when a connection closes, or after
-    /// [`ACCEPT_RETRY`].
-    fn starve(&mut self, index: usize, err: &io::Error) {
-        self.listeners[index].retry_at = Some(Instant::now() + ACCEPT_RETRY);
-        let account = &mut self.core.accounts[index];
-        if account.may_log() {
-            warn!(listener = %account.spec.name, "accept failed: {err}; retrying when a connection closes, or in {ACCEPT_RETRY:?}");
-        }
-    }
-
-    /// Accept again on the listeners whose accept failed, once a connection closed or
-    /// their retry is due.
-    fn retry_accepts(&mut self, now: Instant) {
-        let freed = std::mem::take(&mut self.freed);
-        for index in 0..self.listeners.len() {
-            if self.listeners[index].retry_at.is_some_and(|at| freed || at <= now) {
-                self.listeners[index].retry_at = None;
-                self.reserve.restore();
-                self.accept(index);
-            }
-        }
-    }
-
     /// Log how many lines about each listener's connections the rate limit left out,
     /// where that report is due.
     fn report_suppressed(&mut self, now: Instant) {
         for account in &mut self.core.accounts {
             if let Some(n) = account.throttle.due_report(now) {
                 warn!(listener = %account.spec.name, suppressed = n, "host lines about connections suppressed by the rate limit");
-            }
-        }
-    }
-
-    /// The instance that will serve a new connection of listener `index`: the shared
-    /// one (started if need be) or a fresh one. `None` if none could start; the
-    /// reason is logged.
-    fn instance_for(&mut self, index: usize) -> Option<usize> {
-        let listener = &mut self.listeners[index];
-        let account = &mut self.core.accounts[index];
-        let shared = account.spec.instance == InstanceMode::Shared;
-        if shared && let Some(instance) = listener.shared {
-            return Some(instance);
-        }
-        match listener.factory.new_handler() {
-            Ok(handler) => {
-                let instance = self.core.instances.insert(Instance {
-                    listener: index,
-                    handler: Some(handler),
-                    conns: HashMap::new(),
-                });
-                if shared {
-                    listener.shared = Some(instance);
-                    if account.counts.faults > 0 && account.may_log() {
-                        info!(listener = %account.spec.name, "plugin instance restarted");
-                    }
-                }
-                Some(instance)
-            }
-            Err(fault) => {
-                if account.may_log() {
-                    error!(listener = %account.spec.name, "cannot start a handler, connection refused: {fault}");
-                }
-                None
             }
         }
     }
