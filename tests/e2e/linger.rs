@@ -42,18 +42,19 @@ fn read_to_clean_eof(stream: &mut TcpStream, server: &Server) -> Vec<u8> {
     got
 }
 
-/// Upload garbage followed by `chunks` chunks of body, or until `stop` if `chunks` is
-/// `None`, then half-close. Returns how the upload ended: the bytes written and the
-/// error that cut it short, with when it came.
+/// Upload `head`, then a body of `chunks` chunks (endless if `None`) unless `stop` is
+/// raised first, then half-close. Returns how the upload ended: the body bytes written
+/// and the error that cut it short, with when it came.
 fn upload(
     mut stream: TcpStream,
+    head: &'static [u8],
     chunks: Option<usize>,
     stop: &'static AtomicBool,
 ) -> JoinHandle<(usize, Option<(std::io::Error, Instant)>)> {
     std::thread::spawn(move || {
         let body = vec![b'b'; CHUNK];
         let mut written = 0;
-        if let Err(err) = stream.write_all(GARBAGE) {
+        if let Err(err) = stream.write_all(head) {
             return (written, Some((err, Instant::now())));
         }
         while chunks.is_none_or(|n| written < n * CHUNK) && !stop.load(Ordering::SeqCst) {
@@ -77,7 +78,7 @@ fn an_upload_answered_early_gets_the_whole_answer_and_a_clean_eof() {
     let server = http_server("linger-ms = 60000");
     for round in 0..ROUNDS {
         let mut stream = connect(&server);
-        let uploader = upload(stream.try_clone().unwrap(), Some(CHUNKS), &NEVER);
+        let uploader = upload(stream.try_clone().unwrap(), GARBAGE, Some(CHUNKS), &NEVER);
         let answer = read_to_clean_eof(&mut stream, &server);
         assert_eq!(answer, BAD_REQUEST, "round {round}: {:?}", String::from_utf8_lossy(&answer));
         let (written, error) = uploader.join().unwrap();
@@ -99,7 +100,7 @@ fn a_peer_that_never_stops_sending_is_cut_off_at_linger_ms() {
     let server = http_server(&format!("linger-ms = {}", linger.as_millis()));
     let mut stream = connect(&server);
     let started = Instant::now();
-    let uploader = upload(stream.try_clone().unwrap(), None, &NEVER);
+    let uploader = upload(stream.try_clone().unwrap(), GARBAGE, None, &NEVER);
     let answer = read_to_clean_eof(&mut stream, &server);
     assert_eq!(answer, BAD_REQUEST);
     let (written, error) = uploader.join().unwrap();
@@ -129,7 +130,7 @@ fn a_lingering_connection_counts_toward_max_connections_but_blocks_nobody() {
 
     let mut lingering = connect(&server);
     let id = conn_id(&server, "http", &lingering);
-    let uploader = upload(lingering.try_clone().unwrap(), None, &STOP);
+    let uploader = upload(lingering.try_clone().unwrap(), GARBAGE, None, &STOP);
     assert_eq!(read_to_clean_eof(&mut lingering, &server), BAD_REQUEST);
 
     // While it lingers, a newcomer is served...
@@ -164,6 +165,32 @@ fn a_lingering_connection_counts_toward_max_connections_but_blocks_nobody() {
 /// Wait until the server logs the close of connection `id` of listener http.
 fn wait_for_close(server: &Server, id: &str) {
     server.wait_for_log(&["closed", "listener=http", &format!("conn={id} ")]);
+}
+
+/// The handler is done with a connection once its answer is out and the write side
+/// shut: its CLOSE comes then, while the socket goes on lingering.
+#[test]
+fn the_handler_gets_its_close_when_the_write_side_is_shut() {
+    static STOP: AtomicBool = AtomicBool::new(false);
+    let server = Server::start(&listener("probe", plugins::FIXTURE_PROBE, "[listener.limits]\nlinger-ms = 120000"));
+    let mut stream = TcpStream::connect(server.addr("probe")).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let id = conn_id(&server, "probe", &stream);
+    let uploader = upload(stream.try_clone().unwrap(), b"close-after bye\n", None, &STOP);
+    assert_eq!(read_to_clean_eof(&mut stream, &server), b"bye\n");
+
+    // The probe logs `closed <id>` when it gets its CLOSE.
+    server.wait_for_log(&["listener=probe", &format!("closed {}", id.trim_start_matches('#'))]);
+    let host_closed =
+        |log: &str| log.lines().any(|l| l.contains("closed listener=probe") && l.contains(&format!("conn={id} ")));
+    assert!(!host_closed(&server.log()), "the upload still goes on, yet the socket was closed\n{}", server.log());
+
+    STOP.store(true, Ordering::SeqCst);
+    let (written, error) = uploader.join().unwrap();
+    assert!(error.is_none(), "the upload failed after {written} bytes: {error:?}");
+    server.wait_for_log(&["closed listener=probe", &format!("conn={id} ")]);
+    let (status, log) = server.terminate();
+    assert!(status.success(), "sandport exited with {status}:\n{log}");
 }
 
 /// Wait until `stream` is accepted and served: an HTTP/1.1 request on it is answered
