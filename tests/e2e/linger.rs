@@ -139,7 +139,7 @@ fn a_lingering_connection_counts_toward_max_connections_but_blocks_nobody() {
     let answer = get(&mut served);
     assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"), "{:?}", String::from_utf8_lossy(&answer));
     drop(served);
-    wait_for_close(&server, &served_id);
+    wait_for_close(&server, "http", &served_id);
 
     // ...but the lingering socket still holds a slot: with the newcomer still open, a
     // third connection is refused at once.
@@ -153,7 +153,7 @@ fn a_lingering_connection_counts_toward_max_connections_but_blocks_nobody() {
     STOP.store(true, Ordering::SeqCst);
     let (written, error) = uploader.join().unwrap();
     assert!(error.is_none(), "the upload failed after {written} bytes: {error:?}");
-    wait_for_close(&server, &id);
+    wait_for_close(&server, "http", &id);
 
     let (status, log) = server.terminate();
     assert!(status.success(), "sandport exited with {status}:\n{log}");
@@ -162,9 +162,15 @@ fn a_lingering_connection_counts_toward_max_connections_but_blocks_nobody() {
     assert_eq!(hits(line, "linger-ms"), 0, "{line}");
 }
 
-/// Wait until the server logs the close of connection `id` of listener http.
-fn wait_for_close(server: &Server, id: &str) {
-    server.wait_for_log(&["closed", "listener=http", &format!("conn={id} ")]);
+/// What the host's line for the close of connection `id` of listener `name` holds.
+fn closed(name: &str, id: &str) -> [String; 2] {
+    [format!("closed listener={name} "), format!(" conn={id} ")]
+}
+
+/// Wait until the server logs the close of connection `id` of listener `name`.
+fn wait_for_close(server: &Server, name: &str, id: &str) {
+    let [what, which] = closed(name, id);
+    server.wait_for_log(&[&what, &which]);
 }
 
 /// The handler is done with a connection once its answer is out and the write side
@@ -181,14 +187,14 @@ fn the_handler_gets_its_close_when_the_write_side_is_shut() {
 
     // The probe logs `closed <id>` when it gets its CLOSE.
     server.wait_for_log(&["listener=probe", &format!("closed {}", id.trim_start_matches('#'))]);
-    let host_closed =
-        |log: &str| log.lines().any(|l| l.contains("closed listener=probe") && l.contains(&format!("conn={id} ")));
-    assert!(!host_closed(&server.log()), "the upload still goes on, yet the socket was closed\n{}", server.log());
+    let [what, which] = closed("probe", &id);
+    let lingering = !server.log().lines().any(|l| l.contains(&what) && l.contains(&which));
+    assert!(lingering, "the upload still goes on, yet the socket was closed\n{}", server.log());
 
     STOP.store(true, Ordering::SeqCst);
     let (written, error) = uploader.join().unwrap();
     assert!(error.is_none(), "the upload failed after {written} bytes: {error:?}");
-    server.wait_for_log(&["closed listener=probe", &format!("conn={id} ")]);
+    wait_for_close(&server, "probe", &id);
     let (status, log) = server.terminate();
     assert!(status.success(), "sandport exited with {status}:\n{log}");
 }
