@@ -6,7 +6,7 @@
 //! decides on its own to close: it reports what the socket said and the reactor acts.
 
 use std::collections::HashMap;
-use std::io::{self, ErrorKind};
+use std::io::{self, ErrorKind, Read};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -24,6 +24,11 @@ pub(crate) enum Phase {
     /// The handler asked to close after the send buffer drains: no more reading and
     /// no events until CLOSE.
     Draining,
+    /// Drained, our write side shut and CLOSE delivered, while the peer had not
+    /// finished sending: what still arrives is read and discarded until its EOF, an
+    /// error or `linger-ms`, so unread input cannot turn the close into a reset that
+    /// destroys the last bytes sent. No handler serves it any more.
+    Lingering,
     /// About to be closed and forgotten; only CLOSE remains.
     Closing,
 }
@@ -73,7 +78,8 @@ pub(crate) struct Connection {
     pub write_interest: bool,
     /// Armed handler timers: timer id -> arming number in the reactor's queue.
     pub timers: HashMap<u64, u64>,
-    /// The arming number of the idle check in the reactor's timer queue.
+    /// The arming number of the idle check in the reactor's timer queue; while
+    /// lingering, of the `linger-ms` deadline, which takes its place.
     pub idle_arming: u64,
     /// When a byte last moved either way (or the connection was made).
     pub last_active: Instant,
@@ -170,6 +176,30 @@ impl Connection {
         Ok(total)
     }
 
+    /// Read and throw away what the peer sends, until the socket would block, the peer
+    /// closed, or `budget` bytes went.
+    pub fn discard_in(&mut self, budget: usize) -> io::Result<()> {
+        let mut scratch = [0u8; 16 * 1024];
+        let mut total = 0;
+        while total < budget {
+            match self.socket.read(&mut scratch) {
+                Ok(0) => {
+                    self.peer_closed = true;
+                    self.readable = false;
+                    break;
+                }
+                Ok(n) => total += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Note that `moved` bytes went either way: the connection is not idle. (Once per
     /// read or write burst, not per system call: the clock is not free.)
     fn touch(&mut self, moved: usize) {
@@ -183,10 +213,15 @@ impl Connection {
         self.phase == Phase::Open && !self.connecting && self.readable && !self.peer_closed && self.rx.room() > 0
     }
 
+    /// Whether lingering could discard more bytes now.
+    pub fn can_discard(&self) -> bool {
+        self.phase == Phase::Lingering && self.readable
+    }
+
     /// Whether the socket still has work this connection could do right now.
     pub fn has_io_pending(&self) -> bool {
         let can_write = !self.connecting && self.writable && !self.tx.is_empty();
-        self.can_read() || can_write
+        self.can_read() || can_write || self.can_discard()
     }
 
     /// Whether nothing can move either way any more: the peer finished sending,

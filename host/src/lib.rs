@@ -12,9 +12,11 @@
 
 pub mod config;
 mod connection;
+mod descriptors;
 pub mod handler;
 pub mod mbuf;
 pub mod plugin;
 pub mod reactor;
 pub mod server;
+mod throttle;
 mod timer;

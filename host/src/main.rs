@@ -75,9 +75,11 @@ fn serve(config: Option<PathBuf>, listen: Vec<String>, plugin: Vec<PathBuf>) -> 
         }
         None => Config::from_pairs(&listen.into_iter().zip(plugin).collect::<Vec<_>>())?,
     };
+    // Caught from here on: a signal that comes while the server starts (it may
+    // already listen) waits for the signal thread instead of killing the process.
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
     let mut server = Server::new(&config)?;
     let stop = server.stop_handle();
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
     std::thread::Builder::new()
         .name("sandport-signals".into())
         .spawn(move || {

@@ -13,7 +13,16 @@
 //! instance shared by all its connections, or one per accepted connection
 //! ([`InstanceMode`]); a handler can name only its own instance's connections, and
 //! when it faults exactly those are closed. Every limit hit is logged once per
-//! connection and counted per listener ([`Stats`]).
+//! connection and counted per listener ([`Stats`]); the lines about a listener's
+//! connections (refusals, limit hits, faults) are rate-limited per listener, the counts
+//! are not.
+//!
+//! `close(after-send)` lingers: once the send buffer is out, the write side is shut,
+//! the handler gets its CLOSE, and what the peer still sends is read and discarded until
+//! its EOF or `linger-ms`, so unread input cannot turn the close into a reset. When
+//! accept runs out of descriptors, a spare one is given up to accept the waiting
+//! connection and close it at once, and a listener whose accept failed otherwise is
+//! retried when a connection closes or after 100 ms (see `reactor/accept.rs`).
 //!
 //! ```no_run
 //! use sandport::config::ListenerSpec;
@@ -54,9 +63,13 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{InstanceMode, Limit, ListenerSpec};
 use crate::connection::{Connection, Phase, WriteSide};
+use crate::descriptors::Reserve;
 use crate::handler::{CloseMode, ConnId, Event, Fault, Handler, HandlerFactory, Host, HostError};
 use crate::mbuf::Mbuf;
+use crate::throttle::Throttle;
 use crate::timer::{Alarm, Due, Timers};
+
+mod accept;
 
 /// Most bytes read from one socket per service, so one flooding peer cannot starve
 /// the others.
@@ -102,6 +115,9 @@ pub struct Counts {
     /// Connections that hit each limit, indexed by [`Limit::index`]. A connection
     /// counts once per limit however often it hits it.
     pub limit_hits: [u64; Limit::ALL.len()],
+    /// Host log lines about the listener's connections (refusals, limit hits,
+    /// faults) left out by the rate limit. The events are counted above all the same.
+    pub suppressed: u64,
 }
 
 impl Counts {
@@ -117,6 +133,7 @@ impl Counts {
         self.closed += other.closed;
         self.faults += other.faults;
         self.orphaned += other.orphaned;
+        self.suppressed += other.suppressed;
         for (sum, n) in self.limit_hits.iter_mut().zip(other.limit_hits) {
             *sum += n;
         }
@@ -164,14 +181,31 @@ struct Listener {
     factory: Box<dyn HandlerFactory>,
     /// The instance serving every connection, in shared mode, once started.
     shared: Option<usize>,
+    /// Accept failed in a way readiness will not report again: try again at this
+    /// time, or as soon as a connection closes.
+    retry_at: Option<Instant>,
 }
 
 /// A listener's rules and books: what handlers' host calls are checked against.
 struct Account {
     spec: ListenerSpec,
-    /// Connections open now, accepted and dialed.
+    /// Connections open now, accepted and dialed (lingering ones included).
     open: usize,
     counts: Counts,
+    /// The rate limit on lines about its connections.
+    throttle: Throttle,
+}
+
+impl Account {
+    /// Whether a line about one of this listener's connections may be logged now;
+    /// if not, it is counted as suppressed.
+    fn may_log(&mut self) -> bool {
+        let admitted = self.throttle.admit(Instant::now());
+        if !admitted {
+            self.counts.suppressed += 1;
+        }
+        admitted
+    }
 }
 
 /// One handler instance and the connections it may name.
@@ -221,14 +255,16 @@ impl Core {
         }
         let account = &mut self.accounts[conn.listener];
         account.counts.limit_hits[limit.index()] += 1;
-        warn!(
-            listener = %account.spec.name,
-            conn = %conn.id,
-            peer = %conn.peer,
-            limit = %limit.key(),
-            "limit hit: {}",
-            limit.outcome()
-        );
+        if account.may_log() {
+            warn!(
+                listener = %account.spec.name,
+                conn = %conn.id,
+                peer = %conn.peer,
+                limit = %limit.key(),
+                "limit hit: {}",
+                limit.outcome()
+            );
+        }
     }
 
     /// Take `stream` into the reactor as a connection of `instance`, watched for
@@ -291,6 +327,11 @@ pub struct Reactor {
     core: Core,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
+    /// The descriptor given up when accept finds none left.
+    reserve: Reserve,
+    /// A connection closed (a descriptor freed) since listeners waiting to retry
+    /// their accept were last looked at.
+    freed: bool,
 }
 
 impl Reactor {
@@ -315,6 +356,8 @@ impl Reactor {
             },
             stop: Arc::new(AtomicBool::new(false)),
             waker,
+            reserve: Reserve::new(),
+            freed: false,
         })
     }
 
@@ -333,8 +376,14 @@ impl Reactor {
             next_poll: spec.poll_interval.map(|every| Instant::now() + every),
             factory,
             shared: None,
+            retry_at: None,
         });
-        self.core.accounts.push(Account { spec: spec.clone(), open: 0, counts: Counts::default() });
+        self.core.accounts.push(Account {
+            spec: spec.clone(),
+            open: 0,
+            counts: Counts::default(),
+            throttle: Throttle::new(Instant::now()),
+        });
         Ok(address)
     }
 
@@ -386,92 +435,31 @@ impl Reactor {
         let now = Instant::now();
         self.fire_timers(now);
         self.fire_polls(now);
+        self.retry_accepts(now);
+        self.report_suppressed(now);
         self.service_queue();
         Ok(())
     }
 
     /// How long the next poll may sleep: not at all with work queued, otherwise until
-    /// the next timer or POLL tick.
+    /// the next timer, POLL tick, accept retry or report of suppressed lines.
     fn timeout(&self) -> Option<Duration> {
         if !self.core.queue.is_empty() {
             return Some(Duration::ZERO);
         }
         let polls = self.listeners.iter().filter_map(|l| l.next_poll);
-        let next = self.core.timers.next_deadline().into_iter().chain(polls).min()?;
+        let retries = self.listeners.iter().filter_map(|l| l.retry_at);
+        let reports = self.core.accounts.iter().filter_map(|a| a.throttle.next_report());
+        let next = self.core.timers.next_deadline().into_iter().chain(polls).chain(retries).chain(reports).min()?;
         Some(next.saturating_duration_since(Instant::now()))
     }
 
-    fn accept(&mut self, index: usize) {
-        loop {
-            let Some(socket) = &self.listeners[index].socket else { return };
-            let account = &mut self.core.accounts[index];
-            let (stream, peer) = match socket.accept() {
-                Ok(accepted) => accepted,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    warn!(listener = %account.spec.name, "accept failed: {e}");
-                    return;
-                }
-            };
-            // Over the limit: accept and close at once, so the peer learns right away
-            // and the backlog never fills with connections nobody will serve.
-            if account.open >= account.spec.limits.max_connections {
-                account.counts.refused += 1;
-                account.counts.limit_hits[Limit::Connections.index()] += 1;
-                let limit = Limit::Connections;
-                warn!(listener = %account.spec.name, %peer, limit = %limit.key(), "limit hit: {}", limit.outcome());
-                continue;
-            }
-            let Some(instance) = self.instance_for(index) else {
-                self.core.accounts[index].counts.refused += 1;
-                continue;
-            };
-            match self.core.register(instance, stream, peer, false) {
-                Ok((key, id)) => {
-                    self.core.accounts[index].counts.accepted += 1;
-                    debug!(listener = %self.core.accounts[index].spec.name, conn = %id, %peer, "accepted");
-                    self.dispatch(key, Event::Accept(peer));
-                    self.core.enqueue(key);
-                }
-                Err(err) => {
-                    let account = &mut self.core.accounts[index];
-                    account.counts.refused += 1;
-                    warn!(listener = %account.spec.name, %peer, "cannot watch accepted connection: {err}");
-                    self.release_if_idle(instance);
-                }
-            }
-        }
-    }
-
-    /// The instance that will serve a new connection of listener `index`: the shared
-    /// one (started if need be) or a fresh one. `None` if none could start; the
-    /// reason is logged.
-    fn instance_for(&mut self, index: usize) -> Option<usize> {
-        let listener = &mut self.listeners[index];
-        let account = &self.core.accounts[index];
-        let shared = account.spec.instance == InstanceMode::Shared;
-        if shared && let Some(instance) = listener.shared {
-            return Some(instance);
-        }
-        match listener.factory.new_handler() {
-            Ok(handler) => {
-                let instance = self.core.instances.insert(Instance {
-                    listener: index,
-                    handler: Some(handler),
-                    conns: HashMap::new(),
-                });
-                if shared {
-                    listener.shared = Some(instance);
-                    if account.counts.faults > 0 {
-                        info!(listener = %account.spec.name, "plugin instance restarted");
-                    }
-                }
-                Some(instance)
-            }
-            Err(fault) => {
-                error!(listener = %account.spec.name, "cannot start a handler, connection refused: {fault}");
-                None
+    /// Log how many lines about each listener's connections the rate limit left out,
+    /// where that report is due.
+    fn report_suppressed(&mut self, now: Instant) {
+        for account in &mut self.core.accounts {
+            if let Some(n) = account.throttle.due_report(now) {
+                warn!(listener = %account.spec.name, suppressed = n, "host lines about connections suppressed by the rate limit");
             }
         }
     }
@@ -558,15 +546,21 @@ impl Reactor {
                 }
                 Err(err) => return self.close(key, Some(err)),
             }
+        } else if conn.can_discard() {
+            match conn.discard_in(READ_BUDGET) {
+                Ok(()) if conn.peer_closed => return self.close(key, None),
+                Ok(()) => {}
+                Err(err) => return self.close(key, Some(err)),
+            }
         }
         let conn = &mut self.core.conns[key];
-        let finished = match conn.phase {
-            Phase::Closing => true,
-            Phase::Draining => conn.tx.is_empty(),
-            Phase::Open => conn.is_spent(),
-        };
-        if finished {
-            return self.close(key, None);
+        match conn.phase {
+            Phase::Closing => return self.close(key, None),
+            // A peer that already sent EOF left nothing unread: no need to linger.
+            Phase::Draining if conn.tx.is_empty() && conn.peer_closed => return self.close(key, None),
+            Phase::Draining if conn.tx.is_empty() => return self.linger(key),
+            Phase::Open if conn.is_spent() => return self.close(key, None),
+            _ => {}
         }
         update_interest(self.poll.registry(), conn, key);
         if conn.has_io_pending() {
@@ -594,17 +588,50 @@ impl Reactor {
         let listener = conn.listener;
         let why = error.map(|err| format!(" on error: {err}")).unwrap_or_default();
         debug!(listener = %self.core.accounts[listener].spec.name, conn = %conn.id, peer = %conn.peer, "closed{why}");
-        self.core.disarm_all(key);
-        self.dispatch(key, Event::Close);
-        let conn = self.core.conns.remove(key);
-        if let Some(instance) = self.core.instances.get_mut(conn.instance)
-            && instance.conns.remove(&conn.id).is_some()
-        {
-            self.release_if_idle(conn.instance);
-        }
+        self.detach(key);
+        self.core.conns.remove(key);
         let account = &mut self.core.accounts[listener];
         account.open -= 1;
         account.counts.closed += 1;
+        self.freed = true;
+    }
+
+    /// A drained connection whose peer may still be sending: shut our write side (the
+    /// peer reads EOF after the last byte), hand the connection back from its handler
+    /// (CLOSE), and read and discard until the peer's EOF, an error or `linger-ms`.
+    /// It keeps its place in `max-connections` until it is really closed.
+    fn linger(&mut self, key: usize) {
+        let conn = &mut self.core.conns[key];
+        if conn.write_side != WriteSide::Shut {
+            if let Err(err) = conn.socket.shutdown(Shutdown::Write) {
+                return self.close(key, Some(err));
+            }
+            conn.write_side = WriteSide::Shut;
+        }
+        conn.phase = Phase::Lingering;
+        let linger = self.core.accounts[conn.listener].spec.limits.linger;
+        conn.idle_arming = self.core.timers.arm(Instant::now() + linger, key, conn.id, Alarm::Idle);
+        debug!(listener = %self.core.accounts[conn.listener].spec.name, conn = %conn.id, peer = %conn.peer, "lingering");
+        self.detach(key);
+        let conn = &mut self.core.conns[key];
+        conn.rx.clear();
+        update_interest(self.poll.registry(), conn, key);
+        self.core.enqueue(key);
+    }
+
+    /// The handler is done with a connection: deliver its CLOSE (if the handler still
+    /// serves it) and take it out of its instance's table, dropping a per-connection
+    /// instance left with nothing to serve.
+    fn detach(&mut self, key: usize) {
+        self.core.disarm_all(key);
+        self.dispatch(key, Event::Close);
+        let conn = &self.core.conns[key];
+        let (instance, id) = (conn.instance, conn.id);
+        if let Some(i) = self.core.instances.get_mut(instance)
+            && i.conns.remove(&id).is_some()
+        {
+            self.release_if_idle(instance);
+        }
     }
 
     /// Call the handler serving a connection with one of its events, if the
@@ -644,13 +671,15 @@ impl Reactor {
         let account = &mut self.core.accounts[listener];
         account.counts.faults += 1;
         account.counts.orphaned += conns.len() as u64;
-        error!(
-            listener = %account.spec.name,
-            conn = %self.core.conns[key].id,
-            orphaned = conns.len(),
-            "handler failed: {fault}; the {} connection(s) it held are closed, new connections get a fresh instance",
-            conns.len()
-        );
+        if account.may_log() {
+            error!(
+                listener = %account.spec.name,
+                conn = %self.core.conns[key].id,
+                orphaned = conns.len(),
+                "handler failed: {fault}; the {} connection(s) it held are closed, new connections get a fresh instance",
+                conns.len()
+            );
+        }
         for k in conns.into_values() {
             let conn = &mut self.core.conns[k];
             conn.attached = false;
@@ -673,6 +702,10 @@ impl Reactor {
                     conn.timers.remove(&timer);
                     self.core.armed -= 1;
                     self.dispatch(due.key, Event::Timer(timer));
+                }
+                Alarm::Idle if conn.phase == Phase::Lingering => {
+                    self.core.hit(due.key, Limit::Linger);
+                    self.close(due.key, None);
                 }
                 Alarm::Idle => {
                     let idle_timeout = self.core.accounts[conn.listener].spec.limits.idle_timeout;
@@ -726,12 +759,16 @@ impl Reactor {
             self.close(key, None);
         }
         let mut stats = Stats::default();
-        for account in &self.core.accounts {
+        for account in &mut self.core.accounts {
+            if let Some(n) = account.throttle.flush() {
+                warn!(listener = %account.spec.name, suppressed = n, "host lines about connections suppressed by the rate limit");
+            }
             let c = &account.counts;
             stats.total.add(c);
             stats.listeners.push((account.spec.name.clone(), c.clone()));
             info!(
                 listener = %account.spec.name,
+                suppressed = c.suppressed,
                 accepted = c.accepted,
                 dialed = c.dialed,
                 refused = c.refused,
@@ -790,8 +827,9 @@ fn bind(address: SocketAddr) -> io::Result<TcpListener> {
 /// The [`Host`] a handler gets: the reactor's core, seen from one instance while it
 /// handles an event of connection `current`.
 ///
-/// A connection whose CLOSE is being delivered is already `Phase::Closing`: its
-/// receive buffer can still be read, but nothing can be sent to it.
+/// A connection whose CLOSE is being delivered is already `Phase::Closing` (or
+/// `Phase::Lingering`): its receive buffer can still be read, but nothing can be sent
+/// to it.
 struct Scope<'a> {
     core: &'a mut Core,
     instance: usize,
@@ -886,7 +924,7 @@ impl Host for Scope<'_> {
     fn close(&mut self, conn: ConnId, mode: CloseMode) -> Result<(), HostError> {
         let key = self.key(conn)?;
         let c = &mut self.core.conns[key];
-        if c.phase == Phase::Closing {
+        if matches!(c.phase, Phase::Closing | Phase::Lingering) {
             return Err(HostError::Closed);
         }
         c.phase = match mode {

@@ -5,16 +5,25 @@
 //! plugin or a busy port is reported before anything serves, and then hands over to
 //! the [`Reactor`]. Listeners with shared instances use an on-demand engine;
 //! listeners with an instance per connection share a pooled one, sized from their
-//! `max-connections` and `memory` limits.
+//! `max-connections` and `memory` limits. It also lifts the soft limit on open
+//! descriptors to the hard one, and says what that lets the listeners hold.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use tracing::{info, warn};
+
 use crate::config::{Config, InstanceMode};
+use crate::descriptors;
 use crate::plugin::{Plugin, PluginError, Runtime};
 use crate::reactor::{Reactor, Stats, StopHandle};
+
+/// Descriptors the server holds besides its listeners and connections: stdio, the
+/// poll instance and its waker, the spare kept for when descriptors run out, and
+/// those of wasmtime and the signal thread (13 measured, with room to spare).
+const OWN_DESCRIPTORS: u64 = 32;
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +70,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Compile every listener's plugin (each file once per engine), check that an
-    /// instance starts, then bind every listener.
+    /// Raise the descriptor limit, compile every listener's plugin (each file once
+    /// per engine), check that an instance starts, then bind every listener.
     pub fn new(config: &Config) -> Result<Server, ServerError> {
+        check_descriptors(config);
         let shared = Runtime::new().map_err(ServerError::Runtime)?;
         let per_connection = config.listeners.iter().filter(|l| l.spec.instance == InstanceMode::PerConnection);
         let (slots, memory) = per_connection.fold((0usize, 0usize), |(slots, memory), l| {
@@ -120,5 +130,29 @@ impl Server {
     /// Serve until stopped; every connection gets its CLOSE before this returns.
     pub fn run(&mut self) -> io::Result<Stats> {
         self.reactor.run()
+    }
+}
+
+/// Lift the soft limit on open descriptors to the hard one, log how many connections
+/// that leaves room for, and warn when the listeners' `max-connections` add up to
+/// more: past the limit, connections are accepted and closed at once.
+fn check_descriptors(config: &Config) {
+    let limit = match descriptors::raise_limit() {
+        Ok(limit) => limit,
+        Err(err) => return warn!("cannot raise the limit on open descriptors: {err}"),
+    };
+    let listeners = config.listeners.len() as u64;
+    let room = limit.saturating_sub(OWN_DESCRIPTORS + listeners);
+    let wanted: u64 = config.listeners.iter().map(|l| l.spec.limits.max_connections as u64).sum();
+    info!(limit, connections = room, "open descriptors: up to {limit}, room for {room} connections");
+    if wanted > room {
+        warn!(
+            limit,
+            connections = room,
+            max_connections = wanted,
+            "the listeners' max-connections add up to {wanted}, more than the {room} connections the descriptor \
+             limit leaves room for; past that, new connections are accepted and closed at once (raise the hard \
+             limit, e.g. LimitNOFILE= in a systemd unit)"
+        );
     }
 }

@@ -1,0 +1,147 @@
+//! Taking connections in: accepting on a listener until its backlog is empty,
+//! refusing beyond `max-connections`, starting the instance that will serve a
+//! connection, and what to do when accept fails.
+//!
+//! Readiness is edge-triggered, so a listener whose accept failed gets no new event
+//! for the connections already waiting. Out of descriptors (EMFILE, ENFILE), the
+//! reactor's spare descriptor is given up to accept each waiting connection and close
+//! it at once, so its peer is told; any other failure (or no spare to give) leaves the
+//! listener "starved", retried as soon as a connection closes or after
+//! [`ACCEPT_RETRY`]. Nothing here reads or writes a connection's bytes.
+
+use std::collections::HashMap;
+use std::io;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, warn};
+
+use super::{Instance, Reactor};
+use crate::config::{InstanceMode, Limit};
+use crate::descriptors;
+use crate::handler::Event;
+
+/// How soon a starved listener tries again if no connection closes first.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+impl Reactor {
+    /// Accept the connections waiting on listener `index` until none is left.
+    pub(super) fn accept(&mut self, index: usize) {
+        loop {
+            let Some(socket) = &self.listeners[index].socket else { return };
+            let (stream, peer) = match socket.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => continue,
+                Err(e) if descriptors::exhausted(&e) && self.reserve.release() => {
+                    // Free the spare to take the waiting connection and close it at
+                    // once: its peer is told, not left in the backlog.
+                    let shed = socket.accept().map(|(_, peer)| peer);
+                    self.reserve.restore();
+                    match shed {
+                        Ok(peer) => {
+                            let account = &mut self.core.accounts[index];
+                            account.counts.refused += 1;
+                            if account.may_log() {
+                                warn!(listener = %account.spec.name, %peer, "out of file descriptors ({e}): connection refused");
+                            }
+                            continue;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                        Err(e) => return self.starve(index, &e),
+                    }
+                }
+                Err(e) => return self.starve(index, &e),
+            };
+            // Over the limit: accept and close at once, so the peer learns right away
+            // and the backlog never fills with connections nobody will serve.
+            let account = &mut self.core.accounts[index];
+            if account.open >= account.spec.limits.max_connections {
+                let limit = Limit::Connections;
+                account.counts.refused += 1;
+                account.counts.limit_hits[limit.index()] += 1;
+                if account.may_log() {
+                    warn!(listener = %account.spec.name, %peer, limit = %limit.key(), "limit hit: {}", limit.outcome());
+                }
+                continue;
+            }
+            let Some(instance) = self.instance_for(index) else {
+                self.core.accounts[index].counts.refused += 1;
+                continue;
+            };
+            match self.core.register(instance, stream, peer, false) {
+                Ok((key, id)) => {
+                    self.core.accounts[index].counts.accepted += 1;
+                    debug!(listener = %self.core.accounts[index].spec.name, conn = %id, %peer, "accepted");
+                    self.dispatch(key, Event::Accept(peer));
+                    self.core.enqueue(key);
+                }
+                Err(err) => {
+                    let account = &mut self.core.accounts[index];
+                    account.counts.refused += 1;
+                    if account.may_log() {
+                        warn!(listener = %account.spec.name, %peer, "cannot watch accepted connection: {err}");
+                    }
+                    self.release_if_idle(instance);
+                }
+            }
+        }
+    }
+
+    /// Accept on listener `index` failed with `err` and the connections waiting there
+    /// will raise no new readiness: try again when a connection closes, or after
+    /// [`ACCEPT_RETRY`].
+    fn starve(&mut self, index: usize, err: &io::Error) {
+        self.listeners[index].retry_at = Some(Instant::now() + ACCEPT_RETRY);
+        let account = &mut self.core.accounts[index];
+        if account.may_log() {
+            warn!(listener = %account.spec.name, "accept failed: {err}; retrying when a connection closes, or in {ACCEPT_RETRY:?}");
+        }
+    }
+
+    /// Accept again on the listeners whose accept failed, once a connection closed or
+    /// their retry is due.
+    pub(super) fn retry_accepts(&mut self, now: Instant) {
+        let freed = std::mem::take(&mut self.freed);
+        for index in 0..self.listeners.len() {
+            if self.listeners[index].retry_at.is_some_and(|at| freed || at <= now) {
+                self.listeners[index].retry_at = None;
+                self.reserve.restore();
+                self.accept(index);
+            }
+        }
+    }
+
+    /// The instance that will serve a new connection of listener `index`: the shared
+    /// one (started if need be) or a fresh one. `None` if none could start; the
+    /// reason is logged.
+    fn instance_for(&mut self, index: usize) -> Option<usize> {
+        let listener = &mut self.listeners[index];
+        let account = &mut self.core.accounts[index];
+        let shared = account.spec.instance == InstanceMode::Shared;
+        if shared && let Some(instance) = listener.shared {
+            return Some(instance);
+        }
+        match listener.factory.new_handler() {
+            Ok(handler) => {
+                let instance = self.core.instances.insert(Instance {
+                    listener: index,
+                    handler: Some(handler),
+                    conns: HashMap::new(),
+                });
+                if shared {
+                    listener.shared = Some(instance);
+                    if account.counts.faults > 0 && account.may_log() {
+                        info!(listener = %account.spec.name, "plugin instance restarted");
+                    }
+                }
+                Some(instance)
+            }
+            Err(fault) => {
+                if account.may_log() {
+                    error!(listener = %account.spec.name, "cannot start a handler, connection refused: {fault}");
+                }
+                None
+            }
+        }
+    }
+}
