@@ -52,7 +52,10 @@ pub enum Event {
 /// How [`Host::close`] ends a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseMode {
-    /// Stop reading, write out the send buffer, then close.
+    /// Stop reading, write out the send buffer, then close, lingering: the sending
+    /// side is shut once the buffer is out ([`Event::Close`] comes then), and what the
+    /// peer still sends is read and discarded for up to `linger-ms`, so unread input
+    /// does not turn the close into a reset.
     AfterSend,
     /// Close at once, discarding the send buffer.
     Now,

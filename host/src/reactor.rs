@@ -229,6 +229,8 @@ struct Core {
     /// Connections that need a service: I/O to do, a close to carry out.
     queue: Vec<usize>,
     next_id: u64,
+    /// The reactor is closing every connection to stop: no new one may be dialed.
+    stopping: bool,
 }
 
 impl Core {
@@ -353,6 +355,7 @@ impl Reactor {
                 armed: 0,
                 queue: Vec::new(),
                 next_id: 1,
+                stopping: false,
             },
             stop: Arc::new(AtomicBool::new(false)),
             waker,
@@ -749,10 +752,13 @@ impl Reactor {
                 let _ = self.poll.registry().deregister(&mut socket);
             }
         }
-        let keys: Vec<usize> = self.core.conns.iter().map(|(key, _)| key).collect();
-        let open = keys.len();
-        for key in keys {
-            let Some(conn) = self.core.conns.get_mut(key) else { continue };
+        let open = self.core.conns.len();
+        // A handler that dials while it handles its CLOSE is refused from here on (one
+        // that dialed on every CLOSE would never let go), so every connection there is
+        // gets its CLOSE and none is left behind.
+        self.core.stopping = true;
+        while let Some(key) = self.core.conns.iter().map(|(key, _)| key).next() {
+            let conn = &mut self.core.conns[key];
             if conn.phase != Phase::Closing && !conn.connecting {
                 let _ = conn.write_out();
             }
@@ -945,6 +951,9 @@ impl Host for Scope<'_> {
     }
 
     fn connect(&mut self, address: SocketAddr) -> Result<ConnId, HostError> {
+        if self.core.stopping {
+            return Err(HostError::Failed("the server is stopping".into()));
+        }
         let account = self.account();
         if !account.spec.allow_connect.contains(&address) {
             return Err(HostError::NotAllowed);

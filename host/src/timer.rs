@@ -19,7 +19,8 @@ use crate::handler::ConnId;
 pub(crate) enum Alarm {
     /// The handler's timer with this id.
     Handler(u64),
-    /// The connection's idle timeout (checked, and re-armed if bytes moved since).
+    /// The connection's idle timeout (checked, and re-armed if bytes moved since);
+    /// while the connection lingers after its close, the end of its `linger-ms`.
     Idle,
 }
 

@@ -10,18 +10,18 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::throttle::TokenBucket;
+
 /// One listener's log budget, shared by its instances and their output streams.
 #[derive(Debug)]
 pub struct LogBudget {
-    /// Bytes per second, and the most the bucket holds.
-    rate: usize,
     bucket: Mutex<Bucket>,
 }
 
 #[derive(Debug)]
 struct Bucket {
-    tokens: f64,
-    refilled: Instant,
+    /// One token per byte; a second's worth at most.
+    bytes: TokenBucket,
     /// Output was dropped since [`LogBudget::take_dropped`] last looked.
     dropped_lately: bool,
     /// Bytes dropped in all.
@@ -31,20 +31,15 @@ struct Bucket {
 impl LogBudget {
     /// A full budget of `rate` bytes per second.
     pub fn new(rate: usize) -> LogBudget {
-        let bucket = Bucket { tokens: rate as f64, refilled: Instant::now(), dropped_lately: false, dropped: 0 };
-        LogBudget { rate, bucket: Mutex::new(bucket) }
+        let bytes = TokenBucket::new(rate as f64, rate as f64, Instant::now());
+        LogBudget { bucket: Mutex::new(Bucket { bytes, dropped_lately: false, dropped: 0 }) }
     }
 
     /// Whether a line of `len` bytes may be logged; if so it is paid for, if not it
     /// is counted as dropped.
     pub fn admit(&self, len: usize) -> bool {
         let mut bucket = self.bucket.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let now = Instant::now();
-        let earned = now.duration_since(bucket.refilled).as_secs_f64() * self.rate as f64;
-        bucket.tokens = (bucket.tokens + earned).min(self.rate as f64);
-        bucket.refilled = now;
-        if bucket.tokens >= len as f64 {
-            bucket.tokens -= len as f64;
+        if bucket.bytes.take(len as f64, Instant::now()) {
             true
         } else {
             bucket.dropped_lately = true;
