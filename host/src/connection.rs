@@ -155,23 +155,7 @@ impl Connection {
     /// Read into the receive buffer until it is full, the socket would block, the
     /// peer closed, or `budget` bytes arrived. Returns the bytes read.
     pub fn read_in(&mut self, budget: usize) -> io::Result<usize> {
-        let mut total = 0;
-        while total < budget && self.rx.room() > 0 {
-            match self.rx.fill_from(&mut self.socket, budget - total) {
-                Ok(0) => {
-                    self.peer_closed = true;
-                    self.readable = false;
-                    break;
-                }
-                Ok(n) => total += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    self.readable = false;
-                    break;
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let total = self.pull(budget, |c, max| (c.rx.room() > 0).then(|| c.rx.fill_from(&mut c.socket, max)))?;
         self.touch(total);
         Ok(total)
     }
@@ -179,10 +163,23 @@ impl Connection {
     /// Read and throw away what the peer sends, until the socket would block, the peer
     /// closed, or `budget` bytes went.
     pub fn discard_in(&mut self, budget: usize) -> io::Result<()> {
-        let mut scratch = [0u8; 16 * 1024];
+        const SCRATCH: usize = 16 * 1024;
+        let mut scratch = [0u8; SCRATCH];
+        self.pull(budget, |c, max| Some(c.socket.read(&mut scratch[..max.min(SCRATCH)])))?;
+        Ok(())
+    }
+
+    /// Make `read` calls (`None`: no more room) until the socket would block, the peer
+    /// closed, or `budget` bytes came; records which. Returns the bytes read.
+    fn pull(
+        &mut self,
+        budget: usize,
+        mut read: impl FnMut(&mut Connection, usize) -> Option<io::Result<usize>>,
+    ) -> io::Result<usize> {
         let mut total = 0;
         while total < budget {
-            match self.socket.read(&mut scratch) {
+            let Some(result) = read(self, budget - total) else { break };
+            match result {
                 Ok(0) => {
                     self.peer_closed = true;
                     self.readable = false;
@@ -197,7 +194,7 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(total)
     }
 
     /// Note that `moved` bytes went either way: the connection is not idle. (Once per
