@@ -64,12 +64,16 @@ use tracing::{debug, error, info, warn};
 use crate::config::{InstanceMode, Limit, ListenerSpec};
 use crate::connection::{Connection, Phase, WriteSide};
 use crate::descriptors::Reserve;
-use crate::handler::{CloseMode, ConnId, Event, Fault, Handler, HandlerFactory, Host, HostError};
-use crate::mbuf::Mbuf;
+use crate::handler::{ConnId, Event, Fault, Handler, HandlerFactory, HostError};
 use crate::throttle::Throttle;
 use crate::timer::{Alarm, Due, Timers};
 
 mod accept;
+mod scope;
+mod stats;
+
+use scope::Scope;
+pub use stats::{Counts, Stats};
 
 /// Most bytes read from one socket per service, so one flooding peer cannot starve
 /// the others.
@@ -95,64 +99,6 @@ fn listener_token(index: usize) -> Token {
 fn listener_index(token: Token, count: usize) -> Option<usize> {
     let index = (usize::MAX - 1).checked_sub(token.0)?;
     (index < count).then_some(index)
-}
-
-/// What happened on one listener while the reactor ran.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Counts {
-    /// Connections accepted.
-    pub accepted: u64,
-    /// Outbound connections its handlers dialed.
-    pub dialed: u64,
-    /// Connections refused at accept (`max-connections`, or no handler could start).
-    pub refused: u64,
-    /// Connections closed, for whatever reason.
-    pub closed: u64,
-    /// Handler faults (traps, time or memory limits).
-    pub faults: u64,
-    /// Connections closed because the handler instance serving them died.
-    pub orphaned: u64,
-    /// Connections that hit each limit, indexed by [`Limit::index`]. A connection
-    /// counts once per limit however often it hits it.
-    pub limit_hits: [u64; Limit::ALL.len()],
-    /// Host log lines about the listener's connections (refusals, limit hits,
-    /// faults) left out by the rate limit. The events are counted above all the same.
-    pub suppressed: u64,
-}
-
-impl Counts {
-    /// Connections that hit `limit`.
-    pub fn hits(&self, limit: Limit) -> u64 {
-        self.limit_hits[limit.index()]
-    }
-
-    fn add(&mut self, other: &Counts) {
-        self.accepted += other.accepted;
-        self.dialed += other.dialed;
-        self.refused += other.refused;
-        self.closed += other.closed;
-        self.faults += other.faults;
-        self.orphaned += other.orphaned;
-        self.suppressed += other.suppressed;
-        for (sum, n) in self.limit_hits.iter_mut().zip(other.limit_hits) {
-            *sum += n;
-        }
-    }
-
-    /// The non-zero limit hits as `key:count` pairs, for the log.
-    fn hits_text(&self) -> String {
-        let hits = Limit::ALL.iter().filter(|l| self.hits(**l) > 0);
-        hits.map(|l| format!("{}:{}", l.key(), self.hits(*l))).collect::<Vec<_>>().join(",")
-    }
-}
-
-/// What happened while the reactor ran: per listener, and in total.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Stats {
-    /// Every listener's counts added up.
-    pub total: Counts,
-    /// Each listener's name and counts, in the order they were added.
-    pub listeners: Vec<(String, Counts)>,
 }
 
 /// Stops a running [`Reactor`] from another thread (a signal handler, a test).
@@ -828,154 +774,4 @@ fn bind(address: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(&address.into())?;
     socket.listen(1024)?;
     Ok(TcpListener::from_std(socket.into()))
-}
-
-/// The [`Host`] a handler gets: the reactor's core, seen from one instance while it
-/// handles an event of connection `current`.
-///
-/// A connection whose CLOSE is being delivered is already `Phase::Closing` (or
-/// `Phase::Lingering`): its receive buffer can still be read, but nothing can be sent
-/// to it.
-struct Scope<'a> {
-    core: &'a mut Core,
-    instance: usize,
-    current: usize,
-}
-
-impl Scope<'_> {
-    fn key(&self, conn: ConnId) -> Result<usize, HostError> {
-        self.core.instances[self.instance].conns.get(&conn).copied().ok_or(HostError::Closed)
-    }
-
-    fn account(&mut self) -> &mut Account {
-        &mut self.core.accounts[self.core.instances[self.instance].listener]
-    }
-
-    /// A connection the handler may still act on: open, and not being closed.
-    fn open(&mut self, conn: ConnId) -> Result<(usize, &mut Connection), HostError> {
-        let key = self.key(conn)?;
-        let c = &mut self.core.conns[key];
-        if c.phase != Phase::Open {
-            return Err(HostError::Closed);
-        }
-        Ok((key, c))
-    }
-}
-
-impl Host for Scope<'_> {
-    fn recv_buffer(&self, conn: ConnId) -> Result<&Mbuf, HostError> {
-        Ok(&self.core.conns[self.key(conn)?].rx)
-    }
-
-    fn send(&mut self, conn: ConnId, data: &[u8]) -> Result<u32, HostError> {
-        let (key, c) = self.open(conn)?;
-        if c.write_side != WriteSide::Open {
-            return Err(HostError::Closed);
-        }
-        if c.tx.append(data).is_err() {
-            self.core.hit(key, Limit::SendBuffer);
-            return Err(HostError::LimitExceeded("send buffer"));
-        }
-        let room = self.core.conns[key].tx.room() as u32;
-        self.core.enqueue(key);
-        Ok(room)
-    }
-
-    fn send_room(&self, conn: ConnId) -> Result<u32, HostError> {
-        let c = &self.core.conns[self.key(conn)?];
-        if c.phase != Phase::Open || c.write_side != WriteSide::Open {
-            return Err(HostError::Closed);
-        }
-        Ok(c.tx.room() as u32)
-    }
-
-    fn remove(&mut self, conn: ConnId, n: u32) -> Result<(), HostError> {
-        let key = self.key(conn)?;
-        let c = &mut self.core.conns[key];
-        c.rx.remove(n as usize).map_err(|short| HostError::Invalid(short.to_string()))?;
-        // Room to read again, or perhaps nothing left to wait for.
-        if c.readable || c.peer_closed {
-            self.core.enqueue(key);
-        }
-        Ok(())
-    }
-
-    fn set_timer(&mut self, conn: ConnId, id: u64, after: Duration) -> Result<(), HostError> {
-        let max = self.account().spec.limits.max_timers;
-        let at = Instant::now()
-            .checked_add(after)
-            .ok_or_else(|| HostError::Invalid(format!("timer delay {after:?} is too far")))?;
-        let (key, c) = self.open(conn)?;
-        if !c.timers.contains_key(&id) && c.timers.len() >= max {
-            self.core.hit(key, Limit::Timers);
-            return Err(HostError::LimitExceeded("timers per connection"));
-        }
-        let arming = self.core.timers.arm(at, key, conn, Alarm::Handler(id));
-        if self.core.conns[key].timers.insert(id, arming).is_none() {
-            self.core.armed += 1;
-        }
-        self.core.compact_timers();
-        Ok(())
-    }
-
-    fn cancel_timer(&mut self, conn: ConnId, id: u64) -> Result<bool, HostError> {
-        let (_, c) = self.open(conn)?;
-        let was_armed = c.timers.remove(&id).is_some();
-        if was_armed {
-            self.core.armed -= 1;
-        }
-        Ok(was_armed)
-    }
-
-    fn close(&mut self, conn: ConnId, mode: CloseMode) -> Result<(), HostError> {
-        let key = self.key(conn)?;
-        let c = &mut self.core.conns[key];
-        if matches!(c.phase, Phase::Closing | Phase::Lingering) {
-            return Err(HostError::Closed);
-        }
-        c.phase = match mode {
-            CloseMode::Now => Phase::Closing,
-            CloseMode::AfterSend => Phase::Draining,
-        };
-        self.core.enqueue(key);
-        Ok(())
-    }
-
-    fn shutdown(&mut self, conn: ConnId) -> Result<(), HostError> {
-        let (key, c) = self.open(conn)?;
-        if c.write_side == WriteSide::Open {
-            c.write_side = WriteSide::ShutAfterSend;
-        }
-        self.core.enqueue(key);
-        Ok(())
-    }
-
-    fn connect(&mut self, address: SocketAddr) -> Result<ConnId, HostError> {
-        if self.core.stopping {
-            return Err(HostError::Failed("the server is stopping".into()));
-        }
-        let account = self.account();
-        if !account.spec.allow_connect.contains(&address) {
-            return Err(HostError::NotAllowed);
-        }
-        if account.open >= account.spec.limits.max_connections {
-            self.core.hit(self.current, Limit::Connections);
-            return Err(HostError::LimitExceeded("connections"));
-        }
-        let stream = TcpStream::connect(address).map_err(|err| HostError::Failed(err.to_string()))?;
-        let (_, id) = self
-            .core
-            .register(self.instance, stream, address, true)
-            .map_err(|err| HostError::Failed(err.to_string()))?;
-        let account = self.account();
-        account.counts.dialed += 1;
-        debug!(listener = %account.spec.name, conn = %id, %address, "dialing");
-        Ok(id)
-    }
-
-    fn limit_hit(&mut self, conn: ConnId, limit: Limit) {
-        if let Ok(key) = self.key(conn) {
-            self.core.hit(key, limit);
-        }
-    }
 }

@@ -1,0 +1,168 @@
+//! The [`Host`] a handler gets: what a handler's calls do to the reactor's state while
+//! it handles one event. Every call acts on the handler's own instance's connections
+//! and only records: it appends to buffers, sets flags, arms timers and queues the
+//! connection for the loop, which does the I/O after the handler returns. Nothing here
+//! calls a handler or blocks.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use tracing::debug;
+
+use super::{Account, Core};
+use crate::config::Limit;
+use crate::connection::{Connection, Phase, WriteSide};
+use crate::handler::{CloseMode, ConnId, Host, HostError};
+use crate::mbuf::Mbuf;
+use crate::timer::Alarm;
+
+/// The [`Host`] a handler gets: the reactor's core, seen from one instance while it
+/// handles an event of connection `current`.
+///
+/// A connection whose CLOSE is being delivered is already `Phase::Closing` (or
+/// `Phase::Lingering`): its receive buffer can still be read, but nothing can be sent
+/// to it.
+pub(super) struct Scope<'a> {
+    pub(super) core: &'a mut Core,
+    pub(super) instance: usize,
+    pub(super) current: usize,
+}
+
+impl Scope<'_> {
+    fn key(&self, conn: ConnId) -> Result<usize, HostError> {
+        self.core.instances[self.instance].conns.get(&conn).copied().ok_or(HostError::Closed)
+    }
+
+    fn account(&mut self) -> &mut Account {
+        &mut self.core.accounts[self.core.instances[self.instance].listener]
+    }
+
+    /// A connection the handler may still act on: open, and not being closed.
+    fn open(&mut self, conn: ConnId) -> Result<(usize, &mut Connection), HostError> {
+        let key = self.key(conn)?;
+        let c = &mut self.core.conns[key];
+        if c.phase != Phase::Open {
+            return Err(HostError::Closed);
+        }
+        Ok((key, c))
+    }
+}
+
+impl Host for Scope<'_> {
+    fn recv_buffer(&self, conn: ConnId) -> Result<&Mbuf, HostError> {
+        Ok(&self.core.conns[self.key(conn)?].rx)
+    }
+
+    fn send(&mut self, conn: ConnId, data: &[u8]) -> Result<u32, HostError> {
+        let (key, c) = self.open(conn)?;
+        if c.write_side != WriteSide::Open {
+            return Err(HostError::Closed);
+        }
+        if c.tx.append(data).is_err() {
+            self.core.hit(key, Limit::SendBuffer);
+            return Err(HostError::LimitExceeded("send buffer"));
+        }
+        let room = self.core.conns[key].tx.room() as u32;
+        self.core.enqueue(key);
+        Ok(room)
+    }
+
+    fn send_room(&self, conn: ConnId) -> Result<u32, HostError> {
+        let c = &self.core.conns[self.key(conn)?];
+        if c.phase != Phase::Open || c.write_side != WriteSide::Open {
+            return Err(HostError::Closed);
+        }
+        Ok(c.tx.room() as u32)
+    }
+
+    fn remove(&mut self, conn: ConnId, n: u32) -> Result<(), HostError> {
+        let key = self.key(conn)?;
+        let c = &mut self.core.conns[key];
+        c.rx.remove(n as usize).map_err(|short| HostError::Invalid(short.to_string()))?;
+        // Room to read again, or perhaps nothing left to wait for.
+        if c.readable || c.peer_closed {
+            self.core.enqueue(key);
+        }
+        Ok(())
+    }
+
+    fn set_timer(&mut self, conn: ConnId, id: u64, after: Duration) -> Result<(), HostError> {
+        let max = self.account().spec.limits.max_timers;
+        let at = Instant::now()
+            .checked_add(after)
+            .ok_or_else(|| HostError::Invalid(format!("timer delay {after:?} is too far")))?;
+        let (key, c) = self.open(conn)?;
+        if !c.timers.contains_key(&id) && c.timers.len() >= max {
+            self.core.hit(key, Limit::Timers);
+            return Err(HostError::LimitExceeded("timers per connection"));
+        }
+        let arming = self.core.timers.arm(at, key, conn, Alarm::Handler(id));
+        if self.core.conns[key].timers.insert(id, arming).is_none() {
+            self.core.armed += 1;
+        }
+        self.core.compact_timers();
+        Ok(())
+    }
+
+    fn cancel_timer(&mut self, conn: ConnId, id: u64) -> Result<bool, HostError> {
+        let (_, c) = self.open(conn)?;
+        let was_armed = c.timers.remove(&id).is_some();
+        if was_armed {
+            self.core.armed -= 1;
+        }
+        Ok(was_armed)
+    }
+
+    fn close(&mut self, conn: ConnId, mode: CloseMode) -> Result<(), HostError> {
+        let key = self.key(conn)?;
+        let c = &mut self.core.conns[key];
+        if matches!(c.phase, Phase::Closing | Phase::Lingering) {
+            return Err(HostError::Closed);
+        }
+        c.phase = match mode {
+            CloseMode::Now => Phase::Closing,
+            CloseMode::AfterSend => Phase::Draining,
+        };
+        self.core.enqueue(key);
+        Ok(())
+    }
+
+    fn shutdown(&mut self, conn: ConnId) -> Result<(), HostError> {
+        let (key, c) = self.open(conn)?;
+        if c.write_side == WriteSide::Open {
+            c.write_side = WriteSide::ShutAfterSend;
+        }
+        self.core.enqueue(key);
+        Ok(())
+    }
+
+    fn connect(&mut self, address: SocketAddr) -> Result<ConnId, HostError> {
+        if self.core.stopping {
+            return Err(HostError::Failed("the server is stopping".into()));
+        }
+        let account = self.account();
+        if !account.spec.allow_connect.contains(&address) {
+            return Err(HostError::NotAllowed);
+        }
+        if account.open >= account.spec.limits.max_connections {
+            self.core.hit(self.current, Limit::Connections);
+            return Err(HostError::LimitExceeded("connections"));
+        }
+        let stream = TcpStream::connect(address).map_err(|err| HostError::Failed(err.to_string()))?;
+        let (_, id) = self
+            .core
+            .register(self.instance, stream, address, true)
+            .map_err(|err| HostError::Failed(err.to_string()))?;
+        let account = self.account();
+        account.counts.dialed += 1;
+        debug!(listener = %account.spec.name, conn = %id, %address, "dialing");
+        Ok(id)
+    }
+
+    fn limit_hit(&mut self, conn: ConnId, limit: Limit) {
+        if let Ok(key) = self.key(conn) {
+            self.core.hit(key, limit);
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! What a reactor counts: per listener, every connection accepted, dialed, refused and
+//! closed, every fault and orphan, every limit hit and every host line held back. Plain
+//! numbers, added up when the reactor stops; nothing here logs or decides.
+
+use crate::config::Limit;
+
+/// What happened on one listener while the reactor ran.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Outbound connections its handlers dialed.
+    pub dialed: u64,
+    /// Connections refused at accept (`max-connections`, or no handler could start).
+    pub refused: u64,
+    /// Connections closed, for whatever reason.
+    pub closed: u64,
+    /// Handler faults (traps, time or memory limits).
+    pub faults: u64,
+    /// Connections closed because the handler instance serving them died.
+    pub orphaned: u64,
+    /// Connections that hit each limit, indexed by [`Limit::index`]. A connection
+    /// counts once per limit however often it hits it.
+    pub limit_hits: [u64; Limit::ALL.len()],
+    /// Host log lines about the listener's connections (refusals, limit hits,
+    /// faults) left out by the rate limit. The events are counted above all the same.
+    pub suppressed: u64,
+}
+
+impl Counts {
+    /// Connections that hit `limit`.
+    pub fn hits(&self, limit: Limit) -> u64 {
+        self.limit_hits[limit.index()]
+    }
+
+    pub(super) fn add(&mut self, other: &Counts) {
+        self.accepted += other.accepted;
+        self.dialed += other.dialed;
+        self.refused += other.refused;
+        self.closed += other.closed;
+        self.faults += other.faults;
+        self.orphaned += other.orphaned;
+        self.suppressed += other.suppressed;
+        for (sum, n) in self.limit_hits.iter_mut().zip(other.limit_hits) {
+            *sum += n;
+        }
+    }
+
+    /// The non-zero limit hits as `key:count` pairs, for the log.
+    pub(super) fn hits_text(&self) -> String {
+        let hits = Limit::ALL.iter().filter(|l| self.hits(**l) > 0);
+        hits.map(|l| format!("{}:{}", l.key(), self.hits(*l))).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// What happened while the reactor ran: per listener, and in total.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Every listener's counts added up.
+    pub total: Counts,
+    /// Each listener's name and counts, in the order they were added.
+    pub listeners: Vec<(String, Counts)>,
+}
