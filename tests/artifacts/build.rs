@@ -25,6 +25,7 @@ const PLUGINS: &[&str] = &[
     "fixture-adversary",
     "fixture-hostile",
     "fixture-chaos",
+    "fixture-burn",
 ];
 
 /// Directories whose contents feed the plugin builds.
