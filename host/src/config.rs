@@ -173,9 +173,14 @@ impl Limit {
 #[serde(rename_all = "kebab-case")]
 pub enum InstanceMode {
     /// One instance serves every connection of the listener; it can keep state
-    /// shared between them, and a fault closes them all.
+    /// shared between them, and a fault closes them all. The listener lives on one
+    /// worker, so its state never splits.
     #[default]
     Shared,
+    /// One instance per worker, each serving the connections the kernel gives that
+    /// worker: for handlers whose state does not span connections (an echo, HTTP),
+    /// which then use every core. A fault closes that worker's instance's connections.
+    PerWorker,
     /// Each accepted connection gets a fresh instance, dropped after the CLOSE of
     /// the last connection it holds (the accepted one and any it dialed). A fault
     /// closes only that instance's connections.
@@ -233,6 +238,9 @@ pub struct ListenerConfig {
 /// A whole, validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// Event loops (`workers`), each on its own thread: by default as many as the
+    /// process may use CPUs.
+    pub workers: usize,
     /// The listeners, in file order. Never empty.
     pub listeners: Vec<ListenerConfig>,
 }
@@ -273,6 +281,7 @@ pub enum ConfigError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileToml {
+    workers: Option<usize>,
     #[serde(default)]
     listener: Vec<ListenerToml>,
 }
@@ -328,7 +337,13 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new(""));
         let listeners =
             file.listener.into_iter().map(|l| l.validate(base).map_err(invalid)).collect::<Result<Vec<_>, _>>()?;
-        Config::new(listeners).map_err(invalid)
+        let mut config = Config::new(listeners).map_err(invalid)?;
+        match file.workers {
+            Some(0) => return Err(invalid("workers must be greater than 0".into())),
+            Some(workers) => config.workers = workers,
+            None => {}
+        }
+        Ok(config)
     }
 
     /// Listeners from `--listen ADDR --plugin FILE` pairs, with default limits. Each
@@ -367,8 +382,13 @@ impl Config {
                 return Err(format!("listener `{}`: address {} is used twice", l.name, l.address));
             }
         }
-        Ok(Config { listeners })
+        Ok(Config { workers: default_workers(), listeners })
     }
+}
+
+/// As many workers as the process may use CPUs (at least one).
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl ListenerToml {

@@ -52,7 +52,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
@@ -101,22 +101,62 @@ fn listener_index(token: Token, count: usize) -> Option<usize> {
     (index < count).then_some(index)
 }
 
-/// Stops a running [`Reactor`] from another thread (a signal handler, a test).
+/// Stops running [`Reactor`]s from another thread (a signal handler, a test).
 #[derive(Debug, Clone)]
 pub struct StopHandle {
-    flag: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    reactors: Vec<(Arc<AtomicBool>, Arc<Waker>)>,
 }
 
 impl StopHandle {
-    /// Ask the reactor to stop: it stops accepting, delivers CLOSE to every
+    /// Ask the reactors to stop: each stops accepting, delivers CLOSE to every
     /// connection, and returns from [`Reactor::run`].
     pub fn stop(&self) {
-        self.flag.store(true, Ordering::SeqCst);
-        if let Err(err) = self.waker.wake() {
-            warn!("cannot wake the event loop to stop it: {err}");
+        for (flag, waker) in &self.reactors {
+            flag.store(true, Ordering::SeqCst);
+            if let Err(err) = waker.wake() {
+                warn!("cannot wake an event loop to stop it: {err}");
+            }
         }
     }
+
+    /// One handle that stops the reactors of both.
+    pub fn and(mut self, other: StopHandle) -> StopHandle {
+        self.reactors.extend(other.reactors);
+        self
+    }
+}
+
+/// A listener's connection slots (`max-connections`), shared by the workers that serve
+/// it. Taken when a connection is accepted or dialed, given back when it is really
+/// closed; never on the path of a message.
+#[derive(Debug, Clone, Default)]
+pub struct Slots(Arc<AtomicUsize>);
+
+impl Slots {
+    /// Take a slot if fewer than `max` are taken.
+    fn take(&self, max: usize) -> bool {
+        if self.0.fetch_add(1, Ordering::AcqRel) < max {
+            return true;
+        }
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        false
+    }
+
+    fn give_back(&self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Where and how a reactor listens for one listener.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    /// The address to bind (port 0: any free port).
+    pub address: SocketAddr,
+    /// Other workers bind the same address (`SO_REUSEPORT`): the kernel spreads
+    /// connections over them.
+    pub shared_port: bool,
+    /// The listener's connection slots, shared with those workers.
+    pub slots: Slots,
 }
 
 /// A listening socket and where its handlers come from.
@@ -135,8 +175,9 @@ struct Listener {
 /// A listener's rules and books: what handlers' host calls are checked against.
 struct Account {
     spec: ListenerSpec,
-    /// Connections open now, accepted and dialed (lingering ones included).
-    open: usize,
+    /// Connections open now, accepted and dialed (lingering ones included), on every
+    /// worker that serves the listener.
+    open: Slots,
     counts: Counts,
     /// The rate limit on lines about its connections.
     throttle: Throttle,
@@ -175,6 +216,8 @@ struct Core {
     /// Connections that need a service: I/O to do, a close to carry out.
     queue: Vec<usize>,
     next_id: u64,
+    /// Ids go up by this much, so that workers never hand out the same id.
+    id_step: u64,
     /// The reactor is closing every connection to stop: no new one may be dialed.
     stopping: bool,
 }
@@ -236,12 +279,11 @@ impl Core {
         let interest = if dialing { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
         self.registry.register(&mut stream, Token(key), interest)?;
         let id = ConnId(self.next_id);
-        self.next_id += 1;
+        self.next_id += self.id_step;
         let limits = &account.spec.limits;
         let mut conn = Connection::new(id, (listener, instance), stream, peer, limits, dialing);
         conn.idle_arming = self.timers.arm(conn.last_active + limits.idle_timeout, key, id, Alarm::Idle);
         entry.insert(conn);
-        account.open += 1;
         self.instances[instance].conns.insert(id, key);
         Ok((key, id))
     }
@@ -267,7 +309,8 @@ impl Core {
     }
 }
 
-/// The event loop. Single-threaded: it owns its sockets, buffers and handlers.
+/// The event loop of one worker. Single-threaded: it owns its sockets, buffers and
+/// handlers.
 pub struct Reactor {
     poll: Poll,
     events: Events,
@@ -283,8 +326,13 @@ pub struct Reactor {
 }
 
 impl Reactor {
-    /// A reactor with no listeners yet.
+    /// A reactor with no listeners yet, the only one of its server.
     pub fn new() -> io::Result<Reactor> {
+        Reactor::worker(0, 1)
+    }
+
+    /// Worker `index` of `workers`: the same, with connection ids of its own.
+    pub fn worker(index: usize, workers: usize) -> io::Result<Reactor> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let registry = poll.registry().try_clone()?;
@@ -300,7 +348,8 @@ impl Reactor {
                 timers: Timers::default(),
                 armed: 0,
                 queue: Vec::new(),
-                next_id: 1,
+                next_id: index as u64 + 1,
+                id_step: workers as u64,
                 stopping: false,
             },
             stop: Arc::new(AtomicBool::new(false)),
@@ -314,8 +363,19 @@ impl Reactor {
     /// (when they are needed: the first connection, or each one, per
     /// `spec.instance`). Returns the bound address (useful with port 0).
     pub fn listen(&mut self, spec: &ListenerSpec, factory: Box<dyn HandlerFactory>) -> io::Result<SocketAddr> {
+        let binding = Binding { address: spec.address, shared_port: false, slots: Slots::default() };
+        self.listen_as(spec, binding, factory)
+    }
+
+    /// [`Reactor::listen`] as one of the workers that serve a listener.
+    pub fn listen_as(
+        &mut self,
+        spec: &ListenerSpec,
+        binding: Binding,
+        factory: Box<dyn HandlerFactory>,
+    ) -> io::Result<SocketAddr> {
         let index = self.listeners.len();
-        let mut socket = bind(spec.address)?;
+        let mut socket = bind(binding.address, binding.shared_port)?;
         let address = socket.local_addr()?;
         self.poll.registry().register(&mut socket, listener_token(index), Interest::READABLE)?;
         info!(listener = %spec.name, %address, "listening");
@@ -329,7 +389,7 @@ impl Reactor {
         });
         self.core.accounts.push(Account {
             spec: spec.clone(),
-            open: 0,
+            open: binding.slots,
             counts: Counts::default(),
             throttle: Throttle::new(Instant::now()),
         });
@@ -343,7 +403,7 @@ impl Reactor {
 
     /// A handle that stops [`Reactor::run`] from another thread.
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle { flag: self.stop.clone(), waker: self.waker.clone() }
+        StopHandle { reactors: vec![(self.stop.clone(), self.waker.clone())] }
     }
 
     /// Run until stopped, then close every connection (each gets its CLOSE event).
@@ -540,7 +600,7 @@ impl Reactor {
         self.detach(key);
         self.core.conns.remove(key);
         let account = &mut self.core.accounts[listener];
-        account.open -= 1;
+        account.open.give_back();
         account.counts.closed += 1;
         self.freed = true;
     }
@@ -691,7 +751,7 @@ impl Reactor {
     }
 
     /// Stop accepting, flush what can be flushed without waiting, close every
-    /// connection with its CLOSE event, and log and return what happened.
+    /// connection with its CLOSE event, and return what happened.
     fn shut_down(&mut self) -> Stats {
         for listener in &mut self.listeners {
             if let Some(mut socket) = listener.socket.take() {
@@ -710,29 +770,13 @@ impl Reactor {
             }
             self.close(key, None);
         }
-        let mut stats = Stats::default();
+        let mut stats = Stats { open: open as u64, ..Stats::default() };
         for account in &mut self.core.accounts {
             if let Some(n) = account.throttle.flush() {
                 warn!(listener = %account.spec.name, suppressed = n, "host lines about connections suppressed by the rate limit");
             }
-            let c = &account.counts;
-            stats.total.add(c);
-            stats.listeners.push((account.spec.name.clone(), c.clone()));
-            info!(
-                listener = %account.spec.name,
-                suppressed = c.suppressed,
-                accepted = c.accepted,
-                dialed = c.dialed,
-                refused = c.refused,
-                closed = c.closed,
-                faults = c.faults,
-                orphaned = c.orphaned,
-                limit_hits = %c.hits_text(),
-                "listener totals"
-            );
+            stats.push(&account.spec.name, &account.counts);
         }
-        let total = &stats.total;
-        info!(open, accepted = total.accepted, faults = total.faults, orphaned = total.orphaned, "stopped");
         stats
     }
 }
@@ -764,9 +808,12 @@ fn update_interest(registry: &Registry, conn: &mut Connection, key: usize) {
     }
 }
 
-fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+fn bind(address: SocketAddr, shared_port: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    // Only where workers share the port: otherwise a second server on the same port
+    // would be told it is in use, not quietly handed half the connections.
+    socket.set_reuse_port(shared_port)?;
     if address.is_ipv6() {
         socket.set_only_v6(true)?;
     }

@@ -1,10 +1,20 @@
 //! A server built from a [`Config`]: plugins compiled and bound to their listeners.
 //!
-//! This is the glue between configuration, plugins and the reactor. It does all the
+//! This is the glue between configuration, plugins and the reactors. It does all the
 //! fallible work up front (read, compile, check, start one instance, bind) so a bad
 //! plugin or a busy port is reported before anything serves, and then hands over to
-//! the [`Reactor`]. Listeners with shared instances use an on-demand engine;
-//! listeners with an instance per connection share a pooled one, sized from their
+//! the workers: one [`Reactor`] per thread, sharing nothing on the path of a message.
+//!
+//! Which workers serve a listener follows from its instance mode. A shared listener
+//! lives on one worker (listeners are dealt out in turn), so a handler that keeps
+//! state across connections (a chat room) sees all of them: the kernel could
+//! otherwise spread its members over workers that share nothing. Per-worker and
+//! per-connection listeners are served by every worker, each with its own socket on
+//! the same port (`SO_REUSEPORT`), and the kernel spreads their connections. A
+//! listener's `max-connections` is one count for all its workers ([`Slots`]).
+//!
+//! Listeners with shared or per-worker instances use an on-demand engine; listeners
+//! with an instance per connection share a pooled one, sized from their
 //! `max-connections` and `memory` limits. It also lifts the soft limit on open
 //! descriptors to the hard one, and says what that lets the listeners hold.
 
@@ -18,12 +28,15 @@ use tracing::{info, warn};
 use crate::config::{Config, InstanceMode};
 use crate::descriptors;
 use crate::plugin::{Plugin, PluginError, Runtime};
-use crate::reactor::{Reactor, Stats, StopHandle};
+use crate::reactor::{Binding, Reactor, Slots, Stats, StopHandle};
 
-/// Descriptors the server holds besides its listeners and connections: stdio, the
-/// poll instance and its waker, the spare kept for when descriptors run out, and
-/// those of wasmtime and the signal thread (13 measured, with room to spare).
+/// Descriptors the server holds besides its workers, listeners and connections:
+/// stdio, the signal thread's, wasmtime's (with room to spare).
 const OWN_DESCRIPTORS: u64 = 32;
+
+/// Descriptors each worker holds: its poll instance, its waker, and the spare kept
+/// for when descriptors run out.
+const WORKER_DESCRIPTORS: u64 = 3;
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +79,9 @@ pub enum ServerError {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Server {
-    reactor: Reactor,
+    /// One per worker thread; the first runs on the thread that calls [`Server::run`].
+    workers: Vec<Reactor>,
+    addrs: Vec<(String, SocketAddr)>,
 }
 
 impl Server {
@@ -89,7 +104,7 @@ impl Server {
             let spec = &listener.spec;
             let fail = |source| ServerError::Plugin { listener: spec.name.clone(), source };
             let runtime = match spec.instance {
-                InstanceMode::Shared => &shared,
+                InstanceMode::Shared | InstanceMode::PerWorker => &shared,
                 InstanceMode::PerConnection => pooled.as_ref().expect("a pool exists when a listener needs one"),
             };
             let key = (listener.plugin.clone(), spec.instance);
@@ -105,31 +120,82 @@ impl Server {
             factory.instantiate().map_err(fail)?;
             factories.push(factory);
         }
-        let mut reactor = Reactor::new().map_err(ServerError::Reactor)?;
-        for (listener, factory) in config.listeners.iter().zip(factories) {
+        let count = config.workers;
+        let mut workers = (0..count)
+            .map(|index| Reactor::worker(index, count))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(ServerError::Reactor)?;
+        let mut addrs = Vec::new();
+        for (index, (listener, factory)) in config.listeners.iter().zip(factories).enumerate() {
             let spec = &listener.spec;
-            reactor.listen(spec, Box::new(factory)).map_err(|source| ServerError::Listen {
-                listener: spec.name.clone(),
-                address: spec.address,
-                source,
-            })?;
+            let serving = match spec.instance {
+                InstanceMode::Shared => index % count..index % count + 1,
+                InstanceMode::PerWorker | InstanceMode::PerConnection => 0..count,
+            };
+            let mut binding =
+                Binding { address: spec.address, shared_port: serving.len() > 1, slots: Slots::default() };
+            for worker in serving {
+                let bound = workers[worker].listen_as(spec, binding.clone(), Box::new(factory.clone()));
+                // The workers after the first bind the port the first one got.
+                binding.address = bound.map_err(|source| ServerError::Listen {
+                    listener: spec.name.clone(),
+                    address: spec.address,
+                    source,
+                })?;
+            }
+            addrs.push((spec.name.clone(), binding.address));
         }
-        Ok(Server { reactor })
+        info!(workers = count, "ready");
+        Ok(Server { workers, addrs })
     }
 
     /// The listeners' names and bound addresses.
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.reactor.local_addrs()
+        self.addrs.clone()
     }
 
-    /// A handle that stops [`Server::run`] from another thread.
+    /// A handle that stops [`Server::run`] (every worker) from another thread.
     pub fn stop_handle(&self) -> StopHandle {
-        self.reactor.stop_handle()
+        let mut handles = self.workers.iter().map(Reactor::stop_handle);
+        let first = handles.next().expect("a server has at least one worker");
+        handles.fold(first, StopHandle::and)
     }
 
     /// Serve until stopped; every connection gets its CLOSE before this returns.
+    /// Logs and returns what happened, added up over the workers.
     pub fn run(&mut self) -> io::Result<Stats> {
-        self.reactor.run()
+        let stop = self.stop_handle();
+        // A loop that fails stops the others too, rather than leave half the listeners
+        // served.
+        let run = move |worker: &mut Reactor, stop: &StopHandle| {
+            let result = worker.run();
+            if result.is_err() {
+                stop.stop();
+            }
+            result
+        };
+        let mut workers = std::mem::take(&mut self.workers).into_iter();
+        let mut first = workers.next().expect("a server has at least one worker");
+        let threads = workers
+            .enumerate()
+            .map(|(index, mut worker)| {
+                let stop = stop.clone();
+                let name = format!("sandport-worker-{}", index + 1);
+                std::thread::Builder::new().name(name).spawn(move || run(&mut worker, &stop))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut result = run(&mut first, &stop);
+        for thread in threads {
+            let stats = thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            result = match (result, stats) {
+                (Ok(mine), Ok(theirs)) => Ok(mine.merge(theirs)),
+                (Err(err), _) | (_, Err(err)) => Err(err),
+            };
+        }
+        if let Ok(stats) = &result {
+            stats.log();
+        }
+        result
     }
 }
 
@@ -137,12 +203,15 @@ impl Server {
 /// that leaves room for, and warn when the listeners' `max-connections` add up to
 /// more: past the limit, connections are accepted and closed at once.
 fn check_descriptors(config: &Config) {
+    let workers = config.workers as u64;
     let limit = match descriptors::raise_limit() {
         Ok(limit) => limit,
         Err(err) => return warn!("cannot raise the limit on open descriptors: {err}"),
     };
-    let listeners = config.listeners.len() as u64;
-    let room = limit.saturating_sub(OWN_DESCRIPTORS + listeners);
+    // A shared listener has one socket; the others one per worker.
+    let sockets: u64 =
+        config.listeners.iter().map(|l| if l.spec.instance == InstanceMode::Shared { 1 } else { workers }).sum();
+    let room = limit.saturating_sub(OWN_DESCRIPTORS + WORKER_DESCRIPTORS * workers + sockets);
     let wanted: u64 = config.listeners.iter().map(|l| l.spec.limits.max_connections as u64).sum();
     info!(limit, connections = room, "open descriptors: up to {limit}, room for {room} connections");
     if wanted > room {

@@ -243,7 +243,9 @@ impl Drop for Tenant {
     }
 }
 
-/// Starts the plugin instances of one listener (a [`HandlerFactory`]).
+/// Starts the plugin instances of one listener (a [`HandlerFactory`]). Its clones
+/// (one per worker) share the listener's settings and log budget.
+#[derive(Clone)]
 pub struct PluginFactory {
     tenant: Arc<Tenant>,
 }

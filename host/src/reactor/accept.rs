@@ -55,7 +55,7 @@ impl Reactor {
             // Over the limit: accept and close at once, so the peer learns right away
             // and the backlog never fills with connections nobody will serve.
             let account = &mut self.core.accounts[index];
-            if account.open >= account.spec.limits.max_connections {
+            if !account.open.take(account.spec.limits.max_connections) {
                 let limit = Limit::Connections;
                 account.counts.refused += 1;
                 account.counts.limit_hits[limit.index()] += 1;
@@ -65,7 +65,9 @@ impl Reactor {
                 continue;
             }
             let Some(instance) = self.instance_for(index) else {
-                self.core.accounts[index].counts.refused += 1;
+                let account = &mut self.core.accounts[index];
+                account.open.give_back();
+                account.counts.refused += 1;
                 continue;
             };
             match self.core.register(instance, stream, peer, false) {
@@ -77,6 +79,7 @@ impl Reactor {
                 }
                 Err(err) => {
                     let account = &mut self.core.accounts[index];
+                    account.open.give_back();
                     account.counts.refused += 1;
                     if account.may_log() {
                         warn!(listener = %account.spec.name, %peer, "cannot watch accepted connection: {err}");
@@ -117,7 +120,8 @@ impl Reactor {
     fn instance_for(&mut self, index: usize) -> Option<usize> {
         let listener = &mut self.listeners[index];
         let account = &mut self.core.accounts[index];
-        let shared = account.spec.instance == InstanceMode::Shared;
+        // Shared and per-worker listeners have one instance in this reactor.
+        let shared = account.spec.instance != InstanceMode::PerConnection;
         if shared && let Some(instance) = listener.shared {
             return Some(instance);
         }

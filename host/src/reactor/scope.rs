@@ -145,15 +145,19 @@ impl Host for Scope<'_> {
         if !account.spec.allow_connect.contains(&address) {
             return Err(HostError::NotAllowed);
         }
-        if account.open >= account.spec.limits.max_connections {
+        if !account.open.take(account.spec.limits.max_connections) {
             self.core.hit(self.current, Limit::Connections);
             return Err(HostError::LimitExceeded("connections"));
         }
-        let stream = TcpStream::connect(address).map_err(|err| HostError::Failed(err.to_string()))?;
-        let (_, id) = self
-            .core
-            .register(self.instance, stream, address, true)
-            .map_err(|err| HostError::Failed(err.to_string()))?;
+        let dialed =
+            TcpStream::connect(address).and_then(|stream| self.core.register(self.instance, stream, address, true));
+        let id = match dialed {
+            Ok((_, id)) => id,
+            Err(err) => {
+                self.account().open.give_back();
+                return Err(HostError::Failed(err.to_string()));
+            }
+        };
         let account = self.account();
         account.counts.dialed += 1;
         debug!(listener = %account.spec.name, conn = %id, %address, "dialing");

@@ -1,6 +1,9 @@
 //! What a reactor counts: per listener, every connection accepted, dialed, refused and
 //! closed, every fault and orphan, every limit hit and every host line held back. Plain
-//! numbers, added up when the reactor stops; nothing here logs or decides.
+//! numbers, added up over the workers when the server stops and logged then; nothing
+//! here decides anything.
+
+use tracing::info;
 
 use crate::config::Limit;
 
@@ -60,4 +63,48 @@ pub struct Stats {
     pub total: Counts,
     /// Each listener's name and counts, in the order they were added.
     pub listeners: Vec<(String, Counts)>,
+    /// Connections still open when the reactor was asked to stop (each got its CLOSE).
+    pub open: u64,
+}
+
+impl Stats {
+    /// Add `listener`'s counts.
+    pub(super) fn push(&mut self, listener: &str, counts: &Counts) {
+        self.total.add(counts);
+        self.listeners.push((listener.to_owned(), counts.clone()));
+    }
+
+    /// Add up two workers' stats, listener by listener (by name).
+    pub fn merge(mut self, other: Stats) -> Stats {
+        self.open += other.open;
+        self.total.add(&other.total);
+        for (name, counts) in other.listeners {
+            match self.listeners.iter_mut().find(|(mine, _)| *mine == name) {
+                Some((_, mine)) => mine.add(&counts),
+                None => self.listeners.push((name, counts)),
+            }
+        }
+        self
+    }
+
+    /// Log each listener's totals and the server's, as it stops.
+    pub fn log(&self) {
+        for (name, c) in &self.listeners {
+            info!(
+                listener = %name,
+                suppressed = c.suppressed,
+                accepted = c.accepted,
+                dialed = c.dialed,
+                refused = c.refused,
+                closed = c.closed,
+                faults = c.faults,
+                orphaned = c.orphaned,
+                limit_hits = %c.hits_text(),
+                "listener totals"
+            );
+        }
+        let total = &self.total;
+        let open = self.open;
+        info!(open, accepted = total.accepted, faults = total.faults, orphaned = total.orphaned, "stopped");
+    }
 }
