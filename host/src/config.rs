@@ -5,12 +5,14 @@
 //! or loads a plugin, so every mistake in a file is reported before anything starts.
 //!
 //! ```toml
+//! workers = 2                                         # event loops; default: one per CPU
+//!
 //! [[listener]]
 //! name = "echo"
 //! address = "127.0.0.1:7000"
 //! plugin = "target/wasm32-wasip2/plugin/echo.wasm"   # relative to this file
 //! poll-interval-ms = 1000                             # optional: POLL events
-//! instance = "shared"                                 # or "per-connection"
+//! instance = "shared"                                 # or "per-worker", "per-connection"
 //! allow-connect = ["127.0.0.1:9000"]                  # outbound `connect` targets
 //!
 //! [listener.limits]
@@ -516,6 +518,17 @@ mod tests {
         assert_eq!(l.instance, InstanceMode::Shared);
         assert!(l.allow_connect.is_empty());
         assert!(config.listeners[0].settings.is_empty());
+    }
+
+    #[test]
+    fn workers_and_per_worker_instances() {
+        let listener = "[[listener]]\nname = \"e\"\naddress = \"127.0.0.1:0\"\nplugin = \"e.wasm\"\n";
+        let config = parse(&format!("workers = 3\n{listener}instance = \"per-worker\"\n")).unwrap();
+        assert_eq!(config.workers, 3);
+        assert_eq!(config.listeners[0].spec.instance, InstanceMode::PerWorker);
+        assert!(parse(listener).unwrap().workers >= 1, "a default that uses the machine");
+        let zero = parse(&format!("workers = 0\n{listener}")).unwrap_err().to_string();
+        assert!(zero.contains("workers must be greater than 0"), "{zero}");
     }
 
     #[test]

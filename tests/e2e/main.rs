@@ -23,3 +23,4 @@ mod native;
 mod neighbour;
 mod proxy;
 mod timers;
+mod workers;

@@ -27,6 +27,8 @@ pub struct Aftermath {
     pub log: String,
     /// The slowest round trip of any neighbour client, offence included.
     pub worst_round_trip: Duration,
+    /// The 99th percentile of the neighbour clients' round trips.
+    pub p99_round_trip: Duration,
 }
 
 /// Run `offend` against the listener `offender` (a `[[listener]]` table) while
@@ -42,21 +44,22 @@ pub fn beside_a_busy_neighbour_at(offender: &str, neighbour: &str, offend: impl 
 }
 
 /// [`beside_a_busy_neighbour`] with the neighbour on `neighbour`, the server's peak
-/// memory allowed to rise by `headroom` bytes; also tells the worst round trip.
+/// memory allowed to rise by `headroom` bytes; also tells the worst and 99th-percentile
+/// round trips.
 pub fn neighbourhood(offender: &str, neighbour: &str, headroom: u64, offend: impl FnOnce(&Server)) -> Aftermath {
     let server = Server::start(&(offender.to_owned() + &listener_at("echo", neighbour, plugins::ECHO, "")));
     let echo = server.addr("echo");
     let stop = AtomicBool::new(false);
     let rounds: Vec<AtomicU64> = (0..NEIGHBOURS).map(|_| AtomicU64::new(0)).collect();
-    let worst = AtomicU64::new(0);
+    let round_trips = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         let _stop_on_unwind = StopOnDrop(&stop);
         let threads: Vec<_> = rounds
             .iter()
             .enumerate()
             .map(|(seed, rounds)| {
-                let (stop, worst) = (&stop, &worst);
-                s.spawn(move || keep_echoing(echo, seed, stop, rounds, worst))
+                let (stop, round_trips) = (&stop, &round_trips);
+                s.spawn(move || keep_echoing(echo, seed, stop, rounds, round_trips))
             })
             .collect();
         let running = || !threads.iter().any(|t| t.is_finished());
@@ -95,13 +98,23 @@ pub fn neighbourhood(offender: &str, neighbour: &str, headroom: u64, offend: imp
     assert!(line.contains("faults=0 orphaned=0 limit_hits=") && line.ends_with("limit_hits="), "{line}");
     let alarms: Vec<&str> = log.lines().filter(|l| names(l, "echo") && is_warning(l)).collect();
     assert!(alarms.is_empty(), "the neighbour's listener logged warnings:\n{}", alarms.join("\n"));
-    Aftermath { log, worst_round_trip: Duration::from_nanos(worst.load(Ordering::SeqCst)) }
+    let mut round_trips = round_trips.into_inner().unwrap();
+    round_trips.sort_unstable();
+    let worst_round_trip = round_trips.last().copied().unwrap_or_default();
+    let p99_round_trip = round_trips.get(round_trips.len() * 99 / 100).copied().unwrap_or_default();
+    Aftermath { log, worst_round_trip, p99_round_trip }
 }
 
 /// One neighbour: echo round trips of varied sizes and contents, each checked byte for
 /// byte, until `stop`; then a half-close, after which nothing more may arrive. Returns
-/// the bytes echoed; raises `worst` (nanoseconds) to its slowest round trip.
-fn keep_echoing(addr: SocketAddr, seed: usize, stop: &AtomicBool, rounds: &AtomicU64, worst: &AtomicU64) -> u64 {
+/// the bytes echoed; adds the time of every round trip to `round_trips`.
+fn keep_echoing(
+    addr: SocketAddr,
+    seed: usize,
+    stop: &AtomicBool,
+    rounds: &AtomicU64,
+    round_trips: &std::sync::Mutex<Vec<Duration>>,
+) -> u64 {
     let mut client = Client::connect(addr);
     let mut bytes = 0u64;
     let mut round = 0usize;
@@ -111,7 +124,7 @@ fn keep_echoing(addr: SocketAddr, seed: usize, stop: &AtomicBool, rounds: &Atomi
         let sent = Instant::now();
         client.write(&message);
         let back = client.bytes(len);
-        worst.fetch_max(sent.elapsed().as_nanos() as u64, Ordering::SeqCst);
+        round_trips.lock().unwrap().push(sent.elapsed());
         if let Some(at) = back.iter().zip(&message).position(|(a, b)| a != b) {
             panic!("neighbour {seed}, round {round}: byte {at} of {len} differs in the echo");
         }

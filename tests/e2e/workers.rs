@@ -1,0 +1,88 @@
+//! Several event loops (`workers`): state that must not split stays on one worker,
+//! state that may is copied per worker, a busy worker does not slow another, and the
+//! server stops every worker and adds up their totals.
+
+use std::time::Duration;
+
+use crate::harness::{Client, Server, listener, plugins, totals};
+use crate::neighbour::{HEADROOM, hits, neighbourhood, number};
+
+/// Two workers, whatever the machine, so the kernel really has a choice.
+const TWO_WORKERS: &str = "workers = 2\n";
+
+/// A chat room of many members, who would land on different workers if the listener
+/// were spread over them, is one room: every member hears every other.
+#[test]
+fn a_chat_room_does_not_split_over_workers() {
+    const MEMBERS: usize = 24;
+    let server = Server::start(&(TWO_WORKERS.to_owned() + &listener("chat", plugins::CHAT, "")));
+    let mut members: Vec<(Client, String)> = (0..MEMBERS)
+        .map(|_| {
+            let mut client = server.connect("chat");
+            let welcome = client.line();
+            let name = welcome.strip_prefix("* welcome ").unwrap_or_else(|| panic!("{welcome}")).to_owned();
+            (client, name)
+        })
+        .collect();
+    for speaker in [MEMBERS - 1, 0] {
+        let said = format!("{}: hello from {speaker}", members[speaker].1);
+        members[speaker].0.send_line(&format!("hello from {speaker}"));
+        for (i, (member, _)) in members.iter_mut().enumerate().filter(|(i, _)| *i != speaker) {
+            // Join notices of later members come first; the line must follow.
+            let heard = std::iter::from_fn(|| Some(member.line())).find(|l| !l.starts_with("* "));
+            assert_eq!(heard.as_deref(), Some(said.as_str()), "member {i} did not hear member {speaker}");
+        }
+    }
+}
+
+/// A per-worker listener has an instance on each worker: clients spread by the kernel
+/// count in two separate counters, and the totals add up both workers' connections.
+#[test]
+fn per_worker_instances_each_serve_their_workers_connections() {
+    const CLIENTS: u64 = 24;
+    let probe = listener("probe", plugins::FIXTURE_PROBE, "instance = \"per-worker\"");
+    let server = Server::start(&(TWO_WORKERS.to_owned() + &probe));
+    let mut clients: Vec<Client> = (0..CLIENTS).map(|_| server.connect("probe")).collect();
+    let counts: Vec<u64> = clients
+        .iter_mut()
+        .map(|c| c.ask("count").strip_prefix("count ").and_then(|n| n.parse().ok()).unwrap())
+        .collect();
+    let highest = *counts.iter().max().unwrap();
+    // One instance would have counted to 24; two count to 24 between them.
+    assert!(highest < CLIENTS, "one counter saw every client: {counts:?}");
+    let ones = counts.iter().filter(|&&n| n == 1).count();
+    assert_eq!(ones, 2, "each worker's instance starts at 1: {counts:?}");
+    drop(clients);
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{log}");
+    let line = totals(&log, "probe");
+    assert_eq!(number(line, "accepted"), CLIENTS, "{line}");
+    assert_eq!(number(line, "closed"), CLIENTS, "{line}");
+    assert_eq!(log.matches("listener totals").count(), 1, "one totals line, added up over the workers:\n{log}");
+}
+
+/// A listener whose plugin burns its whole event budget on every message lives on one
+/// worker; an echo tenant on the other worker keeps its round trips far below that
+/// budget.
+#[test]
+fn a_busy_worker_does_not_slow_another() {
+    const BUDGET: Duration = Duration::from_millis(500);
+    // The burner is listed first and the echo second: they go to workers 0 and 1.
+    let burner = TWO_WORKERS.to_owned()
+        + &listener(
+            "burner",
+            plugins::FIXTURE_HOSTILE,
+            &format!("[listener.limits]\nevent-timeout-ms = {}\nevent-wall-timeout-ms = 5000", BUDGET.as_millis()),
+        );
+    let aftermath = neighbourhood(&burner, "127.0.0.1:0", HEADROOM, |server| {
+        for _ in 0..4 {
+            let mut client = server.connect("burner");
+            client.send_line("spin-wall 3000");
+            assert!(client.until_eof().is_empty(), "the burner is stopped at its budget");
+        }
+    });
+    let (worst, p99) = (aftermath.worst_round_trip, aftermath.p99_round_trip);
+    println!("echo beside a worker burning {BUDGET:?} per message: p99 {p99:?}, worst {worst:?}");
+    assert!(worst < BUDGET / 2, "the echo waited {worst:?} (p99 {p99:?}) for the busy worker");
+    assert_eq!(hits(totals(&aftermath.log, "burner"), "event-timeout-ms"), 4, "{}", aftermath.log);
+}
