@@ -312,6 +312,8 @@ impl Core {
 /// The event loop of one worker. Single-threaded: it owns its sockets, buffers and
 /// handlers.
 pub struct Reactor {
+    /// Which worker of its server this is.
+    index: usize,
     poll: Poll,
     events: Events,
     listeners: Vec<Listener>,
@@ -337,6 +339,7 @@ impl Reactor {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let registry = poll.registry().try_clone()?;
         Ok(Reactor {
+            index,
             poll,
             events: Events::with_capacity(1024),
             listeners: Vec::new(),
@@ -378,7 +381,7 @@ impl Reactor {
         let mut socket = bind(binding.address, binding.shared_port)?;
         let address = socket.local_addr()?;
         self.poll.registry().register(&mut socket, listener_token(index), Interest::READABLE)?;
-        info!(listener = %spec.name, %address, "listening");
+        info!(listener = %spec.name, %address, worker = self.index, "listening");
         self.listeners.push(Listener {
             socket: Some(socket),
             address,

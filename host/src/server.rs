@@ -192,7 +192,10 @@ impl Server {
                 (Err(err), _) | (_, Err(err)) => Err(err),
             };
         }
-        if let Ok(stats) = &result {
+        if let Ok(stats) = &mut result {
+            // In the config's order, whichever worker saw a listener first.
+            let order = |name: &str| self.addrs.iter().position(|(listener, _)| listener == name);
+            stats.listeners.sort_by_key(|(name, _)| order(name));
             stats.log();
         }
         result
