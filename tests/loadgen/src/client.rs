@@ -32,6 +32,7 @@ use anyhow::{Context, Result, anyhow};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token};
 
+use crate::cpu::ServerProcesses;
 use crate::http;
 use crate::spec::{LoadSpec, Mode};
 use crate::stats::Histogram;
@@ -54,6 +55,8 @@ pub(crate) struct RoundResult {
     pub first_error: Option<String>,
     /// Latency of each response counted in `requests`.
     pub latency: Histogram,
+    /// CPU time the server used in the measured window, if it could be read.
+    pub server_cpu: Option<Duration>,
 }
 
 impl RoundResult {
@@ -73,17 +76,20 @@ impl RoundResult {
     }
 }
 
-/// Runs one round of `spec` against `addr`.
+/// Runs one round of `spec` against `addr`, and measures the CPU time `server` uses
+/// in the measured window.
 ///
 /// Fails if a connection cannot be opened at the start; later failures are counted
 /// as errors and the connection is reopened.
-pub(crate) fn run_round(spec: &LoadSpec, addr: SocketAddr) -> Result<RoundResult> {
+pub(crate) fn run_round(spec: &LoadSpec, addr: SocketAddr, server: &ServerProcesses) -> Result<RoundResult> {
     let threads = spec.thread_count();
     // Every thread connects and allocates its buffers first, so that none of that
-    // is measured and the threads start loading the server together.
-    let ready = Barrier::new(threads);
+    // is measured and the threads start loading the server together; this thread
+    // passes the barrier with them and reads the server's CPU time as the
+    // measurement starts and ends.
+    let ready = Barrier::new(threads + 1);
     let failed = AtomicBool::new(false);
-    let results: Vec<Result<RoundResult>> = thread::scope(|scope| {
+    let (results, server_cpu) = thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|i| {
                 let conns = spec.connections / threads + usize::from(i < spec.connections % threads);
@@ -101,13 +107,30 @@ pub(crate) fn run_round(spec: &LoadSpec, addr: SocketAddr) -> Result<RoundResult
                 })
             })
             .collect();
-        workers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err(anyhow!("a client thread panicked")))).collect()
+        ready.wait();
+        let server_cpu = if failed.load(Ordering::Relaxed) { None } else { measure_cpu(spec, server) };
+        let results: Vec<Result<RoundResult>> = workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| Err(anyhow!("a client thread panicked"))))
+            .collect();
+        (results, server_cpu)
     });
-    let mut total = RoundResult::default();
+    let mut total = RoundResult { server_cpu, ..RoundResult::default() };
     for result in results {
         total.merge(result?);
     }
     Ok(total)
+}
+
+/// The CPU time `server` uses from the end of the warm-up to the end of the round,
+/// both counted from now (the start of the round).
+fn measure_cpu(spec: &LoadSpec, server: &ServerProcesses) -> Option<Duration> {
+    let start = Instant::now();
+    let sleep_until = |when: Instant| thread::sleep(when.saturating_duration_since(Instant::now()));
+    sleep_until(start + spec.warmup);
+    let before = server.cpu_time();
+    sleep_until(start + spec.warmup + spec.duration);
+    server.cpu_time()?.checked_sub(before?)
 }
 
 /// Opens a connection before the round starts.

@@ -31,8 +31,19 @@
 //! a target's throughput is the median of its rounds, and its
 //! [`ratio`](TargetReport::ratio) to the first target's is the number to compare
 //! across runs, because absolute numbers on such machines are not.
+//!
+//! # Server CPU per request
+//!
+//! When the client and the server share the cores, rates squeeze toward each other.
+//! So each round also reads the CPU time (user and system, from `/proc/PID/stat`) the
+//! server's processes use in the measured window, and divides it by the requests
+//! served: [`RoundReport::cpu_per_request_us`]. The server is [`Target::pids`], or,
+//! by default, every other process that holds a socket listening on the target's
+//! address (see [`cpu`]). The clock tick of `/proc` is 10 ms, so a round should
+//! last seconds for this figure to be precise to a percent.
 
 mod client;
+pub mod cpu;
 pub mod http;
 mod report;
 mod spec;
@@ -57,10 +68,11 @@ pub fn run(spec: &LoadSpec) -> Result<Report> {
 /// round's report after every round.
 pub fn run_with_progress(spec: &LoadSpec, mut progress: impl FnMut(&Target, usize, &RoundReport)) -> Result<Report> {
     spec.validate()?;
-    let mut targets: Vec<TargetRounds> = spec.targets.iter().cloned().map(TargetRounds::new).collect();
+    let mut targets: Vec<TargetRounds> =
+        spec.targets.iter().map(|target| TargetRounds::new(target.clone(), target.server())).collect();
     for round in 0..spec.rounds {
         for (target, rounds) in spec.targets.iter().zip(&mut targets) {
-            let result = client::run_round(spec, target.addr)
+            let result = client::run_round(spec, target.addr, rounds.server())
                 .with_context(|| format!("round {} of target `{}`", round + 1, target.name))?;
             progress(target, round, rounds.push(&result, spec.duration));
         }

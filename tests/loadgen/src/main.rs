@@ -24,6 +24,13 @@ struct Cli {
     #[arg(long = "target", value_name = "NAME=ADDR", required = true)]
     targets: Vec<Target>,
 
+    /// A process of the server of target NAME, whose CPU time (user and system)
+    /// counts as the server's; repeat for a server of several processes.
+    /// [default: every process other than this one holding a socket that listens on
+    /// the target's address]
+    #[arg(long = "pid", value_name = "NAME=PID")]
+    pids: Vec<String>,
+
     /// Concurrent connections per target.
     #[arg(long, default_value_t = LoadSpec::DEFAULT_CONNECTIONS)]
     connections: usize,
@@ -73,8 +80,26 @@ fn seconds(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{e}"))
 }
 
+/// Gives each `NAME=PID` of `pids` to the target called NAME.
+fn assign_pids(targets: &mut [Target], pids: &[String]) -> Result<(), String> {
+    for given in pids {
+        let (name, pid) = given.split_once('=').ok_or_else(|| format!("`--pid {given}`: expected NAME=PID"))?;
+        let pid: u32 = pid.parse().map_err(|e| format!("`--pid {given}`: {e}"))?;
+        let target = targets
+            .iter_mut()
+            .find(|t| t.name == name)
+            .ok_or_else(|| format!("`--pid {given}`: no target is named `{name}`"))?;
+        target.pids.push(pid);
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Err(e) = assign_pids(&mut cli.targets, &cli.pids) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let spec = LoadSpec {
         connections: cli.connections,
         threads: cli.threads,
@@ -88,8 +113,9 @@ fn main() -> ExitCode {
         ..LoadSpec::new(cli.mode, cli.targets)
     };
     let progress = |target: &Target, round: usize, report: &sandport_loadgen::RoundReport| {
+        let cpu = report.cpu_per_request_us.map_or("n/a".to_owned(), |us| format!("{us:.2} µs"));
         eprintln!(
-            "round {}/{} {}: {:.0} req/s, {:.2} MB/s, {}, {} errors",
+            "round {}/{} {}: {:.0} req/s, {cpu} server CPU per request, {:.2} MB/s, {}, {} errors",
             round + 1,
             spec.rounds,
             target.name,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 
 use crate::client::RoundResult;
+use crate::cpu::ServerProcesses;
 use crate::spec::{LoadSpec, Mode, Target};
 use crate::stats::{Histogram, median};
 
@@ -59,12 +60,20 @@ pub struct RoundReport {
     pub mb_per_sec: f64,
     /// Latency in this round.
     pub latency: Latency,
+    /// CPU time the server used in the measured window, in microseconds; `None`
+    /// (`null`) if its processes are unknown or could not be read.
+    pub server_cpu_us: Option<f64>,
+    /// `server_cpu_us` divided by `requests`; `None` (`null`) without either.
+    pub cpu_per_request_us: Option<f64>,
 }
 
 impl RoundReport {
     fn new(result: &RoundResult, duration: Duration) -> Self {
         let secs = duration.as_secs_f64();
+        let server_cpu_us = result.server_cpu.map(|cpu| cpu.as_secs_f64() * 1e6);
         RoundReport {
+            server_cpu_us,
+            cpu_per_request_us: server_cpu_us.filter(|_| result.requests > 0).map(|us| us / result.requests as f64),
             requests: result.requests,
             bytes: result.bytes,
             errors: result.errors,
@@ -100,6 +109,17 @@ pub struct TargetReport {
     pub first_error: Option<String>,
     /// Latency over all rounds' responses.
     pub latency: Latency,
+    /// The processes whose CPU time was read as the server's.
+    pub server_pids: Vec<u32>,
+    /// Why no server process was found, if none was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_missing: Option<String>,
+    /// The median over the rounds that have it of the server's CPU time per request,
+    /// in microseconds; `None` (`null`) if no round has it.
+    pub cpu_per_request_us: Option<f64>,
+    /// `cpu_per_request_us` divided by the first target's; `None` (`null`) without
+    /// either.
+    pub cpu_ratio: Option<f64>,
     /// Each round, in the order they ran.
     pub rounds: Vec<RoundReport>,
 }
@@ -135,13 +155,19 @@ pub struct Report {
 /// Collects the rounds of one target as they complete.
 pub(crate) struct TargetRounds {
     target: Target,
+    server: ServerProcesses,
     rounds: Vec<RoundReport>,
     latency: Histogram,
 }
 
 impl TargetRounds {
-    pub(crate) fn new(target: Target) -> Self {
-        TargetRounds { target, rounds: Vec::new(), latency: Histogram::new() }
+    pub(crate) fn new(target: Target, server: ServerProcesses) -> Self {
+        TargetRounds { target, server, rounds: Vec::new(), latency: Histogram::new() }
+    }
+
+    /// The processes whose CPU time is the target's.
+    pub(crate) fn server(&self) -> &ServerProcesses {
+        &self.server
     }
 
     /// Adds a round and returns its report.
@@ -156,8 +182,15 @@ impl TargetRounds {
         median(&self.rounds.iter().map(|r| r.requests_per_sec).collect::<Vec<_>>())
     }
 
-    fn finish(self, baseline: f64) -> TargetReport {
+    /// The median over the rounds that have it of the server's CPU time per request.
+    fn cpu_per_request_us(&self) -> Option<f64> {
+        let measured: Vec<f64> = self.rounds.iter().filter_map(|r| r.cpu_per_request_us).collect();
+        (!measured.is_empty()).then(|| median(&measured))
+    }
+
+    fn finish(self, baseline: f64, cpu_baseline: Option<f64>) -> TargetReport {
         let requests_per_sec = self.requests_per_sec();
+        let cpu_per_request_us = self.cpu_per_request_us();
         let throughputs: Vec<f64> = self.rounds.iter().map(|r| r.mb_per_sec).collect();
         TargetReport {
             name: self.target.name,
@@ -169,6 +202,10 @@ impl TargetRounds {
             errors: self.rounds.iter().map(|r| r.errors).sum(),
             first_error: self.rounds.iter().find_map(|r| r.first_error.clone()),
             latency: Latency::of(&self.latency),
+            server_pids: self.server.pids,
+            server_missing: self.server.missing,
+            cpu_per_request_us,
+            cpu_ratio: cpu_per_request_us.zip(cpu_baseline.filter(|&b| b > 0.0)).map(|(cpu, base)| cpu / base),
             rounds: self.rounds,
         }
     }
@@ -177,6 +214,7 @@ impl TargetRounds {
 impl Report {
     pub(crate) fn new(spec: &LoadSpec, targets: Vec<TargetRounds>) -> Self {
         let baseline = targets.first().map_or(f64::NAN, TargetRounds::requests_per_sec);
+        let cpu_baseline = targets.first().and_then(TargetRounds::cpu_per_request_us);
         Report {
             mode: spec.mode,
             connections: spec.connections,
@@ -187,7 +225,7 @@ impl Report {
             duration: spec.duration,
             warmup: spec.warmup,
             rounds: spec.rounds,
-            targets: targets.into_iter().map(|t| t.finish(baseline)).collect(),
+            targets: targets.into_iter().map(|t| t.finish(baseline, cpu_baseline)).collect(),
         }
     }
 }
@@ -217,24 +255,29 @@ impl fmt::Display for Report {
         let name_width = self.targets.iter().map(|t| t.name.len()).max().unwrap_or(0).max(6);
         let addr_width = self.targets.iter().map(|t| t.addr.to_string().len()).max().unwrap_or(0).max(7);
         let baseline = self.targets.first().map_or("", |t| &t.name);
+        let vs = format!("vs {baseline}");
+        let vs_width = vs.len().max(6);
         writeln!(
             f,
-            "{:name_width$}  {:addr_width$}  {:>10}  {:>8}  {:>8}  {:>8}  {:>8}  {:>6}  vs {baseline}",
-            "target", "address", "req/s", "MB/s", "p50", "p99", "max", "errors"
+            "{:name_width$}  {:addr_width$}  {:>10}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}  {:>6}  {vs:>vs_width$}  cpu vs {baseline}",
+            "target", "address", "req/s", "cpu/req", "MB/s", "p50", "p99", "max", "errors",
         )?;
+        let ratio = |r: Option<f64>| r.filter(|r| r.is_finite()).map_or("n/a".to_owned(), |r| format!("{r:.3}"));
         for t in &self.targets {
             writeln!(
                 f,
-                "{:name_width$}  {:addr_width$}  {:>10.0}  {:>8.2}  {:>8}  {:>8}  {:>8}  {:>6}  {}",
+                "{:name_width$}  {:addr_width$}  {:>10.0}  {:>8}  {:>8.2}  {:>8}  {:>8}  {:>8}  {:>6}  {:>vs_width$}  {}",
                 t.name,
                 t.addr.to_string(),
                 t.requests_per_sec,
+                cpu_us(t.cpu_per_request_us),
                 t.mb_per_sec,
                 Short(t.latency.p50).to_string(),
                 Short(t.latency.p99).to_string(),
                 Short(t.latency.max).to_string(),
                 t.errors,
-                if t.ratio.is_finite() { format!("{:.3}", t.ratio) } else { "n/a".to_owned() },
+                ratio(Some(t.ratio)),
+                ratio(t.cpu_ratio),
             )?;
         }
         for t in &self.targets {
@@ -242,7 +285,29 @@ impl fmt::Display for Report {
                 writeln!(f, "{}: {} errors, the first: {error}", t.name, t.errors)?;
             }
         }
-        Ok(())
+        let servers: Vec<String> = self
+            .targets
+            .iter()
+            .map(|t| match (&t.server_pids[..], &t.server_missing) {
+                ([], Some(why)) => format!("{}: n/a, {why}", t.name),
+                ([pid], _) => format!("{} = pid {pid}", t.name),
+                (pids, _) => {
+                    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+                    format!("{} = pids {}", t.name, pids.join(" "))
+                }
+            })
+            .collect();
+        writeln!(f, "server CPU (user+system, /proc) of {}", servers.join("; "))
+    }
+}
+
+/// A CPU time per request in microseconds, with a digit more than [`Short`] gives,
+/// since these are compared to a few percent.
+fn cpu_us(us: Option<f64>) -> String {
+    match us {
+        Some(us) if us < 100.0 => format!("{us:.2}µs"),
+        Some(us) => format!("{us:.1}µs"),
+        None => "n/a".to_owned(),
     }
 }
 
@@ -275,7 +340,9 @@ mod tests {
     use super::*;
 
     fn round(requests: u64, latency_us: u64) -> RoundResult {
-        let mut result = RoundResult { requests, bytes: requests * 100, ..RoundResult::default() };
+        // A server CPU time of `latency_us` per request.
+        let server_cpu = Some(Duration::from_micros(requests * latency_us));
+        let mut result = RoundResult { requests, bytes: requests * 100, server_cpu, ..RoundResult::default() };
         for _ in 0..requests {
             result.latency.record(Duration::from_micros(latency_us));
         }
@@ -285,8 +352,8 @@ mod tests {
     #[test]
     fn ratios_use_the_median_round() {
         let spec = LoadSpec { duration: Duration::from_secs(2), rounds: 3, ..LoadSpec::new(Mode::Echo, vec![]) };
-        let mut base = TargetRounds::new("base=127.0.0.1:1".parse().unwrap());
-        let mut other = TargetRounds::new("other=127.0.0.1:2".parse().unwrap());
+        let mut base = TargetRounds::new("base=127.0.0.1:1".parse().unwrap(), ServerProcesses::given(vec![7]));
+        let mut other = TargetRounds::new("other=127.0.0.1:2".parse().unwrap(), ServerProcesses::given(vec![8, 9]));
         for (b, o) in [(1000, 3000), (2000, 1000), (9000, 4000)] {
             base.push(&round(b, 100), spec.duration);
             other.push(&round(o, 200), spec.duration);
@@ -300,6 +367,8 @@ mod tests {
         assert_eq!(other.ratio, 1.5);
         assert_eq!(other.requests, 8000);
         assert_eq!(other.latency.max, Duration::from_micros(200));
+        assert_eq!((base.cpu_per_request_us, other.cpu_per_request_us), (Some(100.0), Some(200.0)));
+        assert_eq!(other.cpu_ratio, Some(2.0));
 
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["mode"], "echo");
@@ -314,24 +383,38 @@ mod tests {
         let table = report.to_string();
         assert!(table.contains("vs base"), "{table}");
         assert!(!table.contains("fresh connection"), "{table}");
-        assert!(table.lines().any(|l| l.starts_with("other ") && l.ends_with("1.500")), "{table}");
+        let other_line = table.lines().find(|l| l.starts_with("other ")).unwrap();
+        let columns: Vec<&str> = other_line.split_whitespace().collect();
+        assert_eq!((columns[2], columns[3]), ("1500", "200.0µs"), "{table}");
+        assert!(other_line.ends_with("1.500  2.000"), "{table}");
+        assert!(table.ends_with("server CPU (user+system, /proc) of base = pid 7; other = pids 8 9\n"), "{table}");
+        assert_eq!(json["targets"][1]["cpu_per_request_us"], 200.0);
+        assert_eq!(json["targets"][1]["rounds"][0]["server_cpu_us"], 3000.0 * 200.0);
     }
 
     #[test]
     fn a_silent_baseline_has_no_ratio() {
         let spec = LoadSpec::new(Mode::Http, vec![]);
-        let mut base = TargetRounds::new("127.0.0.1:1".parse().unwrap());
+        let unknown = ServerProcesses { pids: vec![], missing: Some("nobody listens".into()) };
+        let mut base = TargetRounds::new("127.0.0.1:1".parse().unwrap(), unknown);
         base.push(&RoundResult::default(), spec.duration);
         let report = Report::new(&spec, vec![base]);
         assert!(report.targets[0].ratio.is_nan());
-        assert!(report.to_string().contains("n/a"));
-        assert_eq!(serde_json::to_value(&report).unwrap()["targets"][0]["ratio"], serde_json::Value::Null);
+        assert_eq!(report.targets[0].cpu_per_request_us, None);
+        let table = report.to_string();
+        let columns: Vec<&str> = table.lines().nth(2).unwrap().split_whitespace().collect();
+        assert_eq!((columns[3], &columns[columns.len() - 2..]), ("n/a", &["n/a", "n/a"][..]), "{table}");
+        assert!(table.ends_with("of 127.0.0.1:1: n/a, nobody listens\n"), "{table}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["targets"][0]["ratio"], serde_json::Value::Null);
+        assert_eq!(json["targets"][0]["cpu_per_request_us"], serde_json::Value::Null);
+        assert_eq!(json["targets"][0]["server_missing"], "nobody listens");
     }
 
     #[test]
     fn reconnect_is_reported() {
         let spec = LoadSpec { reconnect: true, ..LoadSpec::new(Mode::Http, vec![]) };
-        let mut base = TargetRounds::new("127.0.0.1:1".parse().unwrap());
+        let mut base = TargetRounds::new("127.0.0.1:1".parse().unwrap(), ServerProcesses::default());
         base.push(&round(10, 100), spec.duration);
         let report = Report::new(&spec, vec![base]);
         let json = serde_json::to_value(&report).unwrap();

@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use serde::Serialize;
 
+use crate::cpu::ServerProcesses;
+
 /// What each connection does, over and over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -28,6 +30,26 @@ pub struct Target {
     pub name: String,
     /// Where the server listens.
     pub addr: SocketAddr,
+    /// The processes whose CPU time is the server's; empty to use those that hold a
+    /// socket listening on `addr` (see [`ServerProcesses::listening_on`]).
+    pub pids: Vec<u32>,
+}
+
+impl Target {
+    /// A target whose server processes are found from its listening socket.
+    pub fn new(name: impl Into<String>, addr: SocketAddr) -> Self {
+        Target { name: name.into(), addr, pids: Vec::new() }
+    }
+
+    /// The processes whose CPU time counts as this target's: [`Target::pids`], or
+    /// those found listening on [`Target::addr`].
+    pub fn server(&self) -> ServerProcesses {
+        if self.pids.is_empty() {
+            ServerProcesses::listening_on(self.addr)
+        } else {
+            ServerProcesses::given(self.pids.clone())
+        }
+    }
 }
 
 impl FromStr for Target {
@@ -43,7 +65,7 @@ impl FromStr for Target {
             .with_context(|| format!("bad target address `{addr}` (expected HOST:PORT)"))?
             .next()
             .with_context(|| format!("`{addr}` resolves to no address"))?;
-        Ok(Target { name: name.to_owned(), addr })
+        Ok(Target::new(name, addr))
     }
 }
 
@@ -158,7 +180,7 @@ mod tests {
 
     #[test]
     fn validation() {
-        let target = |name: &str| Target { name: name.into(), addr: "127.0.0.1:1".parse().unwrap() };
+        let target = |name: &str| Target::new(name, "127.0.0.1:1".parse().unwrap());
         let spec = LoadSpec::new(Mode::Echo, vec![target("a"), target("b")]);
         spec.validate().unwrap();
 

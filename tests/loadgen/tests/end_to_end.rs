@@ -1,8 +1,10 @@
 //! `run` against small servers started inside the test: thread-per-connection echo
-//! and HTTP servers, correct and deliberately broken.
+//! and HTTP servers, correct and deliberately broken, and one in a process of its own
+//! whose CPU time the load generator reads.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
@@ -113,7 +115,7 @@ fn unavailable(stream: TcpStream) -> io::Result<()> {
 }
 
 fn target(name: &str, addr: SocketAddr) -> Target {
-    Target { name: name.into(), addr }
+    Target::new(name, addr)
 }
 
 /// A short run: these servers are only fixtures, not measured.
@@ -232,4 +234,97 @@ fn reconnect_counts_refused_connects_as_errors() {
     assert!(t.first_error.as_deref().unwrap().contains("cannot reconnect"), "{report}");
     // Retried once per 100 ms tick over the 400 ms round, not in a busy loop.
     assert!((1..10).contains(&t.errors), "{report}");
+}
+
+/// Set in the environment of the child process that [`server_cpu_per_request`]
+/// starts: there the test is the server instead.
+const CHILD_SERVER: &str = "SANDPORT_LOADGEN_TEST_CHILD_SERVER";
+/// What the child server prints before its address.
+const LISTENING: &str = "child server listening on ";
+
+/// A server in a process of its own: this test binary again, running only
+/// [`server_cpu_per_request`] in its server role.
+struct ChildServer {
+    child: Child,
+    /// The rest of its output, read to the end before it exits so that libtest's
+    /// last lines there do not fail on a closed pipe.
+    stdout: io::Lines<BufReader<ChildStdout>>,
+    addr: SocketAddr,
+}
+
+impl ChildServer {
+    fn start() -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["server_cpu_per_request", "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_SERVER, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // libtest prints its own text around the server's, on the same line too.
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = lines
+            .find_map(|line| Some(line.unwrap().split_once(LISTENING)?.1.trim().parse().unwrap()))
+            .expect("the child server's address");
+        ChildServer { child, stdout: lines, addr }
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        // Closing its stdin stops it.
+        drop(self.child.stdin.take());
+        self.stdout.by_ref().for_each(drop);
+        let _ = self.child.wait();
+    }
+}
+
+/// The server role: echo on a fresh port until stdin closes.
+fn serve_until_stdin_closes() {
+    let addr = serve(echo);
+    println!("{LISTENING}{addr}");
+    io::stdout().flush().unwrap();
+    let _ = io::copy(&mut io::stdin(), &mut io::sink());
+}
+
+#[test]
+fn server_cpu_per_request() {
+    if std::env::var_os(CHILD_SERVER).is_some() {
+        return serve_until_stdin_closes();
+    }
+    let server = ChildServer::start();
+    let pid = server.child.id();
+    // Found from the listening socket, and given by hand: the same process.
+    let spec = LoadSpec {
+        duration: Duration::from_secs(1),
+        ..quick(
+            Mode::Echo,
+            vec![target("found", server.addr), Target { pids: vec![pid], ..target("given", server.addr) }],
+        )
+    };
+    let report = sandport_loadgen::run(&spec).unwrap();
+    assert_clean(&report);
+    for t in &report.targets {
+        assert_eq!(t.server_pids, [pid], "{report}");
+        // A thread per connection moving 64 bytes each way costs microseconds per
+        // exchange; a whole clock tick (10 ms) per exchange would be a wrong count.
+        let cpu = t.cpu_per_request_us.unwrap_or_else(|| panic!("no CPU figure\n{report}"));
+        assert!(cpu > 0.0 && cpu < 10_000.0, "{report}");
+        assert!(t.rounds[0].server_cpu_us.unwrap() > 0.0, "{report}");
+    }
+    let table = report.to_string();
+    let header: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(header[..4], ["target", "address", "req/s", "cpu/req"], "{table}");
+    let found: Vec<&str> = table.lines().nth(2).unwrap().split_whitespace().collect();
+    assert!(found[3].ends_with("µs") && found[3].trim_end_matches("µs").parse::<f64>().unwrap() > 0.0, "{table}");
+    assert!(table.ends_with(&format!("of found = pid {pid}; given = pid {pid}\n")), "{table}");
+}
+
+#[test]
+fn a_server_in_the_client_has_no_cpu_figure() {
+    let report = sandport_loadgen::run(&quick(Mode::Echo, vec![target("inside", serve(echo))])).unwrap();
+    assert_clean(&report);
+    let t = &report.targets[0];
+    assert!(t.server_pids.is_empty() && t.cpu_per_request_us.is_none(), "{report}");
+    assert!(t.server_missing.as_deref().unwrap().contains("no other process"), "{report}");
 }
