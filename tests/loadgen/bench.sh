@@ -15,8 +15,10 @@
 # Settings (environment): ROUNDS (3), DURATION (5, seconds per round), BURN_US (50),
 # CONNECTIONS (16, loadgen), WRK_CONNECTIONS (50), PORT_BASE (18000), OUT
 # (/tmp/sandport-bench: configs, logs, raw output), and for the host after issue 8:
-# WORKERS (unset: no `workers` line) and HTTP_INSTANCE (unset: http-hello's default
-# instance mode; e.g. `per-worker`).
+# WORKERS, a list of `workers` settings, one sandport each, all in the same run
+# (unset: one sandport without a `workers` line; WORKERS="1 2" for the scaling
+# figures), and HTTP_INSTANCE (unset: http-hello's default instance mode; e.g.
+# `per-worker`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -29,13 +31,14 @@ WRK_CONNECTIONS=${WRK_CONNECTIONS:-50}
 PORT_BASE=${PORT_BASE:-18000}
 OUT=${OUT:-/tmp/sandport-bench}
 
-ECHO_PORT=$PORT_BASE
-BURN0_PORT=$((PORT_BASE + 1))
-BURN_PORT=$((PORT_BASE + 2))
-HTTP_PORT=$((PORT_BASE + 80))
-NGINX1_PORT=$((PORT_BASE + 90))
-NGINX2_PORT=$((PORT_BASE + 91))
-NATIVE_PORT=$((PORT_BASE + 100))
+# Each sandport takes a block of ports: PORT_BASE + 200 * its index, plus these.
+ECHO_OFFSET=0
+BURN0_OFFSET=1
+BURN_OFFSET=2
+HTTP_OFFSET=80
+NGINX1_PORT=$((PORT_BASE + 190))
+NGINX2_PORT=$((PORT_BASE + 191))
+NATIVE_PORT=$((PORT_BASE + 199))
 
 if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
     apt-get update -qq && apt-get install -y -qq nginx-light wrk
@@ -48,43 +51,52 @@ LOADGEN=$ROOT/target/release/sandport-loadgen
 
 rm -rf "$OUT" && mkdir -p "$OUT"
 
-# --- sandport ---------------------------------------------------------------------
-{
-    if [[ -n ${WORKERS:-} ]]; then
-        echo "workers = $WORKERS"
-    fi
-    cat <<EOF
+# --- sandport: one per WORKERS entry ------------------------------------------------
+read -ra WORKERS_LIST <<<"${WORKERS:-default}"
+SANDPORTS=()
+declare -A BASE
+for i in "${!WORKERS_LIST[@]}"; do
+    workers=${WORKERS_LIST[$i]}
+    if [[ $workers == default ]]; then name=sandport; else name=sandport-w$workers; fi
+    SANDPORTS+=("$name")
+    BASE[$name]=$((PORT_BASE + 200 * i))
+    {
+        if [[ $workers != default ]]; then
+            echo "workers = $workers"
+        fi
+        cat <<EOF
 [[listener]]
 name = "echo"
-address = "127.0.0.1:$ECHO_PORT"
+address = "127.0.0.1:$((BASE[$name] + ECHO_OFFSET))"
 plugin = "$WASM/echo.wasm"
 
 [[listener]]
 name = "http-hello"
-address = "127.0.0.1:$HTTP_PORT"
+address = "127.0.0.1:$((BASE[$name] + HTTP_OFFSET))"
 plugin = "$WASM/http_hello.wasm"
 EOF
-    if [[ -n ${HTTP_INSTANCE:-} ]]; then
-        echo "instance = \"$HTTP_INSTANCE\""
-    fi
-    for listener in "burn-0 $BURN0_PORT 0" "burn-$BURN_US $BURN_PORT $BURN_US"; do
-        read -r name port us <<<"$listener"
-        cat <<EOF
+        if [[ -n ${HTTP_INSTANCE:-} ]]; then
+            echo "instance = \"$HTTP_INSTANCE\""
+        fi
+        for listener in "burn-0 $BURN0_OFFSET 0" "burn-$BURN_US $BURN_OFFSET $BURN_US"; do
+            read -r listener_name offset us <<<"$listener"
+            cat <<EOF
 
 [[listener]]
-name = "$name"
-address = "127.0.0.1:$port"
+name = "$listener_name"
+address = "127.0.0.1:$((BASE[$name] + offset))"
 plugin = "$WASM/fixture_burn.wasm"
 
 [listener.config]
 burn-us = $us
 EOF
-    done
-} >"$OUT/sandport.toml"
+        done
+    } >"$OUT/$name.toml"
+done
 
 # --- nginx, as in ../shared/peers.md, with 1 and with 2 workers ---------------------
 for workers in 1 2; do
-    port=$((PORT_BASE + 89 + workers))
+    port=$((PORT_BASE + 189 + workers))
     mkdir -p "$OUT/nginx-$workers"
     cat >"$OUT/nginx-$workers/nginx.conf" <<EOF
 worker_processes $workers;
@@ -112,17 +124,19 @@ stop_all() {
 }
 trap stop_all EXIT
 
-target/release/sandport serve --config "$OUT/sandport.toml" 2>"$OUT/sandport.log" &
-SANDPORT_PID=$!
-STARTED+=("$SANDPORT_PID")
+declare -A PID
+for name in "${SANDPORTS[@]}"; do
+    target/release/sandport serve --config "$OUT/$name.toml" 2>"$OUT/$name.log" &
+    PID[$name]=$!
+    STARTED+=($!)
+done
 target/release/examples/native_echo "127.0.0.1:$NATIVE_PORT" 2>"$OUT/native_echo.log" &
 STARTED+=($!)
-nginx -c "$OUT/nginx-1/nginx.conf" &
-NGINX1_PID=$!
-STARTED+=("$NGINX1_PID")
-nginx -c "$OUT/nginx-2/nginx.conf" &
-NGINX2_PID=$!
-STARTED+=("$NGINX2_PID")
+for workers in 1 2; do
+    nginx -c "$OUT/nginx-$workers/nginx.conf" &
+    PID[nginx-$workers]=$!
+    STARTED+=($!)
+done
 
 # Waits until PORT on 127.0.0.1 accepts connections, for at most 60 s.
 wait_for_port() {
@@ -135,7 +149,12 @@ wait_for_port() {
         sleep 0.1
     done
 }
-for port in $ECHO_PORT $BURN0_PORT $BURN_PORT $HTTP_PORT $NGINX1_PORT $NGINX2_PORT $NATIVE_PORT; do
+for name in "${SANDPORTS[@]}"; do
+    for offset in $ECHO_OFFSET $BURN0_OFFSET $BURN_OFFSET $HTTP_OFFSET; do
+        wait_for_port $((BASE[$name] + offset))
+    done
+done
+for port in $NGINX1_PORT $NGINX2_PORT $NATIVE_PORT; do
     wait_for_port "$port"
 done
 
@@ -158,16 +177,14 @@ cpu_ticks() {
 CLK_TCK=$(getconf CLK_TCK)
 
 echo "== $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "== sandport $(git rev-parse --short HEAD), config $OUT/sandport.toml"
+echo "== sandport $(git rev-parse --short HEAD), configs in $OUT"
 
-# --- 1. HTTP: wrk, alternating sandport, nginx 1 worker, nginx 2 workers -------------
-declare -A HTTP_PID=([sandport]=$SANDPORT_PID [nginx-1]=$NGINX1_PID [nginx-2]=$NGINX2_PID)
-declare -A HTTP_URL=(
-    [sandport]="http://127.0.0.1:$HTTP_PORT/"
-    [nginx-1]="http://127.0.0.1:$NGINX1_PORT/"
-    [nginx-2]="http://127.0.0.1:$NGINX2_PORT/"
-)
-HTTP_TARGETS=(sandport nginx-1 nginx-2)
+# --- 1. HTTP: wrk, alternating the sandports, nginx 1 worker, nginx 2 workers --------
+declare -A HTTP_URL=([nginx-1]="http://127.0.0.1:$NGINX1_PORT/" [nginx-2]="http://127.0.0.1:$NGINX2_PORT/")
+for name in "${SANDPORTS[@]}"; do
+    HTTP_URL[$name]="http://127.0.0.1:$((BASE[$name] + HTTP_OFFSET))/"
+done
+HTTP_TARGETS=("${SANDPORTS[@]}" nginx-1 nginx-2)
 WRK=(wrk -t1 "-c$WRK_CONNECTIONS" "-d${DURATION}s")
 echo
 echo "== HTTP: ${WRK[*]} URL, $ROUNDS rounds, alternating"
@@ -178,7 +195,7 @@ done
 : >"$OUT/http.tsv"
 for round in $(seq "$ROUNDS"); do
     for target in "${HTTP_TARGETS[@]}"; do
-        read -ra pids <<<"$(server_pids "${HTTP_PID[$target]}")"
+        read -ra pids <<<"$(server_pids "${PID[$target]}")"
         before=$(cpu_ticks "${pids[@]}")
         "${WRK[@]}" "${HTTP_URL[$target]}" >"$OUT/wrk-$target-$round.txt"
         after=$(cpu_ticks "${pids[@]}")
@@ -187,12 +204,12 @@ for round in $(seq "$ROUNDS"); do
         errors=$(awk '/Socket errors|Non-2xx/ { print }' "$OUT/wrk-$target-$round.txt")
         cpu_us=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
         printf '%s\t%s\t%s\t%s\n' "$target" "$round" "$rate" "$cpu_us" >>"$OUT/http.tsv"
-        printf 'round %s %-8s %10.0f req/s  %6s µs server CPU per request  (pids %s)%s\n' \
+        printf 'round %s %-12s %10.0f req/s  %6s µs server CPU per request  (pids %s)%s\n' \
             "$round" "$target" "$rate" "$cpu_us" "${pids[*]}" "${errors:+  $errors}"
     done
 done
 echo
-# Medians per target, and ratios to sandport's.
+# Medians per target, and ratios to the first target's.
 awk -F'\t' '
     function median(list,    n, v, i, j, t) {
         n = split(list, v, " ")
@@ -201,24 +218,31 @@ awk -F'\t' '
     }
     { if (!($1 in rate)) order[++count] = $1; rate[$1] = rate[$1] " " $3; cpu[$1] = cpu[$1] " " $4 }
     END {
-        printf "%-10s %12s %14s %16s %18s\n", "target", "req/s", "cpu/req (µs)", "req/s vs " order[1], "cpu/req vs " order[1]
+        printf "%-12s %10s %13s %20s %22s\n", "target", "req/s", "cpu/req (µs)", "req/s vs " order[1], "cpu/req vs " order[1]
         base_rate = median(rate[order[1]]); base_cpu = median(cpu[order[1]])
         for (i = 1; i <= count; i++) {
             t = order[i]; r = median(rate[t]); c = median(cpu[t])
-            printf "%-10s %12.0f %14.2f %16.3f %18.3f\n", t, r, c, r / base_rate, c / base_cpu
+            printf "%-12s %10.0f %13.2f %20.3f %22.3f\n", t, r, c, r / base_rate, c / base_cpu
         }
     }' "$OUT/http.tsv" | tee "$OUT/http-summary.txt"
 
 # --- 2. echo at 64 B: native against wasm ---------------------------------------------
 LOADGEN_ARGS=(--connections "$CONNECTIONS" --duration "$DURATION" --rounds "$ROUNDS" --size 64)
+ECHO_TARGETS=(--target "native=127.0.0.1:$NATIVE_PORT")
+BURN_TARGETS=(--target "burn-0=127.0.0.1:$((BASE[${SANDPORTS[0]}] + BURN0_OFFSET))")
+for name in "${SANDPORTS[@]}"; do
+    suffix=${name#sandport}
+    ECHO_TARGETS+=(--target "wasm$suffix=127.0.0.1:$((BASE[$name] + ECHO_OFFSET))")
+    BURN_TARGETS+=(--target "burn-$BURN_US$suffix=127.0.0.1:$((BASE[$name] + BURN_OFFSET))")
+done
 echo
-echo "== echo: sandport-loadgen echo --target native=... --target wasm=... ${LOADGEN_ARGS[*]}"
-"$LOADGEN" echo --target "native=127.0.0.1:$NATIVE_PORT" --target "wasm=127.0.0.1:$ECHO_PORT" \
-    "${LOADGEN_ARGS[@]}" 2>"$OUT/echo-rounds.txt" | tee "$OUT/echo-summary.txt"
+echo "== echo: sandport-loadgen echo ${ECHO_TARGETS[*]} ${LOADGEN_ARGS[*]}"
+"$LOADGEN" echo "${ECHO_TARGETS[@]}" "${LOADGEN_ARGS[@]}" 2>"$OUT/echo-rounds.txt" | tee "$OUT/echo-summary.txt"
 
 # --- 3. the burn fixture: 0 µs against $BURN_US µs per message -------------------------
 echo
-echo "== burn: sandport-loadgen echo --target burn-0=... --target burn-$BURN_US=... ${LOADGEN_ARGS[*]}"
-"$LOADGEN" echo --target "burn-0=127.0.0.1:$BURN0_PORT" --target "burn-$BURN_US=127.0.0.1:$BURN_PORT" \
-    "${LOADGEN_ARGS[@]}" 2>"$OUT/burn-rounds.txt" | tee "$OUT/burn-summary.txt"
-grep -h "burn:" "$OUT/sandport.log" | sed 's/^/sandport log: /' || true
+echo "== burn: sandport-loadgen echo ${BURN_TARGETS[*]} ${LOADGEN_ARGS[*]}"
+"$LOADGEN" echo "${BURN_TARGETS[@]}" "${LOADGEN_ARGS[@]}" 2>"$OUT/burn-rounds.txt" | tee "$OUT/burn-summary.txt"
+for name in "${SANDPORTS[@]}"; do
+    grep -h "burn:" "$OUT/$name.log" | sed "s/^/$name log: /" || true
+done
