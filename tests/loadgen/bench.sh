@@ -14,7 +14,10 @@
 #
 # Settings (environment): ROUNDS (3), DURATION (5, seconds per round), BURN_US (50),
 # CONNECTIONS (16, loadgen), WRK_CONNECTIONS (50), PORT_BASE (18000), OUT
-# (/tmp/sandport-bench: configs, logs, raw output), and for the host after issue 8:
+# (/tmp/sandport-bench: configs, logs, raw output), BURN_ITERATIONS (unset: each burn
+# instance calibrates BURN_US itself; set, the fixed work per message every burn
+# listener does instead, which servers compared with each other need: calibrations
+# differ by 20-30% between instances on a busy machine), and for the host after issue 8:
 # WORKERS, a list of `workers` settings, one sandport each, all in the same run
 # (unset: one sandport without a `workers` line; WORKERS="1 2" for the scaling
 # figures), and HTTP_INSTANCE (unset: http-hello's default instance mode; e.g.
@@ -90,6 +93,9 @@ plugin = "$WASM/fixture_burn.wasm"
 [listener.config]
 burn-us = $us
 EOF
+            if [[ -n ${BURN_ITERATIONS:-} && $us != 0 ]]; then
+                echo "burn-iterations = $BURN_ITERATIONS"
+            fi
         done
     } >"$OUT/$name.toml"
 done
