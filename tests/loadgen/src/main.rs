@@ -9,9 +9,11 @@ use sandport_loadgen::{LoadSpec, Mode, Target};
 
 /// Load-test running echo or HTTP servers and compare them.
 ///
-/// With several targets the rounds alternate between them and the last column is
-/// each target's throughput relative to the first target's: on a noisy machine only
-/// such same-run ratios are meaningful.
+/// With several targets the rounds alternate between them and the last two columns
+/// are each target's throughput and server CPU time per request relative to the
+/// first target's: on a noisy machine only such same-run ratios are meaningful. The
+/// server CPU time is read from /proc (Linux), for the processes listening on the
+/// target's address unless --pid names them.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
@@ -139,5 +141,20 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pids_go_to_their_targets() {
+        let mut targets: Vec<Target> = vec!["a=127.0.0.1:1".parse().unwrap(), "b=127.0.0.1:2".parse().unwrap()];
+        assign_pids(&mut targets, &["b=7".into(), "b=8".into()]).unwrap();
+        assert_eq!((&targets[0].pids[..], &targets[1].pids[..]), (&[][..], &[7, 8][..]));
+        assert!(assign_pids(&mut targets, &["c=1".into()]).unwrap_err().contains("no target is named `c`"));
+        assert!(assign_pids(&mut targets, &["a".into()]).unwrap_err().contains("expected NAME=PID"));
+        assert!(assign_pids(&mut targets, &["a=-1".into()]).is_err());
     }
 }

@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# The runs behind BENCHMARKS.md, reproducible: builds what they need, starts sandport
+# (echo, http-hello, the burn fixture), the native echo and two nginx (1 and 2
+# workers), and measures, in the same run, alternating targets round by round:
+#
+#   1. HTTP: wrk against sandport's http-hello, nginx with 1 worker and with 2, with
+#      each server's CPU time (utime+stime from /proc/PID/stat) per request;
+#   2. echo at 64 B through the loadgen: native echo and the wasm echo;
+#   3. the burn fixture through the loadgen: burn-us = 0 and burn-us = $BURN_US.
+#
+# Medians of $ROUNDS rounds; ratios are against the first target of each run. The
+# machine is shared and noisy: compare ratios from one run, not absolute figures
+# across runs. Installs nginx-light and wrk from Debian if they are missing.
+#
+# Settings (environment): ROUNDS (3), DURATION (5, seconds per round), BURN_US (50),
+# CONNECTIONS (16, loadgen), WRK_CONNECTIONS (50), PORT_BASE (18000), OUT
+# (/tmp/sandport-bench: configs, logs, raw output), BURN_ITERATIONS (unset: each burn
+# instance calibrates BURN_US itself; set, the fixed work per message every burn
+# listener does instead, which servers compared with each other need: calibrations
+# differ by 20-30% between instances on a busy machine), and for the host after issue 8:
+# WORKERS, a list of `workers` settings, one sandport each, all in the same run
+# (unset: one sandport without a `workers` line; WORKERS="1 2" for the scaling
+# figures), and HTTP_INSTANCE (unset: http-hello's default instance mode; e.g.
+# `per-worker`).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+BURN_US=${BURN_US:-50}
+CONNECTIONS=${CONNECTIONS:-16}
+WRK_CONNECTIONS=${WRK_CONNECTIONS:-50}
+PORT_BASE=${PORT_BASE:-18000}
+OUT=${OUT:-/tmp/sandport-bench}
+
+# Each sandport takes a block of ports: PORT_BASE + 200 * its index, plus these.
+ECHO_OFFSET=0
+BURN0_OFFSET=1
+BURN_OFFSET=2
+HTTP_OFFSET=80
+NGINX1_PORT=$((PORT_BASE + 190))
+NGINX2_PORT=$((PORT_BASE + 191))
+NATIVE_PORT=$((PORT_BASE + 199))
+
+if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq nginx-light wrk
+fi
+
+cargo build --release -p sandport --bin sandport --example native_echo -p sandport-loadgen --bin sandport-loadgen
+cargo build --profile plugin --target wasm32-wasip2 -p echo -p http-hello -p fixture-burn
+WASM=$ROOT/target/wasm32-wasip2/plugin
+LOADGEN=$ROOT/target/release/sandport-loadgen
+
+rm -rf "$OUT" && mkdir -p "$OUT"
+
+# --- sandport: one per WORKERS entry ------------------------------------------------
+read -ra WORKERS_LIST <<<"${WORKERS:-default}"
+SANDPORTS=()
+declare -A BASE
+for i in "${!WORKERS_LIST[@]}"; do
+    workers=${WORKERS_LIST[$i]}
+    if [[ $workers == default ]]; then name=sandport; else name=sandport-w$workers; fi
+    SANDPORTS+=("$name")
+    BASE[$name]=$((PORT_BASE + 200 * i))
+    {
+        if [[ $workers != default ]]; then
+            echo "workers = $workers"
+        fi
+        cat <<EOF
+[[listener]]
+name = "echo"
+address = "127.0.0.1:$((BASE[$name] + ECHO_OFFSET))"
+plugin = "$WASM/echo.wasm"
+
+[[listener]]
+name = "http-hello"
+address = "127.0.0.1:$((BASE[$name] + HTTP_OFFSET))"
+plugin = "$WASM/http_hello.wasm"
+EOF
+        if [[ -n ${HTTP_INSTANCE:-} ]]; then
+            echo "instance = \"$HTTP_INSTANCE\""
+        fi
+        for listener in "burn-0 $BURN0_OFFSET 0" "burn-$BURN_US $BURN_OFFSET $BURN_US"; do
+            read -r listener_name offset us <<<"$listener"
+            cat <<EOF
+
+[[listener]]
+name = "$listener_name"
+address = "127.0.0.1:$((BASE[$name] + offset))"
+plugin = "$WASM/fixture_burn.wasm"
+
+[listener.config]
+burn-us = $us
+EOF
+            if [[ -n ${BURN_ITERATIONS:-} && $us != 0 ]]; then
+                echo "burn-iterations = $BURN_ITERATIONS"
+            fi
+        done
+    } >"$OUT/$name.toml"
+done
+
+# --- nginx, as in ../shared/peers.md, with 1 and with 2 workers ---------------------
+for workers in 1 2; do
+    port=$((PORT_BASE + 189 + workers))
+    mkdir -p "$OUT/nginx-$workers"
+    cat >"$OUT/nginx-$workers/nginx.conf" <<EOF
+worker_processes $workers;
+daemon off;
+pid $OUT/nginx-$workers/nginx.pid;
+error_log $OUT/nginx-$workers/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  server {
+    listen 127.0.0.1:$port reuseport;
+    location / { default_type text/plain; return 200 "hello from sandport\n"; }
+  }
+}
+EOF
+done
+
+STARTED=()
+stop_all() {
+    for pid in "${STARTED[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+}
+trap stop_all EXIT
+
+declare -A PID
+for name in "${SANDPORTS[@]}"; do
+    target/release/sandport serve --config "$OUT/$name.toml" 2>"$OUT/$name.log" &
+    PID[$name]=$!
+    STARTED+=($!)
+done
+target/release/examples/native_echo "127.0.0.1:$NATIVE_PORT" 2>"$OUT/native_echo.log" &
+STARTED+=($!)
+for workers in 1 2; do
+    nginx -c "$OUT/nginx-$workers/nginx.conf" &
+    PID[nginx-$workers]=$!
+    STARTED+=($!)
+done
+
+# Waits until PORT on 127.0.0.1 accepts connections, for at most 60 s.
+wait_for_port() {
+    local deadline=$((SECONDS + 60))
+    until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
+        if ((SECONDS >= deadline)); then
+            echo "nothing listens on port $1 after 60 s; logs in $OUT" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+}
+for name in "${SANDPORTS[@]}"; do
+    for offset in $ECHO_OFFSET $BURN0_OFFSET $BURN_OFFSET $HTTP_OFFSET; do
+        wait_for_port $((BASE[$name] + offset))
+    done
+done
+for port in $NGINX1_PORT $NGINX2_PORT $NATIVE_PORT; do
+    wait_for_port "$port"
+done
+
+# The PIDs of a server: the process and its children (nginx's workers).
+server_pids() {
+    echo "$1" $(pgrep -P "$1" || true)
+}
+
+# utime + stime, in clock ticks, summed over the PIDs given.
+cpu_ticks() {
+    local total=0 pid stat fields
+    for pid in "$@"; do
+        stat=$(<"/proc/$pid/stat")
+        # Field 2, the command, is in parentheses and may hold spaces: count after it.
+        read -ra fields <<<"${stat##*) }"
+        total=$((total + fields[11] + fields[12]))
+    done
+    echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+echo "== $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== sandport $(git rev-parse --short HEAD), configs in $OUT"
+
+# --- 1. HTTP: wrk, alternating the sandports, nginx 1 worker, nginx 2 workers --------
+declare -A HTTP_URL=([nginx-1]="http://127.0.0.1:$NGINX1_PORT/" [nginx-2]="http://127.0.0.1:$NGINX2_PORT/")
+for name in "${SANDPORTS[@]}"; do
+    HTTP_URL[$name]="http://127.0.0.1:$((BASE[$name] + HTTP_OFFSET))/"
+done
+HTTP_TARGETS=("${SANDPORTS[@]}" nginx-1 nginx-2)
+WRK=(wrk -t1 "-c$WRK_CONNECTIONS" "-d${DURATION}s")
+echo
+echo "== HTTP: ${WRK[*]} URL, $ROUNDS rounds, alternating"
+for target in "${HTTP_TARGETS[@]}"; do
+    # Warm-up, unmeasured: nginx's workers and sandport's instance touch their memory.
+    wrk -t1 "-c$WRK_CONNECTIONS" -d1s "${HTTP_URL[$target]}" >/dev/null
+done
+: >"$OUT/http.tsv"
+for round in $(seq "$ROUNDS"); do
+    for target in "${HTTP_TARGETS[@]}"; do
+        read -ra pids <<<"$(server_pids "${PID[$target]}")"
+        before=$(cpu_ticks "${pids[@]}")
+        "${WRK[@]}" "${HTTP_URL[$target]}" >"$OUT/wrk-$target-$round.txt"
+        after=$(cpu_ticks "${pids[@]}")
+        requests=$(awk '/requests in/ { print $1 }' "$OUT/wrk-$target-$round.txt")
+        rate=$(awk '/^Requests\/sec/ { print $2 }' "$OUT/wrk-$target-$round.txt")
+        errors=$(awk '/Socket errors|Non-2xx/ { print }' "$OUT/wrk-$target-$round.txt")
+        cpu_us=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
+        printf '%s\t%s\t%s\t%s\n' "$target" "$round" "$rate" "$cpu_us" >>"$OUT/http.tsv"
+        printf 'round %s %-12s %10.0f req/s  %6s µs server CPU per request  (pids %s)%s\n' \
+            "$round" "$target" "$rate" "$cpu_us" "${pids[*]}" "${errors:+  $errors}"
+    done
+done
+echo
+# Medians per target, and ratios to the first target's.
+awk -F'\t' '
+    function median(list,    n, v, i, j, t) {
+        n = split(list, v, " ")
+        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] + 0 < v[i] + 0) { t = v[i]; v[i] = v[j]; v[j] = t }
+        return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+    }
+    { if (!($1 in rate)) order[++count] = $1; rate[$1] = rate[$1] " " $3; cpu[$1] = cpu[$1] " " $4 }
+    END {
+        printf "%-12s %10s %13s %20s %22s\n", "target", "req/s", "cpu/req (µs)", "req/s vs " order[1], "cpu/req vs " order[1]
+        base_rate = median(rate[order[1]]); base_cpu = median(cpu[order[1]])
+        for (i = 1; i <= count; i++) {
+            t = order[i]; r = median(rate[t]); c = median(cpu[t])
+            printf "%-12s %10.0f %13.2f %20.3f %22.3f\n", t, r, c, r / base_rate, c / base_cpu
+        }
+    }' "$OUT/http.tsv" | tee "$OUT/http-summary.txt"
+
+# --- 2. echo at 64 B: native against wasm ---------------------------------------------
+LOADGEN_ARGS=(--connections "$CONNECTIONS" --duration "$DURATION" --rounds "$ROUNDS" --size 64)
+ECHO_TARGETS=(--target "native=127.0.0.1:$NATIVE_PORT")
+BURN_TARGETS=(--target "burn-0=127.0.0.1:$((BASE[${SANDPORTS[0]}] + BURN0_OFFSET))")
+for name in "${SANDPORTS[@]}"; do
+    suffix=${name#sandport}
+    ECHO_TARGETS+=(--target "wasm$suffix=127.0.0.1:$((BASE[$name] + ECHO_OFFSET))")
+    BURN_TARGETS+=(--target "burn-$BURN_US$suffix=127.0.0.1:$((BASE[$name] + BURN_OFFSET))")
+done
+echo
+echo "== echo: sandport-loadgen echo ${ECHO_TARGETS[*]} ${LOADGEN_ARGS[*]}"
+"$LOADGEN" echo "${ECHO_TARGETS[@]}" "${LOADGEN_ARGS[@]}" 2>"$OUT/echo-rounds.txt" | tee "$OUT/echo-summary.txt"
+
+# --- 3. the burn fixture: 0 µs against $BURN_US µs per message -------------------------
+echo
+echo "== burn: sandport-loadgen echo ${BURN_TARGETS[*]} ${LOADGEN_ARGS[*]}"
+"$LOADGEN" echo "${BURN_TARGETS[@]}" "${LOADGEN_ARGS[@]}" 2>"$OUT/burn-rounds.txt" | tee "$OUT/burn-summary.txt"
+for name in "${SANDPORTS[@]}"; do
+    grep -h "burn:" "$OUT/$name.log" | sed "s/^/$name log: /" || true
+done
