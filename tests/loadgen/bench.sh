@@ -20,8 +20,8 @@
 # differ by 20-30% between instances on a busy machine), and for the host after issue 8:
 # WORKERS, a list of `workers` settings, one sandport each, all in the same run
 # (unset: one sandport without a `workers` line; WORKERS="1 2" for the scaling
-# figures), and HTTP_INSTANCE (unset: http-hello's default instance mode; e.g.
-# `per-worker`).
+# figures), and INSTANCE (unset: the default instance mode of every sandport listener;
+# `per-worker` for the scaling figures, so that every worker serves each listener).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -56,6 +56,7 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 
 # --- sandport: one per WORKERS entry ------------------------------------------------
 read -ra WORKERS_LIST <<<"${WORKERS:-default}"
+INSTANCE_LINE=${INSTANCE:+instance = \"$INSTANCE\"}
 SANDPORTS=()
 declare -A BASE
 for i in "${!WORKERS_LIST[@]}"; do
@@ -72,15 +73,14 @@ for i in "${!WORKERS_LIST[@]}"; do
 name = "echo"
 address = "127.0.0.1:$((BASE[$name] + ECHO_OFFSET))"
 plugin = "$WASM/echo.wasm"
+$INSTANCE_LINE
 
 [[listener]]
 name = "http-hello"
 address = "127.0.0.1:$((BASE[$name] + HTTP_OFFSET))"
 plugin = "$WASM/http_hello.wasm"
+$INSTANCE_LINE
 EOF
-        if [[ -n ${HTTP_INSTANCE:-} ]]; then
-            echo "instance = \"$HTTP_INSTANCE\""
-        fi
         for listener in "burn-0 $BURN0_OFFSET 0" "burn-$BURN_US $BURN_OFFSET $BURN_US"; do
             read -r listener_name offset us <<<"$listener"
             cat <<EOF
@@ -89,6 +89,7 @@ EOF
 name = "$listener_name"
 address = "127.0.0.1:$((BASE[$name] + offset))"
 plugin = "$WASM/fixture_burn.wasm"
+$INSTANCE_LINE
 
 [listener.config]
 burn-us = $us
