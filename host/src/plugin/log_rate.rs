@@ -8,6 +8,7 @@
 //! never logs on its own.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::throttle::TokenBucket;
@@ -16,14 +17,15 @@ use crate::throttle::TokenBucket;
 #[derive(Debug)]
 pub struct LogBudget {
     bucket: Mutex<Bucket>,
+    /// Output was dropped since [`LogBudget::take_dropped`] last looked. Outside the
+    /// lock: every event asks, from every worker, and almost always the answer is no.
+    dropped_lately: AtomicBool,
 }
 
 #[derive(Debug)]
 struct Bucket {
     /// One token per byte; a second's worth at most.
     bytes: TokenBucket,
-    /// Output was dropped since [`LogBudget::take_dropped`] last looked.
-    dropped_lately: bool,
     /// Bytes dropped in all.
     dropped: u64,
 }
@@ -32,7 +34,7 @@ impl LogBudget {
     /// A full budget of `rate` bytes per second.
     pub fn new(rate: usize) -> LogBudget {
         let bytes = TokenBucket::new(rate as f64, rate as f64, Instant::now());
-        LogBudget { bucket: Mutex::new(Bucket { bytes, dropped_lately: false, dropped: 0 }) }
+        LogBudget { bucket: Mutex::new(Bucket { bytes, dropped: 0 }), dropped_lately: AtomicBool::new(false) }
     }
 
     /// Whether a line of `len` bytes may be logged; if so it is paid for, if not it
@@ -42,16 +44,16 @@ impl LogBudget {
         if bucket.bytes.take(len as f64, Instant::now()) {
             true
         } else {
-            bucket.dropped_lately = true;
             bucket.dropped += len as u64;
+            self.dropped_lately.store(true, Ordering::Relaxed);
             false
         }
     }
 
     /// Whether anything was dropped since the last call.
     pub fn take_dropped(&self) -> bool {
-        let mut bucket = self.bucket.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        std::mem::take(&mut bucket.dropped_lately)
+        // A plain load first: the swap would write the shared line on every event.
+        self.dropped_lately.load(Ordering::Relaxed) && self.dropped_lately.swap(false, Ordering::Relaxed)
     }
 
     /// Bytes dropped since the budget was made.
