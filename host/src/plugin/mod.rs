@@ -265,8 +265,7 @@ impl PluginFactory {
             Ok(ticks) => Ok(UpdateDeadline::Continue(ticks)),
             Err(over) => Err(over.into()),
         });
-        store.data_mut().clock = CallClock::start();
-        store.set_epoch_deadline(budget.first_deadline());
+        start_call(&mut store, &budget);
         let bindings = loaded.pre.instantiate(&mut store).map_err(|e| PluginError::Instantiate {
             path: loaded.path.clone(),
             reason: tenant.explain(&e, store.data()).0,
@@ -295,8 +294,7 @@ pub struct PluginHandler {
 impl Handler for PluginHandler {
     fn handle(&mut self, host: &mut dyn Host, conn: ConnId, event: Event) -> Result<(), Fault> {
         let tenant = &self.tenant;
-        self.store.data_mut().clock = CallClock::start();
-        self.store.set_epoch_deadline(tenant.budget.first_deadline());
+        start_call(&mut self.store, &tenant.budget);
         let event = to_wit(event);
         let rx = Resource::<RecvView>::new_borrow(RecvView::CURRENT);
         let handler = self.bindings.sandport_handler_handler();
@@ -311,6 +309,13 @@ impl Handler for PluginHandler {
         let (why, limit) = tenant.explain(&err, self.store.data());
         Err(Fault { reason: format!("plugin {} trapped: {why}", tenant.plugin.path().display()), limit })
     }
+}
+
+/// Before every call into the guest: note when it starts, and set the epoch deadline
+/// (relative, so it must be set each time) at which its budget could be used up.
+fn start_call(store: &mut Store<GuestState>, budget: &Budget) {
+    store.data_mut().clock = CallClock::start();
+    store.set_epoch_deadline(budget.first_deadline());
 }
 
 fn to_wit(event: Event) -> wit::Event {
