@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::PathBuf;
 
 use tracing::{info, warn};
@@ -128,10 +129,7 @@ impl Server {
         let mut addrs = Vec::new();
         for (index, (listener, factory)) in config.listeners.iter().zip(factories).enumerate() {
             let spec = &listener.spec;
-            let serving = match spec.instance {
-                InstanceMode::Shared => index % count..index % count + 1,
-                InstanceMode::PerWorker | InstanceMode::PerConnection => 0..count,
-            };
+            let serving = serving_workers(spec.instance, index, count);
             let mut binding =
                 Binding { address: spec.address, shared_port: serving.len() > 1, slots: Slots::default() };
             for worker in serving {
@@ -202,6 +200,15 @@ impl Server {
     }
 }
 
+/// The workers that serve listener `index` (each with a socket of its own): a shared
+/// listener one, dealt out in turn, so its state does not split; the others all.
+fn serving_workers(instance: InstanceMode, index: usize, workers: usize) -> Range<usize> {
+    match instance {
+        InstanceMode::Shared => index % workers..index % workers + 1,
+        InstanceMode::PerWorker | InstanceMode::PerConnection => 0..workers,
+    }
+}
+
 /// Lift the soft limit on open descriptors to the hard one, log how many connections
 /// that leaves room for, and warn when the listeners' `max-connections` add up to
 /// more: past the limit, connections are accepted and closed at once.
@@ -211,9 +218,9 @@ fn check_descriptors(config: &Config) {
         Ok(limit) => limit,
         Err(err) => return warn!("cannot raise the limit on open descriptors: {err}"),
     };
-    // A shared listener has one socket; the others one per worker.
+    let listeners = config.listeners.iter().enumerate();
     let sockets: u64 =
-        config.listeners.iter().map(|l| if l.spec.instance == InstanceMode::Shared { 1 } else { workers }).sum();
+        listeners.map(|(index, l)| serving_workers(l.spec.instance, index, config.workers).len() as u64).sum();
     let room = limit.saturating_sub(OWN_DESCRIPTORS + WORKER_DESCRIPTORS * workers + sockets);
     let wanted: u64 = config.listeners.iter().map(|l| l.spec.limits.max_connections as u64).sum();
     info!(limit, connections = room, "open descriptors: up to {limit}, room for {room} connections");
