@@ -6,6 +6,14 @@
 //!
 //! ```toml
 //! workers = 2                                         # event loops; default: one per CPU
+//! cache-dir = "/var/cache/sandport"                   # compiled components; false: none
+//! watch = false                                       # swap plugins when their files change
+//! log-format = "text"                                 # or "json": one JSON object a line
+//! shutdown-grace-ms = 5000                            # SIGTERM: let connections finish
+//!
+//! [admin]                                             # the admin API; off without this table
+//! address = "127.0.0.1:9901"                          # beyond loopback a token is required
+//! token-env = "SANDPORT_ADMIN_TOKEN"                  # or token = "..."
 //!
 //! [[listener]]
 //! name = "echo"
@@ -14,6 +22,10 @@
 //! poll-interval-ms = 1000                             # optional: POLL events
 //! instance = "shared"                                 # or "per-worker", "per-connection"
 //! allow-connect = ["127.0.0.1:9000"]                  # outbound `connect` targets
+//! watch = true                                        # overrides the top-level `watch`
+//! drain-timeout-ms = 30000                            # old versions' connections, after a swap
+//! rollback-faults = 10                                # more faults than this after a swap...
+//! rollback-window-ms = 60000                          # ...within this: back to the previous version (0: never)
 //!
 //! [listener.limits]
 //! recv-buffer = "1 MiB"
@@ -204,7 +216,32 @@ pub struct ListenerSpec {
     pub instance: InstanceMode,
     /// Addresses the handler may `connect` to. Empty: none.
     pub allow_connect: Vec<SocketAddr>,
+    /// After a swap, how long connections may stay on the version they started with
+    /// before they are closed (`drain-timeout-ms`).
+    pub drain_timeout: Duration,
+    /// When a new version rolls itself back (`rollback-faults`,
+    /// `rollback-window-ms`); `None`: never.
+    pub rollback: Option<Rollback>,
 }
+
+/// A new version that faults more than `faults` times within `window` of taking over
+/// is replaced by the version before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rollback {
+    /// Faults tolerated.
+    pub faults: u64,
+    /// How long after the swap they count.
+    pub window: Duration,
+}
+
+impl Default for Rollback {
+    fn default() -> Rollback {
+        Rollback { faults: 10, window: Duration::from_secs(60) }
+    }
+}
+
+/// How long connections may stay on an old version after a swap, by default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl ListenerSpec {
     /// A listener with default limits and no POLL events.
@@ -221,6 +258,8 @@ impl ListenerSpec {
             limits: Limits::default(),
             instance: InstanceMode::default(),
             allow_connect: Vec::new(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            rollback: Some(Rollback::default()),
         }
     }
 }
@@ -235,7 +274,37 @@ pub struct ListenerConfig {
     /// The plugin's settings (`[listener.config]`), as text: strings as they are,
     /// numbers and booleans as written.
     pub settings: BTreeMap<String, String>,
+    /// Swap the plugin when its file changes (`watch`, or the top-level default).
+    pub watch: bool,
 }
+
+/// How log lines are written (`log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The admin API (`[admin]`): where it listens and the token it requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Its own listen address (`address`, default [`DEFAULT_ADMIN_ADDRESS`]).
+    pub address: SocketAddr,
+    /// The bearer token every request must carry (`token`, or the environment
+    /// variable named by `token-env`). Required unless `address` is a loopback one.
+    pub token: Option<String>,
+}
+
+/// Where the admin API listens unless `[admin] address` says otherwise, and where the
+/// client subcommands look for it.
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
+
+/// How long SIGTERM lets open connections finish, by default.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// A whole, validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,6 +314,17 @@ pub struct Config {
     pub workers: usize,
     /// The listeners, in file order. Never empty.
     pub listeners: Vec<ListenerConfig>,
+    /// Where compiled components are kept (`cache-dir`): by default
+    /// `$XDG_CACHE_HOME/sandport` or `~/.cache/sandport`; `None` (`cache-dir = false`,
+    /// or no home to put it in): compile every time.
+    pub cache_dir: Option<PathBuf>,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+    /// After SIGTERM, how long open connections may go on before they are closed
+    /// (`shutdown-grace-ms`).
+    pub shutdown_grace: Duration,
+    /// The admin API, if the file has an `[admin]` table.
+    pub admin: Option<AdminConfig>,
 }
 
 /// What is wrong with a configuration. The message names the file and the place.
@@ -282,10 +362,34 @@ pub enum ConfigError {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(rename_all = "kebab-case")]
 struct FileToml {
     workers: Option<usize>,
+    cache_dir: Option<CacheDirToml>,
+    #[serde(default)]
+    watch: bool,
+    #[serde(default)]
+    log_format: LogFormat,
+    shutdown_grace_ms: Option<u64>,
+    admin: Option<AdminToml>,
     #[serde(default)]
     listener: Vec<ListenerToml>,
+}
+
+/// `cache-dir = "path"`, or `cache-dir = false` for none.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CacheDirToml {
+    Path(PathBuf),
+    Enabled(bool),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct AdminToml {
+    address: Option<String>,
+    token: Option<String>,
+    token_env: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -299,6 +403,10 @@ struct ListenerToml {
     instance: InstanceMode,
     #[serde(default)]
     allow_connect: Vec<String>,
+    watch: Option<bool>,
+    drain_timeout_ms: Option<u64>,
+    rollback_faults: Option<u64>,
+    rollback_window_ms: Option<u64>,
     #[serde(default)]
     limits: LimitsToml,
     #[serde(default)]
@@ -337,14 +445,28 @@ impl Config {
         })?;
         let invalid = |message: String| ConfigError::Invalid { path: path.to_owned(), message };
         let base = path.parent().unwrap_or(Path::new(""));
-        let listeners =
-            file.listener.into_iter().map(|l| l.validate(base).map_err(invalid)).collect::<Result<Vec<_>, _>>()?;
+        let watch = file.watch;
+        let listeners = file
+            .listener
+            .into_iter()
+            .map(|l| l.validate(base, watch).map_err(invalid))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut config = Config::new(listeners).map_err(invalid)?;
         match file.workers {
             Some(0) => return Err(invalid("workers must be greater than 0".into())),
             Some(workers) => config.workers = workers,
             None => {}
         }
+        config.cache_dir = match file.cache_dir {
+            None | Some(CacheDirToml::Enabled(true)) => default_cache_dir(),
+            Some(CacheDirToml::Enabled(false)) => None,
+            Some(CacheDirToml::Path(dir)) => Some(base.join(dir)),
+        };
+        config.log_format = file.log_format;
+        if let Some(ms) = file.shutdown_grace_ms {
+            config.shutdown_grace = Duration::from_millis(ms);
+        }
+        config.admin = file.admin.map(|admin| admin.validate()).transpose().map_err(invalid)?;
         Ok(config)
     }
 
@@ -365,6 +487,7 @@ impl Config {
                 spec: ListenerSpec::new(&name, address),
                 plugin: plugin.clone(),
                 settings: BTreeMap::new(),
+                watch: false,
             });
         }
         Config::new(listeners).map_err(invalid)
@@ -384,7 +507,49 @@ impl Config {
                 return Err(format!("listener `{}`: address {} is used twice", l.name, l.address));
             }
         }
-        Ok(Config { workers: default_workers(), listeners })
+        Ok(Config {
+            workers: default_workers(),
+            listeners,
+            cache_dir: default_cache_dir(),
+            log_format: LogFormat::Text,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            admin: None,
+        })
+    }
+}
+
+/// `$XDG_CACHE_HOME/sandport`, else `$HOME/.cache/sandport`, else none.
+fn default_cache_dir() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_CACHE_HOME").filter(|dir| !dir.is_empty()).map(PathBuf::from);
+    let home = || std::env::var_os("HOME").filter(|dir| !dir.is_empty()).map(|home| Path::new(&home).join(".cache"));
+    xdg.or_else(home).map(|dir| dir.join("sandport"))
+}
+
+impl AdminToml {
+    fn validate(self) -> Result<AdminConfig, String> {
+        let text = self.address.as_deref().unwrap_or(DEFAULT_ADMIN_ADDRESS);
+        let address: SocketAddr = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("admin.address `{text}` is not IP:PORT (e.g. {DEFAULT_ADMIN_ADDRESS})"))?;
+        let token =
+            match (self.token, self.token_env) {
+                (Some(_), Some(_)) => return Err("admin: give token or token-env, not both".into()),
+                (Some(token), None) => Some(token),
+                (None, Some(var)) => Some(std::env::var(&var).map_err(|_| {
+                    format!("admin.token-env: the environment variable `{var}` is not set (or not UTF-8)")
+                })?),
+                (None, None) => None,
+            };
+        if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err("admin: the token is empty".into());
+        }
+        if token.is_none() && !address.ip().is_loopback() {
+            return Err(format!(
+                "admin.address {address} is reachable beyond this machine: set admin.token or admin.token-env"
+            ));
+        }
+        Ok(AdminConfig { address, token })
     }
 }
 
@@ -394,7 +559,7 @@ fn default_workers() -> usize {
 }
 
 impl ListenerToml {
-    fn validate(self, base: &Path) -> Result<ListenerConfig, String> {
+    fn validate(self, base: &Path, watch: bool) -> Result<ListenerConfig, String> {
         let name = self.name.trim().to_owned();
         if name.is_empty() {
             return Err("a listener has an empty name".into());
@@ -454,6 +619,16 @@ impl ListenerToml {
                 _ => Err(format!("listener `{name}`: config.{key} must be a string, a number or a boolean")),
             })
             .collect::<Result<_, String>>()?;
+        let rollback = match (self.rollback_faults, self.rollback_window_ms) {
+            (_, Some(0)) => None,
+            (faults, window) => {
+                let defaults = Rollback::default();
+                Some(Rollback {
+                    faults: faults.unwrap_or(defaults.faults),
+                    window: window.map_or(defaults.window, Duration::from_millis),
+                })
+            }
+        };
         Ok(ListenerConfig {
             spec: ListenerSpec {
                 address: parse_address(&name, &self.address)?,
@@ -461,10 +636,13 @@ impl ListenerToml {
                 limits,
                 instance: self.instance,
                 allow_connect,
+                drain_timeout: self.drain_timeout_ms.map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_millis),
+                rollback,
                 name,
             },
             plugin: base.join(self.plugin),
             settings,
+            watch: self.watch.unwrap_or(watch),
         })
     }
 }
@@ -609,6 +787,58 @@ mod tests {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(expected), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn operator_keys() {
+        let config = parse(
+            r#"
+            cache-dir = "cache"
+            watch = true
+            log-format = "json"
+            shutdown-grace-ms = 250
+            [admin]
+            address = "0.0.0.0:9000"
+            token = "secret"
+            [[listener]]
+            name = "a"
+            address = "127.0.0.1:1"
+            plugin = "a.wasm"
+            drain-timeout-ms = 700
+            rollback-faults = 3
+            [[listener]]
+            name = "b"
+            address = "127.0.0.1:2"
+            plugin = "b.wasm"
+            watch = false
+            rollback-window-ms = 0
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.cache_dir.as_deref(), Some(Path::new("/etc/sandport/cache")));
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.shutdown_grace, Duration::from_millis(250));
+        let admin = config.admin.as_ref().unwrap();
+        assert_eq!((admin.address, admin.token.as_deref()), ("0.0.0.0:9000".parse().unwrap(), Some("secret")));
+        let (a, b) = (&config.listeners[0], &config.listeners[1]);
+        assert!(a.watch && !b.watch, "the top-level watch is a default a listener overrides");
+        assert_eq!(a.spec.drain_timeout, Duration::from_millis(700));
+        assert_eq!(a.spec.rollback, Some(Rollback { faults: 3, window: Rollback::default().window }));
+        assert_eq!(b.spec.rollback, None);
+        assert_eq!(b.spec.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+
+        let listener = "[[listener]]\nname = \"e\"\naddress = \"127.0.0.1:0\"\nplugin = \"e.wasm\"\n";
+        let quiet = parse(&format!("cache-dir = false\n{listener}")).unwrap();
+        assert_eq!(quiet.cache_dir, None);
+        assert_eq!(quiet.log_format, LogFormat::Text);
+        assert_eq!(quiet.admin, None);
+        let loopback = parse(&format!("[admin]\n{listener}")).unwrap().admin.unwrap();
+        assert_eq!((loopback.address.to_string().as_str(), loopback.token), (DEFAULT_ADMIN_ADDRESS, None));
+        let open = parse(&format!("[admin]\naddress = \"0.0.0.0:9901\"\n{listener}")).unwrap_err().to_string();
+        assert!(open.contains("set admin.token or admin.token-env"), "{open}");
+        let unset =
+            parse(&format!("[admin]\ntoken-env = \"SANDPORT_NO_SUCH_VARIABLE\"\n{listener}")).unwrap_err().to_string();
+        assert!(unset.contains("`SANDPORT_NO_SUCH_VARIABLE` is not set"), "{unset}");
     }
 
     #[test]

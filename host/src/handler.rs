@@ -49,6 +49,29 @@ pub enum Event {
     Close,
 }
 
+impl Event {
+    /// The names of the kinds of event, in the order [`Event::kind`] numbers them.
+    pub const KINDS: [&'static str; 7] = ["accept", "connect", "recv", "send", "poll", "timer", "close"];
+
+    /// This event's kind, as an index into [`Event::KINDS`].
+    ///
+    /// ```
+    /// use sandport::handler::Event;
+    /// assert_eq!(Event::KINDS[Event::Recv(3).kind()], "recv");
+    /// ```
+    pub fn kind(&self) -> usize {
+        match self {
+            Event::Accept(_) => 0,
+            Event::Connect(_) => 1,
+            Event::Recv(_) => 2,
+            Event::Send(_) => 3,
+            Event::Poll => 4,
+            Event::Timer(_) => 5,
+            Event::Close => 6,
+        }
+    }
+}
+
 /// How [`Host::close`] ends a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseMode {
@@ -169,6 +192,29 @@ pub trait Handler: Send {
     /// Handle one event of `conn`. Events of a connection arrive in order, never
     /// re-entrantly, starting with [`Event::Accept`] and ending with [`Event::Close`].
     fn handle(&mut self, host: &mut dyn Host, conn: ConnId, event: Event) -> Result<(), Fault>;
+
+    /// Whether this handler can hand its connections over to a new version of itself
+    /// and take them over from an old one ([`Handler::hand_over`],
+    /// [`Handler::take_over`]). Handlers that cannot drain instead: their connections
+    /// stay on the old version until they close.
+    fn migrates(&self) -> bool {
+        false
+    }
+
+    /// The old version's side of a live migration: the state of `conn` to carry over.
+    /// Afterwards this handler no longer serves `conn` (it gets no CLOSE for it).
+    fn hand_over(&mut self, host: &mut dyn Host, conn: ConnId) -> Result<Vec<u8>, Fault> {
+        let _ = (host, conn);
+        Err(Fault { reason: "this handler does not migrate connections".into(), limit: None })
+    }
+
+    /// The new version's side: serve `conn` from now on, starting from `state`, which
+    /// the old version's [`Handler::hand_over`] returned. The connection's next event
+    /// comes to this handler.
+    fn take_over(&mut self, host: &mut dyn Host, conn: ConnId, state: Vec<u8>) -> Result<(), Fault> {
+        let _ = (host, conn, state);
+        Err(Fault { reason: "this handler does not migrate connections".into(), limit: None })
+    }
 }
 
 /// Makes the handlers of one listener: the one shared by all its connections, or one

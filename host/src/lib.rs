@@ -12,6 +12,7 @@
 
 pub mod config;
 mod connection;
+pub mod control;
 mod descriptors;
 pub mod handler;
 pub mod mbuf;

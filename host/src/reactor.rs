@@ -73,7 +73,7 @@ mod scope;
 mod stats;
 
 use scope::Scope;
-pub use stats::{Counts, Stats};
+pub use stats::{Counts, GuestTime, Stats};
 
 /// Most bytes read from one socket per service, so one flooding peer cannot starve
 /// the others.
@@ -531,7 +531,10 @@ impl Reactor {
         if conn.phase != Phase::Closing && conn.writable && !conn.tx.is_empty() {
             match conn.write_out() {
                 Ok(0) => {}
-                Ok(n) => self.dispatch(key, Event::Send(n as u32)),
+                Ok(n) => {
+                    self.core.accounts[conn.listener].counts.bytes_out += n as u64;
+                    self.dispatch(key, Event::Send(n as u32));
+                }
                 Err(err) => return self.close(key, Some(err)),
             }
         }
@@ -546,6 +549,7 @@ impl Reactor {
             match conn.read_in(READ_BUDGET) {
                 Ok(n) => {
                     let (full, eof) = (conn.rx.room() == 0, conn.peer_closed);
+                    self.core.accounts[conn.listener].counts.bytes_in += n as u64;
                     if n > 0 {
                         self.dispatch(key, Event::Recv(n as u32));
                     }
@@ -660,9 +664,14 @@ impl Reactor {
         if event == Event::Close {
             conn.attached = false;
         }
-        let (instance, id) = (conn.instance, conn.id);
+        let (instance, id, listener) = (conn.instance, conn.id, conn.listener);
+        let kind = event.kind();
         let mut handler = self.core.instances[instance].handler.take().expect("handlers are never re-entered");
+        let started = Instant::now();
         let result = handler.handle(&mut Scope { core: &mut self.core, instance, current: key }, id, event);
+        let counts = &mut self.core.accounts[listener].counts;
+        counts.guest_time.record(started.elapsed());
+        counts.events[kind] += 1;
         self.core.instances[instance].handler = Some(handler);
         if let Err(fault) = result {
             self.fault(instance, key, fault);
@@ -679,6 +688,7 @@ impl Reactor {
         }
         if let Some(limit) = fault.limit {
             self.core.hit(key, limit);
+            self.core.accounts[listener].counts.fault_limits[limit.index()] += 1;
         }
         let account = &mut self.core.accounts[listener];
         account.counts.faults += 1;
