@@ -149,7 +149,7 @@ impl Server {
             reader: Some(reader),
             ending: Ending::Clean,
             checked: false,
-            dir: dir,
+            dir,
         };
         let deadline = Instant::now() + PATIENCE;
         while server.addrs.len() < listeners {

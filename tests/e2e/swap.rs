@@ -4,7 +4,7 @@
 //! nothing leaks, and a load that checks every byte notices none of it. Also the
 //! shutdown grace.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -173,6 +173,7 @@ fn swaps_under_load_lose_nothing() {
     let outcome = load.stop();
     assert!(outcome.failures.is_empty(), "{:#?}", outcome.failures);
     assert!(outcome.connections > 40, "clients kept connecting: {outcome:?}");
+    assert!(outcome.exchanges > 1100, "every swap went by under load: {outcome:?}");
     let log = server.log();
     assert_eq!(log.matches("version 21 took over").count(), 2, "both listeners took 20 swaps:\n{log}");
     assert!(!log.contains("new version refused"), "{log}");
