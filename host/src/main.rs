@@ -1,6 +1,7 @@
 //! The `sandport` command: serve plugins, check one, or precompile one.
 
 use std::io::{IsTerminal, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -129,6 +130,7 @@ fn compile(file: PathBuf, output: Option<PathBuf>) -> anyhow::Result<()> {
     let dir = output.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut temporary = tempfile::Builder::new()
         .prefix(".partial-")
+        .permissions(std::fs::Permissions::from_mode(0o644))
         .tempfile_in(dir)
         .with_context(|| format!("{}: cannot write", output.display()))?;
     temporary.write_all(&precompiled).with_context(|| format!("{}: cannot write", output.display()))?;

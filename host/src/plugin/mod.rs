@@ -189,7 +189,7 @@ impl Runtime {
         let path = origin.map_or_else(|| PathBuf::from(UPLOADED), Path::to_owned);
         let (content, linked, found) = self.cache.load(bytes, &path, |component| self.link(component, &path))?;
         let hash = content.to_string();
-        info!(file = %path.display(), hash = %&hash[..12], from = found.as_str(), took = ?started.elapsed(), "plugin ready");
+        info!(file = %path.display(), hash = %&hash[..12], from = %found.as_str(), took = ?started.elapsed(), "plugin ready");
         Ok(Plugin { inner: Arc::new(Loaded { engine: self.engine.clone(), linked, path, content, hash }) })
     }
 
