@@ -119,6 +119,14 @@ pub struct Runtime {
     cache: Arc<Cache<Linked>>,
 }
 
+// Swaps are compiled off the event loops, on a control thread, with the runtimes
+// the server was built with.
+const _: fn() = || {
+    fn shareable<T: Clone + Send + Sync>() {}
+    shareable::<Runtime>();
+    shareable::<Plugin>();
+};
+
 /// What a plugin's origin is called when its bytes came from no file (an upload).
 pub const UPLOADED: &str = "(uploaded component)";
 
