@@ -366,3 +366,79 @@ impl<V: Clone> Cache<V> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::Runtime;
+
+    /// The smallest component: the magic, version 0x0d, layer 1.
+    const EMPTY: &[u8] = b"\0asm\x0d\0\x01\0";
+
+    /// Another small component for each `n`: [`EMPTY`] with a custom section.
+    fn component(n: u8) -> Vec<u8> {
+        [EMPTY, &[0, 2, 1, n]].concat()
+    }
+
+    fn load(cache: &Cache<Component>, bytes: &[u8]) -> Found {
+        cache.load(bytes, Path::new("test.wasm"), Ok).unwrap().2
+    }
+
+    #[test]
+    fn a_component_is_compiled_once_then_taken_from_memory_or_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::default();
+        let cache = Cache::new(&engine, Some(dir.path()));
+        assert_eq!(load(&cache, EMPTY), Found::Compiled);
+        assert_eq!(load(&cache, EMPTY), Found::Memory);
+        assert_eq!(load(&Cache::new(&engine, Some(dir.path())), EMPTY), Found::Disk);
+        let memory_only = Cache::new(&engine, None);
+        assert_eq!(load(&memory_only, EMPTY), Found::Compiled);
+        assert_eq!(load(&memory_only, EMPTY), Found::Memory);
+    }
+
+    #[test]
+    fn memory_keeps_the_most_recent_components_only() {
+        let cache = Cache::new(&Engine::default(), None);
+        for n in 0..=RECENT as u8 {
+            assert_eq!(load(&cache, &component(n)), Found::Compiled);
+        }
+        assert_eq!(load(&cache, &component(RECENT as u8)), Found::Memory);
+        assert_eq!(load(&cache, &component(1)), Found::Memory);
+        assert_eq!(load(&cache, &component(0)), Found::Compiled, "the oldest was forgotten");
+    }
+
+    #[test]
+    fn a_file_that_does_not_check_out_is_refused_with_the_reason() {
+        let engine = Engine::default();
+        let cache: Cache<Component> = Cache::new(&engine, None);
+        let content = ContentHash::of(EMPTY);
+        let good = cache.encode(content, &Component::new(&engine, EMPTY).unwrap()).unwrap();
+        assert!(cache.check(&good, Some(content)).is_ok());
+        let damaged = |damage: &dyn Fn(&mut Vec<u8>)| {
+            let mut bytes = good.clone();
+            damage(&mut bytes);
+            cache.check(&bytes, Some(content)).err().unwrap()
+        };
+        assert!(matches!(damaged(&|b| b[0] = b'x'), Unusable::Magic));
+        assert!(matches!(damaged(&|b| b[8] = 2), Unusable::Format(2)));
+        assert!(matches!(damaged(&|b| b[12] ^= 1), Unusable::Engine));
+        assert!(matches!(damaged(&|b| b[HEADER - 8] ^= 1), Unusable::Length(..)));
+        assert!(matches!(damaged(&|b| b.truncate(b.len() - 1)), Unusable::Length(..)));
+        assert!(matches!(damaged(&|b| b.truncate(HEADER - 1)), Unusable::Truncated));
+        assert!(matches!(damaged(&|b| *b.last_mut().unwrap() ^= 1), Unusable::Checksum));
+        let other = ContentHash::of(&component(0));
+        assert!(matches!(cache.check(&good, Some(other)), Err(Unusable::Content)));
+    }
+
+    #[test]
+    fn the_engines_of_every_instance_mode_share_their_code() {
+        let shared = Runtime::new().unwrap();
+        let pooled = Runtime::pooled(4, 1 << 20).unwrap();
+        assert!(EngineKey::of(&shared.engine) == EngineKey::of(&pooled.engine));
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(false);
+        let other = Engine::new(&config).unwrap();
+        assert!(EngineKey::of(&shared.engine) != EngineKey::of(&other), "a setting that matters changes the key");
+    }
+}
