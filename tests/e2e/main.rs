@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod admin;
 mod backpressure;
 mod chaos;
 mod chat;
