@@ -12,9 +12,9 @@ use sandport::admin;
 use sandport::config::{Config, DEFAULT_ADMIN_ADDRESS, LogFormat};
 use sandport::plugin::Runtime;
 use sandport::server::Server;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// A WebAssembly plugin host for sandboxed connection handlers.
@@ -103,9 +103,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Option<PathBuf>, listen: Vec<String>, plugin: Vec<PathBuf>) -> anyhow::Result<()> {
-    let config = match config {
-        Some(path) => Config::from_file(&path)?,
+fn serve(config_file: Option<PathBuf>, listen: Vec<String>, plugin: Vec<PathBuf>) -> anyhow::Result<()> {
+    let config = match &config_file {
+        Some(path) => Config::from_file(path)?,
         None if listen.is_empty() && plugin.is_empty() => {
             bail!("nothing to serve: give --config FILE.toml, or --listen ADDR --plugin FILE.wasm pairs")
         }
@@ -117,20 +117,27 @@ fn serve(config: Option<PathBuf>, listen: Vec<String>, plugin: Vec<PathBuf>) -> 
     init_logging(config.log_format);
     // Caught from here on: a signal that comes while the server starts (it may
     // already listen) waits for the signal thread instead of killing the process.
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
     let mut server = Server::new(&config)?;
     let stop = server.stop_handle();
+    let control = server.control();
     std::thread::Builder::new()
         .name("sandport-signals".into())
         .spawn(move || {
-            let mut signals = signals.forever();
-            if let Some(signal) = signals.next() {
-                info!(signal, "stopping: closing every connection");
-                stop.stop();
-            }
-            if signals.next().is_some() {
-                warn!("second signal: exiting at once");
-                std::process::exit(130);
+            let mut stopping = false;
+            for signal in signals.forever() {
+                match signal {
+                    SIGHUP => reload(config_file.as_deref(), &control),
+                    _ if stopping => {
+                        warn!("second signal: exiting at once");
+                        std::process::exit(130);
+                    }
+                    _ => {
+                        info!(signal, "stopping: no new connections; open ones may finish within the grace");
+                        stopping = true;
+                        stop.stop();
+                    }
+                }
             }
         })
         .context("cannot start the signal thread")?;
@@ -150,6 +157,21 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
+    }
+}
+
+/// SIGHUP: re-read the config file and apply it. A file that does not parse changes
+/// nothing.
+fn reload(config_file: Option<&std::path::Path>, control: &sandport::control::Control) {
+    let Some(path) = config_file else {
+        return warn!("SIGHUP: nothing to reload (serving --listen/--plugin pairs, not a config file)");
+    };
+    info!(config = %path.display(), "SIGHUP: reloading the config");
+    match Config::from_file(path) {
+        Ok(config) => {
+            control.reload(&config);
+        }
+        Err(err) => error!("reload refused, the running config stays: {err}"),
     }
 }
 
