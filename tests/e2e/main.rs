@@ -5,6 +5,7 @@ mod harness;
 
 mod admin;
 mod backpressure;
+mod cache;
 mod chaos;
 mod chat;
 mod cli;
