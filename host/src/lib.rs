@@ -21,3 +21,4 @@ pub mod reactor;
 pub mod server;
 mod throttle;
 mod timer;
+pub mod watch;
