@@ -23,4 +23,5 @@ mod native;
 mod neighbour;
 mod proxy;
 mod timers;
+mod watch;
 mod workers;
