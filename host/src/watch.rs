@@ -418,7 +418,12 @@ fn check(state: &mut State, messages: &Receiver<Message>, stopping: &mut bool) -
         if file.changed.is_some() || hash.is_none() || hash == file.hash {
             continue;
         }
-        debug!(listener = %file.listener, file = %file.path.display(), hash = hash.as_deref().unwrap_or_default(), "plugin file changed");
+        debug!(
+            listener = %file.listener,
+            file = %file.path.display(),
+            hash = hash.as_deref().unwrap_or_default(),
+            "plugin file settled with new content"
+        );
         file.hash = hash;
         changed.push((file.listener.clone(), file.path.clone()));
     }
@@ -429,7 +434,7 @@ fn check(state: &mut State, messages: &Receiver<Message>, stopping: &mut bool) -
 /// is empty (a writer has only just truncated it).
 fn content_hash(path: &Path) -> Option<String> {
     let bytes = fs::read(path).ok().filter(|bytes| !bytes.is_empty())?;
-    Some(Sha256::digest(&bytes).iter().map(|byte| format!("{byte:02x}")).collect())
+    Some(format!("{:x}", Sha256::digest(&bytes)))
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
