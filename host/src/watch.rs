@@ -33,6 +33,8 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
+use crate::config::Config;
+
 /// Quiet time after the last event on the way to a file before its content is
 /// checked: long enough for a writer's next piece, short enough to feel immediate.
 pub const SETTLE: Duration = Duration::from_millis(300);
@@ -141,6 +143,12 @@ impl Drop for Watcher {
             let _ = thread.join();
         }
     }
+}
+
+/// The files to watch for a configuration: each listener with `watch` on, and its
+/// plugin file, in config order (what [`follow`] and [`Watcher::set`] take).
+pub fn watched(config: &Config) -> Vec<(String, PathBuf)> {
+    config.listeners.iter().filter(|l| l.watch).map(|l| (l.spec.name.clone(), l.plugin.clone())).collect()
 }
 
 /// What wakes the watcher's thread.
@@ -686,6 +694,17 @@ mod tests {
         fs::write(fx.path("y/y.wasm"), "y, changed again").unwrap();
         fx.set(&[("a", "y/y.wasm")]);
         assert_eq!(fx.settled(), ["a"]);
+    }
+
+    #[test]
+    fn only_listeners_with_watch_on_are_watched() {
+        let root = root_with(&[("sandport.toml", "")]);
+        let text = "watch = true\n\
+            [[listener]]\nname = \"on\"\naddress = \"127.0.0.1:0\"\nplugin = \"on.wasm\"\n\
+            [[listener]]\nname = \"off\"\naddress = \"127.0.0.1:0\"\nplugin = \"off.wasm\"\nwatch = false\n";
+        fs::write(root.path().join("sandport.toml"), text).unwrap();
+        let config = Config::from_file(&root.path().join("sandport.toml")).unwrap();
+        assert_eq!(watched(&config), [("on".to_owned(), root.path().join("on.wasm"))]);
     }
 
     #[test]
