@@ -31,9 +31,10 @@ use std::time::{Duration, Instant};
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use sha2::{Digest, Sha256};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::control::{Control, Source};
 
 /// Quiet time after the last event on the way to a file before its content is
 /// checked: long enough for a writer's next piece, short enough to feel immediate.
@@ -143,6 +144,40 @@ impl Drop for Watcher {
             let _ = thread.join();
         }
     }
+}
+
+/// Swap a listener's plugin whenever its file changes: [`Watcher::start`] with a call
+/// back that asks `control` to take the file in, and logs whether the new version took
+/// over or why not.
+pub fn follow(control: Control, files: Vec<(String, PathBuf)>) -> Result<Watcher, WatchError> {
+    Watcher::spawn(
+        files,
+        Box::new(move |listener, file| {
+            let shown = file.display();
+            info!(listener = %listener, file = %shown, "plugin file changed: swapping it in");
+            match control.swap(listener, Source::File(file.to_path_buf())) {
+                Ok(report) if report.took_over => info!(
+                    listener = %listener,
+                    file = %shown,
+                    version = report.serving.number,
+                    hash = %report.serving.hash,
+                    migrated = report.migrated,
+                    draining = report.draining,
+                    "plugin file changed: version {} took over",
+                    report.serving.number
+                ),
+                Ok(report) => warn!(
+                    listener = %listener,
+                    file = %shown,
+                    version = report.serving.number,
+                    "plugin file changed: new version refused, version {} keeps serving: {}",
+                    report.serving.number,
+                    report.refused.as_deref().unwrap_or("no reason given")
+                ),
+                Err(err) => warn!(listener = %listener, file = %shown, "plugin file changed: cannot swap it in: {err}"),
+            }
+        }),
+    )
 }
 
 /// The files to watch for a configuration: each listener with `watch` on, and its
