@@ -743,6 +743,12 @@ mod tests {
     }
 
     #[test]
+    fn a_watcher_can_be_shared_with_the_thread_that_reloads_the_config() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Watcher>();
+    }
+
+    #[test]
     fn dropping_the_watcher_stops_its_thread() {
         let fx = Fixture::start(root_with(&[("a.wasm", "one")]), &[("a", "a.wasm")]);
         let Fixture { watcher, fired, .. } = fx;
