@@ -4,6 +4,7 @@
 mod harness;
 
 mod backpressure;
+mod cache;
 mod chaos;
 mod chat;
 mod cli;
@@ -19,9 +20,11 @@ mod instances;
 mod isolation;
 mod limits;
 mod linger;
+mod load;
 mod native;
 mod neighbour;
 mod proxy;
+mod swap;
 mod timers;
 mod watch;
 mod workers;
