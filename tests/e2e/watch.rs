@@ -24,9 +24,10 @@ fn speaks_http(server: &Server, name: &str) -> bool {
     }
 }
 
-/// The log line saying that the watcher swapped `name`'s new version in.
+/// The log line saying that the watcher swapped `name`'s new version in (the
+/// control surface says so too, in a line of its own).
 fn took_over(name: &str) -> [String; 2] {
-    ["took over".to_owned(), format!(" listener={name}")]
+    ["plugin file changed: version".to_owned(), format!(" listener={name}")]
 }
 
 fn wait_took_over(server: &Server, name: &str) {
