@@ -44,6 +44,9 @@ pub const SETTLE: Duration = Duration::from_millis(300);
 /// writer that keeps it open for good, or a link made without a write.
 pub const STALE_WRITER: Duration = Duration::from_secs(10);
 
+/// How often [`follow`]'s watcher asks whether the server serves yet, while it starts.
+const SERVING_POLL: Duration = Duration::from_millis(20);
+
 /// Symlinks followed on the way to a file before giving up, as the kernel does.
 const MAX_SYMLINKS: usize = 40;
 
@@ -81,6 +84,9 @@ pub struct Watcher {
 /// What is called back with a listener and its plugin file.
 type OnChange = Box<dyn FnMut(&str, &Path) + Send>;
 
+/// What the server serves, as `(listener, content hash)`, once it serves.
+type Serving = Box<dyn FnMut() -> Option<Vec<(String, String)>> + Send>;
+
 impl Watcher {
     /// Watch each listener's file, given as `(listener, file)`, and call
     /// `on_change(listener)` when that file's content has changed and settled. The
@@ -89,7 +95,7 @@ impl Watcher {
         files: Vec<(String, PathBuf)>,
         mut on_change: impl FnMut(&str) + Send + 'static,
     ) -> Result<Watcher, WatchError> {
-        Watcher::spawn(files, Box::new(move |listener, _| on_change(listener)))
+        Watcher::spawn(files, Box::new(move |listener, _| on_change(listener)), None)
     }
 
     /// Watch these files instead of the ones watched now (after a config reload). A
@@ -111,7 +117,11 @@ impl Watcher {
         state.rewatch()
     }
 
-    fn spawn(files: Vec<(String, PathBuf)>, on_change: OnChange) -> Result<Watcher, WatchError> {
+    fn spawn(
+        files: Vec<(String, PathBuf)>,
+        on_change: OnChange,
+        serving: Option<Serving>,
+    ) -> Result<Watcher, WatchError> {
         let (wake, messages) = mpsc::channel();
         let events = wake.clone();
         let notify = notify::recommended_watcher(move |event| {
@@ -129,7 +139,7 @@ impl Watcher {
         let shared = Arc::clone(&state);
         let thread = std::thread::Builder::new()
             .name("sandport-watch".into())
-            .spawn(move || run(&shared, &messages, on_change))
+            .spawn(move || run(&shared, &messages, on_change, serving))
             .map_err(WatchError::Thread)?;
         Ok(Watcher { state, wake, thread: Some(thread) })
     }
@@ -149,7 +159,17 @@ impl Drop for Watcher {
 /// Swap a listener's plugin whenever its file changes: [`Watcher::start`] with a call
 /// back that asks `control` to take the file in, and logs whether the new version took
 /// over or why not.
+///
+/// The content compared with is the version each listener serves, learnt once the
+/// server serves: a file changed after the server read it and before this started
+/// watching is swapped in all the same.
 pub fn follow(control: Control, files: Vec<(String, PathBuf)>) -> Result<Watcher, WatchError> {
+    let asked = control.clone();
+    let serving: Serving = Box::new(move || {
+        asked.ready().then(|| {
+            asked.listeners().into_iter().filter_map(|l| Some((l.name, l.history.last()?.hash.clone()))).collect()
+        })
+    });
     Watcher::spawn(
         files,
         Box::new(move |listener, file| {
@@ -177,6 +197,7 @@ pub fn follow(control: Control, files: Vec<(String, PathBuf)>) -> Result<Watcher
                 Err(err) => warn!(listener = %listener, file = %shown, "plugin file changed: cannot swap it in: {err}"),
             }
         }),
+        Some(serving),
     )
 }
 
@@ -338,6 +359,17 @@ impl State {
         }
     }
 
+    /// Takes what the server serves as the content last seen, and checks every file
+    /// against it.
+    fn learn(&mut self, serving: &[(String, String)], now: Instant) {
+        for file in &mut self.files {
+            if let Some((_, hash)) = serving.iter().find(|(listener, _)| *listener == file.listener) {
+                file.hash = Some(hash.clone());
+                file.changed = Some(now);
+            }
+        }
+    }
+
     fn all_changed(&mut self, now: Instant) {
         for file in &mut self.files {
             file.changed = Some(now);
@@ -411,8 +443,14 @@ fn settles(file: &Watched) -> Option<Instant> {
     file.changed.map(|at| at + quiet)
 }
 
-/// The watcher's thread: takes note of events, checks settled files, calls back.
-fn run(state: &Mutex<State>, messages: &Receiver<Message>, mut on_change: OnChange) {
+/// The watcher's thread: learns what the server serves, takes note of events,
+/// checks settled files, calls back.
+fn run(state: &Mutex<State>, messages: &Receiver<Message>, mut on_change: OnChange, serving: Option<Serving>) {
+    if let Some(serving) = serving
+        && !learn(state, messages, serving)
+    {
+        return;
+    }
     loop {
         let next_check = lock(state).next_check();
         let message = match next_check {
@@ -436,6 +474,22 @@ fn run(state: &Mutex<State>, messages: &Receiver<Message>, mut on_change: OnChan
         }
         if stopping {
             return;
+        }
+    }
+}
+
+/// Waits until the server serves and learns what; false if stopped meanwhile. Events
+/// that come meanwhile are noted, not lost.
+fn learn(state: &Mutex<State>, messages: &Receiver<Message>, mut serving: Serving) -> bool {
+    loop {
+        if let Some(serving) = serving() {
+            lock(state).learn(&serving, Instant::now());
+            return true;
+        }
+        match messages.recv_timeout(SERVING_POLL) {
+            Ok(Message::Event(event)) => lock(state).note(event, Instant::now()),
+            Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return false,
+            Err(RecvTimeoutError::Timeout) => {}
         }
     }
 }
@@ -740,6 +794,26 @@ mod tests {
         fs::write(root.path().join("sandport.toml"), text).unwrap();
         let config = Config::from_file(&root.path().join("sandport.toml")).unwrap();
         assert_eq!(watched(&config), [("on".to_owned(), root.path().join("on.wasm"))]);
+    }
+
+    #[test]
+    fn a_change_made_before_the_server_served_fires_against_what_it_serves() {
+        let root = root_with(&[("a.wasm", "new"), ("b.wasm", "same"), ("sentinel/plugin.wasm", "sentinel 0")]);
+        let served = |content: &str| format!("{:x}", Sha256::digest(content));
+        let serving = vec![("a".to_owned(), served("old")), ("b".to_owned(), served("same"))];
+        // Not serving for the first few asks: the server is still starting.
+        let mut asked = 0;
+        let serving: Serving = Box::new(move || {
+            asked += 1;
+            (asked > 3).then(|| serving.clone())
+        });
+        let (tell, fired) = mpsc::channel();
+        let on_change: OnChange = Box::new(move |listener, _| tell.send(listener.to_owned()).unwrap());
+        let _watcher =
+            Watcher::spawn(listed(&root, &[("a", "a.wasm"), ("b", "b.wasm")]), on_change, Some(serving)).unwrap();
+        assert_eq!(fired.recv_timeout(PATIENCE), Ok("a".to_owned()), "the file differs from what is served");
+        replace(&root.path().join("sentinel/plugin.wasm"), b"sentinel 1");
+        assert_eq!(fired.recv_timeout(PATIENCE), Ok(SENTINEL.to_owned()), "`b` serves what its file holds");
     }
 
     #[test]
