@@ -22,3 +22,4 @@ pub mod reactor;
 pub mod server;
 mod throttle;
 mod timer;
+pub mod watch;

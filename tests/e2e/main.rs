@@ -27,4 +27,5 @@ mod neighbour;
 mod proxy;
 mod swap;
 mod timers;
+mod watch;
 mod workers;
