@@ -26,6 +26,7 @@ const PLUGINS: &[&str] = &[
     "fixture-hostile",
     "fixture-chaos",
     "fixture-burn",
+    "fixture-chat-next",
 ];
 
 /// Directories whose contents feed the plugin builds.
