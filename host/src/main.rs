@@ -101,6 +101,8 @@ fn serve(config: Option<PathBuf>, listen: Vec<String>, plugin: Vec<PathBuf>) -> 
 fn check(file: PathBuf) -> anyhow::Result<()> {
     let plugin = Runtime::new()?.load(&file)?;
     println!("{}: ok, implements sandport:handler/plugin", file.display());
+    let migration = if plugin.migrates() { "migrates open connections" } else { "drains on a swap" };
+    println!("live migration: {migration}");
     println!("imports:");
     for name in plugin.imports() {
         println!("  {name}");
