@@ -19,6 +19,7 @@ mod instances;
 mod isolation;
 mod limits;
 mod linger;
+mod migrate;
 mod native;
 mod neighbour;
 mod proxy;

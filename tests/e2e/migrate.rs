@@ -1,0 +1,224 @@
+//! Live migration: a swap to a new version moves the open connections of a plugin
+//! that opts in (the chat) without a disconnect, and drains those of one that does not
+//! (the echo).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sandport::config::ListenerSpec;
+use sandport::handler::{ConnId, Event, Fault, Handler, Host};
+use sandport::plugin::{PluginHandler, Runtime};
+use sandport::reactor::Reactor;
+
+use crate::harness::{Client, PATIENCE, Server, config_file, free_address, listener_at, plugins};
+
+/// Chat members in the room when the version changes.
+const MEMBERS: usize = 6;
+
+/// A chat client that joined and picked a name.
+struct Member {
+    client: Client,
+    name: String,
+}
+
+/// Join the chat at `addr` and take the name `name`; every member already in `room`
+/// sees both. The welcome line must start with `welcome`.
+fn join(addr: std::net::SocketAddr, room: &mut [Member], name: &str, welcome: &str) -> Member {
+    let mut client = Client::connect(addr);
+    let line = client.line();
+    let first = line.strip_prefix(welcome).unwrap_or_else(|| panic!("not a welcome ({welcome:?}): {line}")).to_owned();
+    for other in room.iter_mut() {
+        assert_eq!(other.client.line(), format!("* {first} joined"), "{} saw no join", other.name);
+    }
+    assert_eq!(client.ask(&format!("/name {name}")), format!("* you are {name}"));
+    for other in room.iter_mut() {
+        assert_eq!(other.client.line(), format!("* {first} is now {name}"), "{} saw no rename", other.name);
+    }
+    Member { client, name: name.to_owned() }
+}
+
+/// `from` says `text`; every other member gets it, formatted as `format` says.
+fn say(room: &mut [Member], from: usize, text: &str, format: impl Fn(&str, &str) -> String) {
+    room[from].client.send_line(text);
+    let expected = format(&room[from].name, text);
+    for (i, other) in room.iter_mut().enumerate() {
+        if i != from {
+            assert_eq!(other.client.line(), expected, "what {} got", other.name);
+        }
+    }
+}
+
+fn old_format(name: &str, text: &str) -> String {
+    format!("{name}: {text}")
+}
+
+fn next_format(name: &str, text: &str) -> String {
+    format!("<{name}> {text}")
+}
+
+/// Config text for a chat and an echo listener at fixed addresses (so a reload sees
+/// the same listeners), served by two workers.
+fn config(chat: &str, chat_plugin: &str, echo: &str, echo_plugin: &str) -> String {
+    format!("workers = 2\n{}{}", listener_at("chat", chat, chat_plugin, ""), listener_at("echo", echo, echo_plugin, ""))
+}
+
+#[test]
+fn sighup_moves_chat_members_to_the_next_version_and_drains_the_echo() {
+    let (chat_addr, echo_addr) = (free_address().to_string(), free_address().to_string());
+    let dir = tempfile::tempdir().unwrap();
+    // Another file with the same echo: a new version as far as the server can tell.
+    let echo_next = dir.path().join("echo-next.wasm");
+    std::fs::copy(plugins::ECHO, &echo_next).unwrap();
+    let echo_next = echo_next.to_str().unwrap();
+    let (_config_dir, path) = config_file(&config(&chat_addr, plugins::CHAT, &echo_addr, plugins::ECHO));
+    let server = Server::start_args(&["serve", "--config", path.to_str().unwrap()], 2);
+
+    let mut room: Vec<Member> = Vec::new();
+    for i in 0..MEMBERS {
+        let member = join(server.addr("chat"), &mut room, &format!("member{i}"), "* welcome ");
+        room.push(member);
+    }
+    say(&mut room, 0, "before the swap", old_format);
+    let mut old_echo = server.connect("echo");
+    old_echo.write(b"old echo, first");
+    assert_eq!(old_echo.bytes(15), b"old echo, first");
+
+    std::fs::write(&path, config(&chat_addr, plugins::FIXTURE_CHAT_NEXT, &echo_addr, echo_next)).unwrap();
+    kill(Pid::from_raw(server.pid() as i32), Signal::SIGHUP).unwrap();
+    server.wait_for_log(&["took over", "listener=chat", &format!("migrated={MEMBERS}")]);
+    server.wait_for_log(&["took over", "listener=echo", "migrated=0"]);
+
+    // Every member is still connected, kept its name, and hears the new version at
+    // once: its take-over notice, then its message format.
+    for member in &mut room {
+        assert_eq!(member.client.line(), format!("* chat-next took over, you are still {}", member.name));
+    }
+    for from in 0..MEMBERS {
+        say(&mut room, from, &format!("after the swap, from {from}"), next_format);
+    }
+    // A newcomer is welcomed by the new version, and the room it joins is whole.
+    let newcomer = join(server.addr("chat"), &mut room, "newcomer", "* welcome to chat-next, ");
+    room.push(newcomer);
+    say(&mut room, MEMBERS, "hello all", next_format);
+    // Names are still one to a member: the old members' names moved with them.
+    assert_eq!(room[MEMBERS].client.ask("/name member3"), "* name refused");
+
+    // The echo drained: its old connection still works, on the old version, and a new
+    // one is served too.
+    old_echo.write(b"old echo, second");
+    assert_eq!(old_echo.bytes(16), b"old echo, second");
+    let mut new_echo = server.connect("echo");
+    new_echo.write(b"new echo");
+    assert_eq!(new_echo.bytes(8), b"new echo");
+    for member in &mut room {
+        assert!(member.client.quiet_for(Duration::from_millis(50)), "{} got more than expected", member.name);
+    }
+    drop((old_echo, new_echo));
+    let (_, log) = server.terminate();
+    assert!(!log.contains("trapped"), "a version faulted:\n{log}");
+}
+
+/// Test-only composition of two real plugin instances in one [`Handler`]: the old
+/// version serves until `swap` is set; at the next event it hands every open
+/// connection over to the new one, which serves from then on. It is the plugin side
+/// of migration, seen through the real reactor's [`Host`] and the real components,
+/// with none of the server's swap machinery.
+struct Versions {
+    old: PluginHandler,
+    new: PluginHandler,
+    swap: Arc<AtomicBool>,
+    swapped: bool,
+    open: BTreeSet<ConnId>,
+    moved: mpsc::Sender<Result<usize, Fault>>,
+}
+
+impl Handler for Versions {
+    fn handle(&mut self, host: &mut dyn Host, conn: ConnId, event: Event) -> Result<(), Fault> {
+        if !self.swapped && self.swap.load(Ordering::SeqCst) {
+            self.swapped = true;
+            let moved = self.move_all(host);
+            self.moved.send(moved.clone()).unwrap();
+            moved?;
+        }
+        match event {
+            Event::Accept(_) => drop(self.open.insert(conn)),
+            Event::Close => drop(self.open.remove(&conn)),
+            _ => {}
+        }
+        let serving = if self.swapped { &mut self.new } else { &mut self.old };
+        serving.handle(host, conn, event)
+    }
+}
+
+impl Versions {
+    fn move_all(&mut self, host: &mut dyn Host) -> Result<usize, Fault> {
+        assert!(self.old.migrates() && self.new.migrates());
+        for &conn in &self.open {
+            let state = self.old.hand_over(host, conn)?;
+            self.new.take_over(host, conn, state)?;
+        }
+        Ok(self.open.len())
+    }
+}
+
+#[test]
+fn plugin_instances_hand_over_and_take_over_through_the_reactor() {
+    let runtime = Runtime::new().unwrap();
+    let mut spec = ListenerSpec::new("chat", "127.0.0.1:0".parse().unwrap());
+    // Polls are what delivers the swap when no client is talking.
+    spec.poll_interval = Some(Duration::from_millis(10));
+    let settings = BTreeMap::new();
+    let old = runtime.load(plugins::CHAT.as_ref()).unwrap();
+    let new = runtime.load(plugins::FIXTURE_CHAT_NEXT.as_ref()).unwrap();
+    let echo = runtime.load(plugins::ECHO.as_ref()).unwrap();
+    assert!(old.migrates() && new.migrates() && !echo.migrates());
+    let swap = Arc::new(AtomicBool::new(false));
+    let (moved, moves) = mpsc::channel();
+    let versions = Versions {
+        old: old.factory(&spec, &settings).instantiate().unwrap(),
+        new: new.factory(&spec, &settings).instantiate().unwrap(),
+        swap: swap.clone(),
+        swapped: false,
+        open: BTreeSet::new(),
+        moved,
+    };
+    let mut versions = Some(versions);
+    let mut reactor = Reactor::new().unwrap();
+    let factory = move || {
+        versions
+            .take()
+            .map(|v| Box::new(v) as Box<dyn Handler>)
+            .ok_or_else(|| Fault { reason: "one instance only".into(), limit: None })
+    };
+    let addr = reactor.listen(&spec, Box::new(factory)).unwrap();
+    let stop = reactor.stop_handle();
+    let running = std::thread::spawn(move || reactor.run().unwrap());
+
+    let mut room: Vec<Member> = Vec::new();
+    for i in 0..3 {
+        let member = join(addr, &mut room, &format!("m{i}"), "* welcome ");
+        room.push(member);
+    }
+    say(&mut room, 1, "old times", old_format);
+    swap.store(true, Ordering::SeqCst);
+    assert_eq!(moves.recv_timeout(PATIENCE).unwrap(), Ok(3));
+    for member in &mut room {
+        assert_eq!(member.client.line(), format!("* chat-next took over, you are still {}", member.name));
+    }
+    say(&mut room, 2, "new times", next_format);
+    // A member that leaves after the move is announced by its name, by the new version.
+    let gone = room.remove(0);
+    drop(gone.client);
+    for member in &mut room {
+        assert_eq!(member.client.line(), format!("* {} left", gone.name));
+    }
+
+    stop.stop();
+    let stats = running.join().unwrap();
+    assert_eq!(stats.total.faults, 0);
+}
