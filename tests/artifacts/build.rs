@@ -27,6 +27,7 @@ const PLUGINS: &[&str] = &[
     "fixture-chaos",
     "fixture-burn",
     "fixture-chat-next",
+    "fixture-migrate-faults",
 ];
 
 /// Directories whose contents feed the plugin builds.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use sandport::config::ListenerSpec;
+use sandport::config::{Limit, ListenerSpec};
 use sandport::handler::{ConnId, Event, Fault, Handler, Host};
 use sandport::plugin::{PluginHandler, Runtime};
 use sandport::reactor::Reactor;
@@ -166,47 +166,78 @@ impl Versions {
     }
 }
 
-#[test]
-fn plugin_instances_hand_over_and_take_over_through_the_reactor() {
+/// A reactor serving one listener with [`Versions`] of two plugins.
+struct Running {
+    addr: std::net::SocketAddr,
+    /// Set it to have the next event move every connection.
+    swap: Arc<AtomicBool>,
+    /// How the move went: the connections moved, or the fault.
+    moves: mpsc::Receiver<Result<usize, Fault>>,
+    stop: sandport::reactor::StopHandle,
+    thread: std::thread::JoinHandle<sandport::reactor::Stats>,
+}
+
+/// Serve `old` then `new`, each a plugin file and its `[listener.config]`.
+fn serve_versions(old: (&str, &[(&str, &str)]), new: (&str, &[(&str, &str)])) -> Running {
     let runtime = Runtime::new().unwrap();
-    let mut spec = ListenerSpec::new("chat", "127.0.0.1:0".parse().unwrap());
+    let mut spec = ListenerSpec::new("versions", "127.0.0.1:0".parse().unwrap());
     // Polls are what delivers the swap when no client is talking.
     spec.poll_interval = Some(Duration::from_millis(10));
-    let settings = BTreeMap::new();
-    let old = runtime.load(plugins::CHAT.as_ref()).unwrap();
-    let new = runtime.load(plugins::FIXTURE_CHAT_NEXT.as_ref()).unwrap();
-    let echo = runtime.load(plugins::ECHO.as_ref()).unwrap();
-    assert!(old.migrates() && new.migrates() && !echo.migrates());
+    let instance = |(path, settings): (&str, &[(&str, &str)])| {
+        let settings: BTreeMap<String, String> =
+            settings.iter().map(|&(key, value)| (key.to_owned(), value.to_owned())).collect();
+        let plugin = runtime.load(path.as_ref()).unwrap();
+        assert!(plugin.migrates(), "{path} does not migrate");
+        plugin.factory(&spec, &settings).instantiate().unwrap()
+    };
     let swap = Arc::new(AtomicBool::new(false));
     let (moved, moves) = mpsc::channel();
-    let versions = Versions {
-        old: old.factory(&spec, &settings).instantiate().unwrap(),
-        new: new.factory(&spec, &settings).instantiate().unwrap(),
+    let mut versions = Some(Versions {
+        old: instance(old),
+        new: instance(new),
         swap: swap.clone(),
         swapped: false,
         open: BTreeSet::new(),
         moved,
-    };
-    let mut versions = Some(versions);
-    let mut reactor = Reactor::new().unwrap();
+    });
     let factory = move || {
-        versions
-            .take()
-            .map(|v| Box::new(v) as Box<dyn Handler>)
-            .ok_or_else(|| Fault { reason: "one instance only".into(), limit: None })
+        let versions = versions.take().ok_or_else(|| Fault { reason: "one instance only".into(), limit: None })?;
+        Ok(Box::new(versions) as Box<dyn Handler>)
     };
+    let mut reactor = Reactor::new().unwrap();
     let addr = reactor.listen(&spec, Box::new(factory)).unwrap();
     let stop = reactor.stop_handle();
-    let running = std::thread::spawn(move || reactor.run().unwrap());
+    let thread = std::thread::spawn(move || reactor.run().unwrap());
+    Running { addr, swap, moves, stop, thread }
+}
+
+impl Running {
+    /// Move every connection now; how it went.
+    fn swap(&self) -> Result<usize, Fault> {
+        self.swap.store(true, Ordering::SeqCst);
+        self.moves.recv_timeout(PATIENCE).unwrap()
+    }
+
+    /// Stop the reactor; its statistics.
+    fn stop(self) -> sandport::reactor::Stats {
+        self.stop.stop();
+        self.thread.join().unwrap()
+    }
+}
+
+#[test]
+fn plugin_instances_hand_over_and_take_over_through_the_reactor() {
+    let echo = Runtime::new().unwrap().load(plugins::ECHO.as_ref()).unwrap();
+    assert!(!echo.migrates());
+    let running = serve_versions((plugins::CHAT, &[]), (plugins::FIXTURE_CHAT_NEXT, &[]));
 
     let mut room: Vec<Member> = Vec::new();
     for i in 0..3 {
-        let member = join(addr, &mut room, &format!("m{i}"), "* welcome ");
+        let member = join(running.addr, &mut room, &format!("m{i}"), "* welcome ");
         room.push(member);
     }
     say(&mut room, 1, "old times", old_format);
-    swap.store(true, Ordering::SeqCst);
-    assert_eq!(moves.recv_timeout(PATIENCE).unwrap(), Ok(3));
+    assert_eq!(running.swap(), Ok(3));
     for member in &mut room {
         assert_eq!(member.client.line(), format!("* chat-next took over, you are still {}", member.name));
     }
@@ -217,8 +248,48 @@ fn plugin_instances_hand_over_and_take_over_through_the_reactor() {
     for member in &mut room {
         assert_eq!(member.client.line(), format!("* {} left", gone.name));
     }
+    assert_eq!(running.stop().total.faults, 0);
+}
 
-    stop.stop();
-    let stats = running.join().unwrap();
-    assert_eq!(stats.total.faults, 0);
+#[test]
+fn host_calls_work_in_hand_over_and_take_over() {
+    let running = serve_versions((plugins::FIXTURE_MIGRATE_FAULTS, &[]), (plugins::FIXTURE_MIGRATE_FAULTS, &[]));
+    let mut client = Client::connect(running.addr);
+    client.write(b"before\n");
+    assert_eq!(client.line(), "before");
+    assert_eq!(running.swap(), Ok(1));
+    assert_eq!(client.line(), "* handing over", "sent by the old version's hand-over");
+    assert_eq!(client.line(), "* taking over state", "sent by the new version's take-over, with the state");
+    client.write(b"after\n");
+    assert_eq!(client.line(), "after");
+    assert_eq!(running.stop().total.faults, 0);
+}
+
+#[test]
+fn a_bad_hand_over_or_take_over_is_a_fault_with_its_reason() {
+    let time_limit = |limit: Option<Limit>| matches!(limit, Some(Limit::EventTime | Limit::EventWallTime));
+    let cases: [(&[(&str, &str)], &[(&str, &str)], &str, fn(Option<Limit>) -> bool); 5] = [
+        (&[("hand-over", "trap")], &[], "trapped in hand-over", |limit| limit.is_none()),
+        (&[("hand-over", "spin")], &[], "trapped in hand-over", time_limit),
+        (&[("hand-over", "huge")], &[], "handed over 2097152 bytes of state for connection", |limit| limit.is_none()),
+        (&[], &[("take-over", "trap")], "trapped in take-over", |limit| limit.is_none()),
+        (&[], &[("take-over", "spin")], "trapped in take-over", time_limit),
+    ];
+    for (old, new, reason, limit) in cases {
+        let case = format!("old {old:?}, new {new:?}");
+        let running = serve_versions((plugins::FIXTURE_MIGRATE_FAULTS, old), (plugins::FIXTURE_MIGRATE_FAULTS, new));
+        let mut client = Client::connect(running.addr);
+        client.write(b"hello\n");
+        assert_eq!(client.line(), "hello", "{case}");
+        let fault = running.swap().expect_err(&case);
+        assert!(fault.reason.contains(reason), "{case}: {fault:?}");
+        assert!(
+            fault.reason.contains(plugins::FIXTURE_MIGRATE_FAULTS),
+            "{case}: the reason names the plugin: {fault:?}"
+        );
+        assert!(limit(fault.limit), "{case}: {fault:?}");
+        // The reactor closes the connections of the instance that faulted.
+        client.until_end();
+        assert_eq!(running.stop().total.faults, 1, "{case}");
+    }
 }
