@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
 use tracing::warn;
 use wasmtime::component::{Component, InstancePre, Linker, Resource};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
@@ -144,8 +145,14 @@ impl Runtime {
     /// Compile the component at `path` and check it against the world.
     pub fn load(&self, path: &Path) -> Result<Plugin, PluginError> {
         let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.to_owned(), source })?;
-        let bytes = bytes.as_slice();
-        let path = path.to_owned();
+        self.load_bytes(&bytes, Some(path))
+    }
+
+    /// Compile the component in `bytes` and check it against the world; `origin` is
+    /// the file it came from, if any (errors name it, or `upload`).
+    pub fn load_bytes(&self, bytes: &[u8], origin: Option<&Path>) -> Result<Plugin, PluginError> {
+        let path = origin.map_or_else(|| PathBuf::from("upload"), Path::to_owned);
+        let hash = format!("{:x}", Sha256::digest(bytes));
         if !is_component(bytes) {
             let reason = if bytes.starts_with(b"\0asm") {
                 "this is a core WebAssembly module; build it as a component (e.g. --target wasm32-wasip2)".to_owned()
@@ -162,7 +169,7 @@ impl Runtime {
             .map_err(|e| PluginError::WrongWorld { path: path.clone(), reason: one_line(&e) })?;
         let exports =
             Exports::find(&pre).map_err(|e| PluginError::WrongWorld { path: path.clone(), reason: one_line(&e) })?;
-        Ok(Plugin { inner: Arc::new(Loaded { engine: self.engine.clone(), component, pre, exports, path }) })
+        Ok(Plugin { inner: Arc::new(Loaded { engine: self.engine.clone(), component, pre, exports, path, hash }) })
     }
 }
 
@@ -178,12 +185,18 @@ struct Loaded {
     pre: InstancePre<GuestState>,
     exports: Exports,
     path: PathBuf,
+    hash: String,
 }
 
 impl Plugin {
     /// The file the plugin was loaded from.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The component's content hash: SHA-256 of its bytes, lowercase hex.
+    pub fn hash(&self) -> &str {
+        &self.inner.hash
     }
 
     /// Whether the plugin can hand its connections over to a new version and take
