@@ -26,8 +26,9 @@ struct Member {
     name: String,
 }
 
-/// Join the chat at `addr` and take the name `name`; every member already in `room`
-/// sees both. The welcome line must start with `welcome`.
+/// Join the chat at `addr`, take the name `name` and an idle interval of an hour;
+/// every member already in `room` sees the join and the name. The welcome line must
+/// start with `welcome`.
 fn join(addr: std::net::SocketAddr, room: &mut [Member], name: &str, welcome: &str) -> Member {
     let mut client = Client::connect(addr);
     let line = client.line();
@@ -39,6 +40,9 @@ fn join(addr: std::net::SocketAddr, room: &mut [Member], name: &str, welcome: &s
     for other in room.iter_mut() {
         assert_eq!(other.client.line(), format!("* {first} is now {name}"), "{} saw no rename", other.name);
     }
+    // No idle pings in the middle of the test, however slow the machine; the interval
+    // moves with the member too.
+    assert_eq!(client.ask("/idle 3600000"), "* idle 3600000");
     Member { client, name: name.to_owned() }
 }
 
