@@ -10,12 +10,31 @@
 //! or a guest: swapping is the workers' job (see `reactor`), compiling the plugin
 //! module's.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::SystemTime;
+mod preflight;
 
-use crate::config::{InstanceMode, Limits};
-use crate::reactor::Counts;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+use tracing::{info, warn};
+
+use crate::config::{Config, InstanceMode, Limits, ListenerConfig};
+use crate::plugin::{Plugin, PluginFactory, Runtime, content_hash};
+use crate::reactor::{Binding, Command, Commands, Counts, FaultNotice, Slots, Swapped};
+use crate::server::serving_workers;
+
+pub(crate) use preflight::preflight;
+
+/// Versions whose compiled plugin is kept for a rollback; older ones keep only their
+/// history entry (so memory stays flat however many swaps there are).
+const KEPT_PLUGINS: usize = 4;
+
+/// History entries kept per listener.
+const KEPT_HISTORY: usize = 32;
 
 /// Where a new version of a plugin comes from.
 #[derive(Debug, Clone)]
@@ -90,6 +109,21 @@ pub struct SwapReport {
     pub draining: u64,
 }
 
+/// What a reload of the config file changed.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadReport {
+    /// Listeners new in the file, now listening.
+    pub added: Vec<String>,
+    /// Listeners gone from the file: no longer listening, their connections draining.
+    pub removed: Vec<String>,
+    /// Listeners whose plugin, limits or settings changed: what became of each swap.
+    pub swapped: Vec<SwapReport>,
+    /// Listeners the reload could not add or rebind, and why.
+    pub failed: Vec<(String, String)>,
+    /// Settings that changed in the file but take a restart (e.g. `workers`).
+    pub need_restart: Vec<String>,
+}
+
 /// A control request that names nothing to act on.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -102,4 +136,526 @@ pub enum ControlError {
     /// The server is stopping.
     #[error("the server is stopping")]
     Stopping,
+}
+
+/// A handle on the running server's listeners: look at them, swap their plugins, roll
+/// them back. Clone it freely; every clone is the same server.
+#[derive(Clone)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// One per worker, by index.
+    workers: Vec<Commands>,
+    /// The settings the server started with that only a restart changes.
+    started: Config,
+    /// The engine of shared and per-worker listeners added by a reload.
+    runtime: Arc<Runtime>,
+    /// Every listener's record, in config order.
+    listeners: Mutex<Vec<Record>>,
+    /// Held for the whole of a swap or rollback: one at a time, so versions are
+    /// numbered in the order they take over and two swaps never interleave.
+    swapping: Mutex<()>,
+    /// The workers are serving (set by the server when it runs, cleared when it stops).
+    running: AtomicBool,
+}
+
+/// What the control surface knows of one listener.
+pub(crate) struct Record {
+    /// Its configuration as it is now (a swap through the API keeps its spec and
+    /// settings; a reload may change them).
+    pub config: ListenerConfig,
+    /// The address its sockets are bound to.
+    pub address: SocketAddr,
+    /// The workers that serve it.
+    pub workers: Range<usize>,
+    /// Its connection slots, which also tell how many are open.
+    pub slots: Slots,
+    /// The engine its versions are compiled for.
+    pub runtime: Arc<Runtime>,
+    history: Vec<Entry>,
+    swaps: u64,
+    failed_swaps: u64,
+    rollbacks: u64,
+    last_error: Option<String>,
+    /// When the current version took over, and its faults since (for the automatic
+    /// rollback).
+    swapped_at: Option<Instant>,
+    faults_since: u64,
+}
+
+/// One version in a listener's history.
+struct Entry {
+    version: Version,
+    /// Kept for the last [`KEPT_PLUGINS`] versions, so a rollback needs no compile.
+    plugin: Option<Plugin>,
+    /// Replaced by a rollback: never the target of another.
+    rolled_back: bool,
+}
+
+impl Record {
+    /// The record of a listener serving its first version, `plugin`.
+    pub(crate) fn new(
+        config: ListenerConfig,
+        address: SocketAddr,
+        workers: Range<usize>,
+        slots: Slots,
+        runtime: Arc<Runtime>,
+        plugin: Plugin,
+    ) -> Record {
+        let version = Version {
+            number: 1,
+            hash: plugin.hash().to_owned(),
+            path: Some(config.plugin.clone()),
+            since: SystemTime::now(),
+            migrates: plugin.migrates(),
+        };
+        Record {
+            config,
+            address,
+            workers,
+            slots,
+            runtime,
+            history: vec![Entry { version, plugin: Some(plugin), rolled_back: false }],
+            swaps: 0,
+            failed_swaps: 0,
+            rollbacks: 0,
+            last_error: None,
+            swapped_at: None,
+            faults_since: 0,
+        }
+    }
+
+    fn current(&self) -> &Version {
+        &self.history.last().expect("a listener has a version").version
+    }
+
+    fn name(&self) -> &str {
+        &self.config.spec.name
+    }
+}
+
+/// Where a version comes from, for the log.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Swap,
+    Reload,
+    Rollback,
+    AutoRollback,
+}
+
+impl Control {
+    /// The control surface of workers reached through `workers`, serving `listeners`.
+    /// Faults reported on `faults` may roll a new version back.
+    pub(crate) fn new(
+        config: &Config,
+        runtime: Arc<Runtime>,
+        workers: Vec<Commands>,
+        listeners: Vec<Record>,
+        faults: Receiver<FaultNotice>,
+    ) -> Control {
+        let control = Control {
+            inner: Arc::new(Inner {
+                workers,
+                started: config.clone(),
+                runtime,
+                listeners: Mutex::new(listeners),
+                swapping: Mutex::new(()),
+                running: AtomicBool::new(false),
+            }),
+        };
+        let watcher = control.clone();
+        let spawned =
+            std::thread::Builder::new().name("sandport-rollback".into()).spawn(move || watcher.watch_faults(faults));
+        if let Err(err) = spawned {
+            warn!("cannot start the thread that rolls back faulting versions: {err}; automatic rollback is off");
+        }
+        control
+    }
+
+    /// Every listener's name and bound address, in config order.
+    pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
+        self.records().iter().map(|r| (r.name().to_owned(), r.address)).collect()
+    }
+
+    /// Every listener as it is now, in config order.
+    pub fn listeners(&self) -> Vec<ListenerStatus> {
+        let counts = self.gather();
+        let listeners = self.records();
+        listeners
+            .iter()
+            .map(|r| {
+                let mut total = Counts::default();
+                for (_, c) in counts.iter().filter(|(name, _)| name == r.name()) {
+                    total.add(c);
+                }
+                ListenerStatus {
+                    name: r.name().to_owned(),
+                    address: r.address,
+                    instance: r.config.spec.instance,
+                    workers: r.workers.clone().collect(),
+                    limits: r.config.spec.limits.clone(),
+                    history: r.history.iter().map(|e| e.version.clone()).collect(),
+                    open: r.slots.taken() as u64,
+                    counts: total,
+                    swaps: r.swaps,
+                    failed_swaps: r.failed_swaps,
+                    rollbacks: r.rollbacks,
+                    last_error: r.last_error.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Compile, link and pre-flight a new version of `listener`'s plugin, then make it
+    /// serve new connections on every worker. The report says whether it took over or
+    /// why not; `Err` only when there is no such listener or the server is stopping.
+    pub fn swap(&self, listener: &str, source: Source) -> Result<SwapReport, ControlError> {
+        let _one = self.inner.swapping.lock().unwrap_or_else(|p| p.into_inner());
+        let (config, runtime) = self.with_record(listener, |r| (r.config.clone(), r.runtime.clone()))?;
+        let (loaded, path) = match source {
+            Source::File(path) => (runtime.load(&path), Some(path)),
+            Source::Bytes(bytes) => (runtime.load_bytes(&bytes, None), None),
+        };
+        match loaded {
+            Ok(plugin) => self.install(config, plugin, path, Route::Swap),
+            Err(err) => self.refuse(listener, err.to_string()),
+        }
+    }
+
+    /// Put back the version before the current one (skipping those rolled back), and
+    /// count the rollback.
+    pub fn rollback(&self, listener: &str) -> Result<SwapReport, ControlError> {
+        self.roll_back(listener, Route::Rollback)
+    }
+
+    /// Apply a re-read config file: listeners gone from it stop listening (their
+    /// connections drain), new ones start, changed ones get the new plugin, limits and
+    /// settings through a swap (a new address or instance mode: the listener is
+    /// bound anew). Unchanged listeners are left alone.
+    pub fn reload(&self, config: &Config) -> ReloadReport {
+        let _one = self.inner.swapping.lock().unwrap_or_else(|p| p.into_inner());
+        let mut report = ReloadReport::default();
+        let started = &self.inner.started;
+        if config.workers != started.workers {
+            report.need_restart.push("workers".into());
+        }
+        if config.cache_dir != started.cache_dir {
+            report.need_restart.push("cache-dir".into());
+        }
+        if config.log_format != started.log_format {
+            report.need_restart.push("log-format".into());
+        }
+        if config.admin != started.admin {
+            report.need_restart.push("admin".into());
+        }
+        let wanted = |name: &str| config.listeners.iter().find(|l| l.spec.name == name);
+        let gone: Vec<String> = self
+            .records()
+            .iter()
+            .filter(|r| {
+                wanted(r.name()).is_none_or(|l| {
+                    l.spec.address != r.config.spec.address || l.spec.instance != r.config.spec.instance
+                })
+            })
+            .map(|r| r.name().to_owned())
+            .collect();
+        for name in &gone {
+            self.retire(name);
+            if wanted(name).is_none() {
+                report.removed.push(name.clone());
+            }
+        }
+        for (index, listener) in config.listeners.iter().enumerate() {
+            let name = &listener.spec.name;
+            let current = self.with_record(name, |r| (r.config.clone(), r.current().hash.clone(), r.runtime.clone()));
+            match current {
+                Err(_) => match self.add(index, listener) {
+                    Ok(()) => report.added.push(name.clone()),
+                    Err(reason) => {
+                        warn!(listener = %name, "cannot add the listener: {reason}");
+                        report.failed.push((name.clone(), reason));
+                    }
+                },
+                Ok((old, hash, runtime)) => {
+                    let bytes = std::fs::read(&listener.plugin);
+                    let same_file = bytes.as_ref().is_ok_and(|b| content_hash(b) == hash);
+                    if old == *listener && same_file {
+                        continue;
+                    }
+                    let loaded = match bytes {
+                        Ok(bytes) => runtime.load_bytes(&bytes, Some(&listener.plugin)).map_err(|e| e.to_string()),
+                        Err(err) => Err(format!("{}: cannot read: {err}", listener.plugin.display())),
+                    };
+                    let swapped = match loaded {
+                        Ok(plugin) => {
+                            self.install(listener.clone(), plugin, Some(listener.plugin.clone()), Route::Reload)
+                        }
+                        Err(reason) => self.refuse(name, reason),
+                    };
+                    report.swapped.extend(swapped.ok());
+                }
+            }
+        }
+        let order = |r: &Record| config.listeners.iter().position(|l| l.spec.name == r.name());
+        self.records().sort_by_key(order);
+        info!(
+            added = report.added.len(),
+            removed = report.removed.len(),
+            swapped = report.swapped.iter().filter(|s| s.took_over).count(),
+            refused = report.swapped.iter().filter(|s| !s.took_over).count() + report.failed.len(),
+            "config reloaded"
+        );
+        if !report.need_restart.is_empty() {
+            warn!("changed settings that take a restart to apply: {}", report.need_restart.join(", "));
+        }
+        report
+    }
+
+    /// Stop listening for `name` on its workers and forget its record; its connections
+    /// drain.
+    fn retire(&self, name: &str) {
+        let Ok(workers) = self.with_record(name, |r| r.workers.clone()) else { return };
+        let answers: Vec<_> = workers
+            .filter_map(|worker| {
+                let (reply, answer) = channel();
+                self.inner.workers[worker].send(Command::Retire { listener: name.to_owned(), reply }).then_some(answer)
+            })
+            .collect();
+        for answer in answers {
+            let _ = answer.recv();
+        }
+        self.records().retain(|r| r.name() != name);
+    }
+
+    /// Start listener `listener`, the `index`th of the config: compile, pre-flight,
+    /// bind on the workers that serve it.
+    fn add(&self, index: usize, listener: &ListenerConfig) -> Result<(), String> {
+        let spec = &listener.spec;
+        let runtime = match spec.instance {
+            InstanceMode::Shared | InstanceMode::PerWorker => self.inner.runtime.clone(),
+            InstanceMode::PerConnection => {
+                let slots = u32::try_from(spec.limits.max_connections).unwrap_or(u32::MAX);
+                Arc::new(Runtime::pooled(slots, spec.limits.memory).map_err(|e| e.to_string())?)
+            }
+        };
+        let plugin = runtime.load(&listener.plugin).map_err(|e| e.to_string())?;
+        let factory = plugin.factory(spec, &listener.settings);
+        preflight(spec, factory.clone())?;
+        let serving = serving_workers(spec.instance, index, self.inner.workers.len());
+        let mut binding = Binding { address: spec.address, shared_port: serving.len() > 1, slots: Slots::default() };
+        for worker in serving.clone() {
+            let undo = |workers: Range<usize>| {
+                for earlier in workers {
+                    let (reply, answer) = channel();
+                    let retire = Command::Retire { listener: spec.name.clone(), reply };
+                    if self.inner.workers[earlier].send(retire) {
+                        let _ = answer.recv();
+                    }
+                }
+            };
+            let (reply, answer) = channel();
+            let command = Command::Listen {
+                spec: spec.clone(),
+                binding: binding.clone(),
+                version: 1,
+                factory: Box::new(factory.clone()),
+                reply,
+            };
+            if !self.inner.workers[worker].send(command) {
+                return Err(ControlError::Stopping.to_string());
+            }
+            let bound = answer.recv().map_err(|_| ControlError::Stopping.to_string())?;
+            binding.address = bound.map_err(|err| {
+                undo(serving.start..worker);
+                format!("cannot listen on {}: {err}", spec.address)
+            })?;
+        }
+        info!(listener = %spec.name, address = %binding.address, "listener added");
+        let record = Record::new(listener.clone(), binding.address, serving, binding.slots, runtime, plugin);
+        self.records().push(record);
+        Ok(())
+    }
+
+    /// Whether every worker is serving.
+    pub fn ready(&self) -> bool {
+        self.inner.running.load(Ordering::SeqCst)
+    }
+
+    /// The server's workers started (true) or stopped (false) serving.
+    pub(crate) fn set_running(&self, running: bool) {
+        self.inner.running.store(running, Ordering::SeqCst);
+    }
+
+    fn records(&self) -> MutexGuard<'_, Vec<Record>> {
+        self.inner.listeners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn with_record<T>(&self, listener: &str, f: impl FnOnce(&mut Record) -> T) -> Result<T, ControlError> {
+        let mut records = self.records();
+        let record = records.iter_mut().find(|r| r.name() == listener);
+        record.map(f).ok_or_else(|| ControlError::UnknownListener(listener.to_owned()))
+    }
+
+    /// Every worker's counts, by listener name.
+    fn gather(&self) -> Vec<(String, Counts)> {
+        let replies: Vec<_> = self
+            .inner
+            .workers
+            .iter()
+            .filter_map(|worker| {
+                let (reply, answer) = channel();
+                worker.send(Command::Snapshot { reply }).then_some(answer)
+            })
+            .collect();
+        replies.into_iter().filter_map(|answer| answer.recv().ok()).flatten().collect()
+    }
+
+    fn roll_back(&self, listener: &str, route: Route) -> Result<SwapReport, ControlError> {
+        let _one = self.inner.swapping.lock().unwrap_or_else(|p| p.into_inner());
+        let target = self.with_record(listener, |r| {
+            let current = r.history.len() - 1;
+            let earlier = r.history[..current].iter().rev().find(|e| !e.rolled_back && e.plugin.is_some());
+            earlier.map(|e| (e.plugin.clone().expect("found with a plugin"), e.version.path.clone(), r.config.clone()))
+        })?;
+        let Some((plugin, path, config)) = target else {
+            return Err(ControlError::NoPreviousVersion(listener.to_owned()));
+        };
+        self.install(config, plugin, path, route)
+    }
+
+    /// Make `plugin` serve `config`'s listener on every worker, if it passes the
+    /// pre-flight.
+    fn install(
+        &self,
+        config: ListenerConfig,
+        plugin: Plugin,
+        path: Option<PathBuf>,
+        route: Route,
+    ) -> Result<SwapReport, ControlError> {
+        let name = config.spec.name.clone();
+        let factory = plugin.factory(&config.spec, &config.settings);
+        if let Err(reason) = preflight(&config.spec, factory.clone()) {
+            return self.refuse(&name, reason);
+        }
+        let (workers, number) = self.with_record(&name, |r| (r.workers.clone(), r.current().number + 1))?;
+        let swapped = self.tell_workers(workers, &config, &factory, number)?;
+        let version = Version {
+            number,
+            hash: plugin.hash().to_owned(),
+            path,
+            since: SystemTime::now(),
+            migrates: plugin.migrates(),
+        };
+        let report = self.with_record(&name, |r| {
+            if matches!(route, Route::Rollback | Route::AutoRollback) {
+                r.history.last_mut().expect("a listener has a version").rolled_back = true;
+                r.rollbacks += 1;
+            }
+            r.history.push(Entry { version: version.clone(), plugin: Some(plugin), rolled_back: false });
+            let kept = r.history.len().saturating_sub(KEPT_PLUGINS);
+            r.history[..kept].iter_mut().for_each(|e| e.plugin = None);
+            let forgotten = r.history.len().saturating_sub(KEPT_HISTORY);
+            r.history.drain(..forgotten);
+            r.swaps += 1;
+            r.swapped_at = Some(Instant::now());
+            r.faults_since = 0;
+            r.config = config;
+            SwapReport {
+                listener: name.clone(),
+                serving: version.clone(),
+                took_over: true,
+                refused: None,
+                migrated: swapped.migrated,
+                draining: swapped.draining,
+            }
+        })?;
+        info!(
+            listener = %name,
+            version = number,
+            hash = %short(&version.hash),
+            route = ?route,
+            migrated = swapped.migrated,
+            draining = swapped.draining,
+            "version {number} took over"
+        );
+        Ok(report)
+    }
+
+    /// Hand version `number` (made by `factory`) to `workers` and add up what they did.
+    fn tell_workers(
+        &self,
+        workers: Range<usize>,
+        config: &ListenerConfig,
+        factory: &PluginFactory,
+        number: u64,
+    ) -> Result<Swapped, ControlError> {
+        let mut answers = Vec::new();
+        for worker in workers {
+            let (reply, answer) = channel();
+            let command =
+                Command::Swap { spec: config.spec.clone(), version: number, factory: Box::new(factory.clone()), reply };
+            if !self.inner.workers[worker].send(command) {
+                return Err(ControlError::Stopping);
+            }
+            answers.push(answer);
+        }
+        let mut swapped = Swapped::default();
+        for answer in answers {
+            swapped = swapped.and(answer.recv().map_err(|_| ControlError::Stopping)?);
+        }
+        Ok(swapped)
+    }
+
+    /// Record and report a version that did not take over.
+    fn refuse(&self, listener: &str, reason: String) -> Result<SwapReport, ControlError> {
+        warn!(listener = %listener, "new version refused, the old one goes on serving: {reason}");
+        self.with_record(listener, |r| {
+            r.failed_swaps += 1;
+            r.last_error = Some(reason.clone());
+            SwapReport {
+                listener: listener.to_owned(),
+                serving: r.current().clone(),
+                took_over: false,
+                refused: Some(reason),
+                migrated: 0,
+                draining: 0,
+            }
+        })
+    }
+
+    /// Count the faults of each listener's newest version while its rollback window
+    /// lasts; roll back the ones that fault more than they may.
+    fn watch_faults(&self, faults: Receiver<FaultNotice>) {
+        for notice in faults {
+            let over = self.with_record(&notice.listener, |r| {
+                let (Some(rule), Some(at)) = (r.config.spec.rollback, r.swapped_at) else { return None };
+                if notice.version != r.current().number || at.elapsed() > rule.window {
+                    return None;
+                }
+                r.faults_since += 1;
+                (r.faults_since > rule.faults).then_some((r.faults_since, rule.window, notice.version))
+            });
+            let Ok(Some((faults, window, version))) = over else { continue };
+            warn!(
+                listener = %notice.listener,
+                version,
+                faults,
+                "version {version} faulted {faults} times within {window:?} of taking over: rolling back"
+            );
+            match self.roll_back(&notice.listener, Route::AutoRollback) {
+                Ok(report) if report.took_over => {}
+                Ok(report) => {
+                    warn!(listener = %notice.listener, "rollback refused: {}", report.refused.unwrap_or_default())
+                }
+                Err(err) => warn!(listener = %notice.listener, "cannot roll back: {err}"),
+            }
+        }
+    }
+}
+
+/// The first 12 hex digits of a content hash, for the log.
+pub(crate) fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
 }

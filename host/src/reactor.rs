@@ -69,9 +69,11 @@ use crate::throttle::Throttle;
 use crate::timer::{Alarm, Due, Timers};
 
 mod accept;
+mod command;
 mod scope;
 mod stats;
 
+pub(crate) use command::{Command, Commands, Swapped};
 use scope::Scope;
 pub use stats::{Counts, GuestTime, Stats};
 
@@ -145,6 +147,11 @@ impl Slots {
     fn give_back(&self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+
+    /// Slots taken now: the listener's open connections.
+    pub fn taken(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 /// Where and how a reactor listens for one listener.
@@ -164,8 +171,16 @@ struct Listener {
     socket: Option<TcpListener>,
     address: SocketAddr,
     next_poll: Option<Instant>,
+    /// Makes the instances of new connections: the current version's. A swap
+    /// replaces it (see `reactor/command.rs`).
     factory: Box<dyn HandlerFactory>,
-    /// The instance serving every connection, in shared mode, once started.
+    /// The current version's number.
+    version: u64,
+    /// Taken out of the config by a reload: no socket, no new connections; its old
+    /// connections finish or drain.
+    retired: bool,
+    /// The instance serving every connection (shared and per-worker modes) of the
+    /// current version, once started.
     shared: Option<usize>,
     /// Accept failed in a way readiness will not report again: try again at this
     /// time, or as soon as a connection closes.
@@ -198,6 +213,11 @@ impl Account {
 /// One handler instance and the connections it may name.
 struct Instance {
     listener: usize,
+    /// The version of the listener's plugin it runs.
+    version: u64,
+    /// A newer version took over: the connections still here are closed at this time
+    /// (`drain-timeout-ms`).
+    drain_at: Option<Instant>,
     /// Lent out while it handles an event.
     handler: Option<Box<dyn Handler>>,
     conns: HashMap<ConnId, usize>,
@@ -325,6 +345,25 @@ pub struct Reactor {
     /// A connection closed (a descriptor freed) since listeners waiting to retry
     /// their accept were last looked at.
     freed: bool,
+    /// Swaps, snapshots and listener changes from the control surface.
+    commands: std::sync::mpsc::Receiver<Command>,
+    commander: std::sync::mpsc::Sender<Command>,
+    /// Where faults are reported, for rolling back a version that faults too often.
+    faults: Option<std::sync::mpsc::Sender<FaultNotice>>,
+    /// After a stop, how long open connections may go on (`shutdown-grace-ms`).
+    grace: Duration,
+    /// Stopping: open connections are closed at this time (the grace is over).
+    closing_at: Option<Instant>,
+}
+
+/// A handler instance of a listener faulted: what the control surface hears, to roll
+/// back a new version that faults too often.
+#[derive(Debug, Clone)]
+pub struct FaultNotice {
+    /// The listener.
+    pub listener: String,
+    /// The version the faulting instance ran.
+    pub version: u64,
 }
 
 impl Reactor {
@@ -338,6 +377,7 @@ impl Reactor {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let registry = poll.registry().try_clone()?;
+        let (commander, commands) = std::sync::mpsc::channel();
         Ok(Reactor {
             index,
             poll,
@@ -359,7 +399,28 @@ impl Reactor {
             waker,
             reserve: Reserve::new(),
             freed: false,
+            commands,
+            commander,
+            faults: None,
+            grace: Duration::ZERO,
+            closing_at: None,
         })
+    }
+
+    /// After a stop, let open connections go on for up to `grace` (no new ones are
+    /// accepted) before they are closed.
+    pub fn set_shutdown_grace(&mut self, grace: Duration) {
+        self.grace = grace;
+    }
+
+    /// Report every handler fault to `faults`.
+    pub fn report_faults(&mut self, faults: std::sync::mpsc::Sender<FaultNotice>) {
+        self.faults = Some(faults);
+    }
+
+    /// Where to send this worker commands from other threads.
+    pub(crate) fn commands(&self) -> Commands {
+        Commands::new(self.commander.clone(), self.waker.clone())
     }
 
     /// Listen on `spec.address`; `factory` makes the handlers of its connections
@@ -387,6 +448,8 @@ impl Reactor {
             address,
             next_poll: spec.poll_interval.map(|every| Instant::now() + every),
             factory,
+            version: 1,
+            retired: false,
             shared: None,
             retry_at: None,
         });
@@ -409,12 +472,43 @@ impl Reactor {
         StopHandle { reactors: vec![(self.stop.clone(), self.waker.clone())] }
     }
 
-    /// Run until stopped, then close every connection (each gets its CLOSE event).
+    /// Run until stopped; then stop accepting, let open connections go on for the
+    /// shutdown grace, and close those left (each gets its CLOSE event).
     pub fn run(&mut self) -> io::Result<Stats> {
-        while !self.stop.load(Ordering::SeqCst) {
+        loop {
+            if self.stop.load(Ordering::SeqCst) && self.grace_over() {
+                break;
+            }
             self.turn()?;
         }
         Ok(self.shut_down())
+    }
+
+    /// Asked to stop: whether the connections' time is up (or none is left). The first
+    /// time, stop accepting and start the grace.
+    fn grace_over(&mut self) -> bool {
+        let now = Instant::now();
+        let at = match self.closing_at {
+            Some(at) => at,
+            None => {
+                self.stop_accepting();
+                let open = self.core.conns.len();
+                if open > 0 && !self.grace.is_zero() {
+                    info!(worker = self.index, open, grace = ?self.grace, "stopping: open connections may finish within the grace");
+                }
+                *self.closing_at.insert(now + self.grace)
+            }
+        };
+        at <= now || self.core.conns.is_empty()
+    }
+
+    /// Close every listening socket.
+    fn stop_accepting(&mut self) {
+        for listener in &mut self.listeners {
+            if let Some(mut socket) = listener.socket.take() {
+                let _ = self.poll.registry().deregister(&mut socket);
+            }
+        }
     }
 
     /// One loop iteration: wait for readiness or the next deadline, then do all the
@@ -424,6 +518,7 @@ impl Reactor {
         if let Err(err) = self.poll.poll(&mut self.events, timeout) {
             return if err.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(err) };
         }
+        self.obey();
         let mut ready_listeners = Vec::new();
         for event in self.events.iter() {
             match event.token() {
@@ -447,6 +542,7 @@ impl Reactor {
         let now = Instant::now();
         self.fire_timers(now);
         self.fire_polls(now);
+        self.fire_drains(now);
         self.retry_accepts(now);
         self.report_suppressed(now);
         self.service_queue();
@@ -462,7 +558,18 @@ impl Reactor {
         let polls = self.listeners.iter().filter_map(|l| l.next_poll);
         let retries = self.listeners.iter().filter_map(|l| l.retry_at);
         let reports = self.core.accounts.iter().filter_map(|a| a.throttle.next_report());
-        let next = self.core.timers.next_deadline().into_iter().chain(polls).chain(retries).chain(reports).min()?;
+        let drains = self.core.instances.iter().filter_map(|(_, i)| i.drain_at);
+        let next = self
+            .core
+            .timers
+            .next_deadline()
+            .into_iter()
+            .chain(polls)
+            .chain(retries)
+            .chain(reports)
+            .chain(drains)
+            .chain(self.closing_at)
+            .min()?;
         Some(next.saturating_duration_since(Instant::now()))
     }
 
@@ -476,11 +583,13 @@ impl Reactor {
         }
     }
 
-    /// Drop a per-connection instance that no longer holds any connection.
+    /// Drop an instance that no longer holds any connection, unless new connections
+    /// will come to it (the current shared or per-worker one).
     fn release_if_idle(&mut self, instance: usize) {
         let Some(i) = self.core.instances.get(instance) else { return };
         let per_connection = self.core.accounts[i.listener].spec.instance == InstanceMode::PerConnection;
-        if per_connection && i.conns.is_empty() {
+        let current = self.listeners[i.listener].shared == Some(instance);
+        if i.conns.is_empty() && (per_connection || !current) {
             self.core.instances.remove(instance);
         }
     }
@@ -682,9 +791,12 @@ impl Reactor {
     /// connection at once and every other one it held after its send buffer drains.
     /// Their state died with the handler, so they get no CLOSE.
     fn fault(&mut self, instance: usize, key: usize, fault: Fault) {
-        let Instance { listener, conns, .. } = self.core.instances.remove(instance);
+        let Instance { listener, conns, version, .. } = self.core.instances.remove(instance);
         if self.listeners[listener].shared == Some(instance) {
             self.listeners[listener].shared = None;
+        }
+        if let Some(faults) = &self.faults {
+            let _ = faults.send(FaultNotice { listener: self.core.accounts[listener].spec.name.clone(), version });
         }
         if let Some(limit) = fault.limit {
             self.core.hit(key, limit);
@@ -697,6 +809,7 @@ impl Reactor {
             error!(
                 listener = %account.spec.name,
                 conn = %self.core.conns[key].id,
+                version,
                 orphaned = conns.len(),
                 "handler failed: {fault}; the {} connection(s) it held are closed, new connections get a fresh instance",
                 conns.len()
@@ -746,6 +859,9 @@ impl Reactor {
     fn fire_polls(&mut self, now: Instant) {
         for index in 0..self.listeners.len() {
             let listener = &mut self.listeners[index];
+            if listener.retired {
+                continue;
+            }
             let every = self.core.accounts[index].spec.poll_interval;
             let (Some(at), Some(every)) = (listener.next_poll, every) else { continue };
             if at > now {
@@ -766,11 +882,7 @@ impl Reactor {
     /// Stop accepting, flush what can be flushed without waiting, close every
     /// connection with its CLOSE event, and return what happened.
     fn shut_down(&mut self) -> Stats {
-        for listener in &mut self.listeners {
-            if let Some(mut socket) = listener.socket.take() {
-                let _ = self.poll.registry().deregister(&mut socket);
-            }
-        }
+        self.stop_accepting();
         let open = self.core.conns.len();
         // A handler that dials while it handles its CLOSE is refused from here on (one
         // that dialed on every CLOSE would never let go), so every connection there is

@@ -23,10 +23,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::channel;
 
 use tracing::{info, warn};
 
 use crate::config::{Config, InstanceMode};
+use crate::control::{Control, Record};
 use crate::descriptors;
 use crate::plugin::{Plugin, PluginError, Runtime};
 use crate::reactor::{Binding, Reactor, Slots, Stats, StopHandle};
@@ -82,7 +85,7 @@ pub enum ServerError {
 pub struct Server {
     /// One per worker thread; the first runs on the thread that calls [`Server::run`].
     workers: Vec<Reactor>,
-    addrs: Vec<(String, SocketAddr)>,
+    control: Control,
 }
 
 impl Server {
@@ -90,17 +93,19 @@ impl Server {
     /// per engine), check that an instance starts, then bind every listener.
     pub fn new(config: &Config) -> Result<Server, ServerError> {
         check_descriptors(config);
-        let shared = Runtime::new().map_err(ServerError::Runtime)?;
+        let shared = Arc::new(Runtime::new().map_err(ServerError::Runtime)?);
         let per_connection = config.listeners.iter().filter(|l| l.spec.instance == InstanceMode::PerConnection);
         let (slots, memory) = per_connection.fold((0usize, 0usize), |(slots, memory), l| {
             (slots + l.spec.limits.max_connections, memory.max(l.spec.limits.memory))
         });
         let pooled = match slots {
             0 => None,
-            _ => Some(Runtime::pooled(u32::try_from(slots).unwrap_or(u32::MAX), memory).map_err(ServerError::Runtime)?),
+            _ => Some(Arc::new(
+                Runtime::pooled(u32::try_from(slots).unwrap_or(u32::MAX), memory).map_err(ServerError::Runtime)?,
+            )),
         };
         let mut plugins: HashMap<(PathBuf, InstanceMode), Plugin> = HashMap::new();
-        let mut factories = Vec::new();
+        let mut loaded = Vec::new();
         for listener in &config.listeners {
             let spec = &listener.spec;
             let fail = |source| ServerError::Plugin { listener: spec.name.clone(), source };
@@ -119,20 +124,26 @@ impl Server {
             };
             let factory = plugin.factory(spec, &listener.settings);
             factory.instantiate().map_err(fail)?;
-            factories.push(factory);
+            loaded.push((runtime.clone(), plugin, factory));
         }
         let count = config.workers;
+        let (faults, fault_notices) = channel();
         let mut workers = (0..count)
-            .map(|index| Reactor::worker(index, count))
+            .map(|index| {
+                let mut worker = Reactor::worker(index, count)?;
+                worker.set_shutdown_grace(config.shutdown_grace);
+                worker.report_faults(faults.clone());
+                Ok(worker)
+            })
             .collect::<io::Result<Vec<_>>>()
             .map_err(ServerError::Reactor)?;
-        let mut addrs = Vec::new();
-        for (index, (listener, factory)) in config.listeners.iter().zip(factories).enumerate() {
+        let mut records = Vec::new();
+        for (index, (listener, (runtime, plugin, factory))) in config.listeners.iter().zip(loaded).enumerate() {
             let spec = &listener.spec;
             let serving = serving_workers(spec.instance, index, count);
             let mut binding =
                 Binding { address: spec.address, shared_port: serving.len() > 1, slots: Slots::default() };
-            for worker in serving {
+            for worker in serving.clone() {
                 let bound = workers[worker].listen_as(spec, binding.clone(), Box::new(factory.clone()));
                 // The workers after the first bind the port the first one got.
                 binding.address = bound.map_err(|source| ServerError::Listen {
@@ -141,15 +152,23 @@ impl Server {
                     source,
                 })?;
             }
-            addrs.push((spec.name.clone(), binding.address));
+            records.push(Record::new(listener.clone(), binding.address, serving, binding.slots, runtime, plugin));
         }
+        let commands = workers.iter().map(Reactor::commands).collect();
+        let control = Control::new(config, shared, commands, records, fault_notices);
         info!(workers = count, "ready");
-        Ok(Server { workers, addrs })
+        Ok(Server { workers, control })
+    }
+
+    /// The handle through which the running server is looked at and changed (swaps,
+    /// rollbacks, counts), from any thread.
+    pub fn control(&self) -> Control {
+        self.control.clone()
     }
 
     /// The listeners' names and bound addresses.
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.addrs.clone()
+        self.control.addresses()
     }
 
     /// A handle that stops [`Server::run`] (every worker) from another thread.
@@ -182,6 +201,7 @@ impl Server {
                 std::thread::Builder::new().name(name).spawn(move || run(&mut worker, &stop))
             })
             .collect::<io::Result<Vec<_>>>()?;
+        self.control.set_running(true);
         let mut result = run(&mut first, &stop);
         for thread in threads {
             let stats = thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -190,9 +210,11 @@ impl Server {
                 (Err(err), _) | (_, Err(err)) => Err(err),
             };
         }
+        self.control.set_running(false);
         if let Ok(stats) = &mut result {
             // In the config's order, whichever worker saw a listener first.
-            let order = |name: &str| self.addrs.iter().position(|(listener, _)| listener == name);
+            let addrs = self.control.addresses();
+            let order = |name: &str| addrs.iter().position(|(listener, _)| listener == name);
             stats.listeners.sort_by_key(|(name, _)| order(name));
             stats.log();
         }
@@ -202,7 +224,7 @@ impl Server {
 
 /// The workers that serve listener `index` (each with a socket of its own): a shared
 /// listener one, dealt out in turn, so its state does not split; the others all.
-fn serving_workers(instance: InstanceMode, index: usize, workers: usize) -> Range<usize> {
+pub(crate) fn serving_workers(instance: InstanceMode, index: usize, workers: usize) -> Range<usize> {
     match instance {
         InstanceMode::Shared => index % workers..index % workers + 1,
         InstanceMode::PerWorker | InstanceMode::PerConnection => 0..workers,

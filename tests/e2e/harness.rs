@@ -98,15 +98,23 @@ pub struct Server {
     ending: Ending,
     /// The ending was checked already (by `terminate`): nothing left for the drop.
     checked: bool,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Server {
     /// Start a server with this config text and wait until every listener listens.
+    ///
+    /// Unless the text sets `shutdown-grace-ms`, the server gets none: the SIGTERM that
+    /// ends each test closes what is open at once, as the tests of stopping expect.
     pub fn start(config: &str) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sandport.toml");
-        std::fs::write(&path, config).unwrap();
+        let config = if config.contains("shutdown-grace-ms") {
+            config.to_owned()
+        } else {
+            format!("shutdown-grace-ms = 0\n{config}")
+        };
+        std::fs::write(&path, &config).unwrap();
         let expected = config.matches("[[listener]]").count();
         Server::spawn(sandport().arg("serve").arg("--config").arg(&path), expected, dir)
     }
@@ -141,7 +149,7 @@ impl Server {
             reader: Some(reader),
             ending: Ending::Clean,
             checked: false,
-            _dir: dir,
+            dir,
         };
         let deadline = Instant::now() + PATIENCE;
         while server.addrs.len() < listeners {
@@ -159,6 +167,17 @@ impl Server {
             server.wait_log_change(&text, Duration::from_millis(100));
         }
         server
+    }
+
+    /// The config file it was started with (by [`Server::start`]): rewrite it and
+    /// send SIGHUP to reload.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("sandport.toml")
+    }
+
+    /// Send the server `signal`.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal).unwrap();
     }
 
     /// Say how this server's process must end instead of the default, exit code 0 on
@@ -250,6 +269,13 @@ impl Server {
         };
         let kib: u64 = field_value(&status, "VmRSS:").unwrap();
         kib * 1024
+    }
+
+    /// Wait for the process to exit on its own (after a signal the test sent); fails
+    /// if it takes longer than [`PATIENCE`]. [`Server::terminate`] then checks how.
+    pub fn wait_for_exit(&self) {
+        let mut child = self.child.lock().unwrap();
+        assert!(wait_until_exit(&mut child, PATIENCE).is_some(), "sandport did not exit within {PATIENCE:?}");
     }
 
     /// Send SIGTERM, wait for the process to exit and check that it ended as expected

@@ -8,14 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use sandport::config::{Limit, ListenerSpec};
 use sandport::handler::{ConnId, Event, Fault, Handler, Host};
 use sandport::plugin::{PluginHandler, Runtime};
 use sandport::reactor::Reactor;
 
-use crate::harness::{Client, PATIENCE, Server, config_file, free_address, listener_at, plugins};
+use crate::harness::{Client, PATIENCE, Server, listener, plugins, totals};
 
 /// Chat members in the room when the version changes.
 const MEMBERS: usize = 6;
@@ -65,22 +64,18 @@ fn next_format(name: &str, text: &str) -> String {
     format!("<{name}> {text}")
 }
 
-/// Config text for a chat and an echo listener at fixed addresses (so a reload sees
-/// the same listeners), served by two workers.
-fn config(chat: &str, chat_plugin: &str, echo: &str, echo_plugin: &str) -> String {
-    format!("workers = 2\n{}{}", listener_at("chat", chat, chat_plugin, ""), listener_at("echo", echo, echo_plugin, ""))
+/// Config text for a chat and an echo listener, served by two workers.
+fn config(chat_plugin: &str, echo_plugin: &str) -> String {
+    format!("workers = 2\n{}{}", listener("chat", chat_plugin, ""), listener("echo", echo_plugin, ""))
 }
 
 #[test]
 fn sighup_moves_chat_members_to_the_next_version_and_drains_the_echo() {
-    let (chat_addr, echo_addr) = (free_address().to_string(), free_address().to_string());
-    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(plugins::CHAT, plugins::ECHO));
     // Another file with the same echo: a new version as far as the server can tell.
+    let dir = tempfile::tempdir().unwrap();
     let echo_next = dir.path().join("echo-next.wasm");
     std::fs::copy(plugins::ECHO, &echo_next).unwrap();
-    let echo_next = echo_next.to_str().unwrap();
-    let (_config_dir, path) = config_file(&config(&chat_addr, plugins::CHAT, &echo_addr, plugins::ECHO));
-    let server = Server::start_args(&["serve", "--config", path.to_str().unwrap()], 2);
 
     let mut room: Vec<Member> = Vec::new();
     for i in 0..MEMBERS {
@@ -92,10 +87,13 @@ fn sighup_moves_chat_members_to_the_next_version_and_drains_the_echo() {
     old_echo.write(b"old echo, first");
     assert_eq!(old_echo.bytes(15), b"old echo, first");
 
-    std::fs::write(&path, config(&chat_addr, plugins::FIXTURE_CHAT_NEXT, &echo_addr, echo_next)).unwrap();
-    kill(Pid::from_raw(server.pid() as i32), Signal::SIGHUP).unwrap();
-    server.wait_for_log(&["took over", "listener=chat", &format!("migrated={MEMBERS}")]);
-    server.wait_for_log(&["took over", "listener=echo", "migrated=0"]);
+    let next = config(plugins::FIXTURE_CHAT_NEXT, echo_next.to_str().unwrap());
+    std::fs::write(server.config_path(), format!("shutdown-grace-ms = 0\n{next}")).unwrap();
+    server.signal(Signal::SIGHUP);
+    let chat = server.wait_for_log(&["took over", "listener=chat"]);
+    assert!(chat.contains(&format!("migrated={MEMBERS}")) && chat.contains("draining=0"), "{chat}");
+    let echo = server.wait_for_log(&["took over", "listener=echo"]);
+    assert!(echo.contains("migrated=0") && echo.contains("draining=1"), "the echo drains: {echo}");
 
     // Every member is still connected, kept its name, and hears the new version at
     // once: its take-over notice, then its message format.
@@ -124,7 +122,10 @@ fn sighup_moves_chat_members_to_the_next_version_and_drains_the_echo() {
     }
     drop((old_echo, new_echo));
     let (_, log) = server.terminate();
-    assert!(!log.contains("trapped"), "a version faulted:\n{log}");
+    let chat = totals(&log, "chat");
+    assert!(chat.contains(&format!("migrated={MEMBERS}")) && chat.contains("faults=0"), "{chat}");
+    let echo = totals(&log, "echo");
+    assert!(echo.contains("migrated=0") && echo.contains("drained=0") && echo.contains("faults=0"), "{echo}");
 }
 
 /// Test-only composition of two real plugin instances in one [`Handler`]: the old

@@ -152,7 +152,7 @@ impl Runtime {
     /// the file it came from, if any (errors name it, or `upload`).
     pub fn load_bytes(&self, bytes: &[u8], origin: Option<&Path>) -> Result<Plugin, PluginError> {
         let path = origin.map_or_else(|| PathBuf::from("upload"), Path::to_owned);
-        let hash = format!("{:x}", Sha256::digest(bytes));
+        let hash = content_hash(bytes);
         if !is_component(bytes) {
             let reason = if bytes.starts_with(b"\0asm") {
                 "this is a core WebAssembly module; build it as a component (e.g. --target wasm32-wasip2)".to_owned()
@@ -382,6 +382,12 @@ fn to_wit(event: Event) -> wit::Event {
         Event::Timer(id) => wit::Event::Timer(id),
         Event::Close => wit::Event::Close,
     }
+}
+
+/// A component's content hash: SHA-256 of its bytes, lowercase hex (what
+/// [`Plugin::hash`] says).
+pub fn content_hash(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 /// Whether `bytes` start like a component (not a core module): same magic, layer 1.

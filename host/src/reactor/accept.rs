@@ -117,7 +117,7 @@ impl Reactor {
     /// The instance that will serve a new connection of listener `index`: the shared
     /// one (started if need be) or a fresh one. `None` if none could start; the
     /// reason is logged.
-    fn instance_for(&mut self, index: usize) -> Option<usize> {
+    pub(super) fn instance_for(&mut self, index: usize) -> Option<usize> {
         let listener = &mut self.listeners[index];
         let account = &mut self.core.accounts[index];
         // Shared and per-worker listeners have one instance in this reactor.
@@ -129,6 +129,8 @@ impl Reactor {
             Ok(handler) => {
                 let instance = self.core.instances.insert(Instance {
                     listener: index,
+                    version: listener.version,
+                    drain_at: None,
                     handler: Some(handler),
                     conns: HashMap::new(),
                 });

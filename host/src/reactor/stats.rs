@@ -140,10 +140,14 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Add `listener`'s counts.
+    /// Add `listener`'s counts (to those of an earlier listener of the same name,
+    /// one a reload replaced, if there is one).
     pub(super) fn push(&mut self, listener: &str, counts: &Counts) {
         self.total.add(counts);
-        self.listeners.push((listener.to_owned(), counts.clone()));
+        match self.listeners.iter_mut().find(|(name, _)| name == listener) {
+            Some((_, mine)) => mine.add(counts),
+            None => self.listeners.push((listener.to_owned(), counts.clone())),
+        }
     }
 
     /// Add up two workers' stats, listener by listener (by name).
@@ -165,6 +169,8 @@ impl Stats {
             info!(
                 listener = %name,
                 suppressed = c.suppressed,
+                migrated = c.migrated,
+                drained = c.drained,
                 accepted = c.accepted,
                 dialed = c.dialed,
                 refused = c.refused,

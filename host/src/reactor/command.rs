@@ -1,0 +1,256 @@
+//! What other threads ask of a worker, and how it does it between two turns of its
+//! loop: swap a listener's plugin, report its counts, take a listener on or give one
+//! up.
+//!
+//! A swap replaces the listener's factory, so new connections get the new version at
+//! once; the connections already open stay with the instance they started on. If both
+//! the old and the new version migrate, each of them is handed over (its state from
+//! the old instance to a new one) and carries on there without noticing; otherwise
+//! the old instance drains: it serves its connections until they close, and closes
+//! those left when the listener's `drain-timeout-ms` passes. An old instance is
+//! dropped with its last connection.
+//!
+//! Commands arrive on a channel the loop empties once a turn (after waking it), never
+//! on the path of a message. Nothing here compiles a plugin or blocks: the caller
+//! hands over a ready factory and waits for the reply.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::time::Instant;
+
+use mio::Waker;
+use tracing::{debug, info, warn};
+
+use super::{Binding, Counts, Reactor, Scope};
+use crate::config::ListenerSpec;
+use crate::connection::Phase;
+use crate::handler::{ConnId, HandlerFactory};
+
+/// A request to a worker. Each carries the channel its answer goes back on.
+pub(crate) enum Command {
+    /// Serve listener `listener`'s new connections with `factory`, version `version`,
+    /// under `spec` (whose name is the listener's).
+    Swap { spec: ListenerSpec, version: u64, factory: Box<dyn HandlerFactory>, reply: Sender<Swapped> },
+    /// Every listener's counts, by name.
+    Snapshot { reply: Sender<Vec<(String, Counts)>> },
+    /// Listen for a listener added by a reload.
+    Listen {
+        spec: ListenerSpec,
+        binding: Binding,
+        version: u64,
+        factory: Box<dyn HandlerFactory>,
+        reply: Sender<io::Result<SocketAddr>>,
+    },
+    /// Stop listening for `listener` (removed by a reload, or about to be bound anew);
+    /// its connections drain.
+    Retire { listener: String, reply: Sender<()> },
+}
+
+/// What a swap did on one worker.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Swapped {
+    /// Connections carried over to the new version.
+    pub migrated: u64,
+    /// Connections left on an old version until they close or drain.
+    pub draining: u64,
+}
+
+impl Swapped {
+    /// Two workers' swaps together.
+    pub fn and(self, other: Swapped) -> Swapped {
+        Swapped { migrated: self.migrated + other.migrated, draining: self.draining + other.draining }
+    }
+}
+
+/// Sends commands to one worker and wakes it to read them.
+#[derive(Clone)]
+pub(crate) struct Commands {
+    sender: Sender<Command>,
+    waker: Arc<Waker>,
+}
+
+impl Commands {
+    pub(super) fn new(sender: Sender<Command>, waker: Arc<Waker>) -> Commands {
+        Commands { sender, waker }
+    }
+
+    /// Queue `command` and wake the worker. False if the worker is gone (stopped).
+    pub fn send(&self, command: Command) -> bool {
+        self.sender.send(command).is_ok() && self.waker.wake().is_ok()
+    }
+}
+
+impl Reactor {
+    /// Carry out the commands that arrived since the last turn.
+    pub(super) fn obey(&mut self) {
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Swap { spec, version, factory, reply } => {
+                    let swapped = self.swap(spec, version, factory);
+                    let _ = reply.send(swapped);
+                }
+                Command::Snapshot { reply } => {
+                    let counts = self.core.accounts.iter().map(|a| (a.spec.name.clone(), a.counts.clone()));
+                    let _ = reply.send(counts.collect());
+                }
+                Command::Listen { spec, binding, version, factory, reply } => {
+                    let bound = self.listen_as(&spec, binding, factory);
+                    if bound.is_ok() {
+                        self.listeners.last_mut().expect("just added").version = version;
+                    }
+                    let _ = reply.send(bound);
+                }
+                Command::Retire { listener, reply } => {
+                    self.retire(&listener);
+                    let _ = reply.send(());
+                }
+            }
+        }
+    }
+
+    /// The listener named `name` that is still configured.
+    fn listener_named(&self, name: &str) -> Option<usize> {
+        (0..self.listeners.len()).find(|&i| !self.listeners[i].retired && self.core.accounts[i].spec.name == name)
+    }
+
+    /// Instances of listener `index` that are not its current shared one.
+    fn old_instances(&self, index: usize) -> Vec<usize> {
+        let current = self.listeners[index].shared;
+        let of_listener = self.core.instances.iter().filter(|(key, i)| i.listener == index && Some(*key) != current);
+        of_listener.map(|(key, _)| key).collect()
+    }
+
+    /// Make `factory` (version `version`) serve listener `spec.name`'s new connections;
+    /// migrate or drain the connections of the instances it had.
+    fn swap(&mut self, spec: ListenerSpec, version: u64, factory: Box<dyn HandlerFactory>) -> Swapped {
+        let Some(index) = self.listener_named(&spec.name) else { return Swapped::default() };
+        let listener = &mut self.listeners[index];
+        listener.factory = factory;
+        listener.version = version;
+        listener.shared = None;
+        self.core.accounts[index].spec = spec;
+        let mut swapped = Swapped::default();
+        for instance in self.old_instances(index) {
+            swapped.migrated += self.migrate(instance);
+            swapped.draining += self.drain_later(instance);
+            self.release_if_idle(instance);
+        }
+        swapped
+    }
+
+    /// Set the drain deadline of `instance`, if it still holds connections; returns
+    /// how many.
+    fn drain_later(&mut self, instance: usize) -> u64 {
+        let Some(i) = self.core.instances.get_mut(instance) else { return 0 };
+        if i.conns.is_empty() {
+            return 0;
+        }
+        let drain_timeout = self.core.accounts[i.listener].spec.drain_timeout;
+        i.drain_at.get_or_insert(Instant::now() + drain_timeout);
+        i.conns.len() as u64
+    }
+
+    /// Hand the connections of `old` over to an instance of its listener's current
+    /// version, if both migrate. Returns how many moved; those that did not stay on
+    /// `old` (if it still lives) and drain.
+    fn migrate(&mut self, old: usize) -> u64 {
+        let Some(i) = self.core.instances.get(old) else { return 0 };
+        let index = i.listener;
+        let migrates = i.handler.as_ref().is_some_and(|h| h.migrates());
+        if !migrates || i.conns.is_empty() {
+            return 0;
+        }
+        let Some(new) = self.instance_for(index) else { return 0 };
+        if !self.core.instances[new].handler.as_ref().is_some_and(|h| h.migrates()) {
+            self.release_if_idle(new);
+            return 0;
+        }
+        let mut conns: Vec<(ConnId, usize)> = self.core.instances[old].conns.iter().map(|(id, k)| (*id, *k)).collect();
+        conns.sort_unstable();
+        let mut moved = 0;
+        for (id, key) in conns {
+            if !self.core.instances.contains(old) || !self.core.instances.contains(new) {
+                break;
+            }
+            let mut handler = self.core.instances[old].handler.take().expect("handlers are never re-entered");
+            let state = handler.hand_over(&mut Scope { core: &mut self.core, instance: old, current: key }, id);
+            self.core.instances[old].handler = Some(handler);
+            let state = match state {
+                Ok(state) => state,
+                Err(fault) => {
+                    self.fault(old, key, fault);
+                    break;
+                }
+            };
+            self.core.instances[old].conns.remove(&id);
+            self.core.instances[new].conns.insert(id, key);
+            self.core.conns[key].instance = new;
+            let mut handler = self.core.instances[new].handler.take().expect("handlers are never re-entered");
+            let taken = handler.take_over(&mut Scope { core: &mut self.core, instance: new, current: key }, id, state);
+            self.core.instances[new].handler = Some(handler);
+            if let Err(fault) = taken {
+                self.fault(new, key, fault);
+                break;
+            }
+            moved += 1;
+            self.core.enqueue(key);
+        }
+        self.core.accounts[index].counts.migrated += moved;
+        debug!(listener = %self.core.accounts[index].spec.name, moved, "connections migrated");
+        moved
+    }
+
+    /// Close the connections of old versions whose `drain-timeout-ms` has passed.
+    pub(super) fn fire_drains(&mut self, now: Instant) {
+        let due: Vec<usize> = self
+            .core
+            .instances
+            .iter()
+            .filter(|(_, i)| i.drain_at.is_some_and(|at| at <= now))
+            .map(|(key, _)| key)
+            .collect();
+        for instance in due {
+            let i = &mut self.core.instances[instance];
+            i.drain_at = None;
+            let (listener, version) = (i.listener, i.version);
+            let keys: Vec<usize> = i.conns.values().copied().collect();
+            let account = &mut self.core.accounts[listener];
+            account.counts.drained += keys.len() as u64;
+            if account.may_log() {
+                warn!(
+                    listener = %account.spec.name,
+                    version,
+                    connections = keys.len(),
+                    "drain-timeout-ms passed: closing the connections still on an old version"
+                );
+            }
+            for key in keys {
+                let conn = &mut self.core.conns[key];
+                if conn.phase == Phase::Open {
+                    conn.phase = Phase::Draining;
+                }
+                self.core.enqueue(key);
+            }
+        }
+    }
+
+    /// Stop listening for `name`; its connections drain.
+    fn retire(&mut self, name: &str) {
+        let Some(index) = self.listener_named(name) else { return };
+        let listener = &mut self.listeners[index];
+        if let Some(mut socket) = listener.socket.take() {
+            let _ = self.poll.registry().deregister(&mut socket);
+        }
+        listener.retired = true;
+        listener.next_poll = None;
+        listener.retry_at = None;
+        listener.shared = None;
+        info!(listener = %name, worker = self.index, "stopped listening");
+        for instance in self.old_instances(index) {
+            self.drain_later(instance);
+            self.release_if_idle(instance);
+        }
+    }
+}
