@@ -20,7 +20,7 @@ use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
-use tracing::{info, warn};
+use tracing::{info, info_span, warn};
 
 use crate::config::{Config, InstanceMode, Limits, ListenerConfig};
 use crate::plugin::{Plugin, PluginFactory, Runtime, content_hash};
@@ -314,9 +314,10 @@ impl Control {
     pub fn swap(&self, listener: &str, source: Source) -> Result<SwapReport, ControlError> {
         let _one = self.inner.swapping.lock().unwrap_or_else(|p| p.into_inner());
         let (config, runtime) = self.with_record(listener, |r| (r.config.clone(), r.runtime.clone()))?;
+        let span = info_span!("load", listener = %listener);
         let (loaded, path) = match source {
-            Source::File(path) => (runtime.load(&path), Some(path)),
-            Source::Bytes(bytes) => (runtime.load_bytes(&bytes, None), None),
+            Source::File(path) => (span.in_scope(|| runtime.load(&path)), Some(path)),
+            Source::Bytes(bytes) => (span.in_scope(|| runtime.load_bytes(&bytes, None)), None),
         };
         match loaded {
             Ok(plugin) => self.install(config, plugin, path, Route::Swap),
@@ -384,8 +385,11 @@ impl Control {
                     if old == *listener && same_file {
                         continue;
                     }
+                    let span = info_span!("load", listener = %name);
                     let loaded = match bytes {
-                        Ok(bytes) => runtime.load_bytes(&bytes, Some(&listener.plugin)).map_err(|e| e.to_string()),
+                        Ok(bytes) => span
+                            .in_scope(|| runtime.load_bytes(&bytes, Some(&listener.plugin)))
+                            .map_err(|e| e.to_string()),
                         Err(err) => Err(format!("{}: cannot read: {err}", listener.plugin.display())),
                     };
                     let swapped = match loaded {
@@ -437,10 +441,12 @@ impl Control {
             InstanceMode::Shared | InstanceMode::PerWorker => self.inner.runtime.clone(),
             InstanceMode::PerConnection => {
                 let slots = u32::try_from(spec.limits.max_connections).unwrap_or(u32::MAX);
-                Arc::new(Runtime::pooled(slots, spec.limits.memory).map_err(|e| e.to_string())?)
+                let pooled = Runtime::pooled(slots, spec.limits.memory).map_err(|e| e.to_string())?;
+                Arc::new(pooled.with_cache(self.inner.started.cache_dir.as_deref()))
             }
         };
-        let plugin = runtime.load(&listener.plugin).map_err(|e| e.to_string())?;
+        let plugin = info_span!("load", listener = %spec.name).in_scope(|| runtime.load(&listener.plugin));
+        let plugin = plugin.map_err(|e| e.to_string())?;
         let factory = plugin.factory(spec, &listener.settings);
         preflight(spec, factory.clone())?;
         let serving = serving_workers(spec.instance, index, self.inner.workers.len());

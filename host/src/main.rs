@@ -1,7 +1,8 @@
-//! The `sandport` command: serve plugins, or check one.
+//! The `sandport` command: serve plugins, check one, or precompile one.
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -39,8 +40,17 @@ enum Command {
     /// Check that a component implements the sandport:handler world; list its
     /// imports and exports.
     Check {
-        /// The component to check.
+        /// The component (or precompiled .cwasm) to check.
         file: PathBuf,
+    },
+    /// Precompile a component into a .cwasm that `serve` and `check` accept as a
+    /// plugin, for this build of sandport only.
+    Compile {
+        /// The component to compile.
+        file: PathBuf,
+        /// Where to write it; by default FILE with the extension .cwasm.
+        #[arg(short, long, value_name = "OUT.cwasm")]
+        output: Option<PathBuf>,
     },
 }
 
@@ -54,6 +64,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, listen, plugin } => serve(config, listen, plugin),
         Command::Check { file } => check(file),
+        Command::Compile { file, output } => compile(file, output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,5 +144,21 @@ fn check(file: PathBuf) -> anyhow::Result<()> {
     for name in plugin.exports() {
         println!("  {name}");
     }
+    Ok(())
+}
+
+fn compile(file: PathBuf, output: Option<PathBuf>) -> anyhow::Result<()> {
+    let output = output.unwrap_or_else(|| file.with_extension("cwasm"));
+    let precompiled = Runtime::new()?.precompile(&file)?;
+    // Renamed into place, so a server never reads half a file.
+    let dir = output.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut temporary = tempfile::Builder::new()
+        .prefix(".partial-")
+        .permissions(std::fs::Permissions::from_mode(0o644))
+        .tempfile_in(dir)
+        .with_context(|| format!("{}: cannot write", output.display()))?;
+    temporary.write_all(&precompiled).with_context(|| format!("{}: cannot write", output.display()))?;
+    temporary.persist(&output).with_context(|| format!("{}: cannot write", output.display()))?;
+    println!("{}: compiled to {} ({} bytes)", file.display(), output.display(), precompiled.len());
     Ok(())
 }

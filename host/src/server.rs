@@ -93,7 +93,8 @@ impl Server {
     /// per engine), check that an instance starts, then bind every listener.
     pub fn new(config: &Config) -> Result<Server, ServerError> {
         check_descriptors(config);
-        let shared = Arc::new(Runtime::new().map_err(ServerError::Runtime)?);
+        let cache = config.cache_dir.as_deref();
+        let shared = Arc::new(Runtime::new().map_err(ServerError::Runtime)?.with_cache(cache));
         let per_connection = config.listeners.iter().filter(|l| l.spec.instance == InstanceMode::PerConnection);
         let (slots, memory) = per_connection.fold((0usize, 0usize), |(slots, memory), l| {
             (slots + l.spec.limits.max_connections, memory.max(l.spec.limits.memory))
@@ -101,7 +102,9 @@ impl Server {
         let pooled = match slots {
             0 => None,
             _ => Some(Arc::new(
-                Runtime::pooled(u32::try_from(slots).unwrap_or(u32::MAX), memory).map_err(ServerError::Runtime)?,
+                Runtime::pooled(u32::try_from(slots).unwrap_or(u32::MAX), memory)
+                    .map_err(ServerError::Runtime)?
+                    .with_cache(cache),
             )),
         };
         let mut plugins: HashMap<(PathBuf, InstanceMode), Plugin> = HashMap::new();
@@ -117,7 +120,8 @@ impl Server {
             let plugin = match plugins.get(&key) {
                 Some(plugin) => plugin.clone(),
                 None => {
-                    let plugin = runtime.load(&listener.plugin).map_err(fail)?;
+                    let load = || runtime.load(&listener.plugin);
+                    let plugin = tracing::info_span!("load", listener = %spec.name).in_scope(load).map_err(fail)?;
                     plugins.insert(key, plugin.clone());
                     plugin
                 }

@@ -36,10 +36,14 @@ pub fn big_send_limits() -> String {
     format!("send-buffer = {BIG_SEND_BUFFER}\nevent-timeout-ms = 1000\nevent-wall-timeout-ms = 5000")
 }
 
-/// The `sandport` binary under test.
+/// The `sandport` binary under test. Its default compiled-component cache is one
+/// folder for this run of the suite (shared by its servers, so each plugin is compiled
+/// once), not the user's.
 pub fn sandport() -> Command {
+    static CACHE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(|| tempfile::tempdir().unwrap());
     let mut command = Command::new(env!("CARGO_BIN_EXE_sandport"));
-    command.env("RUST_LOG", "info,sandport=debug");
+    command.env("RUST_LOG", "info,sandport=debug").env("XDG_CACHE_HOME", cache.path());
     command
 }
 

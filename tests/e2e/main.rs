@@ -4,6 +4,7 @@
 mod harness;
 
 mod backpressure;
+mod cache;
 mod chaos;
 mod chat;
 mod cli;

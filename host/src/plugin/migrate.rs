@@ -51,6 +51,7 @@ const MIGRATE: &str = "sandport:handler/migrate@0.1.0";
 pub const MAX_STATE: usize = 1 << 20;
 
 /// Where a component's exports are, found once at load.
+#[derive(Clone)]
 pub(super) struct Exports {
     handler: plugin_bindings::PluginIndices,
     migrate: Option<MigrateIndices>,

@@ -3,7 +3,8 @@
 //!
 //! This module is the only one that knows wasmtime. A [`Runtime`] holds the engine
 //! (and the thread that ticks its epoch, which is how runaway guests are stopped);
-//! [`Runtime::load`] compiles and links a component once into a [`Plugin`];
+//! [`Runtime::load`] compiles (or takes from the [`cache`]) and links a component
+//! once into a [`Plugin`];
 //! [`Plugin::factory`] makes the [`HandlerFactory`] of one listener, which starts
 //! instances from the pre-linked component. A trap poisons the whole wasmtime
 //! `Store`, so each [`PluginHandler`] is exactly one instance in its own store: when
@@ -14,6 +15,7 @@
 //! the `migrate` interface can hand its connections over to a new version (see
 //! `migrate`). It never touches a socket, and nothing a guest calls waits.
 
+mod cache;
 mod deadline;
 mod imports;
 mod log_rate;
@@ -24,15 +26,16 @@ mod wasi;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
-use sha2::{Digest, Sha256};
-use tracing::warn;
+use tracing::{info, warn};
 use wasmtime::component::{Component, InstancePre, Linker, Resource};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
 use crate::config::{Limit, ListenerSpec};
 use crate::handler::{ConnId, Event, Fault, Handler, HandlerFactory, Host};
 use bindings::sandport::handler::types as wit;
+use cache::{Cache, ContentHash};
 use deadline::{Budget, CallClock, OverBudget};
 use imports::{GuestState, RecvView};
 use log_rate::LogBudget;
@@ -81,6 +84,20 @@ pub enum PluginError {
         /// Which import or export does not fit.
         reason: String,
     },
+    /// A precompiled component (`.cwasm`) from another build of sandport.
+    #[error("{path}: compiled by an incompatible sandport: run `sandport compile` again")]
+    Incompatible {
+        /// The precompiled file.
+        path: PathBuf,
+    },
+    /// A precompiled component (`.cwasm`) that does not check out.
+    #[error("{path}: damaged precompiled component ({reason}): run `sandport compile` again")]
+    Damaged {
+        /// The precompiled file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A fresh instance could not be started.
     #[error("{path}: cannot start an instance: {reason}")]
     Instantiate {
@@ -97,28 +114,47 @@ pub enum PluginError {
 pub const MAX_POOLED_INSTANCES: u32 = 10_000;
 
 /// The compilation engine shared by plugins, whose epoch the process's one ticker
-/// thread advances (see `deadline`).
+/// thread advances (see `deadline`), with its cache of compiled components. Clones
+/// share the engine and the cache, on any thread.
+#[derive(Clone)]
 pub struct Runtime {
     engine: Engine,
-    linker: Linker<GuestState>,
+    linker: Arc<Linker<GuestState>>,
+    cache: Arc<Cache<Linked>>,
 }
+
+// Swaps are compiled off the event loops, on a control thread, with the runtimes
+// the server was built with.
+const _: fn() = || {
+    fn shareable<T: Clone + Send + Sync>() {}
+    shareable::<Runtime>();
+    shareable::<Plugin>();
+};
+
+/// What a plugin's origin is called when its bytes came from no file (an upload).
+pub const UPLOADED: &str = "(uploaded component)";
 
 impl Runtime {
     /// An engine for synchronous hosts with epoch interruption, its epoch advanced for
     /// as long as it lives. Instances are allocated on demand: right for a few
-    /// long-lived shared instances.
+    /// long-lived shared instances. Compiled components are kept in memory only
+    /// until [`Runtime::with_cache`] gives a directory.
     pub fn new() -> Result<Runtime, PluginError> {
         Runtime::build(wasmtime::Config::new())
     }
 
     /// Like [`Runtime::new`], with instances taken from a pre-reserved pool of
     /// `instances` slots (at most [`MAX_POOLED_INSTANCES`]) whose linear memories
-    /// may grow to `memory` bytes: right for an instance per connection. Memory
-    /// slots this small need bounds checks on guest memory access, which costs a
-    /// little speed, so shared instances use [`Runtime::new`].
+    /// may grow to `memory` bytes: right for an instance per connection.
+    ///
+    /// Its code is compatible with [`Runtime::new`]'s (the same compatibility hash),
+    /// so one cache entry or `.cwasm` serves every instance mode: the slots keep
+    /// the default memory reservation, whose guard regions also spare guest memory
+    /// accesses their bounds checks. That is address space, not memory: up to
+    /// [`MAX_POOLED_INSTANCES`] times two 4 GiB reservations.
     pub fn pooled(instances: u32, memory: usize) -> Result<Runtime, PluginError> {
         let instances = instances.min(MAX_POOLED_INSTANCES);
-        let memory = memory.next_multiple_of(1 << 16);
+        let memory = memory.next_multiple_of(1 << 16).min(MAX_POOLED_MEMORY);
         let mut pool = PoolingAllocationConfig::new();
         // A component instance is several core instances (the program, adapter
         // shims), each with a table or two, and usually one memory.
@@ -128,7 +164,7 @@ impl Runtime {
             .total_tables(instances * 4)
             .max_memory_size(memory);
         let mut config = wasmtime::Config::new();
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool)).memory_reservation(memory as u64);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         Runtime::build(config)
     }
 
@@ -139,39 +175,57 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let linker = imports::linker(&engine).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         deadline::tick(&engine).map_err(|e| PluginError::Engine(format!("cannot start the epoch thread: {e}")))?;
-        Ok(Runtime { engine, linker })
+        let cache = Arc::new(Cache::new(&engine, None));
+        Ok(Runtime { engine, linker: Arc::new(linker), cache })
     }
 
-    /// Compile the component at `path` and check it against the world.
+    /// This runtime with its compiled components also kept under `dir` (created if
+    /// missing; `None`: in memory only), so that the next process does not compile
+    /// them again. A directory that cannot be used is a warning, not an error.
+    pub fn with_cache(self, dir: Option<&Path>) -> Runtime {
+        Runtime { cache: Arc::new(Cache::new(&self.engine, dir)), ..self }
+    }
+
+    /// Compile the component (or read the `.cwasm`) at `path`, unless the cache has
+    /// it, and check it against the world.
     pub fn load(&self, path: &Path) -> Result<Plugin, PluginError> {
         let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.to_owned(), source })?;
         self.load_bytes(&bytes, Some(path))
     }
 
-    /// Compile the component in `bytes` and check it against the world; `origin` is
-    /// the file it came from, if any (errors name it, or `upload`).
+    /// Like [`Runtime::load`], for bytes read elsewhere (an upload); `origin` names
+    /// their file, if they have one. Logs one line saying where the compiled code
+    /// came from (compiled, memory, disk or precompiled), with the time it took.
     pub fn load_bytes(&self, bytes: &[u8], origin: Option<&Path>) -> Result<Plugin, PluginError> {
-        let path = origin.map_or_else(|| PathBuf::from("upload"), Path::to_owned);
-        let hash = content_hash(bytes);
-        if !is_component(bytes) {
-            let reason = if bytes.starts_with(b"\0asm") {
-                "this is a core WebAssembly module; build it as a component (e.g. --target wasm32-wasip2)".to_owned()
-            } else {
-                "the file does not start with the WebAssembly magic bytes".to_owned()
-            };
-            return Err(PluginError::NotAComponent { path, reason });
-        }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| PluginError::NotAComponent { path: path.clone(), reason: one_line(&e) })?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| PluginError::WrongWorld { path: path.clone(), reason: one_line(&e) })?;
-        let exports =
-            Exports::find(&pre).map_err(|e| PluginError::WrongWorld { path: path.clone(), reason: one_line(&e) })?;
-        Ok(Plugin { inner: Arc::new(Loaded { engine: self.engine.clone(), component, pre, exports, path, hash }) })
+        let started = Instant::now();
+        let path = origin.map_or_else(|| PathBuf::from(UPLOADED), Path::to_owned);
+        let (content, linked, found) = self.cache.load(bytes, &path, |component| self.link(component, &path))?;
+        let hash = content.to_string();
+        info!(file = %path.display(), hash = %&hash[..12], from = %found.as_str(), took = ?started.elapsed(), "plugin ready");
+        Ok(Plugin { inner: Arc::new(Loaded { engine: self.engine.clone(), linked, path, content, hash }) })
+    }
+
+    /// The precompiled file (`.cwasm`) of the component at `path`, checked against
+    /// the world first; [`Runtime::load`] reads it back in any runtime of this build.
+    pub fn precompile(&self, path: &Path) -> Result<Vec<u8>, PluginError> {
+        let plugin = self.load(path)?;
+        self.cache
+            .encode(plugin.inner.content, &plugin.inner.linked.component)
+            .map_err(|e| PluginError::Engine(format!("cannot serialize {}: {}", path.display(), one_line(&e))))
+    }
+
+    fn link(&self, component: Component, path: &Path) -> Result<Linked, PluginError> {
+        let wrong = |e: wasmtime::Error| PluginError::WrongWorld { path: path.to_owned(), reason: one_line(&e) };
+        let pre = self.linker.instantiate_pre(&component).map_err(wrong)?;
+        let exports = Exports::find(&pre).map_err(wrong)?;
+        Ok(Linked { component, pre, exports })
     }
 }
+
+/// Largest linear memory a pooled slot takes: the default memory reservation of a
+/// 64-bit host, which [`Runtime::pooled`] keeps (a wasm32 memory cannot grow past
+/// it anyway).
+const MAX_POOLED_MEMORY: usize = 1 << 32;
 
 /// A compiled, linked plugin, ready to be instantiated any number of times.
 #[derive(Clone)]
@@ -181,20 +235,29 @@ pub struct Plugin {
 
 struct Loaded {
     engine: Engine,
-    component: Component,
-    pre: InstancePre<GuestState>,
-    exports: Exports,
+    linked: Linked,
     path: PathBuf,
+    content: ContentHash,
+    /// `content` in hex, for [`Plugin::hash`].
     hash: String,
 }
 
+/// A compiled component linked against the host's imports: what the cache keeps.
+#[derive(Clone)]
+struct Linked {
+    component: Component,
+    pre: InstancePre<GuestState>,
+    exports: Exports,
+}
+
 impl Plugin {
-    /// The file the plugin was loaded from.
+    /// The file the plugin was loaded from ([`UPLOADED`] for bytes from no file).
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
 
-    /// The component's content hash: SHA-256 of its bytes, lowercase hex.
+    /// The version's content hash: the SHA-256 of the component's bytes, in
+    /// lowercase hex (for a `.cwasm`, of the component it was compiled from).
     pub fn hash(&self) -> &str {
         &self.inner.hash
     }
@@ -202,18 +265,18 @@ impl Plugin {
     /// Whether the plugin can hand its connections over to a new version and take
     /// them over from an old one: it exports the WIT `migrate` interface.
     pub fn migrates(&self) -> bool {
-        self.inner.exports.migrates()
+        self.inner.linked.exports.migrates()
     }
 
     /// The component's imports, by name.
     pub fn imports(&self) -> Vec<String> {
-        let ty = self.inner.component.component_type();
+        let ty = self.inner.linked.component.component_type();
         ty.imports(&self.inner.engine).map(|(name, _)| name.to_owned()).collect()
     }
 
     /// The component's exports, by name.
     pub fn exports(&self) -> Vec<String> {
-        let ty = self.inner.component.component_type();
+        let ty = self.inner.linked.component.component_type();
         ty.exports(&self.inner.engine).map(|(name, _)| name.to_owned()).collect()
     }
 
@@ -290,8 +353,8 @@ impl PluginFactory {
             Err(over) => Err(over.into()),
         });
         start_call(&mut store, &budget);
-        let instance = loaded.pre.instantiate(&mut store);
-        let exports = instance.and_then(|instance| loaded.exports.load(&mut store, &instance));
+        let instance = loaded.linked.pre.instantiate(&mut store);
+        let exports = instance.and_then(|instance| loaded.linked.exports.load(&mut store, &instance));
         let (bindings, migrate) = exports.map_err(|e| PluginError::Instantiate {
             path: loaded.path.clone(),
             reason: tenant.explain(&e, store.data()).0,
@@ -384,10 +447,11 @@ fn to_wit(event: Event) -> wit::Event {
     }
 }
 
-/// A component's content hash: SHA-256 of its bytes, lowercase hex (what
-/// [`Plugin::hash`] says).
+/// The content hash of a plugin file's bytes, as [`Plugin::hash`] will say it: the
+/// SHA-256 of a component, or for a precompiled file the one of the component it was
+/// compiled from.
 pub fn content_hash(bytes: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(bytes))
+    cache::claimed_content(bytes).unwrap_or_else(|| cache::ContentHash::of(bytes)).to_string()
 }
 
 /// Whether `bytes` start like a component (not a core module): same magic, layer 1.
