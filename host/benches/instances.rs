@@ -23,7 +23,7 @@ fn instance_start(c: &mut Criterion) {
     let mut group = c.benchmark_group("instance start and drop");
     for (name, runtime) in &runtimes {
         let plugin = runtime.load(Path::new(sandport_test_artifacts::ECHO)).unwrap();
-        let factory = plugin.factory(&spec, &settings);
+        let factory = plugin.factory(&spec, &settings, 1);
         group.bench_function(*name, |b| b.iter(|| factory.instantiate().unwrap()));
     }
     group.finish();

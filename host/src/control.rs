@@ -447,7 +447,7 @@ impl Control {
         };
         let plugin = info_span!("load", listener = %spec.name).in_scope(|| runtime.load(&listener.plugin));
         let plugin = plugin.map_err(|e| e.to_string())?;
-        let factory = plugin.factory(spec, &listener.settings);
+        let factory = plugin.factory(spec, &listener.settings, 1);
         preflight(spec, factory.clone())?;
         let serving = serving_workers(spec.instance, index, self.inner.workers.len());
         let mut binding = Binding { address: spec.address, shared_port: serving.len() > 1, slots: Slots::default() };
@@ -541,11 +541,11 @@ impl Control {
         route: Route,
     ) -> Result<SwapReport, ControlError> {
         let name = config.spec.name.clone();
-        let factory = plugin.factory(&config.spec, &config.settings);
+        let (workers, number) = self.with_record(&name, |r| (r.workers.clone(), r.current().number + 1))?;
+        let factory = plugin.factory(&config.spec, &config.settings, number);
         if let Err(reason) = preflight(&config.spec, factory.clone()) {
             return self.refuse(&name, reason);
         }
-        let (workers, number) = self.with_record(&name, |r| (r.workers.clone(), r.current().number + 1))?;
         let swapped = self.tell_workers(workers, &config, &factory, number)?;
         let version = Version {
             number,

@@ -10,6 +10,7 @@
 //! Data flows one way: socket -> [`reactor`] -> [`mbuf`] -> [`plugin`] -> imports ->
 //! [`reactor`]. [`config`] turns TOML into listener specs and [`server`] wires them up.
 
+pub mod admin;
 pub mod config;
 mod connection;
 pub mod control;

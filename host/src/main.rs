@@ -1,13 +1,16 @@
-//! The `sandport` command: serve plugins, check one, or precompile one.
+//! The `sandport` command: serve plugins, check or precompile one, or ask a running
+//! server's admin API for its listeners and to swap or roll back their plugins.
 
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
-use sandport::config::Config;
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use sandport::admin;
+use sandport::config::{Config, DEFAULT_ADMIN_ADDRESS, LogFormat};
 use sandport::plugin::Runtime;
 use sandport::server::Server;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -52,19 +55,58 @@ enum Command {
         #[arg(short, long, value_name = "OUT.cwasm")]
         output: Option<PathBuf>,
     },
+    /// Show a running server's listeners (through its admin API).
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Replace a listener's plugin on a running server with a component file.
+    Swap {
+        /// The listener.
+        name: String,
+        /// The new component (uploaded to the server).
+        file: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Put a listener's previous plugin version back on a running server.
+    Rollback {
+        /// The listener.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
+/// Where the admin API is and how to get in.
+#[derive(Args)]
+struct AdminArgs {
+    /// The admin API's address.
+    #[arg(long = "admin", value_name = "ADDR", default_value = DEFAULT_ADMIN_ADDRESS)]
+    address: String,
+    /// Its bearer token [default: $SANDPORT_ADMIN_TOKEN].
+    #[arg(long)]
+    token: Option<String>,
+}
+
+/// The environment variable the client subcommands take the token from.
+const TOKEN_ENV: &str = "SANDPORT_ADMIN_TOKEN";
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, listen, plugin } => serve(config, listen, plugin),
-        Command::Check { file } => check(file),
-        Command::Compile { file, output } => compile(file, output),
+        Command::Check { file } => {
+            init_logging(LogFormat::Text);
+            check(file)
+        }
+        Command::Status { admin } => AdminClient::new(admin).status(),
+        Command::Swap { name, file, admin } => AdminClient::new(admin).swap(&name, &file),
+        Command::Rollback { name, admin } => AdminClient::new(admin).rollback(&name),
+        Command::Compile { file, output } => {
+            init_logging(LogFormat::Text);
+            compile(file, output)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -86,6 +128,7 @@ fn serve(config_file: Option<PathBuf>, listen: Vec<String>, plugin: Vec<PathBuf>
         }
         None => Config::from_pairs(&listen.into_iter().zip(plugin).collect::<Vec<_>>())?,
     };
+    init_logging(config.log_format);
     // Caught from here on: a signal that comes while the server starts (it may
     // already listen) waits for the signal thread instead of killing the process.
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
@@ -112,8 +155,23 @@ fn serve(config_file: Option<PathBuf>, listen: Vec<String>, plugin: Vec<PathBuf>
             }
         })
         .context("cannot start the signal thread")?;
+    let admin = config.admin.as_ref().map(|admin| admin::serve(admin, server.control())).transpose()?;
     server.run().context("event loop failed")?;
+    if let Some(admin) = admin {
+        admin.stop();
+    }
     Ok(())
+}
+
+/// Log to stderr, as text (coloured on a terminal) or as one JSON object a line with
+/// each event's fields (listener, conn, ...) at the top level. `RUST_LOG` filters.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
+    }
 }
 
 /// SIGHUP: re-read the config file and apply it. A file that does not parse changes
@@ -161,4 +219,133 @@ fn compile(file: PathBuf, output: Option<PathBuf>) -> anyhow::Result<()> {
     temporary.persist(&output).with_context(|| format!("{}: cannot write", output.display()))?;
     println!("{}: compiled to {} ({} bytes)", file.display(), output.display(), precompiled.len());
     Ok(())
+}
+
+/// The client side of the admin API, for the `status`, `swap` and `rollback`
+/// subcommands.
+struct AdminClient {
+    address: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl AdminClient {
+    fn new(args: AdminArgs) -> AdminClient {
+        let config = ureq::Agent::config_builder()
+            // Every answer is read: a refusal's body says why.
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .build();
+        let token = args.token.or_else(|| std::env::var(TOKEN_ENV).ok()).filter(|token| !token.is_empty());
+        AdminClient { address: args.address, token, agent: config.into() }
+    }
+
+    fn status(&self) -> anyhow::Result<()> {
+        let answer = self.answer(self.authorize(self.agent.get(self.url("/listeners"))).call(), "/listeners")?;
+        let listeners = answer.ok()?;
+        let listeners = listeners.as_array().context("the admin API's /listeners is not a list")?;
+        for l in listeners {
+            let hash = l["hash"].as_str().unwrap_or("");
+            let connections = &l["connections"];
+            let total = connections["accepted"].as_u64().unwrap_or(0) + connections["dialed"].as_u64().unwrap_or(0);
+            println!(
+                "{name}  {address}  v{version} {hash}  {instance}  open {open}/{total}  swaps {swaps}",
+                name = text(&l["name"]),
+                address = text(&l["address"]),
+                version = l["version"],
+                hash = &hash[..hash.len().min(12)],
+                instance = text(&l["instance"]),
+                open = l["open"],
+                swaps = l["swaps"],
+            );
+        }
+        Ok(())
+    }
+
+    fn swap(&self, name: &str, file: &Path) -> anyhow::Result<()> {
+        let bytes = std::fs::read(file).with_context(|| format!("{}: cannot read", file.display()))?;
+        let path = format!("/listeners/{name}/plugin");
+        let request = self.authorize(self.agent.put(self.url(&path))).header("Content-Type", "application/wasm");
+        self.answer(request.send(&bytes[..]), &path)?.report(name)
+    }
+
+    fn rollback(&self, name: &str) -> anyhow::Result<()> {
+        let path = format!("/listeners/{name}/rollback");
+        self.answer(self.authorize(self.agent.post(self.url(&path))).send_empty(), &path)?.report(name)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    fn authorize<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(token) => request.header("Authorization", format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
+    /// The JSON answer to a request sent to `path`.
+    fn answer(
+        &self,
+        outcome: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        path: &str,
+    ) -> anyhow::Result<Answer> {
+        let no_api = || format!("no admin API at {}: is the server running with an [admin] table?", self.address);
+        let mut response = outcome.with_context(no_api)?;
+        let status = response.status().as_u16();
+        if status == 401 {
+            bail!("the admin API at {} wants its token: give --token or set {TOKEN_ENV}", self.address);
+        }
+        let body = response
+            .body_mut()
+            .read_json()
+            .with_context(|| format!("{}{path}: the answer ({status}) is not JSON", self.address))?;
+        Ok(Answer { status, body })
+    }
+}
+
+/// A status code and the JSON that came with it.
+struct Answer {
+    status: u16,
+    body: serde_json::Value,
+}
+
+impl Answer {
+    /// The body of a 200, or the error the API gave.
+    fn ok(self) -> anyhow::Result<serde_json::Value> {
+        match self.status {
+            200 => Ok(self.body),
+            _ => Err(self.error()),
+        }
+    }
+
+    /// The error the API gave, with its status.
+    fn error(&self) -> anyhow::Error {
+        anyhow!("the admin API answered {}: {}", self.status, text(&self.body["error"]))
+    }
+
+    /// Print what became of a swap or rollback; an error when it did not take over.
+    fn report(self, name: &str) -> anyhow::Result<()> {
+        let serving = &self.body["serving"];
+        let hash = serving["hash"].as_str().unwrap_or("");
+        let version = format!("version {} ({})", serving["number"], &hash[..hash.len().min(12)]);
+        match self.status {
+            200 => {
+                let (migrated, draining) = (&self.body["migrated"], &self.body["draining"]);
+                println!("{name}: {version} took over; {migrated} connections migrated, {draining} draining");
+                Ok(())
+            }
+            422 => bail!("{name}: refused: {}; {version} still serving", text(&self.body["refused"])),
+            _ => Err(self.error()),
+        }
+    }
+}
+
+/// A JSON string as text (other values as JSON).
+fn text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
 }

@@ -126,7 +126,7 @@ impl Server {
                     plugin
                 }
             };
-            let factory = plugin.factory(spec, &listener.settings);
+            let factory = plugin.factory(spec, &listener.settings, 1);
             factory.instantiate().map_err(fail)?;
             loaded.push((runtime.clone(), plugin, factory));
         }

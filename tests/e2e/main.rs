@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod admin;
 mod backpressure;
 mod cache;
 mod chaos;

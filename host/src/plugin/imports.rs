@@ -85,14 +85,15 @@ pub struct GuestState {
 unsafe impl Send for GuestState {}
 
 impl GuestState {
-    /// State for a new instance serving `listener`.
+    /// State for a new instance of version `version` of `listener`'s plugin.
     pub fn new(
         listener: &Arc<str>,
+        version: u64,
         memory_limit: usize,
         settings: &Arc<BTreeMap<String, String>>,
         log_budget: &Arc<LogBudget>,
     ) -> GuestState {
-        let log = Arc::new(GuestLog::new(listener.clone(), log_budget.clone()));
+        let log = Arc::new(GuestLog::new(listener.clone(), version, log_budget.clone()));
         let wasi = WasiCtx::builder()
             .stdin(ClosedInputStream)
             .stdout(GuestStream::new(log.clone(), Source::Stdout))

@@ -282,11 +282,12 @@ impl Plugin {
 
     /// The factory of the handlers of listener `spec`: instances bounded by its
     /// limits, reading `settings` through the `config` import.
-    pub fn factory(&self, spec: &ListenerSpec, settings: &BTreeMap<String, String>) -> PluginFactory {
+    pub fn factory(&self, spec: &ListenerSpec, settings: &BTreeMap<String, String>, version: u64) -> PluginFactory {
         PluginFactory {
             tenant: Arc::new(Tenant {
                 plugin: self.clone(),
                 listener: Arc::from(spec.name.as_str()),
+                version,
                 memory: spec.limits.memory,
                 budget: Budget { cpu: spec.limits.event_timeout, wall: spec.limits.event_wall_timeout },
                 settings: Arc::new(settings.clone()),
@@ -301,6 +302,9 @@ impl Plugin {
 struct Tenant {
     plugin: Plugin,
     listener: Arc<str>,
+    /// Which version of the listener's plugin this is (1 at start, then one more per
+    /// swap), for the log.
+    version: u64,
     memory: usize,
     budget: Budget,
     settings: Arc<BTreeMap<String, String>>,
@@ -342,7 +346,8 @@ impl PluginFactory {
     pub fn instantiate(&self) -> Result<PluginHandler, PluginError> {
         let tenant = &self.tenant;
         let loaded = &tenant.plugin.inner;
-        let state = GuestState::new(&tenant.listener, tenant.memory, &tenant.settings, &tenant.log_budget);
+        let state =
+            GuestState::new(&tenant.listener, tenant.version, tenant.memory, &tenant.settings, &tenant.log_budget);
         let mut store = Store::new(&loaded.engine, state);
         store.limiter(|state| state.limits());
         let budget = tenant.budget;

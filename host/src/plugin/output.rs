@@ -52,6 +52,8 @@ impl Source {
 /// lines of its stdout and stderr.
 pub struct GuestLog {
     listener: Arc<str>,
+    /// The version of the listener's plugin this instance runs.
+    version: u64,
     budget: Arc<LogBudget>,
     /// The connection being handled, or 0 outside an event.
     conn: AtomicU64,
@@ -60,9 +62,10 @@ pub struct GuestLog {
 }
 
 impl GuestLog {
-    /// The log of a new instance of `listener`'s plugin.
-    pub fn new(listener: Arc<str>, budget: Arc<LogBudget>) -> GuestLog {
-        GuestLog { listener, budget, conn: AtomicU64::new(0), stdout: Mutex::default(), stderr: Mutex::default() }
+    /// The log of a new instance of version `version` of `listener`'s plugin.
+    pub fn new(listener: Arc<str>, version: u64, budget: Arc<LogBudget>) -> GuestLog {
+        let (stdout, stderr) = (Mutex::default(), Mutex::default());
+        GuestLog { listener, version, budget, conn: AtomicU64::new(0), stdout, stderr }
     }
 
     /// Tag what follows with `conn` (the connection whose event is being handled).
@@ -121,12 +124,12 @@ impl GuestLog {
         }
         let text = String::from_utf8_lossy(line);
         let text = escape_controls(&text);
-        let listener = &*self.listener;
+        let (listener, version) = (&*self.listener, self.version);
         let conn = Tag(self.conn.load(Ordering::Relaxed));
         let stream = source.map(Source::name).unwrap_or("log");
         macro_rules! at {
             ($level:ident) => {
-                $level!(target: "sandport::guest", listener = %listener, conn = %conn, stream, "{text}")
+                $level!(target: "sandport::guest", listener = %listener, conn = %conn, stream, version, "{text}")
             };
         }
         match level {

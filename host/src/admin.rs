@@ -1,0 +1,326 @@
+//! The admin API: an HTTP server on its own address and thread that shows the
+//! listeners, swaps and rolls back their plugins, and exports Prometheus metrics.
+//!
+//! It owns the HTTP surface only: routing, the bearer token, the JSON shapes and the
+//! mapping of outcomes to status codes. Everything it shows or does goes through a
+//! [`Control`] handle, on tokio's blocking pool, so a slow compile or a slow count
+//! never holds up the HTTP thread, let alone an event loop. It must never touch a
+//! socket, buffer or guest of the workers.
+
+mod metrics;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::UNIX_EPOCH;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio::sync::oneshot;
+use tracing::{error, info};
+
+use crate::config::{AdminConfig, InstanceMode, Limit, Limits};
+use crate::control::{Control, ControlError, ListenerStatus, Source, SwapReport, Version};
+
+/// The largest component an upload may carry.
+pub const MAX_UPLOAD: usize = 256 << 20;
+
+/// Why the admin API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Its address cannot be bound (busy, or not this machine's).
+    #[error("admin API: cannot listen on {address}: {source}")]
+    Bind {
+        /// The configured address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Its runtime or thread could not be started.
+    #[error("admin API: cannot start: {0}")]
+    Start(std::io::Error),
+}
+
+/// The running admin API. Dropping it (or [`AdminHandle::stop`]) stops it.
+pub struct AdminHandle {
+    address: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AdminHandle {
+    /// The address it is bound to (the configured one, with the port it got).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Stop serving: requests under way are finished, then the thread exits.
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            // The thread may have ended already (its server failed): nothing to tell.
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            error!("admin API thread panicked");
+        }
+    }
+}
+
+impl Drop for AdminHandle {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// Bind the admin API's address and serve it on a thread of its own until the
+/// returned handle is stopped or dropped.
+pub fn serve(config: &AdminConfig, control: Control) -> Result<AdminHandle, AdminError> {
+    let address = config.address;
+    let bind = |source| AdminError::Bind { address, source };
+    let listener = TcpListener::bind(address).map_err(bind)?;
+    listener.set_nonblocking(true).map_err(bind)?;
+    let bound = listener.local_addr().map_err(bind)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().map_err(AdminError::Start)?;
+    let listener = {
+        let _context = runtime.enter();
+        tokio::net::TcpListener::from_std(listener).map_err(bind)?
+    };
+    let app = router(Api { control, token: config.token.clone() });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("sandport-admin".into())
+        .spawn(move || {
+            let server = axum::serve(listener, app).with_graceful_shutdown(async {
+                // A dropped sender means the same as a sent stop.
+                let _ = stopped.await;
+            });
+            if let Err(err) = runtime.block_on(async { server.await }) {
+                error!(address = %bound, "admin API failed: {err}");
+            }
+        })
+        .map_err(AdminError::Start)?;
+    info!(address = %bound, "admin API listening");
+    Ok(AdminHandle { address: bound, stop: Some(stop), thread: Some(thread) })
+}
+
+/// What every request handler shares.
+#[derive(Clone)]
+struct Api {
+    control: Control,
+    token: Option<String>,
+}
+
+fn router(api: Api) -> Router {
+    let guarded = Router::new()
+        .route("/listeners", get(listeners))
+        .route("/listeners/{name}/plugin", put(swap))
+        .route("/listeners/{name}/rollback", post(rollback))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(api.clone(), authorize))
+        .layer(DefaultBodyLimit::max(MAX_UPLOAD));
+    // Health checks stay open: probes and load balancers carry no token.
+    let open = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz));
+    guarded.merge(open).with_state(api)
+}
+
+/// Requests without the configured bearer token get 401.
+async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Response {
+    if let Some(token) = &api.token {
+        let given = request.headers().get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+        let given = given.and_then(|value| value.strip_prefix("Bearer ")).unwrap_or("");
+        // Constant time, so the answer's timing tells nothing of how much matched.
+        if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+            let body = json!({"error": "this admin API requires its bearer token (Authorization: Bearer ...)"});
+            return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], axum::Json(body))
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(api): State<Api>) -> (StatusCode, &'static str) {
+    match api.control.ready() {
+        true => (StatusCode::OK, "ready\n"),
+        false => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+    }
+}
+
+async fn listeners(State(api): State<Api>) -> Response {
+    match blocking(move || api.control.listeners()).await {
+        Ok(listeners) => axum::Json(Value::Array(listeners.iter().map(listener_json).collect())).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    let listeners = match blocking(move || api.control.listeners()).await {
+        Ok(listeners) => listeners,
+        Err(response) => return response,
+    };
+    match metrics::encode(listeners) {
+        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(err) => error_response(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {err}")),
+    }
+}
+
+/// `{"path": "..."}`: swap to a file on the server's machine.
+#[derive(Deserialize)]
+struct PathBody {
+    path: PathBuf,
+}
+
+async fn swap(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let source = match mime.as_str() {
+        "application/json" => match serde_json::from_slice::<PathBody>(&body) {
+            Ok(PathBody { path }) => Source::File(path),
+            Err(err) => {
+                return error_response(StatusCode::BAD_REQUEST, format!("expected {{\"path\": \"...\"}}: {err}"));
+            }
+        },
+        "" | "application/wasm" | "application/octet-stream" if body.is_empty() => {
+            return error_response(StatusCode::BAD_REQUEST, "the body is empty: send the component's bytes".into());
+        }
+        "" | "application/wasm" | "application/octet-stream" => Source::Bytes(body.to_vec()),
+        _ => {
+            let message = format!(
+                "content type `{content_type}`: send application/wasm (the component's bytes) or application/json ({{\"path\": \"...\"}})"
+            );
+            return error_response(StatusCode::UNSUPPORTED_MEDIA_TYPE, message);
+        }
+    };
+    report_response(blocking(move || api.control.swap(&name, source)).await)
+}
+
+async fn rollback(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    report_response(blocking(move || api.control.rollback(&name)).await)
+}
+
+/// Run a [`Control`] call on the blocking pool: it may compile, or wait on workers.
+async fn blocking<T: Send + 'static>(call: impl FnOnce() -> T + Send + 'static) -> Result<T, Response> {
+    tokio::task::spawn_blocking(call).await.map_err(|err| {
+        error!("admin API: a control call failed: {err}");
+        error_response(StatusCode::INTERNAL_SERVER_ERROR, format!("the call failed: {err}"))
+    })
+}
+
+/// 200 when the new version took over, 422 when it was refused, 404, 409 or 503 when
+/// there was nothing to act on.
+fn report_response(outcome: Result<Result<SwapReport, ControlError>, Response>) -> Response {
+    match outcome {
+        Err(response) => response,
+        Ok(Ok(report)) => {
+            let status = if report.took_over { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+            (status, axum::Json(report_json(&report))).into_response()
+        }
+        Ok(Err(err)) => {
+            let status = match err {
+                ControlError::UnknownListener(_) => StatusCode::NOT_FOUND,
+                ControlError::NoPreviousVersion(_) => StatusCode::CONFLICT,
+                ControlError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            error_response(status, err.to_string())
+        }
+    }
+}
+
+fn error_response(status: StatusCode, message: String) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+fn report_json(report: &SwapReport) -> Value {
+    json!({
+        "listener": report.listener,
+        "took_over": report.took_over,
+        "refused": report.refused,
+        "serving": version_json(&report.serving),
+        "migrated": report.migrated,
+        "draining": report.draining,
+    })
+}
+
+fn version_json(version: &Version) -> Value {
+    let since = version.since.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
+    json!({
+        "number": version.number,
+        "hash": version.hash,
+        "path": version.path,
+        "since": since,
+        "migrates": version.migrates,
+    })
+}
+
+fn listener_json(listener: &ListenerStatus) -> Value {
+    let current = listener.history.last();
+    let counts = &listener.counts;
+    json!({
+        "name": listener.name,
+        "address": listener.address.to_string(),
+        "plugin": current.and_then(|version| version.path.as_ref()),
+        "hash": current.map(|version| &version.hash),
+        "version": current.map(|version| version.number),
+        "history": listener.history.iter().map(version_json).collect::<Vec<_>>(),
+        "instance": instance_name(listener.instance),
+        "workers": listener.workers,
+        "open": listener.open,
+        "connections": {
+            "accepted": counts.accepted,
+            "dialed": counts.dialed,
+            "refused": counts.refused,
+            "closed": counts.closed,
+        },
+        "swaps": listener.swaps,
+        "failed_swaps": listener.failed_swaps,
+        "rollbacks": listener.rollbacks,
+        "last_error": listener.last_error,
+        "limits": limits_json(&listener.limits),
+    })
+}
+
+/// The instance mode as the config spells it.
+fn instance_name(mode: InstanceMode) -> &'static str {
+    match mode {
+        InstanceMode::Shared => "shared",
+        InstanceMode::PerWorker => "per-worker",
+        InstanceMode::PerConnection => "per-connection",
+    }
+}
+
+/// Every limit under its config key, in bytes, milliseconds or a count as the key says.
+fn limits_json(limits: &Limits) -> Value {
+    let millis = |duration: std::time::Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    let value = |limit: Limit| -> u64 {
+        match limit {
+            Limit::Memory => limits.memory as u64,
+            Limit::EventTime => millis(limits.event_timeout),
+            Limit::EventWallTime => millis(limits.event_wall_timeout),
+            Limit::Connections => limits.max_connections as u64,
+            Limit::RecvBuffer => limits.recv_buffer as u64,
+            Limit::SendBuffer => limits.send_buffer as u64,
+            Limit::Timers => limits.max_timers as u64,
+            Limit::IdleTimeout => millis(limits.idle_timeout),
+            Limit::LogRate => limits.log_rate as u64,
+            Limit::Linger => millis(limits.linger),
+        }
+    };
+    Value::Object(Limit::ALL.iter().map(|limit| (limit.key().to_owned(), json!(value(*limit)))).collect())
+}

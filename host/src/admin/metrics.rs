@@ -1,0 +1,169 @@
+//! `/metrics`: the listeners' counts in the Prometheus text format.
+//!
+//! The workers already add up their counts (and the guest-time histogram) as plain
+//! numbers; this module only hands a snapshot of them to `prometheus-client`'s
+//! encoder as constant metrics, one family per kind of count, labelled by listener.
+//! It never keeps or computes a count itself.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::config::Limit;
+use crate::control::ListenerStatus;
+use crate::handler::Event;
+use crate::reactor::GuestTime;
+
+/// The exposition's content type (Prometheus text, version 0.0.4).
+pub(super) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The listeners' metrics as Prometheus text.
+pub(super) fn encode(listeners: Vec<ListenerStatus>) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot(listeners)));
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+/// The listeners as they were when `/metrics` was asked for.
+#[derive(Debug)]
+struct Snapshot(Vec<ListenerStatus>);
+
+/// A family's label set: the listener, and what the count is of when the family
+/// has more than one per listener.
+type Labels<'a> = Vec<(&'static str, &'a str)>;
+
+impl Snapshot {
+    /// One counter family: `sandport_NAME_total`, with a value for each listener and
+    /// each `(label, value)` pair `values` gives for it.
+    fn counters<'a>(
+        &'a self,
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        values: impl Fn(&'a ListenerStatus) -> Vec<(Labels<'a>, u64)>,
+    ) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for listener in &self.0 {
+            for (mut labels, value) in values(listener) {
+                labels.insert(0, ("listener", listener.name.as_str()));
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A counter family with one value per listener.
+    fn counter(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        value: impl Fn(&ListenerStatus) -> u64,
+    ) -> Result<(), std::fmt::Error> {
+        self.counters(encoder, name, help, |listener| vec![(Vec::new(), value(listener))])
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let e = &mut encoder;
+        let mut open = e.encode_descriptor(
+            "sandport_connections_open",
+            "Connections open now, on every version of the listener's plugin",
+            None,
+            MetricType::Gauge,
+        )?;
+        for listener in &self.0 {
+            let labels: Labels = vec![("listener", listener.name.as_str())];
+            ConstGauge::new(listener.open).encode(open.encode_family(&labels)?)?;
+        }
+        let mut version = e.encode_descriptor(
+            "sandport_plugin_version",
+            "The number of the plugin version serving new connections (1 at start, one more per swap)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for listener in &self.0 {
+            if let Some(current) = listener.history.last() {
+                let labels: Labels = vec![("listener", listener.name.as_str()), ("hash", current.hash.as_str())];
+                ConstGauge::new(current.number).encode(version.encode_family(&labels)?)?;
+            }
+        }
+        self.counters(
+            e,
+            "sandport_connections",
+            "Connections by what became of them: accepted, dialed by the plugin, refused at accept, closed",
+            |l| {
+                let c = &l.counts;
+                let kinds =
+                    [("accepted", c.accepted), ("dialed", c.dialed), ("refused", c.refused), ("closed", c.closed)];
+                kinds.into_iter().map(|(kind, n)| (vec![("kind", kind)], n)).collect()
+            },
+        )?;
+        self.counter(e, "sandport_bytes_in", "Bytes read from the listener's connections", |l| l.counts.bytes_in)?;
+        self.counter(e, "sandport_bytes_out", "Bytes written to the listener's connections", |l| l.counts.bytes_out)?;
+        self.counters(e, "sandport_events", "Events delivered to the plugin, by kind", |l| {
+            Event::KINDS.iter().zip(l.counts.events).map(|(kind, n)| (vec![("kind", *kind)], n)).collect()
+        })?;
+        self.guest_time(e)?;
+        self.counters(e, "sandport_faults", "Plugin faults, by kind: a trap, or the limit that stopped it", |l| {
+            let c = &l.counts;
+            let by_limits: u64 = c.fault_limits.iter().sum();
+            let limits = Limit::ALL.iter().map(|limit| (vec![("kind", limit.key())], c.fault_limits[limit.index()]));
+            std::iter::once((vec![("kind", "trap")], c.faults.saturating_sub(by_limits))).chain(limits).collect()
+        })?;
+        self.counters(e, "sandport_limit_hits", "Connections that hit a limit, by limit (once per connection)", |l| {
+            Limit::ALL.iter().map(|limit| (vec![("limit", limit.key())], l.counts.hits(*limit))).collect()
+        })?;
+        self.counter(e, "sandport_swaps", "Plugin versions that took over, rollbacks included", |l| l.swaps)?;
+        self.counter(e, "sandport_failed_swaps", "Plugin versions refused (read, compile, link or pre-flight)", |l| {
+            l.failed_swaps
+        })?;
+        self.counter(
+            e,
+            "sandport_rollbacks",
+            "Versions replaced by the one before, by the operator or after faults",
+            |l| l.rollbacks,
+        )?;
+        self.counter(e, "sandport_migrated_connections", "Connections carried over to a new version", |l| {
+            l.counts.migrated
+        })?;
+        self.counter(
+            e,
+            "sandport_drained_connections",
+            "Connections closed when an old version's drain timeout passed",
+            |l| l.counts.drained,
+        )
+    }
+}
+
+impl Snapshot {
+    /// `sandport_guest_time_seconds`: how long the plugin took per event.
+    fn guest_time(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "sandport_guest_time",
+            "Time the plugin took per event",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for listener in &self.0 {
+            let time = &listener.counts.guest_time;
+            // Bounds in seconds, then the overflow bucket; the encoder adds them up.
+            let bounds = GuestTime::BOUNDS.iter().map(|&micros| micros as f64 / 1e6).chain([f64::INFINITY]);
+            let buckets: Vec<(f64, u64)> = bounds.zip(time.buckets).collect();
+            let labels: Labels = vec![("listener", listener.name.as_str())];
+            family.encode_family(&labels)?.encode_histogram::<Labels>(
+                time.sum.as_secs_f64(),
+                time.count(),
+                &buckets,
+                None,
+            )?;
+        }
+        Ok(())
+    }
+}
