@@ -8,6 +8,8 @@
 //! - [`Handler`]: one method per event, each defaulting to doing nothing, except
 //!   end-of-stream ([`Handler::on_eof`]), which closes after sending;
 //! - [`export!`]: makes a `Handler` type the plugin's export;
+//! - [`Migrate`] and [`export_migrating!`]: opt in to live migration, so a new version
+//!   of the plugin takes over open connections instead of the old one draining them;
 //! - [`Conn`]: send, remove, timers, close and half-close for a connection, and
 //!   [`Conn::connect`] to dial an outbound one;
 //! - [`RecvBuf`]: the connection's receive buffer, read in place in the host;
@@ -56,12 +58,16 @@ mod conn_map;
 mod error;
 mod framing;
 pub mod log;
+mod migrate;
 mod recv;
 
 pub use conn::{CloseMode, Conn, Peer};
 pub use conn_map::ConnMap;
 pub use error::Error;
 pub use framing::{ByteSource, FrameError, encode_frame};
+pub use migrate::Migrate;
+#[doc(hidden)]
+pub use migrate::bindings as migrate_bindings;
 pub use recv::RecvBuf;
 
 /// The raw bindings of the `sandport:handler/plugin` world, as wit-bindgen generates
@@ -290,33 +296,98 @@ macro_rules! export {
     };
     ($handler:ty => $make:expr) => {
         const _: () = {
-            struct SandportExport;
-
-            // Why a thread-local and not a `static`: the value needs no `Sync`, and
-            // wasm32-wasip2 is single-threaded, so this is a plain global.
-            ::std::thread_local! {
-                static HANDLER: ::core::cell::RefCell<::core::option::Option<$handler>> =
-                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
-            }
-
-            impl $crate::__private::Guest for SandportExport {
-                fn handle(conn: u64, ev: $crate::__private::Event, rx: &$crate::__private::Mbuf) {
-                    HANDLER.with_borrow_mut(|handler| {
-                        let handler = handler.get_or_insert_with(|| $make);
-                        $crate::__private::dispatch(handler, conn, ev, rx);
-                    });
-                }
-            }
-
-            $crate::bindings::export!(SandportExport with_types_in $crate::bindings);
+            $crate::__export_handler!($handler => $make);
         };
     };
 }
 
-/// What [`export!`] expands to; not a stable API.
+/// Like [`export!`], for a handler that also implements [`Migrate`]: the plugin exports
+/// the `migrate` interface too (the WIT world `migrating-plugin`), so when it is swapped
+/// for a version that migrates as well, its open connections move to the new version
+/// instead of draining. Use it instead of `export!`, never both.
+///
+/// ```no_run
+/// use sandport_guest::{Conn, Handler, Migrate};
+///
+/// #[derive(Default)]
+/// struct Stateless;
+///
+/// impl Handler for Stateless {}
+///
+/// impl Migrate for Stateless {
+///     fn hand_over(&mut self, _conn: Conn) -> Vec<u8> {
+///         Vec::new()
+///     }
+///
+///     fn take_over(&mut self, _conn: Conn, _state: &[u8]) {}
+/// }
+///
+/// sandport_guest::export_migrating!(Stateless);
+/// ```
+#[macro_export]
+macro_rules! export_migrating {
+    ($handler:ty) => {
+        $crate::export_migrating!($handler => <$handler as ::core::default::Default>::default());
+    };
+    ($handler:ty => $make:expr) => {
+        const _: () = {
+            $crate::__export_handler!($handler => $make);
+
+            impl $crate::__private::MigrateGuest for SandportExport {
+                fn hand_over(conn: u64) -> ::std::vec::Vec<u8> {
+                    HANDLER.with_borrow_mut(|handler| {
+                        let handler = handler.get_or_insert_with(|| $make);
+                        $crate::Migrate::hand_over(handler, $crate::Conn::from_id(conn))
+                    })
+                }
+
+                fn take_over(conn: u64, state: ::std::vec::Vec<u8>) {
+                    HANDLER.with_borrow_mut(|handler| {
+                        let handler = handler.get_or_insert_with(|| $make);
+                        $crate::Migrate::take_over(handler, $crate::Conn::from_id(conn), &state);
+                    });
+                }
+            }
+
+            $crate::migrate_bindings::export!(SandportExport with_types_in $crate::migrate_bindings);
+        };
+    };
+}
+
+/// The part [`export!`] and [`export_migrating!`] share: the handler value and the
+/// `handler` export. Expands to items named `SandportExport` and `HANDLER`, inside
+/// the caller's `const _` block.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_handler {
+    ($handler:ty => $make:expr) => {
+        struct SandportExport;
+
+        // Why a thread-local and not a `static`: the value needs no `Sync`, and
+        // wasm32-wasip2 is single-threaded, so this is a plain global.
+        ::std::thread_local! {
+            static HANDLER: ::core::cell::RefCell<::core::option::Option<$handler>> =
+                const { ::core::cell::RefCell::new(::core::option::Option::None) };
+        }
+
+        impl $crate::__private::Guest for SandportExport {
+            fn handle(conn: u64, ev: $crate::__private::Event, rx: &$crate::__private::Mbuf) {
+                HANDLER.with_borrow_mut(|handler| {
+                    let handler = handler.get_or_insert_with(|| $make);
+                    $crate::__private::dispatch(handler, conn, ev, rx);
+                });
+            }
+        }
+
+        $crate::bindings::export!(SandportExport with_types_in $crate::bindings);
+    };
+}
+
+/// What [`export!`] and [`export_migrating!`] expand to; not a stable API.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::bindings::exports::sandport::handler::handler::{Event, Guest, Mbuf};
+    pub use crate::migrate_bindings::exports::sandport::handler::migrate::Guest as MigrateGuest;
 
     use crate::{Conn, Error, Handler, Peer, RecvBuf};
 

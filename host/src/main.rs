@@ -192,6 +192,8 @@ fn reload(config_file: Option<&std::path::Path>, control: &sandport::control::Co
 fn check(file: PathBuf) -> anyhow::Result<()> {
     let plugin = Runtime::new()?.load(&file)?;
     println!("{}: ok, implements sandport:handler/plugin", file.display());
+    let migration = if plugin.migrates() { "migrates open connections" } else { "drains on a swap" };
+    println!("live migration: {migration}");
     println!("imports:");
     for name in plugin.imports() {
         println!("  {name}");

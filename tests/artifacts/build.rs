@@ -26,6 +26,8 @@ const PLUGINS: &[&str] = &[
     "fixture-hostile",
     "fixture-chaos",
     "fixture-burn",
+    "fixture-chat-next",
+    "fixture-migrate-faults",
 ];
 
 /// Directories whose contents feed the plugin builds.

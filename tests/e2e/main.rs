@@ -22,6 +22,7 @@ mod isolation;
 mod limits;
 mod linger;
 mod load;
+mod migrate;
 mod native;
 mod neighbour;
 mod proxy;

@@ -11,13 +11,15 @@
 //! the guest traps, runs out of time or memory, or tries to wait, the handler reports
 //! a [`Fault`] and the reactor drops it, closing the connections whose state died. A
 //! listener with per-connection instances uses a [`Runtime::pooled`] engine, whose
-//! pooling allocator makes starting an instance cheap. It never touches a socket, and
-//! nothing a guest calls waits.
+//! pooling allocator makes starting an instance cheap. A component that also exports
+//! the `migrate` interface can hand its connections over to a new version (see
+//! `migrate`). It never touches a socket, and nothing a guest calls waits.
 
 mod cache;
 mod deadline;
 mod imports;
 mod log_rate;
+mod migrate;
 mod output;
 mod wasi;
 
@@ -27,7 +29,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::{info, warn};
-use wasmtime::component::{Component, Linker, Resource};
+use wasmtime::component::{Component, InstancePre, Linker, Resource};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
 use crate::config::{Limit, ListenerSpec};
@@ -37,6 +39,8 @@ use cache::{Cache, ContentHash};
 use deadline::{Budget, CallClock, OverBudget};
 use imports::{GuestState, RecvView};
 use log_rate::LogBudget;
+use migrate::Exports;
+pub use migrate::MAX_STATE;
 use output::escape_controls;
 use wasi::WouldBlock;
 
@@ -213,8 +217,8 @@ impl Runtime {
     fn link(&self, component: Component, path: &Path) -> Result<Linked, PluginError> {
         let wrong = |e: wasmtime::Error| PluginError::WrongWorld { path: path.to_owned(), reason: one_line(&e) };
         let pre = self.linker.instantiate_pre(&component).map_err(wrong)?;
-        let pre = bindings::PluginPre::new(pre).map_err(wrong)?;
-        Ok(Linked { component, pre })
+        let exports = Exports::find(&pre).map_err(wrong)?;
+        Ok(Linked { component, pre, exports })
     }
 }
 
@@ -242,7 +246,8 @@ struct Loaded {
 #[derive(Clone)]
 struct Linked {
     component: Component,
-    pre: bindings::PluginPre<GuestState>,
+    pre: InstancePre<GuestState>,
+    exports: Exports,
 }
 
 impl Plugin {
@@ -257,10 +262,10 @@ impl Plugin {
         &self.inner.hash
     }
 
-    /// Whether the component can carry its connections over to a next version (it
-    /// exports the `migrate` interface).
+    /// Whether the plugin can hand its connections over to a new version and take
+    /// them over from an old one: it exports the WIT `migrate` interface.
     pub fn migrates(&self) -> bool {
-        self.exports().iter().any(|name| name.starts_with("sandport:handler/migrate@"))
+        self.inner.linked.exports.migrates()
     }
 
     /// The component's imports, by name.
@@ -353,11 +358,13 @@ impl PluginFactory {
             Err(over) => Err(over.into()),
         });
         start_call(&mut store, &budget);
-        let bindings = loaded.linked.pre.instantiate(&mut store).map_err(|e| PluginError::Instantiate {
+        let instance = loaded.linked.pre.instantiate(&mut store);
+        let exports = instance.and_then(|instance| loaded.linked.exports.load(&mut store, &instance));
+        let (bindings, migrate) = exports.map_err(|e| PluginError::Instantiate {
             path: loaded.path.clone(),
             reason: tenant.explain(&e, store.data()).0,
         })?;
-        Ok(PluginHandler { tenant: tenant.clone(), store, bindings })
+        Ok(PluginHandler { tenant: tenant.clone(), store, bindings, migrate })
     }
 }
 
@@ -376,26 +383,54 @@ pub struct PluginHandler {
     tenant: Arc<Tenant>,
     store: Store<GuestState>,
     bindings: bindings::Plugin,
+    /// The instance's `migrate` export, if its component has one.
+    migrate: Option<migrate::Migrate>,
 }
 
 impl Handler for PluginHandler {
     fn handle(&mut self, host: &mut dyn Host, conn: ConnId, event: Event) -> Result<(), Fault> {
-        let tenant = &self.tenant;
-        start_call(&mut self.store, &tenant.budget);
         let event = to_wit(event);
         let rx = Resource::<RecvView>::new_borrow(RecvView::CURRENT);
         let handler = self.bindings.sandport_handler_handler();
-        let called =
-            imports::with_host(&mut self.store, host, conn, |store| handler.call_handle(store, conn.0, &event, rx));
-        if tenant.log_budget.take_dropped() {
-            host.limit_hit(conn, Limit::LogRate);
-        }
-        let Err(err) = called else { return Ok(()) };
-        // The store is poisoned: every later call would fail. The reactor drops this
-        // handler and asks the factory for a fresh one when it needs one.
-        let (why, limit) = tenant.explain(&err, self.store.data());
-        Err(Fault { reason: format!("plugin {} trapped: {why}", tenant.plugin.path().display()), limit })
+        call(&self.tenant, &mut self.store, host, conn, "", |store| handler.call_handle(store, conn.0, &event, rx))
     }
+
+    fn migrates(&self) -> bool {
+        self.migrate.is_some()
+    }
+
+    fn hand_over(&mut self, host: &mut dyn Host, conn: ConnId) -> Result<Vec<u8>, Fault> {
+        migrate::hand_over(self, host, conn)
+    }
+
+    fn take_over(&mut self, host: &mut dyn Host, conn: ConnId, state: Vec<u8>) -> Result<(), Fault> {
+        migrate::take_over(self, host, conn, state)
+    }
+}
+
+/// Make `call`, a call into the guest about `conn`, with the event's budget and
+/// deadline and with `host` reachable from imports. A failure is a fault whose reason
+/// says where it happened (`during`, say "in hand-over"; empty for `handle`).
+fn call<R>(
+    tenant: &Tenant,
+    store: &mut Store<GuestState>,
+    host: &mut dyn Host,
+    conn: ConnId,
+    during: &str,
+    call: impl FnOnce(&mut Store<GuestState>) -> wasmtime::Result<R>,
+) -> Result<R, Fault> {
+    start_call(store, &tenant.budget);
+    let called = imports::with_host(store, host, conn, call);
+    if tenant.log_budget.take_dropped() {
+        host.limit_hit(conn, Limit::LogRate);
+    }
+    // On an error the store is poisoned: every later call would fail. The reactor
+    // drops this handler and asks the factory for a fresh one when it needs one.
+    called.map_err(|err| {
+        let (why, limit) = tenant.explain(&err, store.data());
+        let space = if during.is_empty() { "" } else { " " };
+        Fault { reason: format!("plugin {} trapped{space}{during}: {why}", tenant.plugin.path().display()), limit }
+    })
 }
 
 /// Before every call into the guest: note when it starts, and set the epoch deadline

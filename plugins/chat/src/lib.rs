@@ -1,34 +1,101 @@
 //! chat: a line-based chat room; every client of the listener is in it.
 //!
-//! Protocol (the tests depend on it exactly; `ID` is the decimal connection id):
+//! Protocol (the tests depend on it exactly; `ID` is the decimal connection id, `NAME`
+//! a client's name, `userID` until it picks one):
 //!
 //! - on connect the client gets `* welcome userID`, everyone else `* userID joined`;
-//! - each line `L` a client sends goes to every other client as `userID: L`;
+//! - each line `L` a client sends goes to every other client as `NAME: L`;
+//! - `/name NEW` renames the client (1 to 32 bytes, no spaces or control characters,
+//!   not a name in use): it gets `* you are NEW`, everyone else `* NAME is now NEW`;
+//!   otherwise `* name refused`;
 //! - `/idle MILLIS` sets the client's idle interval (default 10000) and is answered with
 //!   `* idle MILLIS` to that client only;
 //! - a client that sends no line for its idle interval gets `* ping`, and again after
 //!   each further interval;
 //! - a line over 4096 bytes gets `* line too long` and the connection is closed;
-//! - when a client leaves, everyone else gets `* userID left`.
+//! - when a client leaves, everyone else gets `* NAME left`.
 //!
 //! Lines end with `\n` (a `\r` before it is dropped). A client too slow to take a line
 //! misses that line rather than holding up the room.
+//!
+//! The chat migrates: when the listener is swapped to a new version that migrates too,
+//! every member moves with its name and idle interval, and no one is told that anyone
+//! joined or left; the new version greets each member with `* VERSION took over, you
+//! are still NAME`. Built with the feature `next` (the test fixture `chat-next` is this
+//! source built so) it is a visibly different version: it welcomes with `* welcome to
+//! chat-next, userID` and relays lines as `<NAME> L`.
 
 use std::time::Duration;
 
-use sandport_guest::{ByteSource, Conn, ConnMap, Error, FrameError, Handler, Peer, RecvBuf, log};
+use sandport_guest::{ByteSource, Conn, ConnMap, Error, FrameError, Handler, Migrate, Peer, RecvBuf, log};
 
 /// Longest line accepted, without its `\n`.
 const MAX_LINE: usize = 4096;
+/// Longest name, in bytes.
+const MAX_NAME: usize = 32;
 /// The id of each client's idle timer.
 const IDLE_TIMER: u64 = 1;
 /// Idle interval until a client sets its own.
 const DEFAULT_IDLE: Duration = Duration::from_millis(10_000);
+/// The first byte of a handed-over member: the layout of what follows (the idle
+/// interval in milliseconds as 8 bytes little-endian, then the name).
+const STATE_V1: u8 = 1;
+
+/// What differs between the versions; the rest is one source.
+#[cfg(not(feature = "next"))]
+mod style {
+    /// The version's name, as members see it.
+    pub const VERSION: &str = "chat";
+
+    /// The first line a new client gets.
+    pub fn welcome(name: &str) -> String {
+        format!("* welcome {name}\n")
+    }
+
+    /// A line `line` from `from`, as the others get it.
+    pub fn message(from: &str, line: &[u8]) -> Vec<u8> {
+        [from.as_bytes(), b": ", line, b"\n"].concat()
+    }
+}
+
+#[cfg(feature = "next")]
+mod style {
+    /// The version's name, as members see it.
+    pub const VERSION: &str = "chat-next";
+
+    /// The first line a new client gets.
+    pub fn welcome(name: &str) -> String {
+        format!("* welcome to chat-next, {name}\n")
+    }
+
+    /// A line `line` from `from`, as the others get it.
+    pub fn message(from: &str, line: &[u8]) -> Vec<u8> {
+        [b"<", from.as_bytes(), b"> ", line, b"\n"].concat()
+    }
+}
 
 /// What the room knows about a client.
 struct Member {
+    /// What the others call it.
+    name: String,
     /// How long without a line from the client before it is pinged.
     idle: Duration,
+}
+
+impl Member {
+    /// The member as `hand_over` passes it on (see [`STATE_V1`]).
+    fn encode(&self) -> Vec<u8> {
+        let millis = u64::try_from(self.idle.as_millis()).unwrap_or(u64::MAX);
+        [&[STATE_V1][..], &millis.to_le_bytes(), self.name.as_bytes()].concat()
+    }
+
+    /// A member from what `encode` made, if it is one.
+    fn decode(state: &[u8]) -> Option<Member> {
+        let (&STATE_V1, rest) = state.split_first()? else { return None };
+        let (millis, name) = rest.split_first_chunk::<8>()?;
+        let name = std::str::from_utf8(name).ok().filter(|name| valid_name(name))?;
+        Some(Member { name: name.to_owned(), idle: Duration::from_millis(u64::from_le_bytes(*millis)) })
+    }
 }
 
 /// The room.
@@ -39,9 +106,10 @@ struct Chat {
 
 impl Handler for Chat {
     fn on_accept(&mut self, conn: Conn, _peer: Peer) {
-        deliver(conn, format!("* welcome user{conn}\n").as_bytes());
-        self.broadcast(conn, format!("* user{conn} joined\n").as_bytes());
-        self.members.insert(conn, Member { idle: DEFAULT_IDLE });
+        let name = format!("user{conn}");
+        deliver(conn, style::welcome(&name).as_bytes());
+        self.broadcast(conn, format!("* {name} joined\n").as_bytes());
+        self.members.insert(conn, Member { name, idle: DEFAULT_IDLE });
         arm_idle(conn, DEFAULT_IDLE);
     }
 
@@ -69,9 +137,30 @@ impl Handler for Chat {
     }
 
     fn on_close(&mut self, conn: Conn, _rx: RecvBuf<'_>) {
-        if self.members.remove(conn).is_some() {
-            self.broadcast(conn, format!("* user{conn} left\n").as_bytes());
+        if let Some(member) = self.members.remove(conn) {
+            self.broadcast(conn, format!("* {} left\n", member.name).as_bytes());
         }
+    }
+}
+
+impl Migrate for Chat {
+    /// The member leaves this version quietly: the others will find it in the next.
+    fn hand_over(&mut self, conn: Conn) -> Vec<u8> {
+        // A connection that is not a member (it was refused) carries nothing; the
+        // next version closes it.
+        self.members.remove(conn).map_or_else(Vec::new, |member| member.encode())
+    }
+
+    fn take_over(&mut self, conn: Conn, state: &[u8]) {
+        let Some(member) = Member::decode(state) else {
+            log::warn(&format!("chat: {conn} was handed over with state this version cannot read; closing it"));
+            deliver(conn, b"* your session could not be carried over\n");
+            let _ = conn.close_after_send();
+            return;
+        };
+        deliver(conn, format!("* {} took over, you are still {}\n", style::VERSION, member.name).as_bytes());
+        arm_idle(conn, member.idle);
+        self.members.insert(conn, member);
     }
 }
 
@@ -90,13 +179,28 @@ impl Chat {
                 }
                 _ => deliver(from, b"* usage: /idle <millis>\n"),
             }
-        } else {
-            let message = [format!("user{from}: ").as_bytes(), line, b"\n"].concat();
-            self.broadcast(from, &message);
+        } else if word == b"/name" {
+            self.rename(from, arg);
+        } else if let Some(member) = self.members.get(from) {
+            self.broadcast(from, &style::message(&member.name, line));
         }
         if let Some(member) = self.members.get(from) {
             arm_idle(from, member.idle);
         }
+    }
+
+    /// `/name NEW` from `from`.
+    fn rename(&mut self, from: Conn, new: &[u8]) {
+        let new = std::str::from_utf8(new).ok().filter(|new| valid_name(new));
+        let taken = |name: &str| self.members.iter().any(|(_, member)| member.name == name);
+        let Some(new) = new.filter(|new| !taken(new)).map(str::to_owned) else {
+            deliver(from, b"* name refused\n");
+            return;
+        };
+        let Some(member) = self.members.get_mut(from) else { return };
+        let old = std::mem::replace(&mut member.name, new.clone());
+        deliver(from, format!("* you are {new}\n").as_bytes());
+        self.broadcast(from, format!("* {old} is now {new}\n").as_bytes());
     }
 
     /// Send `message` to every client but `except`.
@@ -133,4 +237,10 @@ fn parse_millis(arg: &[u8]) -> Option<u64> {
     (millis > 0).then_some(millis)
 }
 
-sandport_guest::export!(Chat);
+/// Whether `name` can name a member: short, and nothing in it that would make a line
+/// ambiguous or garble a terminal.
+fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME).contains(&name.len()) && !name.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+sandport_guest::export_migrating!(Chat);

@@ -1,0 +1,136 @@
+//! Live migration, the plugin side: finding out whether a component exports the WIT
+//! `migrate` interface, and calling its `hand-over` and `take-over`.
+//!
+//! Which exports a component has is found once, at load ([`Exports::find`]): the
+//! `handler` export it must have, and `migrate` if it has one. The second is found
+//! with bindings of its own, generated for a world that exports only `migrate` and
+//! whose `types` import is the first bindings' (`with`), rather than with the WIT's
+//! `migrating-plugin` world: bindings of that world would bring a second, unused copy
+//! of the `handler` export, and an instance would have to be one of two binding types
+//! depending on what it exports. Here every instance is the same `bindings::Plugin`,
+//! plus the `migrate` functions when the component has them ([`Exports::load`]).
+//!
+//! Calls go through [`PluginHandler::call`], as `handle`'s do: the same per-call
+//! budget and deadline, host imports working, a fault explained the same way. This
+//! module decides nothing about which connections move or when (the reactor does), and
+//! never keeps a connection's state: it passes the bytes through, bounded by
+//! [`MAX_STATE`].
+
+use wasmtime::Store;
+use wasmtime::component::{Instance, InstancePre};
+
+use super::imports::GuestState;
+use super::{PluginHandler, bindings as plugin_bindings, call};
+use crate::handler::{ConnId, Fault, Host};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        inline: "
+            package sandport:host-side;
+
+            world migrate-only {
+                export sandport:handler/migrate@0.1.0;
+            }
+        ",
+        world: "migrate-only",
+        with: { "sandport:handler/types": super::plugin_bindings::sandport::handler::types },
+    });
+}
+
+/// An instance's `migrate` export: its `hand-over` and `take-over` functions.
+pub(super) use bindings::exports::sandport::handler::migrate::Guest as Migrate;
+use bindings::exports::sandport::handler::migrate::GuestIndices as MigrateIndices;
+
+/// The name under which a component exports the `migrate` interface.
+const MIGRATE: &str = "sandport:handler/migrate@0.1.0";
+
+/// Most bytes of state one connection may carry to the new version: a session, not a
+/// data store. More from `hand-over` is a fault. (The bytes are copied out of the
+/// guest before they can be measured; the guest's memory limit bounds that copy.)
+pub const MAX_STATE: usize = 1 << 20;
+
+/// Where a component's exports are, found once at load.
+#[derive(Clone)]
+pub(super) struct Exports {
+    handler: plugin_bindings::PluginIndices,
+    migrate: Option<MigrateIndices>,
+}
+
+impl Exports {
+    /// The exports of the component behind `pre`: the `handler` it must have, and
+    /// `migrate` if it exports that interface. The error says what does not fit.
+    pub(super) fn find(pre: &InstancePre<GuestState>) -> wasmtime::Result<Exports> {
+        let handler = plugin_bindings::PluginIndices::new(pre)?;
+        let migrate = match pre.component().get_export_index(None, MIGRATE) {
+            Some(_) => Some(MigrateIndices::new(pre)?),
+            None => None,
+        };
+        Ok(Exports { handler, migrate })
+    }
+
+    /// Whether the component exports `migrate`.
+    pub(super) fn migrates(&self) -> bool {
+        self.migrate.is_some()
+    }
+
+    /// The exports of `instance`, an instance of the component they were found in,
+    /// type-checked.
+    pub(super) fn load(
+        &self,
+        store: &mut Store<GuestState>,
+        instance: &Instance,
+    ) -> wasmtime::Result<(plugin_bindings::Plugin, Option<Migrate>)> {
+        let handler = self.handler.load(&mut *store, instance)?;
+        let migrate = self.migrate.as_ref().map(|migrate| migrate.load(&mut *store, instance)).transpose()?;
+        Ok((handler, migrate))
+    }
+}
+
+/// The old instance's side: call its `hand-over` for `conn`.
+pub(super) fn hand_over(handler: &mut PluginHandler, host: &mut dyn Host, conn: ConnId) -> Result<Vec<u8>, Fault> {
+    let Some(migrate) = &handler.migrate else { return Err(not_migrating(handler)) };
+    let during = "in hand-over";
+    let state =
+        call(&handler.tenant, &mut handler.store, host, conn, during, |store| migrate.call_hand_over(store, conn.0))?;
+    if state.len() > MAX_STATE {
+        return Err(Fault {
+            reason: format!(
+                "plugin {} handed over {} bytes of state for connection {conn}; the most is {MAX_STATE}",
+                handler.tenant.plugin.path().display(),
+                state.len()
+            ),
+            limit: None,
+        });
+    }
+    Ok(state)
+}
+
+/// The new instance's side: call its `take-over` for `conn` with `state`.
+pub(super) fn take_over(
+    handler: &mut PluginHandler,
+    host: &mut dyn Host,
+    conn: ConnId,
+    state: Vec<u8>,
+) -> Result<(), Fault> {
+    let Some(migrate) = &handler.migrate else { return Err(not_migrating(handler)) };
+    if state.len() > MAX_STATE {
+        return Err(Fault {
+            reason: format!(
+                "{} bytes of state for connection {conn} cannot be taken over by plugin {}; the most is {MAX_STATE}",
+                state.len(),
+                handler.tenant.plugin.path().display()
+            ),
+            limit: None,
+        });
+    }
+    let during = "in take-over";
+    call(&handler.tenant, &mut handler.store, host, conn, during, |store| migrate.call_take_over(store, conn.0, &state))
+}
+
+fn not_migrating(handler: &PluginHandler) -> Fault {
+    Fault {
+        reason: format!("plugin {} does not export {MIGRATE}", handler.tenant.plugin.path().display()),
+        limit: None,
+    }
+}
