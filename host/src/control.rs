@@ -279,6 +279,11 @@ impl Control {
         self.records().iter().map(|r| (r.name().to_owned(), r.address)).collect()
     }
 
+    /// The version serving `listener`'s new connections, without asking the workers.
+    pub fn serving(&self, listener: &str) -> Option<Version> {
+        self.with_record(listener, |r| r.current().clone()).ok()
+    }
+
     /// Every listener as it is now, in config order.
     pub fn listeners(&self) -> Vec<ListenerStatus> {
         let counts = self.gather();

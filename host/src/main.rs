@@ -13,6 +13,7 @@ use sandport::admin;
 use sandport::config::{Config, DEFAULT_ADMIN_ADDRESS, LogFormat};
 use sandport::plugin::Runtime;
 use sandport::server::Server;
+use sandport::watch;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
@@ -135,13 +136,15 @@ fn serve(config_file: Option<PathBuf>, listen: Vec<String>, plugin: Vec<PathBuf>
     let mut server = Server::new(&config)?;
     let stop = server.stop_handle();
     let control = server.control();
+    // Started even with nothing to watch, so that a reload can add listeners to it.
+    let watcher = watch::follow(control.clone(), watch::watched(&config)).context("cannot watch plugin files")?;
     std::thread::Builder::new()
         .name("sandport-signals".into())
         .spawn(move || {
             let mut stopping = false;
             for signal in signals.forever() {
                 match signal {
-                    SIGHUP => reload(config_file.as_deref(), &control),
+                    SIGHUP => reload(config_file.as_deref(), &control, &watcher),
                     _ if stopping => {
                         warn!("second signal: exiting at once");
                         std::process::exit(130);
@@ -176,7 +179,7 @@ fn init_logging(format: LogFormat) {
 
 /// SIGHUP: re-read the config file and apply it. A file that does not parse changes
 /// nothing.
-fn reload(config_file: Option<&std::path::Path>, control: &sandport::control::Control) {
+fn reload(config_file: Option<&std::path::Path>, control: &sandport::control::Control, watcher: &watch::Watcher) {
     let Some(path) = config_file else {
         return warn!("SIGHUP: nothing to reload (serving --listen/--plugin pairs, not a config file)");
     };
@@ -184,6 +187,9 @@ fn reload(config_file: Option<&std::path::Path>, control: &sandport::control::Co
     match Config::from_file(path) {
         Ok(config) => {
             control.reload(&config);
+            if let Err(err) = watcher.set(watch::watched(&config)) {
+                warn!("cannot watch the reloaded config's plugin files: {err}");
+            }
         }
         Err(err) => error!("reload refused, the running config stays: {err}"),
     }

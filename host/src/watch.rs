@@ -174,6 +174,11 @@ pub fn follow(control: Control, files: Vec<(String, PathBuf)>) -> Result<Watcher
         files,
         Box::new(move |listener, file| {
             let shown = file.display();
+            // A reload may have swapped this content in already.
+            let content = std::fs::read(file).map(|bytes| crate::plugin::content_hash(&bytes));
+            if content.is_ok_and(|hash| control.serving(listener).is_some_and(|v| v.hash == hash)) {
+                return info!(listener = %listener, file = %shown, "plugin file changed: already serving it");
+            }
             info!(listener = %listener, file = %shown, "plugin file changed: swapping it in");
             match control.swap(listener, Source::File(file.to_path_buf())) {
                 Ok(report) if report.took_over => info!(

@@ -68,16 +68,22 @@ fn per_worker_instances_each_serve_their_workers_connections() {
 fn a_busy_worker_does_not_slow_another() {
     const BUDGET: Duration = Duration::from_millis(500);
     // The burner is listed first and the echo second: they go to workers 0 and 1.
+    // CPU-bound, so that it is stopped by its CPU budget however busy the machine is
+    // (a wall-clock spin on a loaded machine could end before using it).
     let burner = TWO_WORKERS.to_owned()
         + &listener(
             "burner",
-            plugins::FIXTURE_HOSTILE,
-            &format!("[listener.limits]\nevent-timeout-ms = {}\nevent-wall-timeout-ms = 5000", BUDGET.as_millis()),
+            plugins::FIXTURE_BURN,
+            &format!(
+                "[listener.limits]\nevent-timeout-ms = {}\nevent-wall-timeout-ms = 15000\n\
+                 [listener.config]\nburn-iterations = 1000000000000",
+                BUDGET.as_millis()
+            ),
         );
     let aftermath = neighbourhood(&burner, "127.0.0.1:0", HEADROOM, |server| {
         for _ in 0..4 {
             let mut client = server.connect("burner");
-            client.send_line("spin-wall 3000");
+            client.send_line("burn");
             assert!(client.until_eof().is_empty(), "the burner is stopped at its budget");
         }
     });
