@@ -17,7 +17,7 @@ use crate::harness::{
 };
 
 /// An `[admin]` table (top-level keys must come before it).
-fn admin_table(address: &str, token: Option<&str>) -> String {
+pub(crate) fn admin_table(address: &str, token: Option<&str>) -> String {
     let token = token.map(|token| format!("token = \"{token}\"\n")).unwrap_or_default();
     format!("[admin]\naddress = \"{address}\"\n{token}\n")
 }
@@ -30,17 +30,17 @@ fn with_admin(listeners: &str) -> (Server, Admin) {
 }
 
 /// An HTTP client for one server's admin API.
-struct Admin {
+pub(crate) struct Admin {
     address: SocketAddr,
     token: Option<String>,
     agent: ureq::Agent,
 }
 
 /// A status code and a body.
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     content_type: String,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Answer {
@@ -51,7 +51,7 @@ impl Answer {
 
 impl Admin {
     /// The admin API the server says it listens on (`admin API listening address=...`).
-    fn of(server: &Server, token: Option<&str>) -> Admin {
+    pub(crate) fn of(server: &Server, token: Option<&str>) -> Admin {
         let line = server.wait_for_log(&["admin API listening"]);
         let address = line.split_whitespace().find_map(|word| word.strip_prefix("address="));
         let address: SocketAddr = address.and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("{line}"));
@@ -84,7 +84,7 @@ impl Admin {
         Admin::read(self.authorize(self.agent.get(self.url(path))).call())
     }
 
-    fn put(&self, path: &str, content_type: &str, body: &[u8]) -> Answer {
+    pub(crate) fn put(&self, path: &str, content_type: &str, body: &[u8]) -> Answer {
         Admin::read(self.authorize(self.agent.put(self.url(path))).header("Content-Type", content_type).send(body))
     }
 

@@ -43,6 +43,9 @@ pub enum Kind {
     Echo,
     /// A keep-alive `GET /`, answered `hello from sandport`.
     Http,
+    /// Two members of a chat room taking turns: one says a line no one else says,
+    /// the other must hear it (whatever the chat's version prefixes it with).
+    Chat,
 }
 
 impl Load {
@@ -68,6 +71,7 @@ impl Load {
                         let done = match kind {
                             Kind::Echo => echo_connection(address, &mut seed, &stop, &exchanges),
                             Kind::Http => http_connection(address, &stop, &exchanges),
+                            Kind::Chat => chat_pair(address, n, &stop, &exchanges),
                         };
                         if let Err(failure) = done {
                             failures.lock().unwrap().push(failure);
@@ -170,6 +174,50 @@ fn http_connection(address: SocketAddr, stop: &AtomicBool, done: &AtomicU64) -> 
         reader.read_exact(&mut body).map_err(|e| format!("http request {exchange}: body: {e}"))?;
         if body != b"hello from sandport\n" {
             return Err(format!("http request {exchange}: body {:?}", String::from_utf8_lossy(&body)));
+        }
+        done.fetch_add(1, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+/// Two chat members, `client`'s, taking turns to speak and to check that the other
+/// heard. Lines of other members and the chat's notices (`* ...`) are skipped.
+fn chat_pair(address: SocketAddr, client: u64, stop: &AtomicBool, done: &AtomicU64) -> Result<(), String> {
+    static SAID: AtomicU64 = AtomicU64::new(0);
+    let mut members = [BufReader::new(open(address)?), BufReader::new(open(address)?)];
+    // A member hears only what is said after it joined: wait for both welcomes.
+    for member in &mut members {
+        let mut welcome = String::new();
+        member.read_line(&mut welcome).map_err(|e| format!("chat welcome: {e}"))?;
+        if !welcome.starts_with("* welcome") {
+            return Err(format!("chat: {welcome:?} instead of a welcome"));
+        }
+    }
+    for exchange in 0..EXCHANGES_PER_CONNECTION {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let text = format!("said-{client}-{}", SAID.fetch_add(1, Ordering::SeqCst));
+        let (speaker, listener) = if exchange % 2 == 0 { (0, 1) } else { (1, 0) };
+        let line = format!("{text}\n");
+        members[speaker]
+            .get_mut()
+            .write_all(line.as_bytes())
+            .map_err(|e| format!("chat line {exchange}: write: {e}"))?;
+        // The room's pings keep a read from timing out: the deadline is the check.
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if std::time::Instant::now() > deadline {
+                return Err(format!("chat line {exchange}: {text:?} was not heard within {PATIENCE:?}"));
+            }
+            let mut heard = String::new();
+            let n = members[listener].read_line(&mut heard).map_err(|e| format!("chat line {exchange}: read: {e}"))?;
+            if n == 0 {
+                return Err(format!("chat line {exchange}: the listening member was disconnected"));
+            }
+            if heard.trim_end().ends_with(&format!(" {text}")) {
+                break;
+            }
         }
         done.fetch_add(1, Ordering::SeqCst);
     }

@@ -1,4 +1,4 @@
-//! Swapping plugins on a live server, by SIGHUP (a re-read config file): new
+//! Swapping plugins on a live server, mostly by SIGHUP (a re-read config file): new
 //! connections get the new version, open ones finish on theirs or drain, a bad
 //! version never takes over, a faulting one is rolled back, listeners come and go,
 //! nothing leaks, and a load that checks every byte notices none of it. Also the
@@ -9,8 +9,12 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use sandport_test_artifacts::{ECHO, FIXTURE_BURN, FIXTURE_PROBE, FIXTURE_WRONG_WORLD, HTTP_HELLO};
+use sandport_test_artifacts::{
+    CHAT, ECHO, FIXTURE_BURN, FIXTURE_CHAT_NEXT as CHAT_NEXT, FIXTURE_MIGRATE_FAULTS, FIXTURE_PROBE,
+    FIXTURE_WRONG_WORLD, HTTP_HELLO,
+};
 
+use crate::admin::{Admin, admin_table};
 use crate::harness::{Client, PATIENCE, Server, listener, totals};
 use crate::load::{Kind, Load};
 
@@ -148,35 +152,70 @@ fn a_reload_adds_and_removes_listeners() {
     echoes(&mut on_a, 3000);
 }
 
+/// Every route, 20 swaps each in a row, under a load of echo, HTTP and chat clients
+/// that check every byte and keep reconnecting: SIGHUP (all three listeners), the admin
+/// API (the chat alternating with `chat-next`, migrating its members each time; the
+/// HTTP server), and the watched echo file replaced in place (echo alternating with
+/// another echoing component).
 #[test]
-fn swaps_under_load_lose_nothing() {
+fn swaps_by_every_route_under_load_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo_file = dir.path().join("echo.wasm");
+    std::fs::copy(ECHO, &echo_file).unwrap();
     let config = |generation: usize| {
+        let settings = format!("[listener.config]\ngeneration = {generation}\n");
         let echo = listener(
             "echo",
-            ECHO,
-            &format!("instance = \"per-worker\"\n[listener.config]\ngeneration = {generation}\n"),
+            echo_file.to_str().unwrap(),
+            &format!("instance = \"per-worker\"\nwatch = true\n{settings}"),
         );
-        let http = listener(
-            "http",
-            HTTP_HELLO,
-            &format!("instance = \"per-worker\"\n[listener.config]\ngeneration = {generation}\n"),
-        );
-        format!("workers = 2\n{echo}{http}")
+        let http = listener("http", HTTP_HELLO, &format!("instance = \"per-worker\"\n{settings}"));
+        let chat = listener("chat", CHAT, &settings);
+        format!("workers = 2\n{}{echo}{http}{chat}", admin_table("127.0.0.1:0", None))
     };
     let server = Server::start(&config(0));
-    let load = Load::start(&[(Kind::Echo, server.addr("echo")), (Kind::Http, server.addr("http"))], 3);
+    let admin = Admin::of(&server, None);
+    let targets =
+        [(Kind::Echo, server.addr("echo")), (Kind::Http, server.addr("http")), (Kind::Chat, server.addr("chat"))];
+    let load = Load::start(&targets, 3);
     load.wait_for(100);
+
     for generation in 1..=20 {
         reload(&server, &config(generation));
         load.wait_for(50);
     }
+    for n in 0..20 {
+        for (listener, plugin) in [("chat", if n % 2 == 0 { CHAT_NEXT } else { CHAT }), ("http", HTTP_HELLO)] {
+            let body = format!("{{\"path\": \"{plugin}\"}}");
+            let answer = admin.put(&format!("/listeners/{listener}/plugin"), "application/json", body.as_bytes());
+            assert_eq!(answer.status, 200, "{listener}: {}", answer.body);
+        }
+        load.wait_for(50);
+    }
+    for n in 0..20 {
+        let before = server.log().matches("plugin file changed: version").count();
+        std::fs::copy(if n % 2 == 0 { FIXTURE_MIGRATE_FAULTS } else { ECHO }, &echo_file).unwrap();
+        server.wait_for_count("plugin file changed: version", before + 1);
+        load.wait_for(50);
+    }
+
     let outcome = load.stop();
     assert!(outcome.failures.is_empty(), "{:#?}", outcome.failures);
-    assert!(outcome.connections > 40, "clients kept connecting: {outcome:?}");
-    assert!(outcome.exchanges > 1100, "every swap went by under load: {outcome:?}");
+    assert!(outcome.connections > 100, "clients kept connecting: {outcome:?}");
+    assert!(outcome.exchanges > 3000, "every swap went by under load: {outcome:?}");
     let log = server.log();
-    assert_eq!(log.matches("version 21 took over").count(), 2, "both listeners took 20 swaps:\n{log}");
+    assert_eq!(
+        log.matches("sandport::control: version 41 took over").count(),
+        3,
+        "each listener took 40 swaps:\n{log}"
+    );
     assert!(!log.contains("new version refused"), "{log}");
+    let migrated = log.lines().filter(|l| l.contains("took over listener=chat") && !l.contains("migrated=0")).count();
+    assert!(migrated >= 30, "the chat's members moved with (nearly) every swap: {migrated} of 40");
+    let (_, log) = server.terminate();
+    for name in ["echo", "http", "chat"] {
+        assert!(totals(&log, name).contains("faults=0"), "{}", totals(&log, name));
+    }
 }
 
 #[test]
