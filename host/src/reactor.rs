@@ -264,6 +264,8 @@ impl Core {
         if !conn.first_hit(limit) {
             return;
         }
+        // A connection no handler serves any more (lingering) has no version.
+        let version = conn.attached.then(|| self.instances.get(conn.instance).map(|i| i.version)).flatten();
         let account = &mut self.accounts[conn.listener];
         account.counts.limit_hits[limit.index()] += 1;
         if account.may_log() {
@@ -271,6 +273,7 @@ impl Core {
                 listener = %account.spec.name,
                 conn = %conn.id,
                 peer = %conn.peer,
+                version,
                 limit = %limit.key(),
                 "limit hit: {}",
                 limit.outcome()

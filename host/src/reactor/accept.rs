@@ -73,7 +73,8 @@ impl Reactor {
             match self.core.register(instance, stream, peer, false) {
                 Ok((key, id)) => {
                     self.core.accounts[index].counts.accepted += 1;
-                    debug!(listener = %self.core.accounts[index].spec.name, conn = %id, %peer, "accepted");
+                    let version = self.core.instances[instance].version;
+                    debug!(listener = %self.core.accounts[index].spec.name, conn = %id, %peer, version, "accepted");
                     self.dispatch(key, Event::Accept(peer));
                     self.core.enqueue(key);
                 }
