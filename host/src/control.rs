@@ -426,6 +426,12 @@ impl Control {
     /// drain.
     fn retire(&self, name: &str) {
         let Ok(workers) = self.with_record(name, |r| r.workers.clone()) else { return };
+        self.stop_listening(name, workers);
+        self.records().retain(|r| r.name() != name);
+    }
+
+    /// Tell `workers` to stop listening for `name`, and wait until they have.
+    fn stop_listening(&self, name: &str, workers: Range<usize>) {
         let answers: Vec<_> = workers
             .filter_map(|worker| {
                 let (reply, answer) = channel();
@@ -435,7 +441,6 @@ impl Control {
         for answer in answers {
             let _ = answer.recv();
         }
-        self.records().retain(|r| r.name() != name);
     }
 
     /// Start listener `listener`, the `index`th of the config: compile, pre-flight,
@@ -457,15 +462,6 @@ impl Control {
         let serving = serving_workers(spec.instance, index, self.inner.workers.len());
         let mut binding = Binding { address: spec.address, shared_port: serving.len() > 1, slots: Slots::default() };
         for worker in serving.clone() {
-            let undo = |workers: Range<usize>| {
-                for earlier in workers {
-                    let (reply, answer) = channel();
-                    let retire = Command::Retire { listener: spec.name.clone(), reply };
-                    if self.inner.workers[earlier].send(retire) {
-                        let _ = answer.recv();
-                    }
-                }
-            };
             let (reply, answer) = channel();
             let command = Command::Listen {
                 spec: spec.clone(),
@@ -479,7 +475,7 @@ impl Control {
             }
             let bound = answer.recv().map_err(|_| ControlError::Stopping.to_string())?;
             binding.address = bound.map_err(|err| {
-                undo(serving.start..worker);
+                self.stop_listening(&spec.name, serving.start..worker);
                 format!("cannot listen on {}: {err}", spec.address)
             })?;
         }
