@@ -357,6 +357,9 @@ pub struct Reactor {
     grace: Duration,
     /// Stopping: open connections are closed at this time (the grace is over).
     closing_at: Option<Instant>,
+    /// The instances with a drain deadline (`Instance::drain_at`), so that a turn
+    /// looks at these few rather than at every instance.
+    draining: Vec<usize>,
 }
 
 /// A handler instance of a listener faulted: what the control surface hears, to roll
@@ -407,6 +410,7 @@ impl Reactor {
             faults: None,
             grace: Duration::ZERO,
             closing_at: None,
+            draining: Vec::new(),
         })
     }
 
@@ -507,10 +511,15 @@ impl Reactor {
 
     /// Close every listening socket.
     fn stop_accepting(&mut self) {
-        for listener in &mut self.listeners {
-            if let Some(mut socket) = listener.socket.take() {
-                let _ = self.poll.registry().deregister(&mut socket);
-            }
+        for index in 0..self.listeners.len() {
+            self.close_socket(index);
+        }
+    }
+
+    /// Close listener `index`'s listening socket, if it has one.
+    fn close_socket(&mut self, index: usize) {
+        if let Some(mut socket) = self.listeners[index].socket.take() {
+            let _ = self.poll.registry().deregister(&mut socket);
         }
     }
 
@@ -561,7 +570,7 @@ impl Reactor {
         let polls = self.listeners.iter().filter_map(|l| l.next_poll);
         let retries = self.listeners.iter().filter_map(|l| l.retry_at);
         let reports = self.core.accounts.iter().filter_map(|a| a.throttle.next_report());
-        let drains = self.core.instances.iter().filter_map(|(_, i)| i.drain_at);
+        let drains = self.draining.iter().filter_map(|&key| self.core.instances.get(key)?.drain_at);
         let next = self
             .core
             .timers

@@ -148,7 +148,13 @@ impl Reactor {
             return 0;
         }
         let drain_timeout = self.core.accounts[i.listener].spec.drain_timeout;
-        i.drain_at.get_or_insert(Instant::now() + drain_timeout);
+        if i.drain_at.is_none() {
+            i.drain_at = Some(Instant::now() + drain_timeout);
+            // A stale entry of an earlier instance under the same key may be there.
+            if !self.draining.contains(&instance) {
+                self.draining.push(instance);
+            }
+        }
         i.conns.len() as u64
     }
 
@@ -204,13 +210,14 @@ impl Reactor {
 
     /// Close the connections of old versions whose `drain-timeout-ms` has passed.
     pub(super) fn fire_drains(&mut self, now: Instant) {
-        let due: Vec<usize> = self
-            .core
-            .instances
-            .iter()
-            .filter(|(_, i)| i.drain_at.is_some_and(|at| at <= now))
-            .map(|(key, _)| key)
-            .collect();
+        // Keys whose instance is gone (or was replaced by one with no deadline) leave
+        // the list here too.
+        let instances = &self.core.instances;
+        let (due, waiting): (Vec<usize>, Vec<usize>) = std::mem::take(&mut self.draining)
+            .into_iter()
+            .filter(|&key| instances.get(key).is_some_and(|i| i.drain_at.is_some()))
+            .partition(|&key| instances[key].drain_at.is_some_and(|at| at <= now));
+        self.draining = waiting;
         for instance in due {
             let i = &mut self.core.instances[instance];
             i.drain_at = None;
@@ -239,10 +246,8 @@ impl Reactor {
     /// Stop listening for `name`; its connections drain.
     fn retire(&mut self, name: &str) {
         let Some(index) = self.listener_named(name) else { return };
+        self.close_socket(index);
         let listener = &mut self.listeners[index];
-        if let Some(mut socket) = listener.socket.take() {
-            let _ = self.poll.registry().deregister(&mut socket);
-        }
         listener.retired = true;
         listener.next_poll = None;
         listener.retry_at = None;
