@@ -99,6 +99,11 @@ impl GuestState {
             .stdout(GuestStream::new(log.clone(), Source::Stdout))
             .stderr(GuestStream::new(log.clone(), Source::Stderr))
             .max_random_size(MAX_RANDOM)
+            // Linked only so that runtimes importing them load (see `wasi`): no socket
+            // may be made and no name looked up; no directory is preopened.
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
             .build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);

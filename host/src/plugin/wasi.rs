@@ -9,7 +9,14 @@
 //! ready they end the event as a fault ([`WouldBlock`]) instead of waiting. A plugin
 //! that wants to be called later uses `set-timer`. Clock subscriptions are this
 //! module's own [`Deadline`]s, which are ready or not without help from any async
-//! runtime. Filesystem and sockets are not linked at all.
+//! runtime.
+//!
+//! Filesystem and sockets are linked but grant nothing: Python's and JavaScript's
+//! runtimes import them whether or not a plugin uses them, and a component whose
+//! imports are not all linked does not load. There is no preopened directory, so no
+//! descriptor to act on, and the sockets context refuses to create a socket or look a
+//! name up (see `GuestState::new`), so every call fails at once with an error the
+//! guest sees. A plugin reaches the network only through the host's `connect`.
 
 use std::future::Future;
 use std::pin::pin;
@@ -20,8 +27,10 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::cli::{WasiCli, WasiCliView};
 use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
-use wasmtime_wasi::p2::bindings::sync::io;
-use wasmtime_wasi::p2::bindings::{cli, clocks, random};
+use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
+use wasmtime_wasi::p2::bindings::sync::{filesystem as sync_filesystem, io, sockets as sync_sockets};
+use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random, sockets};
+use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView};
 use wasmtime_wasi::random::WasiRandom;
 use wasmtime_wasi_io::bindings::wasi::io::poll as async_poll;
 use wasmtime_wasi_io::poll::{DynPollable, Pollable, subscribe};
@@ -63,6 +72,15 @@ pub fn add_to_linker(l: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     // The streams are stdin, stdout and stderr, whose readiness never waits, so even
     // their `blocking-*` functions return at once.
     io::streams::add_to_linker::<GuestState, HasTable>(l, GuestState::table)?;
+    filesystem::preopens::add_to_linker::<GuestState, WasiFilesystem>(l, GuestState::filesystem)?;
+    sync_filesystem::types::add_to_linker::<GuestState, WasiFilesystem>(l, GuestState::filesystem)?;
+    sockets::instance_network::add_to_linker::<GuestState, WasiSockets>(l, GuestState::sockets)?;
+    sockets::network::add_to_linker::<GuestState, WasiSockets>(l, &Default::default(), GuestState::sockets)?;
+    sockets::ip_name_lookup::add_to_linker::<GuestState, WasiSockets>(l, GuestState::sockets)?;
+    sockets::tcp_create_socket::add_to_linker::<GuestState, WasiSockets>(l, GuestState::sockets)?;
+    sync_sockets::tcp::add_to_linker::<GuestState, WasiSockets>(l, GuestState::sockets)?;
+    sockets::udp_create_socket::add_to_linker::<GuestState, WasiSockets>(l, GuestState::sockets)?;
+    sync_sockets::udp::add_to_linker::<GuestState, WasiSockets>(l, GuestState::sockets)?;
     Ok(())
 }
 
