@@ -518,8 +518,9 @@ impl Config {
     }
 }
 
+/// The compiled-component cache a config without `cache-dir` uses:
 /// `$XDG_CACHE_HOME/sandport`, else `$HOME/.cache/sandport`, else none.
-fn default_cache_dir() -> Option<PathBuf> {
+pub fn default_cache_dir() -> Option<PathBuf> {
     let xdg = std::env::var_os("XDG_CACHE_HOME").filter(|dir| !dir.is_empty()).map(PathBuf::from);
     let home = || std::env::var_os("HOME").filter(|dir| !dir.is_empty()).map(|home| Path::new(&home).join(".cache"));
     xdg.or_else(home).map(|dir| dir.join("sandport"))

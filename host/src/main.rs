@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use sandport::admin;
-use sandport::config::{Config, DEFAULT_ADMIN_ADDRESS, LogFormat};
+use sandport::config::{self, Config, DEFAULT_ADMIN_ADDRESS, LogFormat};
 use sandport::plugin::Runtime;
 use sandport::server::Server;
 use sandport::watch;
@@ -196,7 +196,8 @@ fn reload(config_file: Option<&std::path::Path>, control: &sandport::control::Co
 }
 
 fn check(file: PathBuf) -> anyhow::Result<()> {
-    let plugin = Runtime::new()?.load(&file)?;
+    // Through the default cache: a server started next loads what `check` compiled.
+    let plugin = Runtime::new()?.with_cache(config::default_cache_dir().as_deref()).load(&file)?;
     println!("{}: ok, implements sandport:handler/plugin", file.display());
     let migration = if plugin.migrates() { "migrates open connections" } else { "drains on a swap" };
     println!("live migration: {migration}");

@@ -7,13 +7,13 @@ use std::thread;
 use crate::harness::{Client, Server, listener, listener_at, plugins};
 
 /// A payload that shows misplaced bytes: position-dependent, not periodic in 256.
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
+pub(crate) fn pattern(len: usize, seed: u32) -> Vec<u8> {
     (0..len as u32).map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 13) as u8).collect()
 }
 
 /// Write `payload` in uneven chunks from one thread while reading it back in uneven
 /// chunks from another; returns what came back.
-fn round_trip(client: &Client, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn round_trip(client: &Client, payload: &[u8]) -> Vec<u8> {
     let mut writer = client.stream().try_clone().unwrap();
     let mut reader = client.stream().try_clone().unwrap();
     thread::scope(|s| {

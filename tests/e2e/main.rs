@@ -10,6 +10,7 @@ mod chaos;
 mod chat;
 mod cli;
 mod close;
+mod conformance;
 mod connect;
 mod descriptors;
 mod echo;

@@ -1,0 +1,111 @@
+// Echo: every byte received is sent back, in order, with backpressure.
+//
+// The bytes stay in the host: each event moves what fits from the receive buffer to the
+// send buffer, and what does not fit waits in the receive buffer (which pauses reading
+// from the client) until a `send` event says the socket took some. So any amount passes
+// through bounded buffers.
+
+import { send, sendRoom, remove, close, config, log } from 'sandport:handler/host@0.1.0';
+
+// Largest chunk copied per host call: big enough that the call costs little next to the
+// copy, small enough not to hold much guest memory.
+const CHUNK = 64 * 1024;
+
+const encoder = new TextEncoder();
+
+// The listener's config, read on the first event: `config` cannot be called while the
+// module is being initialised at build time, and reading it per event would be waste.
+let settings;
+
+function readSettings() {
+  const greeting = config('greeting');
+  const trigger = config('fault-trigger');
+  return {
+    greeting: greeting === undefined ? null : encoder.encode(`${greeting}\n`),
+    // An empty trigger would match every buffer: treat it as none.
+    trigger: trigger ? encoder.encode(trigger) : null,
+  };
+}
+
+// Connections whose client half-closed while part of its echo still waited for room.
+const ending = new Set();
+
+export const handler = {
+  handle(conn, event, rx) {
+    settings ??= readSettings();
+    // Outside the `try` below: the trigger's exception must stay uncaught.
+    if (event.tag === 'recv') checkFault(rx);
+    try {
+      react(conn, event, rx);
+    } catch (e) {
+      // A refused host call throws an Error whose `payload` is the WIT `error`; `closed`
+      // only means the connection is going (its `close` event follows). Anything else
+      // is a bug, and rethrowing it traps, which the host logs as a fault.
+      if (!e.payload) throw e;
+      if (e.payload.tag !== 'closed') log('warn', `echo ${conn}: ${describe(e.payload)}`);
+    }
+  },
+};
+
+function react(conn, event, rx) {
+  switch (event.tag) {
+    case 'accept':
+      if (settings.greeting) send(conn, settings.greeting);
+      break;
+    case 'recv':
+      copy(conn, rx);
+      if (event.val === 0) finishOrWait(conn, rx);
+      break;
+    case 'send':
+      copy(conn, rx);
+      // `ending` first: the common case then makes no host call for `rx.len()`.
+      if (ending.has(conn)) finishOrWait(conn, rx);
+      break;
+    case 'close':
+      ending.delete(conn);
+      break;
+  }
+}
+
+// The fault trigger: an uncaught exception traps the instance, which the host logs as
+// a fault. Only looked for when configured; `find` scans in the host without copying.
+function checkFault(rx) {
+  if (settings.trigger && rx.find(settings.trigger, 0) !== undefined) {
+    throw new Error('echo: fault trigger received');
+  }
+}
+
+// Move bytes from `rx` to the send buffer of `conn` until one is full or the other
+// empty.
+function copy(conn, rx) {
+  let room = sendRoom(conn);
+  while (room > 0) {
+    const want = Math.min(room, CHUNK);
+    const chunk = rx.read(0, want);
+    const n = chunk.length;
+    if (n === 0) return;
+    room = send(conn, chunk);
+    remove(conn, n);
+    // Free the copy now: the engine counts on short-lived instances and collects
+    // garbage late, so an echo that left it to the GC would reach the listener's memory
+    // limit (64 MiB by default) after about 50 MiB echoed. Detaching frees it at once.
+    chunk.buffer.transfer(0);
+    // A short read means the receive buffer is empty: spare the call that says so.
+    if (n < want) return;
+  }
+}
+
+// Close once the whole echo is in the send buffer; until then, the `send` events finish
+// the copy.
+function finishOrWait(conn, rx) {
+  if (rx.len() > 0) {
+    ending.add(conn);
+  } else {
+    ending.delete(conn);
+    close(conn, 'after-send');
+  }
+}
+
+function describe({ tag, val }) {
+  return val === undefined ? tag : `${tag}: ${val}`;
+}

@@ -1,0 +1,98 @@
+"""Echo: every byte received is sent back, in order, with backpressure.
+
+The bytes stay in the host: each event moves what fits from the receive buffer to the
+send buffer, and what does not fit waits in the receive buffer (which pauses reading
+from the client) until a `send` event says the socket took some. So any amount passes
+through bounded buffers.
+"""
+
+from functools import cached_property
+
+from componentize_py_types import Err
+from wit_world import exports
+from wit_world.imports import host
+from wit_world.imports.host import Mbuf
+from wit_world.imports.types import (
+    CloseMode, Error_Closed, Event, Event_Accept, Event_Close, Event_Recv, Event_Send, LogLevel,
+)
+
+# Largest chunk copied per host call: big enough that the call costs little next to the
+# copy, small enough not to hold much guest memory.
+CHUNK = 64 * 1024
+
+
+class Handler(exports.Handler):
+    """One per plugin instance; componentize-py creates it when the component is built.
+
+    So `__init__` may not call the host: the listener's config is read on first use
+    (`cached_property`), once per instance.
+    """
+
+    def __init__(self) -> None:
+        # Connections with bytes left in the receive buffer for lack of room: the next
+        # `send` event moves them. Others need no work on `send`.
+        self.waiting: set[int] = set()
+        # Connections whose client half-closed: closed once their echo is all sent.
+        self.ending: set[int] = set()
+
+    @cached_property
+    def greeting(self) -> bytes | None:
+        text = host.config("greeting")
+        return None if text is None else f"{text}\n".encode()
+
+    @cached_property
+    def trigger(self) -> bytes | None:
+        # An empty trigger would match every buffer: treat it as none.
+        return (host.config("fault-trigger") or "").encode() or None
+
+    def handle(self, conn: int, ev: Event, rx: Mbuf) -> None:
+        # The trigger's exception must escape: an uncaught exception traps the
+        # instance, which the host logs as a fault. `find` scans in the host.
+        if type(ev) is Event_Recv and self.trigger and rx.find(self.trigger, 0) is not None:
+            raise RuntimeError("echo: fault trigger received")
+        try:
+            self.react(conn, ev, rx)
+        except Err as e:
+            # A refused host call raises Err(error). `closed` only means the connection
+            # is going (its `close` event follows); anything else is worth a line.
+            if not isinstance(e.value, Error_Closed):
+                host.log(LogLevel.WARN, f"echo {conn}: {e.value}")
+
+    def react(self, conn: int, ev: Event, rx: Mbuf) -> None:
+        match ev:
+            case Event_Recv(0):
+                self.ending.add(conn)
+                self.pump(conn, rx)
+            case Event_Recv():
+                self.pump(conn, rx)
+            case Event_Send() if conn in self.waiting:
+                self.pump(conn, rx)
+            case Event_Accept() if self.greeting:
+                host.send(conn, self.greeting)
+            case Event_Close():
+                self.waiting.discard(conn)
+                self.ending.discard(conn)
+
+    def pump(self, conn: int, rx: Mbuf) -> None:
+        """Move bytes to the send buffer until it is full or the receive buffer empty."""
+        if move(conn, rx):
+            self.waiting.discard(conn)
+            if conn in self.ending:
+                host.close(conn, CloseMode.AFTER_SEND)
+        else:
+            self.waiting.add(conn)
+
+
+def move(conn: int, rx: Mbuf) -> bool:
+    """Copy in chunks of at most the send buffer's room; True once `rx` is empty."""
+    room = host.send_room(conn)
+    while room:
+        want = min(room, CHUNK)
+        chunk = rx.read(0, want)
+        if chunk:
+            room = host.send(conn, chunk)
+            host.remove(conn, len(chunk))
+        # A short read means the receive buffer is empty: spare the call that says so.
+        if len(chunk) < want:
+            return True
+    return False
