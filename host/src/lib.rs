@@ -19,6 +19,7 @@ pub mod handler;
 pub mod mbuf;
 pub mod plugin;
 pub mod reactor;
+pub mod scaffold;
 pub mod server;
 mod throttle;
 mod timer;

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use sandport::admin;
 use sandport::config::{self, Config, DEFAULT_ADMIN_ADDRESS, LogFormat};
 use sandport::plugin::Runtime;
+use sandport::scaffold;
 use sandport::server::Server;
 use sandport::watch;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -55,6 +56,15 @@ enum Command {
         /// Where to write it; by default FILE with the extension .cwasm.
         #[arg(short, long, value_name = "OUT.cwasm")]
         output: Option<PathBuf>,
+    },
+    /// Write a new plugin folder that builds with `make` and starts as an echo that
+    /// passes the conformance suite.
+    New {
+        /// The plugin's language.
+        #[arg(long, value_enum)]
+        lang: scaffold::Lang,
+        /// The new folder; its name names the plugin.
+        folder: PathBuf,
     },
     /// Show a running server's listeners (through its admin API).
     Status {
@@ -108,6 +118,7 @@ fn main() -> ExitCode {
             init_logging(LogFormat::Text);
             compile(file, output)
         }
+        Command::New { lang, folder } => new(lang, &folder),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -209,6 +220,13 @@ fn check(file: PathBuf) -> anyhow::Result<()> {
     for name in plugin.exports() {
         println!("  {name}");
     }
+    Ok(())
+}
+
+fn new(lang: scaffold::Lang, folder: &Path) -> anyhow::Result<()> {
+    let name = scaffold::create(lang, folder)?;
+    println!("{}: a {lang} plugin `{name}`, an echo to start from. Next:", folder.display());
+    println!("  cd {} && make && sandport serve --config sandport.toml", folder.display());
     Ok(())
 }
 

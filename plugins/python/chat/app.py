@@ -144,9 +144,10 @@ class Handler(exports.Handler):
 
     def broadcast(self, sender: int, line: str | bytes) -> None:
         """Send `line` to every member but `sender`."""
+        data = line.encode() if isinstance(line, str) else line
         for member in self.names:
             if member != sender:
-                deliver(member, line)
+                deliver(member, data)
 
 
 def deliver(to: int, line: str | bytes) -> None:

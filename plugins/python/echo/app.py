@@ -48,7 +48,7 @@ class Handler(exports.Handler):
     def handle(self, conn: int, ev: Event, rx: Mbuf) -> None:
         # The trigger's exception must escape: an uncaught exception traps the
         # instance, which the host logs as a fault. `find` scans in the host.
-        if type(ev) is Event_Recv and self.trigger and rx.find(self.trigger, 0) is not None:
+        if isinstance(ev, Event_Recv) and self.trigger and rx.find(self.trigger, 0) is not None:
             raise RuntimeError("echo: fault trigger received")
         try:
             self.react(conn, ev, rx)

@@ -55,6 +55,10 @@ fn run_make(folder: &Path, name: &str) -> Result<PathBuf, String> {
     let output = Command::new("make")
         .arg("-C")
         .arg(folder)
+        // A Rust plugin built by `make` (a `sandport new` scaffold) builds with cargo:
+        // one target folder for all of them, kept between runs, spares compiling
+        // wit-bindgen for each.
+        .env("CARGO_TARGET_DIR", Path::new(WORKSPACE).join("target").join("make"))
         .output()
         .map_err(|e| format!("cannot run `{shown}`: {e}; install the toolchains with plugins/toolchains.sh"))?;
     if !output.status.success() {

@@ -1,0 +1,177 @@
+// Echo: every byte received is sent back, in order, on the same connection.
+//
+// The bytes stay in the host. Each event moves what fits (the send buffer's room) from
+// the receive buffer to the send buffer and removes exactly that from the receive
+// buffer. When the client does not read its echo the send buffer fills, the rest waits
+// in the receive buffer, the host stops reading from the client, and the next `send`
+// event (the socket took some bytes) resumes. So any amount passes through bounded
+// buffers.
+//
+// When the client half-closes (`recv(0)`) bytes may still wait for room: the echo
+// remembers the connection and closes it (after sending) once the last of them is in
+// the send buffer, so the client reads its whole echo, then end-of-stream.
+//
+// Configuration (optional, under `[listener.config]`): `greeting`, a line sent on
+// accept; `fault-trigger`, bytes that make the echo trap when they arrive (to see the
+// host contain a fault).
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "plugin.h"
+
+typedef uint64_t conn_t;
+typedef sandport_handler_host_borrow_mbuf_t mbuf_t;
+typedef sandport_handler_host_error_t error_t;
+
+// The most one `read` copies into guest memory: big enough that a call costs little
+// next to the copy, small enough that a big send buffer does not grow our memory.
+#define CHUNK (64 * 1024)
+
+// The listener's configuration. Read at the first event, not per event: it cannot
+// change for the life of an instance.
+static bool configured;
+static bool has_greeting, has_trigger;
+static plugin_list_u8_t greeting; // with its '\n'
+static plugin_list_u8_t trigger;
+
+// Connections whose client half-closed while part of their echo waited for room.
+// Few at a time, so a plain array.
+static conn_t *ending;
+static size_t ending_len, ending_cap;
+
+static void log_warn(const char *message) {
+  plugin_string_t text;
+  plugin_string_set(&text, message);
+  sandport_handler_host_log(SANDPORT_HANDLER_TYPES_LOG_LEVEL_WARN, &text);
+}
+
+// Whether the config has `key`; its value goes to `value`, a string we then own.
+static bool config(const char *key, plugin_string_t *value) {
+  plugin_string_t name;
+  plugin_string_set(&name, key);
+  return sandport_handler_host_config(&name, value);
+}
+
+static void read_config(void) {
+  plugin_string_t value;
+  if ((has_greeting = config("greeting", &value))) {
+    greeting.len = value.len + 1;
+    greeting.ptr = malloc(greeting.len);
+    memcpy(greeting.ptr, value.ptr, value.len);
+    greeting.ptr[value.len] = '\n';
+    plugin_string_free(&value);
+  }
+  if ((has_trigger = config("fault-trigger", &value))) {
+    trigger.ptr = value.ptr; // kept for the life of the instance
+    trigger.len = value.len;
+  }
+  configured = true;
+}
+
+static void ending_add(conn_t conn) {
+  if (ending_len == ending_cap) {
+    ending_cap = ending_cap ? 2 * ending_cap : 4;
+    ending = realloc(ending, ending_cap * sizeof *ending);
+    if (!ending) abort();
+  }
+  ending[ending_len++] = conn;
+}
+
+// Forgets `conn` if it was ending; returns whether it was.
+static bool ending_take(conn_t conn) {
+  for (size_t i = 0; i < ending_len; i++) {
+    if (ending[i] == conn) {
+      ending[i] = ending[--ending_len];
+      return true;
+    }
+  }
+  return false;
+}
+
+// A refused call: `closed` only means the connection is going (its `close` event
+// follows), anything else is worth a line in the host's log. Either way the error
+// may hold a string the bindings allocated.
+static void refused(error_t *err) {
+  if (err->tag != SANDPORT_HANDLER_TYPES_ERROR_CLOSED) log_warn("echo: the host refused a send");
+  sandport_handler_host_error_free(err);
+}
+
+// Moves as much as fits from the receive buffer to the send buffer. Returns whether
+// the receive buffer is now known to be empty (a read came back short).
+static bool pump(conn_t conn, mbuf_t rx) {
+  error_t err;
+  uint32_t room;
+  if (!sandport_handler_host_send_room(conn, &room, &err)) {
+    refused(&err);
+    return false;
+  }
+  while (room > 0) {
+    uint32_t want = room < CHUNK ? room : CHUNK;
+    plugin_list_u8_t chunk;
+    sandport_handler_host_method_mbuf_read(rx, 0, want, &chunk);
+    bool ok = chunk.len == 0 || (sandport_handler_host_send(conn, &chunk, &room, &err) &&
+                                 sandport_handler_host_remove(conn, chunk.len, &err));
+    plugin_list_u8_free(&chunk);
+    if (!ok) {
+      refused(&err);
+      return false;
+    }
+    if (chunk.len < want) return true;
+  }
+  return false;
+}
+
+static void close_after_send(conn_t conn) {
+  error_t err;
+  if (!sandport_handler_host_close(conn, SANDPORT_HANDLER_TYPES_CLOSE_MODE_AFTER_SEND, &err)) {
+    sandport_handler_host_error_free(&err);
+  }
+}
+
+// The fault trigger, looked for only among the `n` bytes that just arrived (and the
+// few before them an occurrence could start in): the older bytes were looked at when
+// they arrived.
+static void trap_on_trigger(mbuf_t rx, uint32_t n) {
+  uint32_t len = sandport_handler_host_method_mbuf_len(rx);
+  uint32_t back = n + (uint32_t)trigger.len - 1;
+  uint32_t at;
+  if (sandport_handler_host_method_mbuf_find(rx, &trigger, len > back ? len - back : 0, &at)) {
+    __builtin_trap();
+  }
+}
+
+void exports_sandport_handler_handler_handle(conn_t conn, sandport_handler_types_event_t *ev,
+                                             mbuf_t rx) {
+  if (!configured) read_config();
+  switch (ev->tag) {
+  case SANDPORT_HANDLER_TYPES_EVENT_ACCEPT:
+    if (has_greeting) {
+      error_t err;
+      uint32_t room;
+      if (!sandport_handler_host_send(conn, &greeting, &room, &err)) refused(&err);
+    }
+    break;
+  case SANDPORT_HANDLER_TYPES_EVENT_RECV:
+    if (ev->val.recv > 0) {
+      if (has_trigger) trap_on_trigger(rx, ev->val.recv);
+      pump(conn, rx);
+    } else if (pump(conn, rx) || sandport_handler_host_method_mbuf_len(rx) == 0) {
+      close_after_send(conn); // the client half-closed and has all its echo
+    } else {
+      ending_add(conn); // the rest goes out at later `send` events
+    }
+    break;
+  case SANDPORT_HANDLER_TYPES_EVENT_SEND:
+    // Most send events find nothing waiting: one `len` costs less than a pump.
+    if (sandport_handler_host_method_mbuf_len(rx) > 0 && !pump(conn, rx)) break;
+    if (ending_len > 0 && ending_take(conn)) close_after_send(conn);
+    break;
+  case SANDPORT_HANDLER_TYPES_EVENT_CLOSE:
+    if (ending_len > 0) ending_take(conn);
+    break;
+  }
+  // The event is ours to free (an accept carries the peer's address as a string).
+  // The borrowed `rx` needs no drop: the bindings were generated with autodrop.
+  sandport_handler_types_event_free(ev);
+}
