@@ -79,7 +79,7 @@ pub fn add_to_linker(l: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     sockets::ip_name_lookup::add_to_linker::<GuestState, WasiSockets>(l, GuestState::sockets)?;
     sockets::tcp_create_socket::add_to_linker::<GuestState, WasiSockets>(l, GuestState::sockets)?;
     sync_sockets::tcp::add_to_linker::<GuestState, WasiSockets>(l, GuestState::sockets)?;
-    sockets::udp_create_socket::add_to_linker::<GuestState, WasiSockets>(l, GuestState::sockets)?;
+    sync_sockets::udp_create_socket::add_to_linker::<GuestState, WasiSockets>(l, GuestState::sockets)?;
     sync_sockets::udp::add_to_linker::<GuestState, WasiSockets>(l, GuestState::sockets)?;
     Ok(())
 }
