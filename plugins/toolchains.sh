@@ -36,6 +36,8 @@ for spec in "${pip_want[@]}"; do
 done
 if [ ${#pip_missing[@]} -gt 0 ]; then
     python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${pip_missing[@]}"
+    # Under pyenv, new console scripts (componentize-py, wasm-tools) need their shims.
+    if command -v pyenv >/dev/null; then pyenv rehash; fi
 fi
 
 if [ "$(componentize-js --version 2>/dev/null)" != "$COMPONENTIZE_JS" ]; then
