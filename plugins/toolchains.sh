@@ -43,3 +43,21 @@ fi
 if [ "$(componentize-js --version 2>/dev/null)" != "$COMPONENTIZE_JS" ]; then
     as_root npm install -g --silent --no-fund --no-audit "@bytecodealliance/componentize-js@$COMPONENTIZE_JS"
 fi
+
+# Zig builds its translate-c tool and its wasi-libc on first use, which takes minutes:
+# do it now, in the cache the Zig plugins' Makefiles use, rather than in a test.
+zig_cache=${ZIG_GLOBAL_CACHE_DIR:-$HOME/.cache/zig}
+if [ ! -e "$zig_cache/.sandport-warm-$ZIGLANG" ]; then
+    warm=$(mktemp -d)
+    printf '#include <stdlib.h>\n' > "$warm/x.h"
+    printf 'export fn f() void {}\n' > "$warm/x.zig"
+    (
+        cd "$warm"
+        export ZIG_GLOBAL_CACHE_DIR="$zig_cache"
+        python3 -m ziglang translate-c -target wasm32-wasi -lc x.h >/dev/null
+        python3 -m ziglang build-exe -target wasm32-wasi -mexec-model=reactor -fno-entry -O ReleaseSmall -lc x.zig \
+            -femit-bin=x.wasm
+    )
+    rm -rf "$warm"
+    touch "$zig_cache/.sandport-warm-$ZIGLANG"
+fi

@@ -86,7 +86,28 @@ impl Lang {
                 "Cargo.toml" => "host/scaffold/rust/Cargo.toml",
                 "src/lib.rs" => "host/scaffold/rust/src/lib.rs",
             ],
-            Lang::C | Lang::Zig | Lang::Python | Lang::Js => &[],
+            Lang::C => files![
+                "Makefile" => "plugins/c/echo/Makefile",
+                "main.c" => "plugins/c/echo/main.c",
+                "bindings/plugin.c" => "plugins/c/bindings/plugin.c",
+                "bindings/plugin.h" => "plugins/c/bindings/plugin.h",
+                "bindings/plugin_component_type.o" => "plugins/c/bindings/plugin_component_type.o",
+            ],
+            Lang::Zig => files![
+                "Makefile" => "plugins/zig/echo/Makefile",
+                "main.zig" => "plugins/zig/echo/main.zig",
+                "bindings/plugin.c" => "plugins/c/bindings/plugin.c",
+                "bindings/plugin.h" => "plugins/c/bindings/plugin.h",
+                "bindings/plugin_component_type.o" => "plugins/c/bindings/plugin_component_type.o",
+            ],
+            Lang::Python => files![
+                "Makefile" => "plugins/python/echo/Makefile",
+                "app.py" => "plugins/python/echo/app.py",
+            ],
+            Lang::Js => files![
+                "Makefile" => "plugins/js/echo/Makefile",
+                "app.js" => "plugins/js/echo/app.js",
+            ],
         }
     }
 

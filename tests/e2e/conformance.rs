@@ -73,6 +73,23 @@ fn warm(wasm: &Path) {
     }
 }
 
+/// The C bindings (which the Zig plugins use too) are committed, because building
+/// `wit-bindgen` takes minutes; they must be those of the WIT as it is.
+#[test]
+fn c_bindings_are_current() {
+    let output = std::process::Command::new("sha256sum")
+        .args(["--check", "--quiet", "plugins/c/bindings/WIT.sha256"])
+        .current_dir(plugins::WORKSPACE)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "wit/handler.wit changed since the C bindings were generated: run `make -C plugins/c/bindings` \
+         (needs wit-bindgen 0.63.0: `cargo install wit-bindgen-cli --version 0.63.0`) and commit them\n{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
 /// One test per behaviour (the functions in brackets) for every row.
 macro_rules! rows {
     ($plugin:literal: $behaviours:tt for $($row:ident = $source:expr),* $(,)?) => {

@@ -23,7 +23,7 @@
 
 typedef uint64_t conn_t;
 typedef sandport_handler_host_borrow_mbuf_t mbuf_t;
-typedef sandport_handler_host_error_t error_t;
+typedef sandport_handler_host_error_t host_error_t;
 
 // Longest line accepted, without its `\n`.
 #define MAX_LINE 4096
@@ -86,7 +86,7 @@ static void add_name(conn_t conn) {
 }
 
 // What a refused call means, for the member who asked.
-static const char *reason(const error_t *err) {
+static const char *reason(const host_error_t *err) {
   switch (err->tag) {
   case SANDPORT_HANDLER_TYPES_ERROR_CLOSED: return "connection closed";
   case SANDPORT_HANDLER_TYPES_ERROR_LIMIT_EXCEEDED: return "listener limit exceeded";
@@ -101,7 +101,7 @@ static const char *reason(const error_t *err) {
 static void deliver(conn_t to, const uint8_t *bytes, size_t len) {
   plugin_list_u8_t data = {(uint8_t *)bytes, len};
   uint32_t room;
-  error_t err;
+  host_error_t err;
   if (sandport_handler_host_send(to, &data, &room, &err)) return;
   // `closed`: the member is going, its `close` event follows.
   if (err.tag == SANDPORT_HANDLER_TYPES_ERROR_LIMIT_EXCEEDED) {
@@ -123,7 +123,7 @@ static void broadcast(conn_t except) {
 }
 
 static void close_conn(conn_t conn, sandport_handler_types_close_mode_t mode) {
-  error_t err;
+  host_error_t err;
   if (!sandport_handler_host_close(conn, mode, &err)) sandport_handler_host_error_free(&err);
 }
 
@@ -211,7 +211,7 @@ static void timer_command(conn_t conn, const uint8_t *arg, size_t len) {
       !parse_positive(space + 1, len - (space + 1 - arg), &millis)) {
     start("* usage: /timer ID MILLIS\n");
   } else {
-    error_t err;
+    host_error_t err;
     start_timer(id);
     if (sandport_handler_host_set_timer(conn, id, millis, &err)) {
       add_str(" armed\n");
@@ -229,7 +229,7 @@ static void timer_command(conn_t conn, const uint8_t *arg, size_t len) {
 static void cancel_command(conn_t conn, const uint8_t *arg, size_t len) {
   uint64_t id;
   bool armed;
-  error_t err;
+  host_error_t err;
   if (!parse_positive(arg, len, &id)) {
     start("* usage: /cancel ID\n");
   } else if (sandport_handler_host_cancel_timer(conn, id, &armed, &err)) {
@@ -300,7 +300,7 @@ static void on_recv(conn_t conn, mbuf_t rx) {
     }
     if (!found) return;
     plugin_list_u8_t line;
-    error_t err;
+    host_error_t err;
     sandport_handler_host_method_mbuf_read(rx, 0, at, &line);
     if (!sandport_handler_host_remove(conn, at + 1, &err)) {
       sandport_handler_host_error_free(&err); // the connection is closing

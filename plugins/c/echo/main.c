@@ -22,7 +22,7 @@
 
 typedef uint64_t conn_t;
 typedef sandport_handler_host_borrow_mbuf_t mbuf_t;
-typedef sandport_handler_host_error_t error_t;
+typedef sandport_handler_host_error_t host_error_t;
 
 // The most one `read` copies into guest memory: big enough that a call costs little
 // next to the copy, small enough that a big send buffer does not grow our memory.
@@ -40,29 +40,28 @@ static plugin_list_u8_t trigger;
 static conn_t *ending;
 static size_t ending_len, ending_cap;
 
-static void log_warn(const char *message) {
-  plugin_string_t text;
-  plugin_string_set(&text, message);
-  sandport_handler_host_log(SANDPORT_HANDLER_TYPES_LOG_LEVEL_WARN, &text);
+// A string literal as the bindings take strings (pointer and length; no copy).
+#define STRING(literal) ((plugin_string_t){(uint8_t *)(literal), sizeof(literal) - 1})
+
+static void log_warn(plugin_string_t message) {
+  sandport_handler_host_log(SANDPORT_HANDLER_TYPES_LOG_LEVEL_WARN, &message);
 }
 
 // Whether the config has `key`; its value goes to `value`, a string we then own.
-static bool config(const char *key, plugin_string_t *value) {
-  plugin_string_t name;
-  plugin_string_set(&name, key);
-  return sandport_handler_host_config(&name, value);
+static bool config(plugin_string_t key, plugin_string_t *value) {
+  return sandport_handler_host_config(&key, value);
 }
 
 static void read_config(void) {
   plugin_string_t value;
-  if ((has_greeting = config("greeting", &value))) {
+  if ((has_greeting = config(STRING("greeting"), &value))) {
     greeting.len = value.len + 1;
     greeting.ptr = malloc(greeting.len);
     memcpy(greeting.ptr, value.ptr, value.len);
     greeting.ptr[value.len] = '\n';
     plugin_string_free(&value);
   }
-  if ((has_trigger = config("fault-trigger", &value))) {
+  if ((has_trigger = config(STRING("fault-trigger"), &value))) {
     trigger.ptr = value.ptr; // kept for the life of the instance
     trigger.len = value.len;
   }
@@ -92,15 +91,17 @@ static bool ending_take(conn_t conn) {
 // A refused call: `closed` only means the connection is going (its `close` event
 // follows), anything else is worth a line in the host's log. Either way the error
 // may hold a string the bindings allocated.
-static void refused(error_t *err) {
-  if (err->tag != SANDPORT_HANDLER_TYPES_ERROR_CLOSED) log_warn("echo: the host refused a send");
+static void refused(host_error_t *err) {
+  if (err->tag != SANDPORT_HANDLER_TYPES_ERROR_CLOSED) {
+    log_warn(STRING("echo: the host refused a send"));
+  }
   sandport_handler_host_error_free(err);
 }
 
 // Moves as much as fits from the receive buffer to the send buffer. Returns whether
 // the receive buffer is now known to be empty (a read came back short).
 static bool pump(conn_t conn, mbuf_t rx) {
-  error_t err;
+  host_error_t err;
   uint32_t room;
   if (!sandport_handler_host_send_room(conn, &room, &err)) {
     refused(&err);
@@ -123,7 +124,7 @@ static bool pump(conn_t conn, mbuf_t rx) {
 }
 
 static void close_after_send(conn_t conn) {
-  error_t err;
+  host_error_t err;
   if (!sandport_handler_host_close(conn, SANDPORT_HANDLER_TYPES_CLOSE_MODE_AFTER_SEND, &err)) {
     sandport_handler_host_error_free(&err);
   }
@@ -147,7 +148,7 @@ void exports_sandport_handler_handler_handle(conn_t conn, sandport_handler_types
   switch (ev->tag) {
   case SANDPORT_HANDLER_TYPES_EVENT_ACCEPT:
     if (has_greeting) {
-      error_t err;
+      host_error_t err;
       uint32_t room;
       if (!sandport_handler_host_send(conn, &greeting, &room, &err)) refused(&err);
     }
