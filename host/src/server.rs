@@ -46,12 +46,13 @@ const WORKER_DESCRIPTORS: u64 = 3;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// A listener's plugin is unusable.
-    #[error("listener `{listener}`: {source}")]
+    #[error("listener `{listener}`: {error}")]
     Plugin {
         /// The listener's name.
         listener: String,
-        /// What is wrong with its plugin.
-        source: PluginError,
+        /// What is wrong with its plugin: in the message, so not also its source
+        /// (which a report of the error's chain would print a second time).
+        error: PluginError,
     },
     /// A listener's address cannot be bound.
     #[error("listener `{listener}`: cannot listen on {address}: {source}")]
@@ -111,7 +112,7 @@ impl Server {
         let mut loaded = Vec::new();
         for listener in &config.listeners {
             let spec = &listener.spec;
-            let fail = |source| ServerError::Plugin { listener: spec.name.clone(), source };
+            let fail = |error| ServerError::Plugin { listener: spec.name.clone(), error };
             let runtime = match spec.instance {
                 InstanceMode::Shared | InstanceMode::PerWorker => &shared,
                 InstanceMode::PerConnection => pooled.as_ref().expect("a pool exists when a listener needs one"),

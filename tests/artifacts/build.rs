@@ -28,6 +28,8 @@ const PLUGINS: &[&str] = &[
     "fixture-burn",
     "fixture-chat-next",
     "fixture-migrate-faults",
+    "fixture-foreign-import",
+    "fixture-other-wit",
 ];
 
 /// Directories whose contents feed the plugin builds.

@@ -1,8 +1,9 @@
 //! Outbound connections and plugin settings: a handler dials only what its listener's
 //! `allow-connect` lists, hears CONNECT with the outcome, and talks to the dialed
-//! connection like any other; `[listener.config]` reaches it through `config`.
+//! connection like any other, and gets nothing out through WASI (no file, no socket,
+//! no name lookup); `[listener.config]` reaches it through `config`.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -174,4 +175,37 @@ fn shutdown_half_closes_and_keeps_reading() {
     line.clear();
     far.read_line(&mut line).unwrap();
     assert_eq!(line, "still heard\n", "the half-closed connection still takes commands");
+}
+
+/// WASI filesystem and sockets are linked (language runtimes import them) but grant
+/// nothing: the `wants-wasi` fixture's read of a real file, dial of a real listener
+/// and name lookup all fail in the guest, and neither the file's content nor a
+/// connection gets out.
+#[test]
+fn filesystem_and_sockets_are_not_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(&secret, "the secret is 8d1f07").unwrap();
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let extra = format!(
+        "[listener.config]\nfile = \"{}\"\ndial = \"{}\"\nlookup = \"localhost\"",
+        secret.display(),
+        target.local_addr().unwrap()
+    );
+    let server = Server::start(&listener("wasi", plugins::FIXTURE_WANTS_WASI, &extra));
+
+    let reply = String::from_utf8(server.connect("wasi").until_eof()).unwrap();
+    let lines: Vec<&str> = reply.lines().collect();
+    assert_eq!(lines.len(), 3, "{reply}");
+    assert!(lines[0].starts_with("file: denied "), "{reply}");
+    assert!(lines[1].starts_with("dial: denied "), "{reply}");
+    assert!(lines[2].starts_with("lookup: denied "), "{reply}");
+    assert!(!reply.contains("8d1f07"), "{reply}");
+    // The guest dialed before it answered: a connection that got out is queued by now.
+    target.set_nonblocking(true).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    match target.accept() {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        other => panic!("the guest reached the listener through WASI: {other:?}"),
+    }
 }

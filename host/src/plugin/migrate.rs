@@ -17,10 +17,12 @@
 //! [`MAX_STATE`].
 
 use wasmtime::Store;
-use wasmtime::component::{Instance, InstancePre};
+use wasmtime::component::__internal::InstanceType;
+use wasmtime::component::types::{ComponentFunc, ComponentItem};
+use wasmtime::component::{Instance, InstancePre, Resource};
 
-use super::imports::GuestState;
-use super::{PluginHandler, bindings as plugin_bindings, call};
+use super::imports::{GuestState, RecvView};
+use super::{PluginHandler, bindings as plugin_bindings, call, wit};
 use crate::handler::{ConnId, Fault, Host};
 
 mod bindings {
@@ -42,8 +44,51 @@ mod bindings {
 pub(super) use bindings::exports::sandport::handler::migrate::Guest as Migrate;
 use bindings::exports::sandport::handler::migrate::GuestIndices as MigrateIndices;
 
+/// The name under which a component exports the `handler` interface.
+pub(super) const HANDLER: &str = "sandport:handler/handler@0.1.0";
+
 /// The name under which a component exports the `migrate` interface.
 const MIGRATE: &str = "sandport:handler/migrate@0.1.0";
+
+/// An exported function the host calls, and how to check that its type is the one the
+/// host calls it with.
+pub(super) struct Called {
+    /// The interface exporting it.
+    pub(super) interface: &'static str,
+    /// The function's name.
+    pub(super) name: &'static str,
+    typecheck: fn(&ComponentFunc, &InstanceType<'_>) -> wasmtime::Result<()>,
+}
+
+/// The functions the host calls: `handle`, and `migrate`'s two when it is exported.
+pub(super) const CALLED: [Called; 3] = [
+    Called {
+        interface: HANDLER,
+        name: "handle",
+        typecheck: |func, cx| func.typecheck::<(u64, wit::Event, Resource<RecvView>), ()>(cx),
+    },
+    Called { interface: MIGRATE, name: "hand-over", typecheck: |func, cx| func.typecheck::<(u64,), (Vec<u8>,)>(cx) },
+    Called { interface: MIGRATE, name: "take-over", typecheck: |func, cx| func.typecheck::<(u64, Vec<u8>), ()>(cx) },
+];
+
+impl Called {
+    /// Whether the component behind `pre` exports this function with the type the host
+    /// calls it with (the type its bindings check when they load it from an instance).
+    ///
+    /// Generated bindings check an export's type only when an instance is made, so a
+    /// plugin whose `handle` has another type would load and then fail every
+    /// instance; this is the same check, done at load. (wasmtime's typed-function
+    /// check against a not yet instantiated component is only in its hidden API.)
+    pub(super) fn check<T: 'static>(&self, pre: &InstancePre<T>) -> wasmtime::Result<()> {
+        let component = pre.component();
+        let interface = component.get_export_index(None, self.interface);
+        let found = interface.and_then(|interface| component.get_export(Some(&interface), self.name));
+        match found {
+            Some((ComponentItem::ComponentFunc(func), _)) => (self.typecheck)(&func, &pre.instance_type()),
+            _ => Err(wasmtime::format_err!("no function `{}` exported in `{}`", self.name, self.interface)),
+        }
+    }
+}
 
 /// Most bytes of state one connection may carry to the new version: a session, not a
 /// data store. More from `hand-over` is a fault. (The bytes are copied out of the
@@ -59,13 +104,20 @@ pub(super) struct Exports {
 
 impl Exports {
     /// The exports of the component behind `pre`: the `handler` it must have, and
-    /// `migrate` if it exports that interface. The error says what does not fit.
+    /// `migrate` if it exports that interface, each function of the type the host
+    /// calls it with. The error is the first thing found not to fit (`fit` finds
+    /// them all).
     pub(super) fn find(pre: &InstancePre<GuestState>) -> wasmtime::Result<Exports> {
         let handler = plugin_bindings::PluginIndices::new(pre)?;
         let migrate = match pre.component().get_export_index(None, MIGRATE) {
             Some(_) => Some(MigrateIndices::new(pre)?),
             None => None,
         };
+        for called in CALLED {
+            if called.interface == HANDLER || migrate.is_some() {
+                called.check(pre)?;
+            }
+        }
         Ok(Exports { handler, migrate })
     }
 

@@ -17,6 +17,7 @@
 
 mod cache;
 mod deadline;
+mod fit;
 mod imports;
 mod log_rate;
 mod migrate;
@@ -37,6 +38,7 @@ use crate::handler::{ConnId, Event, Fault, Handler, HandlerFactory, Host};
 use bindings::sandport::handler::types as wit;
 use cache::{Cache, ContentHash};
 use deadline::{Budget, CallClock, OverBudget};
+pub use fit::Misfit;
 use imports::{GuestState, RecvView};
 use log_rate::LogBudget;
 use migrate::Exports;
@@ -77,12 +79,12 @@ pub enum PluginError {
         reason: String,
     },
     /// The component does not fit the `sandport:handler` world.
-    #[error("{path}: does not implement the sandport:handler/plugin world: {reason}")]
+    #[error("{path}: does not implement the sandport:handler/plugin world:\n{misfit}")]
     WrongWorld {
         /// The plugin file.
         path: PathBuf,
-        /// Which import or export does not fit.
-        reason: String,
+        /// Every import and export that does not fit, with the fixes.
+        misfit: Misfit,
     },
     /// A precompiled component (`.cwasm`) from another build of sandport.
     #[error("{path}: compiled by an incompatible sandport: run `sandport compile` again")]
@@ -215,10 +217,15 @@ impl Runtime {
     }
 
     fn link(&self, component: Component, path: &Path) -> Result<Linked, PluginError> {
-        let wrong = |e: wasmtime::Error| PluginError::WrongWorld { path: path.to_owned(), reason: one_line(&e) };
-        let pre = self.linker.instantiate_pre(&component).map_err(wrong)?;
-        let exports = Exports::find(&pre).map_err(wrong)?;
-        Ok(Linked { component, pre, exports })
+        let linked = self.linker.instantiate_pre(&component).and_then(|pre| Ok((Exports::find(&pre)?, pre)));
+        match linked {
+            Ok((exports, pre)) => Ok(Linked { component, pre, exports }),
+            // Only now is it worth working out all that does not fit, not just the first.
+            Err(err) => {
+                let misfit = fit::diagnose(&self.linker, &component, &err);
+                Err(PluginError::WrongWorld { path: path.to_owned(), misfit })
+            }
+        }
     }
 }
 

@@ -30,8 +30,8 @@ use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
 use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
 use wasmtime_wasi::p2::bindings::sync::{filesystem as sync_filesystem, io, sockets as sync_sockets};
 use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random, sockets};
-use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView};
 use wasmtime_wasi::random::WasiRandom;
+use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView};
 use wasmtime_wasi_io::bindings::wasi::io::poll as async_poll;
 use wasmtime_wasi_io::poll::{DynPollable, Pollable, subscribe};
 
@@ -72,6 +72,9 @@ pub fn add_to_linker(l: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     // The streams are stdin, stdout and stderr, whose readiness never waits, so even
     // their `blocking-*` functions return at once.
     io::streams::add_to_linker::<GuestState, HasTable>(l, GuestState::table)?;
+    // The `sync` bindings of every interface whose async bindings have an async
+    // function (filesystem types, tcp, udp, udp-create-socket): a synchronous store
+    // cannot make an instance of a component that imports one.
     filesystem::preopens::add_to_linker::<GuestState, WasiFilesystem>(l, GuestState::filesystem)?;
     sync_filesystem::types::add_to_linker::<GuestState, WasiFilesystem>(l, GuestState::filesystem)?;
     sockets::instance_network::add_to_linker::<GuestState, WasiSockets>(l, GuestState::sockets)?;
