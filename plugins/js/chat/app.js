@@ -2,21 +2,41 @@
 //
 // A member is called `user` and its connection id. Each line a member sends goes to
 // every other member as `NAME: LINE`; a few lines starting with `/` are commands
-// (/timer, /cancel, /quit, /drop). Lines stay in the host's receive buffer until their
-// `\n` arrives, so a line split across writes costs nothing until it is complete.
+// (/timer, /cancel, /quit, /drop).
+//
+// The engine interprets JS (no JIT inside wasm) and each call into the host costs
+// microseconds, while an event may use only `event-timeout-ms` of CPU (100 ms by
+// default) before the host stops the instance. So the chat reads the receive buffer in
+// large windows, collects each member's output of an event and sends it in one call at
+// the end, and stops after a time budget, to go on reading when its own timer fires.
 
-import { send, remove, setTimer, cancelTimer, close, config, log } from 'sandport:handler/host@0.1.0';
+import { send, sendRoom, remove, setTimer, cancelTimer, close, config, log } from 'sandport:handler/host@0.1.0';
 
 // Longest line accepted, without its `\n` (a `\r` before it counts).
 const MAX_LINE = 4096;
-const NEWLINE = new Uint8Array([0x0a]);
+// The most bytes read from the receive buffer at once.
+const WINDOW = 64 * 1024;
+// How long one event may spend reading lines before it leaves the rest for later.
+const BUDGET_MS = 20;
+// The member's own timer that goes on reading; ids the member arms start at 1.
+const READ_ON = 0n;
+
+const LF = 0x0a;
 const CR = 0x0d;
+const SLASH = 0x2f;
+const NEWLINE = new Uint8Array([LF]);
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-// Member names by connection id (a BigInt, which a Map compares by value).
+// The members by connection id (a BigInt, which a Map compares by value): their name and
+// the `NAME: ` that starts their lines, encoded once.
 const members = new Map();
+
+// What each member is to get from this event, sent at its end (see `flush`).
+const outbox = new Map();
+// Members whose client sent its last byte: they are closed once their lines are read.
+const ending = new Set();
 
 // The listener's config, read on the first event: `config` cannot be called while the
 // module is being initialised at build time.
@@ -39,16 +59,18 @@ export const handler = {
         join(conn);
         break;
       case 'recv':
-        if (event.val === 0) end(conn);
-        else readLines(conn, rx);
+        if (event.val === 0) ending.add(conn);
+        readOn(conn, rx);
         break;
       case 'timer':
-        if (members.has(conn)) deliver(conn, `* timer ${event.val} fired\n`);
+        if (event.val === READ_ON) readOn(conn, rx);
+        else if (members.has(conn)) deliver(conn, `* timer ${event.val} fired\n`);
         break;
       case 'close':
         leave(conn);
         break;
     }
+    for (const to of outbox.keys()) flush(to);
   },
 };
 
@@ -57,38 +79,74 @@ function join(conn) {
   deliver(conn, `* welcome ${name}\n`);
   if (settings.motd !== undefined) deliver(conn, `* ${settings.motd}\n`);
   broadcast(conn, `* ${name} joined\n`);
-  members.set(conn, name);
+  members.set(conn, { name, prefix: encoder.encode(`${name}: `) });
 }
 
 function leave(conn) {
-  const name = members.get(conn);
-  if (name === undefined) return;
+  const member = members.get(conn);
+  if (!member) return;
   members.delete(conn);
-  broadcast(conn, `* ${name} left\n`);
+  dropOutbox(conn);
+  ending.delete(conn);
+  broadcast(conn, `* ${member.name} left\n`);
 }
 
-// The client sent its last byte; a partial line left behind is dropped.
-function end(conn) {
-  closeMember(conn, 'after-send');
+// Read what has arrived; after the client's last byte, close (a partial line is
+// dropped) once the complete lines are handled.
+function readOn(conn, rx) {
+  const paused = readLines(conn, rx);
+  if (!paused && ending.delete(conn)) closeMember(conn, 'after-send');
 }
 
-// Handle every complete line in the receive buffer, in order. Stops when the member
-// is closed by one of them.
+// Handle the complete lines in the receive buffer, in order, and remove them; a partial
+// line stays there until the rest arrives. Returns whether it paused for its time
+// budget, leaving lines for its READ_ON timer.
 function readLines(conn, rx) {
-  for (;;) {
-    const at = rx.find(NEWLINE, 0);
-    const tooLong = at === undefined ? rx.len() > MAX_LINE : at > MAX_LINE;
-    if (tooLong) {
-      deliver(conn, '* line too long\n');
-      closeMember(conn, 'after-send');
-      return;
+  const deadline = performance.now() + BUDGET_MS;
+  let data = new Uint8Array(0);
+  let start = 0;
+  let work = 0; // lines times their readers since the clock was last looked at
+  try {
+    for (;;) {
+      let end = data.indexOf(LF, start);
+      if (end < 0) {
+        // The window is used up: drop what was handled and read the next one.
+        if (start > 0 && !attempt(`reading user${conn}`, () => remove(conn, start))) return false;
+        // `find` scans in the host: the bytes cross into JS only once a line is complete.
+        if (rx.find(NEWLINE, 0) === undefined) {
+          if (rx.len() > MAX_LINE) tooLong(conn);
+          return false;
+        }
+        free(data);
+        data = rx.read(0, WINDOW);
+        start = 0;
+        end = data.indexOf(LF);
+      }
+      if (end < 0 || end - start > MAX_LINE) {
+        tooLong(conn);
+        return false;
+      }
+      const line = data.subarray(start, end > start && data[end - 1] === CR ? end - 1 : end);
+      start = end + 1;
+      if (!onLine(conn, line)) return false; // the member is closing: its other lines are moot
+      work += members.size;
+      if (work < 256) continue;
+      work = 0;
+      // Out of time: the timer goes on reading in a later event (or, should the member
+      // have used up the listener's timers, this one goes on).
+      if (performance.now() > deadline && attempt(`timer of user${conn}`, () => setTimer(conn, READ_ON, 1n))) {
+        attempt(`reading user${conn}`, () => remove(conn, start));
+        return true;
+      }
     }
-    if (at === undefined) return; // the rest of the line is still on its way
-    let line = rx.read(0, at);
-    if (!attempt(`reading user${conn}`, () => remove(conn, at + 1))) return;
-    if (line.at(-1) === CR) line = line.subarray(0, -1);
-    if (!onLine(conn, line)) return;
+  } finally {
+    free(data);
   }
+}
+
+function tooLong(conn) {
+  deliver(conn, '* line too long\n');
+  closeMember(conn, 'after-send');
 }
 
 // One complete line: a command, or a message for the others. Returns whether the
@@ -98,48 +156,52 @@ function onLine(conn, line) {
     // Uncaught: the instance traps, and the host logs it as a fault.
     throw new Error('chat: fault trigger received');
   }
-  if (line[0] !== 0x2f /* '/' */) {
-    relay(conn, line);
-    return true;
-  }
-  const text = decoder.decode(line);
-  const space = text.indexOf(' ');
-  const [word, arg] = space < 0 ? [text, ''] : [text.slice(0, space), text.slice(space + 1)];
-  switch (word) {
-    case '/timer':
-      timer(conn, arg);
-      return true;
-    case '/cancel':
-      cancel(conn, arg);
-      return true;
-    case '/quit':
-      if (arg !== '') break;
-      deliver(conn, '* bye\n');
-      closeMember(conn, 'after-send');
-      return false;
-    case '/drop':
-      if (arg !== '') break;
-      closeMember(conn, 'now');
-      return false;
+  if (line[0] === SLASH) {
+    const stays = command(conn, decoder.decode(line));
+    if (stays !== undefined) return stays;
   }
   relay(conn, line);
   return true;
 }
 
+// Run `text` if it is a command, and return whether the member stays; undefined when it
+// is not a command (`/quit now` is a message like any other).
+function command(conn, text) {
+  switch (text) {
+    case '/quit':
+      deliver(conn, '* bye\n');
+      closeMember(conn, 'after-send');
+      return false;
+    case '/drop':
+      closeMember(conn, 'now');
+      return false;
+  }
+  const space = text.indexOf(' ');
+  const word = space < 0 ? text : text.slice(0, space);
+  const arg = space < 0 ? '' : text.slice(space + 1);
+  switch (word) {
+    case '/timer':
+      armTimer(conn, arg);
+      return true;
+    case '/cancel':
+      cancel(conn, arg);
+      return true;
+  }
+  return undefined;
+}
+
 // `/timer ID MILLIS`: arm (or re-arm) one of the member's timers.
-function timer(conn, arg) {
-  const [id, millis, extra] = arg.split(' ');
-  const idNum = parseCount(id);
-  const msNum = parseCount(millis);
-  if (idNum === null || msNum === null || extra !== undefined) {
+function armTimer(conn, arg) {
+  const [idText, millisText, extra] = arg.split(' ');
+  const id = parseCount(idText);
+  const millis = parseCount(millisText);
+  if (id === null || millis === null || extra !== undefined) {
     deliver(conn, '* usage: /timer ID MILLIS\n');
     return;
   }
-  if (attempt(`timer of user${conn}`, () => setTimer(conn, idNum, msNum))) {
-    deliver(conn, `* timer ${idNum} armed\n`);
-  } else {
-    deliver(conn, `* timer ${idNum} refused\n`);
-  }
+  const armed = attempt(`timer of user${conn}`, () => setTimer(conn, id, millis));
+  // Refused only past the listener's `max-timers`.
+  deliver(conn, `* timer ${id} ${armed ? 'armed' : 'refused'}\n`);
 }
 
 // `/cancel ID`: disarm one of the member's timers.
@@ -149,9 +211,9 @@ function cancel(conn, arg) {
     deliver(conn, '* usage: /cancel ID\n');
     return;
   }
-  let armed = false;
-  attempt(`timer of user${conn}`, () => (armed = cancelTimer(conn, id)));
-  deliver(conn, `* timer ${id} ${armed ? 'cancelled' : 'not armed'}\n`);
+  let wasArmed = false;
+  attempt(`timer of user${conn}`, () => (wasArmed = cancelTimer(conn, id)));
+  deliver(conn, `* timer ${id} ${wasArmed ? 'cancelled' : 'not armed'}\n`);
 }
 
 // A decimal number from 1 to the largest u64, as the BigInt the WIT's u64 takes; null
@@ -164,15 +226,18 @@ function parseCount(text) {
 
 // `NAME: LINE` to every other member. Bytes, not text: a line need not be UTF-8.
 function relay(from, line) {
-  const name = members.get(from);
-  if (name === undefined) return;
-  const prefix = encoder.encode(`${name}: `);
-  const message = new Uint8Array(prefix.length + line.length + 1);
-  message.set(prefix);
-  message.set(line, prefix.length);
-  message[message.length - 1] = 0x0a;
-  broadcast(from, message);
+  const { prefix } = members.get(from);
+  const size = prefix.length + line.length + 1;
+  if (scratch.length < size) scratch = new Uint8Array(Math.max(size, 2 * scratch.length));
+  scratch.set(prefix);
+  scratch.set(line, prefix.length);
+  scratch[size - 1] = LF;
+  broadcast(from, scratch.subarray(0, size));
 }
+
+// Where `relay` puts a line together, reused: a line is copied into each member's
+// outbox, so it needs no bytes of its own.
+let scratch = new Uint8Array(256);
 
 function broadcast(except, message) {
   const bytes = typeof message === 'string' ? encoder.encode(message) : message;
@@ -181,31 +246,90 @@ function broadcast(except, message) {
   }
 }
 
-// Send `message` to `to`, giving up on it rather than waiting: a full send buffer
-// means a member that is not reading, and the room must not stall for it.
+// Add a line to what `to` gets at the end of the event, if its send buffer will have
+// room for it. One that will not misses the line: a full send buffer means a member
+// that is not reading, and the room must not wait for it.
 function deliver(to, message) {
   const bytes = typeof message === 'string' ? encoder.encode(message) : message;
-  attempt(`user${to} missed a line`, () => send(to, bytes));
+  const box = outboxOf(to);
+  if (bytes.length > box.room) {
+    box.missed++;
+    return;
+  }
+  if (box.used + bytes.length > box.bytes.length) {
+    const bigger = new Uint8Array(Math.min(box.room + box.used, 2 * (box.used + bytes.length)));
+    bigger.set(box.bytes.subarray(0, box.used));
+    free(box.bytes);
+    box.bytes = bigger;
+  }
+  box.bytes.set(bytes, box.used);
+  box.used += bytes.length;
+  box.room -= bytes.length;
 }
 
+// The outbox of `to` in this event. Its room is the send buffer's: the host writes to
+// sockets only between events, so within one event only our own sends use it up.
+function outboxOf(to) {
+  let box = outbox.get(to);
+  if (!box) {
+    box = { bytes: new Uint8Array(256), used: 0, room: 0, missed: 0, closing: false };
+    // A closing member has no room, and what it misses is no news.
+    box.closing = !attempt(`sending to user${to}`, () => (box.room = sendRoom(to)));
+    outbox.set(to, box);
+  }
+  return box;
+}
+
+// Send what `to` got in this event, in one call.
+function flush(to) {
+  const box = outbox.get(to);
+  if (!box) return;
+  outbox.delete(to);
+  if (box.used > 0) attempt(`sending to user${to}`, () => send(to, box.bytes.subarray(0, box.used)));
+  free(box.bytes);
+  if (box.missed > 0 && !box.closing) log('warn', `chat: user${to} is not reading; it missed ${box.missed} line(s)`);
+}
+
+// Free the bytes of `array` now rather than at the next garbage collection: the engine
+// expects short-lived instances and collects late, and a busy room would otherwise
+// reach the listener's memory limit first.
+function free(array) {
+  array.buffer.transfer(0);
+}
+
+function dropOutbox(conn) {
+  const box = outbox.get(conn);
+  if (!box) return;
+  outbox.delete(conn);
+  free(box.bytes);
+}
+
+// Close a member: `after-send` first sends what it has queued (say `* bye`), `now`
+// drops it.
 function closeMember(conn, mode) {
+  if (mode === 'now') dropOutbox(conn);
+  else flush(conn);
   attempt(`closing user${conn}`, () => close(conn, mode));
 }
 
-// Run a host call; returns whether it succeeded. A refused call throws an Error whose
-// `payload` is the WIT `error`: `closed` only means the connection is going (its
-// `close` event follows), anything else is logged. An exception without a payload is
-// a bug: rethrown, it traps.
+// Run a host call; returns whether it succeeded.
 function attempt(what, call) {
   try {
     call();
     return true;
   } catch (e) {
-    if (!e.payload) throw e;
-    const { tag, val } = e.payload;
-    if (tag !== 'closed') log('warn', `chat: ${what}: ${tag}${val === undefined ? '' : ` (${val})`}`);
+    warnUnlessClosed(e, what);
     return false;
   }
+}
+
+// A refused host call throws an Error whose `payload` is the WIT `error`: `closed` only
+// means the connection is going (its `close` event follows), anything else is logged.
+// An exception without a payload is a bug: rethrown, it traps.
+function warnUnlessClosed(e, what) {
+  if (!e.payload) throw e;
+  const { tag, val } = e.payload;
+  if (tag !== 'closed') log('warn', `chat: ${what}: ${tag}${val === undefined ? '' : ` (${val})`}`);
 }
 
 function sameBytes(a, b) {

@@ -27,7 +27,11 @@ function readSettings() {
   };
 }
 
-// Connections whose client half-closed while part of its echo still waited for room.
+// Connections with bytes left in the receive buffer for want of room to send them.
+// Only these need the `send` events: a call into JS costs tens of microseconds, so the
+// others return at once.
+const backlog = new Set();
+// Connections whose client half-closed while their backlog waited.
 const ending = new Set();
 
 export const handler = {
@@ -53,15 +57,20 @@ function react(conn, event, rx) {
       if (settings.greeting) send(conn, settings.greeting);
       break;
     case 'recv':
-      copy(conn, rx);
-      if (event.val === 0) finishOrWait(conn, rx);
+      pump(conn, rx);
+      if (event.val === 0) {
+        if (backlog.has(conn)) ending.add(conn);
+        else close(conn, 'after-send');
+      }
       break;
     case 'send':
-      copy(conn, rx);
-      // `ending` first: the common case then makes no host call for `rx.len()`.
-      if (ending.has(conn)) finishOrWait(conn, rx);
+      if (backlog.has(conn)) {
+        pump(conn, rx);
+        if (!backlog.has(conn) && ending.delete(conn)) close(conn, 'after-send');
+      }
       break;
     case 'close':
+      backlog.delete(conn);
       ending.delete(conn);
       break;
   }
@@ -75,35 +84,31 @@ function checkFault(rx) {
   }
 }
 
+// Copy what fits and note whether bytes are left behind.
+function pump(conn, rx) {
+  if (copy(conn, rx)) backlog.delete(conn);
+  else backlog.add(conn);
+}
+
 // Move bytes from `rx` to the send buffer of `conn` until one is full or the other
-// empty.
+// empty. Returns whether `rx` is known to be empty.
 function copy(conn, rx) {
   let room = sendRoom(conn);
   while (room > 0) {
     const want = Math.min(room, CHUNK);
     const chunk = rx.read(0, want);
     const n = chunk.length;
-    if (n === 0) return;
+    if (n === 0) return true;
     room = send(conn, chunk);
     remove(conn, n);
     // Free the copy now: the engine counts on short-lived instances and collects
     // garbage late, so an echo that left it to the GC would reach the listener's memory
     // limit (64 MiB by default) after about 50 MiB echoed. Detaching frees it at once.
     chunk.buffer.transfer(0);
-    // A short read means the receive buffer is empty: spare the call that says so.
-    if (n < want) return;
+    // A read shorter than asked took all there was: spare the call that says so.
+    if (n < want) return true;
   }
-}
-
-// Close once the whole echo is in the send buffer; until then, the `send` events finish
-// the copy.
-function finishOrWait(conn, rx) {
-  if (rx.len() > 0) {
-    ending.add(conn);
-  } else {
-    ending.delete(conn);
-    close(conn, 'after-send');
-  }
+  return false;
 }
 
 function describe({ tag, val }) {
