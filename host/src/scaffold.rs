@@ -44,9 +44,7 @@ impl fmt::Display for Lang {
 #[derive(Debug, thiserror::Error)]
 pub enum ScaffoldError {
     /// The folder's name cannot name a plugin.
-    #[error(
-        "`{0}` cannot name a plugin: use 1 to 64 lowercase letters, digits, `-` or `_`, starting with a letter"
-    )]
+    #[error("`{0}` cannot name a plugin: use 1 to 64 lowercase letters, digits, `-` or `_`, starting with a letter")]
     BadName(String),
     /// Something is already there.
     #[error("{0}: already exists; give a new folder")]
@@ -254,7 +252,8 @@ mod tests {
 
     #[test]
     fn makefile_variables_are_rewritten() {
-        let file = File { path: "Makefile", bytes: b"NAME = echo\nWIT = ../../../wit\nBINDINGS = ../../c/bindings\nX = 1\n" };
+        let file =
+            File { path: "Makefile", bytes: b"NAME = echo\nWIT = ../../../wit\nBINDINGS = ../../c/bindings\nX = 1\n" };
         let out = String::from_utf8(adapt(&file, "mine")).unwrap();
         assert_eq!(out, "NAME = mine\nWIT = wit\nBINDINGS = bindings\nX = 1\n");
     }
