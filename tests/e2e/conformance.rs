@@ -229,7 +229,7 @@ mod chat {
     rows! {
         "chat": [
             join_message_leave, partial_lines, long_line, end_of_stream, timers, close_modes, motd,
-            slow_member_misses_lines, fault_is_contained,
+            slow_member_misses_lines, burst_of_short_lines, fault_is_contained,
         ]
         for rust = Source::Repo("rust"),
             c = Source::Repo("c"),
@@ -398,6 +398,31 @@ mod chat {
         let got = String::from_utf8(slow.client.until_eof()).unwrap();
         let relayed = got.lines().filter(|line| line.starts_with(&format!("{}: ", a.name))).count();
         assert!(relayed < 1500, "a member reading nothing got all {relayed} lines through 4 KiB");
+    }
+
+    /// 1 MiB of two-byte lines at once: the room is not faulted for the time they take
+    /// (a member may miss some of them, if its send buffer fills).
+    fn burst_of_short_lines(chat: &str) {
+        let server = serve(chat, "");
+        let mut members = join(&server, 2);
+        let [a, b] = &mut members[..] else { unreachable!() };
+        let mut writer = a.client.stream().try_clone().unwrap();
+        let writing = thread::spawn(move || {
+            std::io::Write::write_all(&mut writer, &b"x\n".repeat(1 << 19)).unwrap();
+            std::io::Write::write_all(&mut writer, b"done\n").unwrap();
+        });
+        let relayed = format!("{}: x", a.name);
+        loop {
+            let line = b.client.line();
+            if line == format!("{}: done", a.name) {
+                break;
+            }
+            assert_eq!(line, relayed, "what {} got", b.name);
+        }
+        writing.join().unwrap();
+        b.client.send_line("still here");
+        a.expect(&format!("{}: still here", b.name));
+        assert!(!server.log().contains("handler failed"), "the burst faulted the room:\n{}", server.log());
     }
 
     /// The fault trigger traps: the host ends the instance's connections and logs the

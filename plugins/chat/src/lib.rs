@@ -45,6 +45,15 @@ const MAX_LINE: usize = 4096;
 const MAX_NAME: usize = 32;
 /// The id of each client's idle timer; the ids of `/timer` start at 1.
 const IDLE_TIMER: u64 = 0;
+/// The id of the timer that resumes reading a client's lines where an event stopped;
+/// `/timer` ids stay below it.
+const RESUME_TIMER: u64 = u64::MAX;
+/// Lines delivered (one line to one member counts one) in one event, at most: a burst
+/// of short lines, or a big room, must not push an event past its CPU-time limit,
+/// which would fault the instance and so end the whole room. The rest waits in the
+/// receive buffer (the host stops reading the client meanwhile) for a timer that fires
+/// at once, on the loop's next turn.
+const DELIVERIES_PER_EVENT: usize = 4096;
 /// Idle interval until a client sets its own.
 const DEFAULT_IDLE: Duration = Duration::from_millis(10_000);
 /// The first byte of a handed-over member: the layout of what follows (the idle
@@ -145,24 +154,13 @@ impl Handler for Chat {
         arm_idle(conn, DEFAULT_IDLE);
     }
 
-    fn on_recv(&mut self, conn: Conn, mut rx: RecvBuf<'_>, _n: u32) {
-        loop {
-            match rx.next_line(MAX_LINE) {
-                Ok(Some(line)) => self.on_line(conn, &line),
-                Ok(None) => return,
-                Err(FrameError::TooLong) => {
-                    deliver(conn, b"* line too long\n");
-                    let _ = conn.close_after_send();
-                    return;
-                }
-                // The connection is closing; its `close` event will follow.
-                Err(FrameError::Source(_)) => return,
-            }
-        }
+    fn on_recv(&mut self, conn: Conn, rx: RecvBuf<'_>, _n: u32) {
+        self.read_lines(conn, rx);
     }
 
-    fn on_timer(&mut self, conn: Conn, _rx: RecvBuf<'_>, timer_id: u64) {
+    fn on_timer(&mut self, conn: Conn, rx: RecvBuf<'_>, timer_id: u64) {
         match (timer_id, self.members.get(conn)) {
+            (RESUME_TIMER, _) => self.read_lines(conn, rx),
             (IDLE_TIMER, Some(member)) => {
                 deliver(conn, b"* ping\n");
                 arm_idle(conn, member.idle);
@@ -201,6 +199,34 @@ impl Migrate for Chat {
 }
 
 impl Chat {
+    /// Handle the complete lines `conn` has sent, up to [`DELIVERIES_PER_EVENT`]; the
+    /// [`RESUME_TIMER`] brings the rest.
+    fn read_lines(&mut self, conn: Conn, mut rx: RecvBuf<'_>) {
+        let mut deliveries = 0;
+        loop {
+            if deliveries >= DELIVERIES_PER_EVENT {
+                if let Err(e) = conn.set_timer(RESUME_TIMER, Duration::ZERO) {
+                    log::warn(&format!("chat: cannot resume reading user{conn}: {e}"));
+                }
+                return;
+            }
+            match rx.next_line(MAX_LINE) {
+                Ok(Some(line)) => {
+                    deliveries += self.members.len().max(1);
+                    self.on_line(conn, &line);
+                }
+                Ok(None) => return,
+                Err(FrameError::TooLong) => {
+                    deliver(conn, b"* line too long\n");
+                    let _ = conn.close_after_send();
+                    return;
+                }
+                // The connection is closing; its `close` event will follow.
+                Err(FrameError::Source(_)) => return,
+            }
+        }
+    }
+
     /// A complete line from `from`: a command, or a message for the others.
     fn on_line(&mut self, from: Conn, line: &[u8]) {
         if self.settings().fault_trigger.as_deref() == Some(line) {
@@ -310,9 +336,10 @@ fn cancel_user_timer(conn: Conn, arg: &[u8]) {
     }
 }
 
-/// A decimal number of at least 1.
+/// A decimal number of at least 1 and below [`RESUME_TIMER`] (so, as a `/timer` id,
+/// never one of the chat's own).
 fn parse_positive(text: &str) -> Option<u64> {
-    text.parse().ok().filter(|&n| n > 0)
+    text.parse().ok().filter(|&n| n > 0 && n < RESUME_TIMER)
 }
 
 /// A positive number of milliseconds; zero would ping without pause.
