@@ -29,7 +29,7 @@ impl Source {
     /// suite's cache) on first use.
     fn plugin(self, name: &str) -> String {
         let wasm = match self {
-            Source::Repo("rust") => return if name == "echo" { plugins::ECHO } else { plugins::CHAT }.to_owned(),
+            Source::Repo("rust") => PathBuf::from(if name == "echo" { plugins::ECHO } else { plugins::CHAT }),
             Source::Repo(lang) => {
                 let folder = Path::new(plugins::WORKSPACE).join("plugins").join(lang).join(name);
                 plugins::make(&folder, name).unwrap_or_else(|e| panic!("{lang} {name}: {e}"))
@@ -117,7 +117,10 @@ mod echo {
     use super::*;
 
     rows! {
-        "echo": [bytes_in_order, backpressure, end_of_stream, greeting, per_connection, fault_is_contained]
+        "echo": [
+            bytes_in_order, backpressure, end_of_stream, greeting, per_connection, fault_is_contained,
+            restart_and_swap_load_from_the_cache,
+        ]
         for rust = Source::Repo("rust"),
             c = Source::Repo("c"),
             zig = Source::Repo("zig"),
@@ -219,6 +222,24 @@ mod echo {
         assert_eq!(bystander.ask("after"), "after");
         let mut newcomer = server.connect("echo");
         assert_eq!(newcomer.ask("new"), "new");
+    }
+
+    /// Starting and swapping (here, to new settings) load the compiled component from
+    /// the cache, which `warm` filled: a Python or JavaScript plugin takes seconds to
+    /// compile, a cache load milliseconds.
+    fn restart_and_swap_load_from_the_cache(echo: &str) {
+        let listener =
+            |greeting: &str| listener("echo", echo, &format!("[listener.config]\ngreeting = \"{greeting}\""));
+        let server = Server::start(&listener("one"));
+        assert_eq!(server.connect("echo").line(), "one");
+        std::fs::write(server.config_path(), format!("shutdown-grace-ms = 0\n{}", listener("two"))).unwrap();
+        server.signal(nix::sys::signal::Signal::SIGHUP);
+        server.wait_for_log(&["version 2 took over", "listener=echo"]);
+        assert_eq!(server.connect("echo").line(), "two");
+        let log = server.log();
+        let loads: Vec<&str> = log.lines().filter(|line| line.contains("plugin ready")).collect();
+        assert!(loads.len() >= 2, "a start and a swap, each a load:\n{log}");
+        assert!(loads.iter().all(|line| !line.contains("from=compiled")), "compiled again:\n{}", loads.join("\n"));
     }
 }
 

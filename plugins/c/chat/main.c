@@ -13,7 +13,8 @@
 // Lines end with `\n`; a `\r` before it is dropped. The bytes of a line stay in the
 // host's receive buffer until its `\n` arrives; a line longer than 4096 bytes gets
 // `* line too long` and the connection closes. A member too slow to take a line misses
-// it rather than holding up the room. The config's `fault-trigger`, sent as a line,
+// it rather than holding up the room. A burst of lines is handled a slice per event
+// (see DELIVERIES_PER_EVENT). The config's `fault-trigger`, sent as a line,
 // makes the chat trap (to see the host contain a fault).
 
 #include <stdlib.h>
@@ -27,6 +28,18 @@ typedef sandport_handler_host_error_t host_error_t;
 
 // Longest line accepted, without its `\n`.
 #define MAX_LINE 4096
+
+// The id of the timer that resumes reading a member's lines where an event stopped;
+// `/timer` ids stay below it.
+#define RESUME_TIMER UINT64_MAX
+
+// Lines delivered (one line to one member counts one) in one event, at most: a burst
+// of short lines, or a big room, must not push an event past its CPU-time limit, which
+// would fault the instance and so end the whole room. The rest waits in the receive
+// buffer (the host stops reading the member meanwhile) for a timer that fires at once,
+// on the loop's next turn. 4096 take under 10 ms of CPU time here, a tenth of the
+// default limit (100 ms), leaving room for a slower machine.
+#define DELIVERIES_PER_EVENT 4096
 
 // The listener's configuration, read at the first event: it cannot change for the
 // life of an instance.
@@ -183,7 +196,8 @@ static void leave(conn_t conn) {
   }
 }
 
-// A decimal number of at least 1 that fits in 64 bits, and nothing else.
+// A decimal number of at least 1 and below RESUME_TIMER (so, as a `/timer` id, never
+// the chat's own), and nothing else.
 static bool parse_positive(const uint8_t *s, size_t len, uint64_t *out) {
   uint64_t n = 0;
   if (len == 0) return false;
@@ -194,7 +208,7 @@ static bool parse_positive(const uint8_t *s, size_t len, uint64_t *out) {
     n = n * 10 + digit;
   }
   *out = n;
-  return n > 0;
+  return n > 0 && n < RESUME_TIMER;
 }
 
 // Starts `* timer ID`.
@@ -285,11 +299,21 @@ static bool on_line(conn_t conn, const uint8_t *line, size_t len) {
   return true;
 }
 
-// Handles every complete line in the receive buffer, in order. The bytes of an
-// incomplete line stay in the buffer (the host's memory, not ours) for the next time.
-static void on_recv(conn_t conn, mbuf_t rx) {
+// Handles the complete lines in the receive buffer, in order, up to
+// DELIVERIES_PER_EVENT; the RESUME_TIMER brings the rest. The bytes of an incomplete
+// line stay in the buffer (the host's memory, not ours) for the next time.
+static void read_lines(conn_t conn, mbuf_t rx) {
   plugin_list_u8_t newline = {(uint8_t *)"\n", 1};
+  size_t deliveries = 0;
   for (;;) {
+    if (deliveries >= DELIVERIES_PER_EVENT) {
+      host_error_t err;
+      if (!sandport_handler_host_set_timer(conn, RESUME_TIMER, 0, &err)) {
+        log_warn(conn, ": cannot resume reading its lines");
+        sandport_handler_host_error_free(&err);
+      }
+      return;
+    }
     uint32_t at;
     bool found = sandport_handler_host_method_mbuf_find(rx, &newline, 0, &at);
     if (found ? at > MAX_LINE : sandport_handler_host_method_mbuf_len(rx) > MAX_LINE) {
@@ -309,6 +333,7 @@ static void on_recv(conn_t conn, mbuf_t rx) {
     }
     size_t len = line.len;
     if (len > 0 && line.ptr[len - 1] == '\r') len--;
+    deliveries += members_len ? members_len : 1;
     bool go_on = on_line(conn, line.ptr, len);
     plugin_list_u8_free(&line);
     if (!go_on) return;
@@ -324,15 +349,19 @@ void exports_sandport_handler_handler_handle(conn_t conn, sandport_handler_types
     break;
   case SANDPORT_HANDLER_TYPES_EVENT_RECV:
     if (ev->val.recv > 0) {
-      on_recv(conn, rx);
+      read_lines(conn, rx);
     } else {
       close_conn(conn, SANDPORT_HANDLER_TYPES_CLOSE_MODE_AFTER_SEND); // the member hung up
     }
     break;
   case SANDPORT_HANDLER_TYPES_EVENT_TIMER:
-    start_timer(ev->val.timer);
-    add_str(" fired\n");
-    say(conn);
+    if (ev->val.timer == RESUME_TIMER) {
+      read_lines(conn, rx);
+    } else {
+      start_timer(ev->val.timer);
+      add_str(" fired\n");
+      say(conn);
+    }
     break;
   case SANDPORT_HANDLER_TYPES_EVENT_CLOSE:
     leave(conn);

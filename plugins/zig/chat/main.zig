@@ -13,7 +13,8 @@
 //! Lines end with `\n`; a `\r` before it is dropped. The bytes of a line stay in the
 //! host's receive buffer until its `\n` arrives; a line longer than 4096 bytes gets
 //! `* line too long` and the connection closes. A member too slow to take a line misses
-//! it rather than holding up the room. The config's `fault-trigger`, sent as a line,
+//! it rather than holding up the room. A burst of lines is handled a slice per event
+//! (see `deliveries_per_event`). The config's `fault-trigger`, sent as a line,
 //! makes the chat trap (to see the host contain a fault).
 
 const std = @import("std");
@@ -32,6 +33,18 @@ const Event = c.sandport_handler_types_event_t;
 
 /// Longest line accepted, without its `\n`.
 const max_line = 4096;
+
+/// The id of the timer that resumes reading a member's lines where an event stopped;
+/// `/timer` ids stay below it.
+const resume_timer = std.math.maxInt(u64);
+
+/// Lines delivered (one line to one member counts one) in one event, at most: a burst
+/// of short lines, or a big room, must not push an event past its CPU-time limit, which
+/// would fault the instance and so end the whole room. The rest waits in the receive
+/// buffer (the host stops reading the member meanwhile) for a timer that fires at once,
+/// on the loop's next turn. 4096 take under 10 ms of CPU time here, a tenth of the
+/// default limit (100 ms), leaving room for a slower machine.
+const deliveries_per_event = 4096;
 
 /// libc's malloc: the bindings allocate what the host returns with it.
 const gpa = std.heap.c_allocator;
@@ -130,12 +143,12 @@ fn leave(conn: Conn) void {
     broadcast(conn, format("* user{d} left\n", .{conn}));
 }
 
-/// A decimal number of at least 1 that fits in 64 bits, and nothing else (no sign, no
-/// `_`, which `parseUnsigned` would take).
+/// A decimal number of at least 1 and below `resume_timer` (so, as a `/timer` id, never
+/// the chat's own), and nothing else (no sign, no `_`, which `parseUnsigned` would take).
 fn parsePositive(digits: []const u8) ?u64 {
     for (digits) |ch| if (!std.ascii.isDigit(ch)) return null;
     const n = std.fmt.parseUnsigned(u64, digits, 10) catch return null;
-    return if (n > 0) n else null;
+    return if (n > 0 and n < resume_timer) n else null;
 }
 
 /// `/timer ID MILLIS` from `conn`; `arg` is what follows `/timer `.
@@ -190,11 +203,21 @@ fn onLine(conn: Conn, line: []const u8) bool {
     return true;
 }
 
-/// Handles every complete line in the receive buffer, in order. The bytes of an
+/// Handles the complete lines in the receive buffer, in order, up to
+/// `deliveries_per_event`; the `resume_timer` brings the rest. The bytes of an
 /// incomplete line stay in the buffer (the host's memory, not ours) for the next time.
-fn onRecv(conn: Conn, rx: Mbuf) void {
+fn readLines(conn: Conn, rx: Mbuf) void {
     var newline = c.plugin_list_u8_t{ .ptr = @constCast("\n"), .len = 1 };
+    var deliveries: usize = 0;
     while (true) {
+        if (deliveries >= deliveries_per_event) {
+            var err: Error = undefined;
+            if (!c.sandport_handler_host_set_timer(conn, resume_timer, 0, &err)) {
+                logWarn("chat: user{d}: cannot resume reading its lines: {s}", .{ conn, reason(&err) });
+                c.sandport_handler_host_error_free(&err);
+            }
+            return;
+        }
         var at: u32 = undefined;
         const found = c.sandport_handler_host_method_mbuf_find(rx, &newline, 0, &at);
         const line_len = if (found) at else c.sandport_handler_host_method_mbuf_len(rx);
@@ -214,6 +237,7 @@ fn onRecv(conn: Conn, rx: Mbuf) void {
         }
         const line = bytes.ptr[0..bytes.len];
         const end = if (std.mem.endsWith(u8, line, "\r")) line.len - 1 else line.len;
+        deliveries += @max(members.items.len, 1);
         if (!onLine(conn, line[0..end])) return;
     }
 }
@@ -227,11 +251,13 @@ export fn exports_sandport_handler_handler_handle(conn: Conn, ev: *Event, rx: Mb
     switch (ev.tag) {
         c.SANDPORT_HANDLER_TYPES_EVENT_ACCEPT => join(conn),
         c.SANDPORT_HANDLER_TYPES_EVENT_RECV => if (ev.val.recv > 0) {
-            onRecv(conn, rx);
+            readLines(conn, rx);
         } else {
             close(conn, c.SANDPORT_HANDLER_TYPES_CLOSE_MODE_AFTER_SEND); // the member hung up
         },
-        c.SANDPORT_HANDLER_TYPES_EVENT_TIMER => {
+        c.SANDPORT_HANDLER_TYPES_EVENT_TIMER => if (ev.val.timer == resume_timer) {
+            readLines(conn, rx);
+        } else {
             deliver(conn, format("* timer {d} fired\n", .{ev.val.timer}));
         },
         c.SANDPORT_HANDLER_TYPES_EVENT_CLOSE => leave(conn),
