@@ -16,31 +16,34 @@
 #   4. per connection: `instance = "per-connection"`, `greeting = "hi"`: from connect
 #      to the greeting line, $CONNECTS connections one after another (median, p90);
 #      then $HOLD connections held open at once (each has read its greeting): the
-#      server's VmRSS (/proc/PID/status) before and after, per connection;
+#      server's VmRSS (/proc/PID/status) and Pss (/proc/PID/smaps_rollup, which counts
+#      the memory image the instances share once) before and after, per connection;
 #   5. one RECV round trip: the loadgen, 1 connection, 64 B ping-pong, every language
 #      a target of one run (Rust first), alternating rounds;
 #   6. throughput: the loadgen, $CONNECTIONS connections, 64 B, one run, Rust first:
 #      requests/s against Rust's and server CPU per request.
 #
 # Steps 5 and 6 run one sandport per language, each with one shared echo listener with
-# `memory = "1 GiB"` (every language alike): the Python echo (componentize-py 0.25.1)
-# leaks every byte it sends and would fault after ~50 MB under the default 64 MiB.
+# `memory = "1 GiB"` (every language alike), because the Python echo leaks: built with
+# componentize-py 0.19 to 0.25, every byte it sends (a fault after ~50 MB of output
+# under the default 64 MiB); with 0.18.0, pinned in plugins/toolchains.sh, something
+# per event (a fault after ~90 000 round trips, whatever their size).
 # Every sandport runs with XDG_CACHE_HOME under $OUT. The machine is shared and noisy:
 # compare ratios from one run, not absolute figures across runs.
 #
-# Settings (environment): LANGS ("rust c zig python js"), ROUNDS (3), DURATION (5,
+# Settings (environment): LANGS ("rust c zig python js"), ROUNDS (5), DURATION (5,
 # seconds per loadgen round), CONNECTIONS (16), REPEAT (3, steps 2 and 3), CONNECTS
 # (200), HOLD (100), BUILD (1; 0: no builds, take each plugins/LANG/echo/target/echo.wasm
 # as it is), PORT_BASE (18800), OUT (/tmp/sandport-lang-bench), SANDPORT (the host
 # binary; default: a copy of target/release/sandport, taken at the start), LOADGEN
 # (default: a copy of target/release/sandport-loadgen). Builds nothing of the host:
-# build it (README, "Building") before. Results: $OUT/summary.md, raw output in $OUT.
+# build it first (BENCHMARKS.md gives the command). Results: $OUT/summary.md, raw output in $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 
 LANGS=${LANGS:-rust c zig python js}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-5}
 CONNECTIONS=${CONNECTIONS:-16}
 REPEAT=${REPEAT:-3}
@@ -90,8 +93,8 @@ def read_line(s):
         data += chunk
     return data
 
-def rss_kb(pid, field="VmRSS"):
-    with open(f"/proc/{pid}/status") as f:
+def rss_kb(pid, field="VmRSS", file="status"):
+    with open(f"/proc/{pid}/{file}") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
@@ -141,9 +144,12 @@ def greet(port, count):
                       "mean_us": us(statistics.fmean(times))}))
 
 def hold(port, count, pid):
-    """VmRSS of pid before and after count connections are open and greeted."""
+    """VmRSS of pid before and after count connections are open and greeted; also its
+    RssAnon, and its Pss, which counts a page mapped in several places once (VmRSS
+    counts a component's memory image, shared by its instances, once per instance)."""
+    pss = lambda: rss_kb(pid, "Pss", "smaps_rollup")
     time.sleep(0.5)
-    before, anon_before = rss_kb(pid), rss_kb(pid, "RssAnon")
+    before, anon_before, pss_before = rss_kb(pid), rss_kb(pid, "RssAnon"), pss()
     socks = []
     for _ in range(count):
         s = connect(port)
@@ -151,7 +157,7 @@ def hold(port, count, pid):
             raise RuntimeError("bad greeting")
         socks.append(s)
     time.sleep(1)
-    after, anon_after = rss_kb(pid), rss_kb(pid, "RssAnon")
+    after, anon_after, pss_after = rss_kb(pid), rss_kb(pid, "RssAnon"), pss()
     # Every connection is still served: one echo each.
     for s in socks:
         s.sendall(b"ping\n")
@@ -165,7 +171,8 @@ def hold(port, count, pid):
     print(json.dumps({"count": count, "rss_before_kb": before, "rss_after_kb": after,
                       "rss_closed_kb": closed,
                       "per_connection_kb": round((after - before) / count, 1),
-                      "anon_per_connection_kb": round((anon_after - anon_before) / count, 1)}))
+                      "anon_per_connection_kb": round((anon_after - anon_before) / count, 1),
+                      "pss_per_connection_kb": round((pss_after - pss_before) / count, 1)}))
 
 def field(path, *keys):
     """A value out of a JSON file: field FILE key [key...]."""
@@ -200,6 +207,9 @@ loaded_from() { grep -m1 'plugin ready' "$1" | sed -E 's/.* from=([a-z]+) .*/\1/
 
 echo "== $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== sandport $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- plugins wit || echo ' (plugins/ or wit/ modified)'), $("$SANDPORT" --version), out $OUT"
+git status --short -- plugins wit | sed 's/^/== uncommitted: /'
+echo "== $(clang --version | head -1); zig $(python3 -m ziglang version); $(componentize-py --version);" \
+    "componentize-js $(componentize-js --version); $(wasm-tools --version)"
 echo "== LANGS=\"$LANGS\" ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS REPEAT=$REPEAT CONNECTS=$CONNECTS HOLD=$HOLD BUILD=$BUILD"
 
 # --- 1. build --------------------------------------------------------------------------
@@ -353,6 +363,8 @@ for lang in "${LANGS_OK[@]}"; do
     result "$lang" greet_p50_us "$(client field "$OUT/greet-$lang.json" p50_us)"
     result "$lang" greet_p90_us "$(client field "$OUT/greet-$lang.json" p90_us)"
     result "$lang" rss_per_conn_kb "$(client field "$OUT/hold-$lang.json" per_connection_kb)"
+    result "$lang" anon_per_conn_kb "$(client field "$OUT/hold-$lang.json" anon_per_connection_kb)"
+    result "$lang" pss_per_conn_kb "$(client field "$OUT/hold-$lang.json" pss_per_connection_kb)"
     printf '%-10s %s\n%-10s %s\n' "$lang" "$(cat "$OUT/greet-$lang.json")" "" "$(cat "$OUT/hold-$lang.json")"
     if grep -qiE 'fault|trap|refused' "$OUT/logs/per-connection-$lang.log"; then
         grep -iE 'fault|trap|refused' "$OUT/logs/per-connection-$lang.log" | head -3 | sed "s/^/$lang log: /"
@@ -419,8 +431,9 @@ def us(v): return "n/a" if v is None else (f"{v / 1000:.2f} ms" if v >= 1000 els
 def spaced(n): return f"{n:,.0f}".replace(",", " ")
 
 print("| language | component | build (make, clean) | compile cold / cached | start to serving cold / warm "
-      "| per-connection: connect to greeting p50 (p90) | RSS per open connection "
-      "| RECV round trip, 1 connection: mean / p50 | echo 16 conns: req/s vs Rust | server CPU per request (vs Rust) |")
+      "| per-connection: connect to greeting p50 (p90) | per open connection: VmRSS / Pss "
+      "| RECV round trip, 1 connection: mean / p50 | echo 16 conns: req/s, vs the first "
+      "| server CPU per request (vs the first) |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for lang in langs.split():
     r = results.get(lang)
@@ -441,8 +454,8 @@ for lang in langs.split():
         cpu = "n/a" if cpu is None else f"{cpu:.2f} µs ({ratio:.2f})" if ratio is not None else f"{cpu:.2f} µs"
     else:
         rate = cpu = "n/a"
-    rss = g("rss_per_conn_kb")
-    rss = "n/a" if rss is None else (f"{rss / 1024:.1f} MiB" if rss >= 1024 else f"{rss:.0f} KiB")
+    kib = lambda v: "n/a" if v is None else (f"{v / 1024:.1f} MiB" if v >= 1024 else f"{v:.0f} KiB")
+    rss = f"{kib(g('rss_per_conn_kb'))} / {kib(g('pss_per_conn_kb'))}"
     print(f"| {label[lang]} | {spaced(r['size'])} B | {build} | {ms(g('compile_cold_ms'))} / {ms(g('compile_warm_ms'))} "
           f"| {ms(g('start_cold_ms'))} / {ms(g('start_warm_ms'))} "
           f"| {us(g('greet_p50_us'))} ({us(g('greet_p90_us'))}) | {rss} | {rtt} | {rate} | {cpu} |")
