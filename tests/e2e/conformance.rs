@@ -232,8 +232,7 @@ mod echo {
             |greeting: &str| listener("echo", echo, &format!("[listener.config]\ngreeting = \"{greeting}\""));
         let server = Server::start(&listener("one"));
         assert_eq!(server.connect("echo").line(), "one");
-        std::fs::write(server.config_path(), format!("shutdown-grace-ms = 0\n{}", listener("two"))).unwrap();
-        server.signal(nix::sys::signal::Signal::SIGHUP);
+        server.reload(&listener("two"));
         server.wait_for_log(&["version 2 took over", "listener=echo"]);
         assert_eq!(server.connect("echo").line(), "two");
         let log = server.log();

@@ -179,6 +179,16 @@ impl Server {
         self.dir.path().join("sandport.toml")
     }
 
+    /// Rewrite the config file with `config` (with no shutdown grace, as [`Server::start`]
+    /// gives) and send SIGHUP; wait until the reload is done (its `config reloaded`
+    /// line).
+    pub fn reload(&self, config: &str) {
+        let before = self.log().matches("config reloaded").count();
+        std::fs::write(self.config_path(), format!("shutdown-grace-ms = 0\n{config}")).unwrap();
+        self.signal(nix::sys::signal::Signal::SIGHUP);
+        self.wait_for_count("config reloaded", before + 1);
+    }
+
     /// Send the server `signal`.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal).unwrap();

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 
 use crate::harness::{Client, Server, listener, plugins, run_sandport, totals};
 
@@ -79,7 +78,7 @@ fn sighup_moves_chat_members_to_the_next_version_and_drains_the_echo() {
     old_echo.write(b"old echo, first");
     assert_eq!(old_echo.bytes(15), b"old echo, first");
 
-    reload(&server, &config(plugins::FIXTURE_CHAT_NEXT, echo_next.to_str().unwrap()));
+    server.reload(&config(plugins::FIXTURE_CHAT_NEXT, echo_next.to_str().unwrap()));
     let chat = server.wait_for_log(&["took over", "listener=chat"]);
     assert!(chat.contains(&format!("migrated={MEMBERS}")) && chat.contains("draining=0"), "{chat}");
     let echo = server.wait_for_log(&["took over", "listener=echo"]);
@@ -118,12 +117,6 @@ fn sighup_moves_chat_members_to_the_next_version_and_drains_the_echo() {
     assert!(echo.contains("migrated=0") && echo.contains("drained=0") && echo.contains("faults=0"), "{echo}");
 }
 
-/// Rewrite the server's config file with `config` and send SIGHUP.
-fn reload(server: &Server, config: &str) {
-    std::fs::write(server.config_path(), format!("shutdown-grace-ms = 0\n{config}")).unwrap();
-    server.signal(Signal::SIGHUP);
-}
-
 /// The `migrate-faults` fixture as listener `mig`, with these `[listener.config]` lines.
 fn faults_listener(settings: &str) -> String {
     listener("mig", plugins::FIXTURE_MIGRATE_FAULTS, &format!("[listener.config]\n{settings}"))
@@ -136,7 +129,7 @@ fn host_calls_work_in_hand_over_and_take_over() {
     client.write(b"before\n");
     assert_eq!(client.line(), "before");
     // A changed setting is a new version too.
-    reload(&server, &faults_listener("revision = \"2\""));
+    server.reload(&faults_listener("revision = \"2\""));
     assert_eq!(client.line(), "* handing over", "sent by the old version's hand-over");
     assert_eq!(client.line(), "* taking over state", "sent by the new version's take-over, with the state");
     client.write(b"after\n");
@@ -161,7 +154,7 @@ fn a_bad_hand_over_or_take_over_is_a_fault_with_its_reason() {
         let mut client = server.connect("mig");
         client.write(b"hello\n");
         assert_eq!(client.line(), "hello", "{case}");
-        reload(&server, &faults_listener(new));
+        server.reload(&faults_listener(new));
         let mut needles = vec!["handler failed", "listener=mig", plugins::FIXTURE_MIGRATE_FAULTS];
         needles.extend(&reason);
         server.wait_for_log(&needles);

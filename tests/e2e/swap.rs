@@ -18,15 +18,6 @@ use crate::admin::{Admin, admin_table};
 use crate::harness::{Client, PATIENCE, Server, listener, totals};
 use crate::load::{Kind, Load};
 
-/// Rewrite the server's config file with `config` and send SIGHUP; wait until the
-/// reload is done (its `config reloaded` line).
-fn reload(server: &Server, config: &str) {
-    let before = server.log().matches("config reloaded").count();
-    std::fs::write(server.config_path(), format!("shutdown-grace-ms = 0\n{config}")).unwrap();
-    server.signal(Signal::SIGHUP);
-    server.wait_for_count("config reloaded", before + 1);
-}
-
 /// One keep-alive HTTP request on `client`; the status line.
 fn http_get(client: &mut Client) -> String {
     client.write(b"GET / HTTP/1.1\r\nHost: sandport\r\n\r\n");
@@ -49,7 +40,7 @@ fn new_connections_get_the_new_version_and_open_ones_finish_on_theirs() {
     let mut old = server.connect("svc");
     echoes(&mut old, 1000);
 
-    reload(&server, &format!("workers = 2\n{}", listener("svc", HTTP_HELLO, "")));
+    server.reload(&format!("workers = 2\n{}", listener("svc", HTTP_HELLO, "")));
     let log = server.wait_for_log(&["version 2 took over"]);
     assert!(log.contains("draining=1"), "the open echo connection stays on version 1:\n{log}");
 
@@ -71,13 +62,13 @@ fn a_bad_version_is_refused_and_the_old_one_goes_on() {
     let mut client = server.connect("svc");
     echoes(&mut client, 100);
 
-    reload(&server, &listener("svc", FIXTURE_WRONG_WORLD, ""));
+    server.reload(&listener("svc", FIXTURE_WRONG_WORLD, ""));
     let log = server.wait_for_log(&["new version refused"]);
     assert!(log.contains("does not implement the sandport:handler/plugin world"), "{log}");
 
     let garbage = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(garbage.path(), b"not a component at all").unwrap();
-    reload(&server, &listener("svc", garbage.path().to_str().unwrap(), ""));
+    server.reload(&listener("svc", garbage.path().to_str().unwrap(), ""));
     server.wait_for_count("new version refused", 2);
     assert!(server.log().contains("not a WebAssembly component"), "{}", server.log());
 
@@ -87,7 +78,7 @@ fn a_bad_version_is_refused_and_the_old_one_goes_on() {
         FIXTURE_BURN,
         "[listener.limits]\nevent-timeout-ms = 20\n[listener.config]\nburn-iterations = 100000000000\n",
     );
-    reload(&server, &burner);
+    server.reload(&burner);
     server.wait_for_count("new version refused", 3);
     let log = server.log();
     assert!(log.contains("pre-flight") && log.contains("event-timeout-ms"), "{log}");
@@ -102,7 +93,7 @@ fn a_bad_version_is_refused_and_the_old_one_goes_on() {
 fn a_version_that_faults_too_often_is_rolled_back() {
     let rules = "rollback-faults = 3\nrollback-window-ms = 60000\n";
     let server = Server::start(&listener("svc", ECHO, rules));
-    reload(&server, &listener("svc", FIXTURE_PROBE, rules));
+    server.reload(&listener("svc", FIXTURE_PROBE, rules));
     server.wait_for_log(&["version 2 took over"]);
     for n in 0..4 {
         let mut client = server.connect("svc");
@@ -124,7 +115,7 @@ fn connections_left_on_an_old_version_are_closed_after_the_drain_timeout() {
     let server = Server::start(&listener("svc", ECHO, "drain-timeout-ms = 300\n"));
     let mut old = server.connect("svc");
     echoes(&mut old, 10);
-    reload(&server, &listener("svc", HTTP_HELLO, "drain-timeout-ms = 300\n"));
+    server.reload(&listener("svc", HTTP_HELLO, "drain-timeout-ms = 300\n"));
     server.wait_for_log(&["version 2 took over"]);
     assert!(old.until_eof().is_empty(), "closed cleanly, with nothing more sent");
     server.wait_for_log(&["drain-timeout-ms passed"]);
@@ -139,7 +130,7 @@ fn a_reload_adds_and_removes_listeners() {
     echoes(&mut on_a, 100);
     let b = crate::harness::free_address();
     let only_b = crate::harness::listener_at("b", &b.to_string(), HTTP_HELLO, "instance = \"per-worker\"\n");
-    reload(&server, &format!("workers = 2\n{only_b}"));
+    server.reload(&format!("workers = 2\n{only_b}"));
     server.wait_for_log(&["config reloaded", "added=1", "removed=1"]);
     let log = server.log();
     assert!(log.contains("listener added") && log.contains("stopped listening"), "{log}");
@@ -181,7 +172,7 @@ fn swaps_by_every_route_under_load_lose_nothing() {
     load.wait_for(100);
 
     for generation in 1..=20 {
-        reload(&server, &config(generation));
+        server.reload(&config(generation));
         load.wait_for(50);
     }
     for n in 0..20 {
@@ -230,7 +221,7 @@ fn repeated_swaps_leak_nothing() {
     let mut measure = |server: &Server, from: usize, to: usize| {
         for generation in from..to {
             let plugin = if generation % 2 == 0 { ECHO } else { FIXTURE_PROBE };
-            reload(server, &config(plugin, generation));
+            server.reload(&config(plugin, generation));
             // A connection on every version, so each has instances to drop.
             let mut visitor = server.connect("svc");
             visitor.write(b"x\n");
