@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-
 use crate::harness::{Client, Server, listener, plugins, run_sandport, totals};
 
 /// Chat members in the room when the version changes.
