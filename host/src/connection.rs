@@ -61,6 +61,9 @@ pub(crate) struct Connection {
     pub tx: Mbuf,
     /// The socket may have bytes to read (edge-triggered readiness not yet used up).
     pub readable: bool,
+    /// The last readiness event said the peer closed its side (or an error): the
+    /// socket must be read until it says so itself, since no new event will come.
+    pub read_closed: bool,
     /// The socket may accept bytes.
     pub writable: bool,
     /// The peer closed its sending side; nothing more will arrive.
@@ -109,6 +112,7 @@ impl Connection {
             // An accepted socket may already hold bytes; a dialing one must wait for
             // readiness to learn whether the dial worked.
             readable: !dialing,
+            read_closed: false,
             writable: !dialing,
             peer_closed: false,
             connecting: dialing,
@@ -154,6 +158,11 @@ impl Connection {
 
     /// Read into the receive buffer until it is full, the socket would block, the
     /// peer closed, or `budget` bytes arrived. Returns the bytes read.
+    ///
+    /// A read that returns fewer bytes than it asked for emptied the socket, so the
+    /// next one would only say it would block: that system call is skipped, as
+    /// edge-triggered readiness brings a new event when more arrives. Not when the
+    /// last event said the peer closed: that end of stream must be read now.
     pub fn read_in(&mut self, budget: usize) -> io::Result<usize> {
         let total = self.pull(budget, |c, max| (c.rx.room() > 0).then(|| c.rx.fill_from(&mut c.socket, max)))?;
         self.touch(total);
@@ -165,27 +174,37 @@ impl Connection {
     pub fn discard_in(&mut self, budget: usize) -> io::Result<()> {
         const SCRATCH: usize = 16 * 1024;
         let mut scratch = [0u8; SCRATCH];
-        self.pull(budget, |c, max| Some(c.socket.read(&mut scratch[..max.min(SCRATCH)])))?;
+        self.pull(budget, |c, max| {
+            let asked = max.min(SCRATCH);
+            Some(c.socket.read(&mut scratch[..asked]).map(|n| (n, asked)))
+        })?;
         Ok(())
     }
 
-    /// Make `read` calls (`None`: no more room) until the socket would block, the peer
-    /// closed, or `budget` bytes came; records which. Returns the bytes read.
+    /// Make `read` calls (`None`: no more room; otherwise the bytes read and asked
+    /// for) until the socket would block or is emptied, the peer closed, or `budget`
+    /// bytes came; records which. Returns the bytes read.
     fn pull(
         &mut self,
         budget: usize,
-        mut read: impl FnMut(&mut Connection, usize) -> Option<io::Result<usize>>,
+        mut read: impl FnMut(&mut Connection, usize) -> Option<io::Result<(usize, usize)>>,
     ) -> io::Result<usize> {
         let mut total = 0;
         while total < budget {
             let Some(result) = read(self, budget - total) else { break };
             match result {
-                Ok(0) => {
+                Ok((0, _)) => {
                     self.peer_closed = true;
                     self.readable = false;
                     break;
                 }
-                Ok(n) => total += n,
+                Ok((n, asked)) => {
+                    total += n;
+                    if n < asked && !self.read_closed {
+                        self.readable = false;
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.readable = false;
                     break;

@@ -144,18 +144,19 @@ impl Mbuf {
     }
 
     /// Make one `read` call on `source` for at most `max` bytes (and never past the
-    /// limit), appending what it returns. `Ok(0)` means end of stream, unless the
-    /// buffer had no room or `max` was 0.
-    pub fn fill_from(&mut self, source: &mut impl Read, max: usize) -> io::Result<usize> {
+    /// limit), appending what it returns. Returns the bytes read and the bytes asked
+    /// for: fewer read than asked means the source had no more at that moment. `Ok(0)`
+    /// read means end of stream, unless the buffer had no room or `max` was 0.
+    pub fn fill_from(&mut self, source: &mut impl Read, max: usize) -> io::Result<(usize, usize)> {
         let want = max.min(self.room());
         if want == 0 {
-            return Ok(0);
+            return Ok((0, 0));
         }
         self.reserve(want.min(MIN_READ.max(self.len())));
         let end = (self.tail + want).min(self.data.len());
         let n = source.read(&mut self.data[self.tail..end])?;
         self.tail += n;
-        Ok(n)
+        Ok((n, end - (self.tail - n)))
     }
 
     /// Make one `write` call on `sink` with the buffered bytes, removing what it took.
@@ -236,8 +237,8 @@ mod tests {
     fn fill_from_stops_at_the_limit() {
         let mut buf = Mbuf::with_limit(10);
         let mut source: &[u8] = &[7u8; 100];
-        assert_eq!(buf.fill_from(&mut source, 1000).unwrap(), 10);
-        assert_eq!(buf.fill_from(&mut source, 1000).unwrap(), 0);
+        assert_eq!(buf.fill_from(&mut source, 1000).unwrap(), (10, 10));
+        assert_eq!(buf.fill_from(&mut source, 1000).unwrap(), (0, 0));
         assert_eq!(buf.len(), 10);
     }
 

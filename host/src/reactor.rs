@@ -542,6 +542,7 @@ impl Reactor {
                     let Some(conn) = self.core.conns.get_mut(key) else { continue };
                     let trouble = event.is_error();
                     conn.readable |= event.is_readable() || event.is_read_closed() || trouble;
+                    conn.read_closed |= event.is_read_closed() || trouble;
                     conn.writable |= event.is_writable() || event.is_write_closed() || trouble;
                     self.core.enqueue(key);
                 }

@@ -21,7 +21,8 @@
 # WORKERS, a list of `workers` settings, one sandport each, all in the same run
 # (unset: one sandport without a `workers` line; WORKERS="1 2" for the scaling
 # figures), and INSTANCE (unset: the default instance mode of every sandport listener;
-# `per-worker` for the scaling figures, so that every worker serves each listener).
+# `per-worker` for the scaling figures, so that every worker serves each listener),
+# and SECTIONS, which of the three to run (default "http echo burn").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -33,6 +34,12 @@ CONNECTIONS=${CONNECTIONS:-16}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-50}
 PORT_BASE=${PORT_BASE:-18000}
 OUT=${OUT:-/tmp/sandport-bench}
+SECTIONS=${SECTIONS:-http echo burn}
+
+# Whether section $1 is to run.
+wanted() {
+    [[ " $SECTIONS " == *" $1 "* ]]
+}
 
 # Each sandport takes a block of ports: PORT_BASE + 200 * its index, plus these.
 ECHO_OFFSET=0
@@ -187,51 +194,53 @@ echo "== $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, load $(cut -d' ' -f1-3
 echo "== sandport $(git rev-parse --short HEAD), configs in $OUT"
 
 # --- 1. HTTP: wrk, alternating the sandports, nginx 1 worker, nginx 2 workers --------
-declare -A HTTP_URL=([nginx-1]="http://127.0.0.1:$NGINX1_PORT/" [nginx-2]="http://127.0.0.1:$NGINX2_PORT/")
-for name in "${SANDPORTS[@]}"; do
-    HTTP_URL[$name]="http://127.0.0.1:$((BASE[$name] + HTTP_OFFSET))/"
-done
-HTTP_TARGETS=("${SANDPORTS[@]}" nginx-1 nginx-2)
-WRK=(wrk -t1 "-c$WRK_CONNECTIONS" "-d${DURATION}s")
-echo
-echo "== HTTP: ${WRK[*]} URL, $ROUNDS rounds, alternating"
-for target in "${HTTP_TARGETS[@]}"; do
-    # Warm-up, unmeasured: nginx's workers and sandport's instance touch their memory.
-    wrk -t1 "-c$WRK_CONNECTIONS" -d1s "${HTTP_URL[$target]}" >/dev/null
-done
-: >"$OUT/http.tsv"
-for round in $(seq "$ROUNDS"); do
-    for target in "${HTTP_TARGETS[@]}"; do
-        read -ra pids <<<"$(server_pids "${PID[$target]}")"
-        before=$(cpu_ticks "${pids[@]}")
-        "${WRK[@]}" "${HTTP_URL[$target]}" >"$OUT/wrk-$target-$round.txt"
-        after=$(cpu_ticks "${pids[@]}")
-        requests=$(awk '/requests in/ { print $1 }' "$OUT/wrk-$target-$round.txt")
-        rate=$(awk '/^Requests\/sec/ { print $2 }' "$OUT/wrk-$target-$round.txt")
-        errors=$(awk '/Socket errors|Non-2xx/ { print }' "$OUT/wrk-$target-$round.txt")
-        cpu_us=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
-        printf '%s\t%s\t%s\t%s\n' "$target" "$round" "$rate" "$cpu_us" >>"$OUT/http.tsv"
-        printf 'round %s %-12s %10.0f req/s  %6s µs server CPU per request  (pids %s)%s\n' \
-            "$round" "$target" "$rate" "$cpu_us" "${pids[*]}" "${errors:+  $errors}"
+if wanted http; then
+    declare -A HTTP_URL=([nginx-1]="http://127.0.0.1:$NGINX1_PORT/" [nginx-2]="http://127.0.0.1:$NGINX2_PORT/")
+    for name in "${SANDPORTS[@]}"; do
+        HTTP_URL[$name]="http://127.0.0.1:$((BASE[$name] + HTTP_OFFSET))/"
     done
-done
-echo
-# Medians per target, and ratios to the first target's.
-awk -F'\t' '
-    function median(list,    n, v, i, j, t) {
-        n = split(list, v, " ")
-        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] + 0 < v[i] + 0) { t = v[i]; v[i] = v[j]; v[j] = t }
-        return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-    }
-    { if (!($1 in rate)) order[++count] = $1; rate[$1] = rate[$1] " " $3; cpu[$1] = cpu[$1] " " $4 }
-    END {
-        printf "%-12s %10s %13s %20s %22s\n", "target", "req/s", "cpu/req (µs)", "req/s vs " order[1], "cpu/req vs " order[1]
-        base_rate = median(rate[order[1]]); base_cpu = median(cpu[order[1]])
-        for (i = 1; i <= count; i++) {
-            t = order[i]; r = median(rate[t]); c = median(cpu[t])
-            printf "%-12s %10.0f %13.2f %20.3f %22.3f\n", t, r, c, r / base_rate, c / base_cpu
+    HTTP_TARGETS=("${SANDPORTS[@]}" nginx-1 nginx-2)
+    WRK=(wrk -t1 "-c$WRK_CONNECTIONS" "-d${DURATION}s")
+    echo
+    echo "== HTTP: ${WRK[*]} URL, $ROUNDS rounds, alternating"
+    for target in "${HTTP_TARGETS[@]}"; do
+        # Warm-up, unmeasured: nginx's workers and sandport's instance touch their memory.
+        wrk -t1 "-c$WRK_CONNECTIONS" -d1s "${HTTP_URL[$target]}" >/dev/null
+    done
+    : >"$OUT/http.tsv"
+    for round in $(seq "$ROUNDS"); do
+        for target in "${HTTP_TARGETS[@]}"; do
+            read -ra pids <<<"$(server_pids "${PID[$target]}")"
+            before=$(cpu_ticks "${pids[@]}")
+            "${WRK[@]}" "${HTTP_URL[$target]}" >"$OUT/wrk-$target-$round.txt"
+            after=$(cpu_ticks "${pids[@]}")
+            requests=$(awk '/requests in/ { print $1 }' "$OUT/wrk-$target-$round.txt")
+            rate=$(awk '/^Requests\/sec/ { print $2 }' "$OUT/wrk-$target-$round.txt")
+            errors=$(awk '/Socket errors|Non-2xx/ { print }' "$OUT/wrk-$target-$round.txt")
+            cpu_us=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
+            printf '%s\t%s\t%s\t%s\n' "$target" "$round" "$rate" "$cpu_us" >>"$OUT/http.tsv"
+            printf 'round %s %-12s %10.0f req/s  %6s µs server CPU per request  (pids %s)%s\n' \
+                "$round" "$target" "$rate" "$cpu_us" "${pids[*]}" "${errors:+  $errors}"
+        done
+    done
+    echo
+    # Medians per target, and ratios to the first target's.
+    awk -F'\t' '
+        function median(list,    n, v, i, j, t) {
+            n = split(list, v, " ")
+            for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] + 0 < v[i] + 0) { t = v[i]; v[i] = v[j]; v[j] = t }
+            return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
         }
-    }' "$OUT/http.tsv" | tee "$OUT/http-summary.txt"
+        { if (!($1 in rate)) order[++count] = $1; rate[$1] = rate[$1] " " $3; cpu[$1] = cpu[$1] " " $4 }
+        END {
+            printf "%-12s %10s %13s %20s %22s\n", "target", "req/s", "cpu/req (µs)", "req/s vs " order[1], "cpu/req vs " order[1]
+            base_rate = median(rate[order[1]]); base_cpu = median(cpu[order[1]])
+            for (i = 1; i <= count; i++) {
+                t = order[i]; r = median(rate[t]); c = median(cpu[t])
+                printf "%-12s %10.0f %13.2f %20.3f %22.3f\n", t, r, c, r / base_rate, c / base_cpu
+            }
+        }' "$OUT/http.tsv" | tee "$OUT/http-summary.txt"
+fi
 
 # --- 2. echo at 64 B: native against wasm ---------------------------------------------
 LOADGEN_ARGS=(--connections "$CONNECTIONS" --duration "$DURATION" --rounds "$ROUNDS" --size 64)
@@ -242,14 +251,18 @@ for name in "${SANDPORTS[@]}"; do
     ECHO_TARGETS+=(--target "wasm$suffix=127.0.0.1:$((BASE[$name] + ECHO_OFFSET))")
     BURN_TARGETS+=(--target "burn-$BURN_US$suffix=127.0.0.1:$((BASE[$name] + BURN_OFFSET))")
 done
-echo
-echo "== echo: sandport-loadgen echo ${ECHO_TARGETS[*]} ${LOADGEN_ARGS[*]}"
-"$LOADGEN" echo "${ECHO_TARGETS[@]}" "${LOADGEN_ARGS[@]}" 2>"$OUT/echo-rounds.txt" | tee "$OUT/echo-summary.txt"
+if wanted echo; then
+    echo
+    echo "== echo: sandport-loadgen echo ${ECHO_TARGETS[*]} ${LOADGEN_ARGS[*]}"
+    "$LOADGEN" echo "${ECHO_TARGETS[@]}" "${LOADGEN_ARGS[@]}" 2>"$OUT/echo-rounds.txt" | tee "$OUT/echo-summary.txt"
+fi
 
 # --- 3. the burn fixture: 0 µs against $BURN_US µs per message -------------------------
-echo
-echo "== burn: sandport-loadgen echo ${BURN_TARGETS[*]} ${LOADGEN_ARGS[*]}"
-"$LOADGEN" echo "${BURN_TARGETS[@]}" "${LOADGEN_ARGS[@]}" 2>"$OUT/burn-rounds.txt" | tee "$OUT/burn-summary.txt"
-for name in "${SANDPORTS[@]}"; do
-    grep -h "burn:" "$OUT/$name.log" | sed "s/^/$name log: /" || true
-done
+if wanted burn; then
+    echo
+    echo "== burn: sandport-loadgen echo ${BURN_TARGETS[*]} ${LOADGEN_ARGS[*]}"
+    "$LOADGEN" echo "${BURN_TARGETS[@]}" "${LOADGEN_ARGS[@]}" 2>"$OUT/burn-rounds.txt" | tee "$OUT/burn-summary.txt"
+    for name in "${SANDPORTS[@]}"; do
+        grep -h "burn:" "$OUT/$name.log" | sed "s/^/$name log: /" || true
+    done
+fi
