@@ -70,6 +70,9 @@ pub use migrate::Migrate;
 pub use migrate::bindings as migrate_bindings;
 pub use recv::RecvBuf;
 
+/// When a handler gets `send` events: see [`Handler::SEND_EVENTS`].
+pub use bindings::sandport::handler::types::SendEvents;
+
 /// The raw bindings of the `sandport:handler/plugin` world, as wit-bindgen generates
 /// them; the rest of this crate wraps them.
 ///
@@ -114,6 +117,33 @@ pub mod bindings {
 /// sandport_guest::export!(Greeter);
 /// ```
 pub trait Handler {
+    /// When [`on_send`](Handler::on_send) is called: after every write of a
+    /// connection's send buffer to its socket ([`SendEvents::EveryWrite`], the
+    /// default), or only when the handler waits for room ([`SendEvents::WhenBlocked`]).
+    ///
+    /// Waiting for room means the handler was told the send buffer had none: a
+    /// [`Conn::send`] refused with [`Error::LimitExceeded`], or a `send` or
+    /// [`Conn::send_room`] answering 0 (which is where [`RecvBuf::pipe_to`] stops).
+    /// A handler that uses `on_send` only to go on after that chooses `WhenBlocked`
+    /// and is spared a call per write: one per reply for a request/response protocol.
+    ///
+    /// ```no_run
+    /// # use sandport_guest::{Conn, Handler, RecvBuf, SendEvents};
+    /// # struct Echo;
+    /// impl Handler for Echo {
+    ///     const SEND_EVENTS: SendEvents = SendEvents::WhenBlocked;
+    ///
+    ///     fn on_recv(&mut self, conn: Conn, rx: RecvBuf<'_>, _n: u32) {
+    ///         let _ = rx.pipe_to(conn);
+    ///     }
+    ///
+    ///     fn on_send(&mut self, conn: Conn, rx: RecvBuf<'_>, _n: u32) {
+    ///         let _ = rx.pipe_to(conn);
+    ///     }
+    /// }
+    /// ```
+    const SEND_EVENTS: SendEvents = SendEvents::EveryWrite;
+
     /// The listener accepted `conn` from `peer`.
     ///
     /// ```no_run
@@ -205,7 +235,8 @@ pub trait Handler {
     }
 
     /// `n` bytes of the send buffer reached the socket: room to send again after a
-    /// [`Error::LimitExceeded`].
+    /// [`Error::LimitExceeded`]. After every write, or only when waiting for room: see
+    /// [`SEND_EVENTS`](Handler::SEND_EVENTS).
     ///
     /// ```no_run
     /// # use sandport_guest::{Conn, Handler, RecvBuf};
@@ -336,14 +367,14 @@ macro_rules! export_migrating {
             impl $crate::__private::MigrateGuest for SandportExport {
                 fn hand_over(conn: u64) -> ::std::vec::Vec<u8> {
                     HANDLER.with_borrow_mut(|handler| {
-                        let handler = handler.get_or_insert_with(|| $make);
+                        let handler = handler.get_or_insert_with(|| $crate::__private::begin::<$handler>($make));
                         $crate::Migrate::hand_over(handler, $crate::Conn::from_id(conn))
                     })
                 }
 
                 fn take_over(conn: u64, state: ::std::vec::Vec<u8>) {
                     HANDLER.with_borrow_mut(|handler| {
-                        let handler = handler.get_or_insert_with(|| $make);
+                        let handler = handler.get_or_insert_with(|| $crate::__private::begin::<$handler>($make));
                         $crate::Migrate::take_over(handler, $crate::Conn::from_id(conn), &state);
                     });
                 }
@@ -373,7 +404,7 @@ macro_rules! __export_handler {
         impl $crate::__private::Guest for SandportExport {
             fn handle(conn: u64, ev: $crate::__private::Event, rx: &$crate::__private::Mbuf) {
                 HANDLER.with_borrow_mut(|handler| {
-                    let handler = handler.get_or_insert_with(|| $make);
+                    let handler = handler.get_or_insert_with(|| $crate::__private::begin::<$handler>($make));
                     $crate::__private::dispatch(handler, conn, ev, rx);
                 });
             }
@@ -389,7 +420,18 @@ pub mod __private {
     pub use crate::bindings::exports::sandport::handler::handler::{Event, Guest, Mbuf};
     pub use crate::migrate_bindings::exports::sandport::handler::migrate::Guest as MigrateGuest;
 
-    use crate::{Conn, Error, Handler, Peer, RecvBuf};
+    use crate::bindings::sandport::handler::host;
+    use crate::{Conn, Error, Handler, Peer, RecvBuf, SendEvents};
+
+    /// A new handler value, `handler`, starts serving this instance: tell the host
+    /// what it needs to know about it before its first event.
+    pub fn begin<H: Handler>(handler: H) -> H {
+        // The host's default needs no call.
+        if H::SEND_EVENTS != SendEvents::EveryWrite {
+            host::set_send_events(H::SEND_EVENTS);
+        }
+        handler
+    }
 
     /// Route one event to the matching `Handler` method.
     pub fn dispatch<H: Handler>(handler: &mut H, conn: u64, ev: Event, rx: &Mbuf) {

@@ -79,6 +79,9 @@ pub(crate) struct Connection {
     pub queued: bool,
     /// Registered for WRITABLE readiness (only while a write would block).
     pub write_interest: bool,
+    /// The handler was told the send buffer had no room: the next write brings a
+    /// SEND event whatever the instance's [`SendEvents`](crate::handler::SendEvents).
+    pub awaits_room: bool,
     /// Armed handler timers: timer id -> arming number in the reactor's queue.
     pub timers: HashMap<u64, u64>,
     /// The arming number of the idle check in the reactor's timer queue; while
@@ -121,6 +124,7 @@ impl Connection {
             attached: true,
             queued: false,
             write_interest: dialing,
+            awaits_room: false,
             timers: HashMap::new(),
             idle_arming: 0,
             last_active: Instant::now(),

@@ -39,7 +39,8 @@ pub enum Event {
     /// down its sending side. The host does not close the connection for that; the
     /// handler decides when it is done.
     Recv(u32),
-    /// This many bytes of the send buffer reached the socket.
+    /// This many bytes of the send buffer reached the socket (after every write, or
+    /// only when the handler waits for room: see [`SendEvents`]).
     Send(u32),
     /// The listener's periodic tick.
     Poll,
@@ -84,6 +85,18 @@ pub enum CloseMode {
     Now,
 }
 
+/// When a handler gets [`Event::Send`] ([`Host::set_send_events`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SendEvents {
+    /// After every write of a connection's send buffer to its socket.
+    #[default]
+    EveryWrite,
+    /// Only after the handler was told a connection's send buffer had no room (a
+    /// refused [`Host::send`], or a `send` or [`Host::send_room`] answering 0): the
+    /// next write to that connection's socket brings one.
+    WhenBlocked,
+}
+
 /// Why the host refused a handler's request. A refused request changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HostError {
@@ -119,7 +132,7 @@ pub trait Host {
     fn send(&mut self, conn: ConnId, data: &[u8]) -> Result<u32, HostError>;
 
     /// The room left in the send buffer of `conn`: the most one `send` can take now.
-    fn send_room(&self, conn: ConnId) -> Result<u32, HostError>;
+    fn send_room(&mut self, conn: ConnId) -> Result<u32, HostError>;
 
     /// Discard the first `n` bytes of the receive buffer of `conn`.
     fn remove(&mut self, conn: ConnId, n: u32) -> Result<(), HostError>;
@@ -145,6 +158,10 @@ pub trait Host {
     /// Report that handling `conn` hit a limit only the handler can see (say its log
     /// rate), so it is logged and counted with the others.
     fn limit_hit(&mut self, conn: ConnId, limit: Limit);
+
+    /// Choose when this handler gets [`Event::Send`], for all of its connections from
+    /// now on; a handler starts with [`SendEvents::EveryWrite`].
+    fn set_send_events(&mut self, mode: SendEvents);
 }
 
 /// A handler lost its state: every connection it was serving is orphaned.

@@ -48,7 +48,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
@@ -57,6 +56,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use rustc_hash::FxHashMap;
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, error, info, warn};
@@ -64,7 +64,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::{InstanceMode, Limit, ListenerSpec};
 use crate::connection::{Connection, Phase, WriteSide};
 use crate::descriptors::Reserve;
-use crate::handler::{ConnId, Event, Fault, Handler, HandlerFactory, HostError};
+use crate::handler::{ConnId, Event, Fault, Handler, HandlerFactory, HostError, SendEvents};
 use crate::throttle::Throttle;
 use crate::timer::{Alarm, Due, Timers};
 
@@ -220,7 +220,12 @@ struct Instance {
     drain_at: Option<Instant>,
     /// Lent out while it handles an event.
     handler: Option<Box<dyn Handler>>,
-    conns: HashMap<ConnId, usize>,
+    /// Its connections' keys by the ids it knows them by. Fx, not SipHash: the ids
+    /// are the host's own sequence numbers, so nobody can pick colliding ones, and
+    /// every host call looks one up.
+    conns: FxHashMap<ConnId, usize>,
+    /// When the handler gets SEND events.
+    send_events: SendEvents,
 }
 
 /// What handlers may see and change: the part of the reactor lent to a [`Host`].
@@ -655,7 +660,13 @@ impl Reactor {
                 Ok(0) => {}
                 Ok(n) => {
                     self.core.accounts[conn.listener].counts.bytes_out += n as u64;
-                    self.dispatch(key, Event::Send(n as u32));
+                    let waited = std::mem::take(&mut conn.awaits_room);
+                    // An orphan's instance is gone (its key may name another by now).
+                    let wanted = conn.delivers_events()
+                        && (waited || self.core.instances[conn.instance].send_events == SendEvents::EveryWrite);
+                    if wanted {
+                        self.dispatch(key, Event::Send(n as u32));
+                    }
                 }
                 Err(err) => return self.close(key, Some(err)),
             }

@@ -1,5 +1,6 @@
 //! Bounded buffers: a client that floods without reading is paused, not buffered
-//! without end, and gets every byte once it reads; a send past the cap is refused.
+//! without end, and gets every byte once it reads; a send past the cap is refused;
+//! and `send` events come after every write, or only to a handler waiting for room.
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,4 +55,45 @@ fn removing_more_than_buffered_is_refused() {
     let mut c = server.connect("probe");
     assert_eq!(c.ask("remove 99999"), "err invalid");
     assert_eq!(c.ask("echo still fine"), "still fine");
+}
+
+#[test]
+fn send_events_come_after_every_write_by_default() {
+    let server = Server::start(&listener("probe", plugins::FIXTURE_PROBE, ""));
+    let mut c = server.connect("probe");
+    assert_eq!(c.ask("sends"), "sends 0");
+    // The answer `sends 0` was written: one event.
+    assert_eq!(c.ask("echo a"), "a");
+    assert_eq!(c.ask("sends"), "sends 2");
+}
+
+#[test]
+fn when_blocked_send_events_come_only_to_a_handler_told_there_is_no_room() {
+    let server = Server::start(&listener("probe", plugins::FIXTURE_PROBE, "[listener.limits]\nsend-buffer = 4096"));
+    let mut c = server.connect("probe");
+    let mut other = server.connect("probe");
+    assert_eq!(c.ask("send-events when-blocked"), "send-events when-blocked");
+    assert_eq!(c.ask("echo a"), "a");
+    assert_eq!(c.ask("sends"), "sends 0");
+    // The mode is the instance's: another connection of it gets none either.
+    assert_eq!(other.ask("echo b"), "b");
+    assert_eq!(other.ask("sends"), "sends 0");
+
+    // A refused send: the next write brings one event, and only that write.
+    assert_eq!(c.ask("big 5000"), "err limit-exceeded");
+    assert_eq!(c.ask("sends"), "sends 1");
+    assert_eq!(c.ask("echo c"), "c");
+    assert_eq!(c.ask("sends"), "sends 1");
+
+    // A send that leaves no room: its answer does not fit (and is lost), the bytes go
+    // out, and that write brings the event.
+    assert_eq!(c.ask("room"), "room 4096");
+    c.send_line("big 4096");
+    assert_eq!(c.bytes(4096), vec![b'x'; 4096]);
+    assert_eq!(c.ask("sends"), "sends 2");
+
+    // Back to every write: each answer's write is an event again.
+    assert_eq!(c.ask("send-events every-write"), "send-events every-write");
+    assert_eq!(c.ask("echo d"), "d");
+    assert_eq!(c.ask("sends"), "sends 4");
 }

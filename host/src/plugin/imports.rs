@@ -27,7 +27,7 @@ use super::deadline::CallClock;
 use super::log_rate::LogBudget;
 use super::output::{GuestLog, GuestStream, Source};
 use super::wasi::NoWaitView;
-use crate::handler::{CloseMode, ConnId, Host, HostError};
+use crate::handler::{CloseMode, ConnId, Host, HostError, SendEvents};
 use crate::mbuf::Mbuf;
 
 /// Table elements a guest may grow a table to (a pointer each: 512 KiB).
@@ -306,6 +306,15 @@ impl host::Host for GuestState {
             types::LogLevel::Error => Level::ERROR,
         };
         self.log.message(level, &message);
+        Ok(())
+    }
+
+    fn set_send_events(&mut self, mode: types::SendEvents) -> wasmtime::Result<()> {
+        let mode = match mode {
+            types::SendEvents::EveryWrite => SendEvents::EveryWrite,
+            types::SendEvents::WhenBlocked => SendEvents::WhenBlocked,
+        };
+        self.host()?.set_send_events(mode);
         Ok(())
     }
 }

@@ -9,16 +9,16 @@
 //! listener "starved", retried as soon as a connection closes or after
 //! [`ACCEPT_RETRY`]. Nothing here reads or writes a connection's bytes.
 
-use std::collections::HashMap;
 use std::io;
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap;
 use tracing::{debug, error, info, warn};
 
 use super::{Instance, Reactor};
 use crate::config::{InstanceMode, Limit};
 use crate::descriptors;
-use crate::handler::Event;
+use crate::handler::{Event, SendEvents};
 
 /// How soon a starved listener tries again if no connection closes first.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -133,7 +133,8 @@ impl Reactor {
                     version: listener.version,
                     drain_at: None,
                     handler: Some(handler),
-                    conns: HashMap::new(),
+                    conns: FxHashMap::default(),
+                    send_events: SendEvents::default(),
                 });
                 if shared {
                     listener.shared = Some(instance);

@@ -13,7 +13,7 @@ use tracing::debug;
 use super::{Account, Core};
 use crate::config::Limit;
 use crate::connection::{Connection, Phase, WriteSide};
-use crate::handler::{CloseMode, ConnId, Host, HostError};
+use crate::handler::{CloseMode, ConnId, Host, HostError, SendEvents};
 use crate::mbuf::Mbuf;
 use crate::timer::Alarm;
 
@@ -60,20 +60,24 @@ impl Host for Scope<'_> {
             return Err(HostError::Closed);
         }
         if c.tx.append(data).is_err() {
+            c.awaits_room = true;
             self.core.hit(key, Limit::SendBuffer);
             return Err(HostError::LimitExceeded("send buffer"));
         }
-        let room = self.core.conns[key].tx.room() as u32;
+        let room = c.tx.room() as u32;
+        c.awaits_room |= room == 0;
         self.core.enqueue(key);
         Ok(room)
     }
 
-    fn send_room(&self, conn: ConnId) -> Result<u32, HostError> {
-        let c = &self.core.conns[self.key(conn)?];
-        if c.phase != Phase::Open || c.write_side != WriteSide::Open {
+    fn send_room(&mut self, conn: ConnId) -> Result<u32, HostError> {
+        let (_, c) = self.open(conn)?;
+        if c.write_side != WriteSide::Open {
             return Err(HostError::Closed);
         }
-        Ok(c.tx.room() as u32)
+        let room = c.tx.room() as u32;
+        c.awaits_room |= room == 0;
+        Ok(room)
     }
 
     fn remove(&mut self, conn: ConnId, n: u32) -> Result<(), HostError> {
@@ -168,5 +172,9 @@ impl Host for Scope<'_> {
         if let Ok(key) = self.key(conn) {
             self.core.hit(key, limit);
         }
+    }
+
+    fn set_send_events(&mut self, mode: SendEvents) {
+        self.core.instances[self.instance].send_events = mode;
     }
 }

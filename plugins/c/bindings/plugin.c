@@ -47,6 +47,9 @@ extern void __wasm_import_sandport_handler_host_config(uint8_t *, size_t, uint8_
 __attribute__((__import_module__("sandport:handler/host@0.1.0"), __import_name__("log")))
 extern void __wasm_import_sandport_handler_host_log(int32_t, uint8_t *, size_t);
 
+__attribute__((__import_module__("sandport:handler/host@0.1.0"), __import_name__("set-send-events")))
+extern void __wasm_import_sandport_handler_host_set_send_events(int32_t);
+
 // Exported Functions from `sandport:handler/handler@0.1.0`
 
 
@@ -701,6 +704,10 @@ bool sandport_handler_host_config(plugin_string_t *key, plugin_string_t *ret) {
 
 void sandport_handler_host_log(sandport_handler_host_log_level_t level, plugin_string_t *message) {
   __wasm_import_sandport_handler_host_log((int32_t) level, (uint8_t *) (*message).ptr, (*message).len);
+}
+
+void sandport_handler_host_set_send_events(sandport_handler_host_send_events_t mode) {
+  __wasm_import_sandport_handler_host_set_send_events((int32_t) mode);
 }
 
 __attribute__((__export_name__("sandport:handler/handler@0.1.0#handle")))

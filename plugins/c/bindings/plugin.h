@@ -75,6 +75,17 @@ typedef uint8_t sandport_handler_types_log_level_t;
 #define SANDPORT_HANDLER_TYPES_LOG_LEVEL_WARN 3
 #define SANDPORT_HANDLER_TYPES_LOG_LEVEL_ERROR 4
 
+// When an instance gets `event::send` (see `host.set-send-events`).
+typedef uint8_t sandport_handler_types_send_events_t;
+
+// After every write of a connection's send buffer to its socket.
+#define SANDPORT_HANDLER_TYPES_SEND_EVENTS_EVERY_WRITE 0
+// Only when the handler waits for room: after it was told that a
+// connection's send buffer had none (a `send` refused with `limit-exceeded`,
+// or a `send` or `send-room` answering 0 bytes of room), the next write to
+// that connection's socket brings one `send` event, the moment to go on.
+#define SANDPORT_HANDLER_TYPES_SEND_EVENTS_WHEN_BLOCKED 1
+
 typedef struct {
   bool is_err;
   union {
@@ -108,7 +119,9 @@ typedef struct sandport_handler_types_event_t {
 // back, a proxy waiting for its upstream's answer). Close it (usually
 // `after-send`) when done; the listener's idle timeout closes it otherwise.
 #define SANDPORT_HANDLER_TYPES_EVENT_RECV 2
-// This many bytes of the send buffer reached the socket.
+// This many bytes of the send buffer reached the socket. Delivered after
+// every such write, or only when the handler waits for room: see
+// `host.set-send-events`.
 #define SANDPORT_HANDLER_TYPES_EVENT_SEND 3
 // A periodic tick, delivered only when the listener sets `poll-interval-ms`.
 #define SANDPORT_HANDLER_TYPES_EVENT_POLL 4
@@ -125,6 +138,8 @@ typedef sandport_handler_types_close_mode_t sandport_handler_host_close_mode_t;
 typedef sandport_handler_types_error_t sandport_handler_host_error_t;
 
 typedef sandport_handler_types_log_level_t sandport_handler_host_log_level_t;
+
+typedef sandport_handler_types_send_events_t sandport_handler_host_send_events_t;
 
 typedef struct sandport_handler_host_own_mbuf_t {
   int32_t __handle;
@@ -252,6 +267,16 @@ extern bool sandport_handler_host_connect(plugin_string_t *address, sandport_han
 extern bool sandport_handler_host_config(plugin_string_t *key, plugin_string_t *ret);
 // Write a line to the host's log, tagged with the listener's name.
 extern void sandport_handler_host_log(sandport_handler_host_log_level_t level, plugin_string_t *message);
+// Choose when this instance gets `event::send`, for all of its connections from
+// now on. An instance starts with `every-write`.
+// 
+// Why a choice: most handlers need `send` only to go on after the send buffer
+// was full (an echo, a proxy, a reply that did not fit); to them the event after
+// every write is a call into the guest for nothing, one per reply of a
+// request/response protocol. Such a handler asks for `when-blocked` once, say in
+// its first event. A `send` larger than the whole send buffer never fits and
+// brings no event in either mode.
+extern void sandport_handler_host_set_send_events(sandport_handler_host_send_events_t mode);
 
 // Exported Functions from `sandport:handler/handler@0.1.0`
 void exports_sandport_handler_handler_handle(exports_sandport_handler_handler_conn_t conn, exports_sandport_handler_handler_event_t *ev, exports_sandport_handler_handler_borrow_mbuf_t rx);

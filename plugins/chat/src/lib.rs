@@ -37,7 +37,9 @@
 
 use std::time::Duration;
 
-use sandport_guest::{ByteSource, Conn, ConnMap, Error, FrameError, Handler, Migrate, Peer, RecvBuf, config, log};
+use sandport_guest::{
+    ByteSource, Conn, ConnMap, Error, FrameError, Handler, Migrate, Peer, RecvBuf, SendEvents, config, log,
+};
 
 /// Longest line accepted, without its `\n`.
 const MAX_LINE: usize = 4096;
@@ -143,6 +145,9 @@ impl Chat {
 }
 
 impl Handler for Chat {
+    /// A member whose send buffer is full misses lines; nothing waits for room.
+    const SEND_EVENTS: SendEvents = SendEvents::WhenBlocked;
+
     fn on_accept(&mut self, conn: Conn, _peer: Peer) {
         let name = format!("user{conn}");
         deliver(conn, style::welcome(&name).as_bytes());

@@ -15,7 +15,7 @@
 //! arrive (the conformance suite's way to check that a fault is contained; see
 //! `plugins/CONFORMANCE.md`).
 
-use sandport_guest::{Conn, ConnMap, Error, Handler, Peer, RecvBuf, config, log};
+use sandport_guest::{Conn, ConnMap, Error, Handler, Peer, RecvBuf, SendEvents, config, log};
 
 /// The handler; the bytes are all in the host, it only remembers who has finished.
 #[derive(Default)]
@@ -43,6 +43,9 @@ impl Echo {
 }
 
 impl Handler for Echo {
+    /// `on_send` only resumes a copy that stopped for lack of room.
+    const SEND_EVENTS: SendEvents = SendEvents::WhenBlocked;
+
     fn on_accept(&mut self, conn: Conn, _peer: Peer) {
         if let Some(greeting) = &self.settings().greeting {
             let _ = conn.send(greeting);

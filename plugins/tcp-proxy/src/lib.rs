@@ -24,7 +24,7 @@
 //! - **Either side gone** (reset, error, a failed dial): what is still readable from it
 //!   is forwarded as far as room allows, and its peer is closed after sending.
 
-use sandport_guest::{Conn, ConnMap, Error, Handler, Peer, RecvBuf, config, log};
+use sandport_guest::{Conn, ConnMap, Error, Handler, Peer, RecvBuf, SendEvents, config, log};
 
 /// One connection of a pair, as the proxy sees it.
 struct Side {
@@ -51,6 +51,9 @@ struct Proxy {
 }
 
 impl Handler for Proxy {
+    /// `on_send` only resumes a side that stalled for lack of room on the other.
+    const SEND_EVENTS: SendEvents = SendEvents::WhenBlocked;
+
     fn on_accept(&mut self, client: Conn, peer: Peer) {
         let Some(address) = config::get("upstream") else {
             log::error(&format!("tcp-proxy: client {client} ({peer}) refused: no `upstream` configured"));
