@@ -129,6 +129,10 @@ impl<'a> RecvBuf<'a> {
     /// once the buffer is full, pauses reading this connection) for the next `send`
     /// event of `to`. The heart of an echo (`to` is [`conn`](Self::conn)) or a proxy.
     ///
+    /// Host calls: `send-room`, then a `read`, `send` and `remove` per chunk. A chunk
+    /// shorter than asked emptied this buffer (bytes arrive only between events), so
+    /// it is the last: no further `read` only to find nothing.
+    ///
     /// Fails with [`Error::Closed`] when `to` takes no more bytes (it is closing).
     ///
     /// ```no_run
@@ -142,13 +146,17 @@ impl<'a> RecvBuf<'a> {
         let mut room = to.send_room()? as usize;
         let mut moved = 0;
         while room > 0 {
-            let chunk = self.read(0, room.min(PIPE_CHUNK));
+            let want = room.min(PIPE_CHUNK);
+            let chunk = self.read(0, want);
             if chunk.is_empty() {
                 break;
             }
             room = to.send(&chunk)? as usize;
             self.remove(chunk.len())?;
             moved += chunk.len();
+            if chunk.len() < want {
+                break;
+            }
         }
         Ok(moved)
     }

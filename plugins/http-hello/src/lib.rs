@@ -7,11 +7,18 @@
 //! the connection is closed, since after garbage the next request cannot be found.
 //! A client that half-closes gets the replies to every complete request it sent, then
 //! the connection closes.
+//!
+//! Every host call costs a trip out of the guest, so a `recv` event makes as few as it
+//! can: one `read` of what is buffered, one `send` with the replies to every complete
+//! request in it (pipelined ones concatenated), one `remove` of the bytes they took. A
+//! `send` event makes none unless replies wait for room or requests wait unread.
 
-use sandport_guest::{Conn, ConnMap, Handler, Peer, RecvBuf};
+use sandport_guest::{Conn, ConnMap, Error, Handler, Peer, RecvBuf};
 
-/// Most requests fit in this; reading it first keeps the copy per request small.
-const FIRST_READ: usize = 1024;
+/// What one `read` asks for: a whole header section at most, so the 400 for an endless
+/// one needs a single read, and a burst of pipelined requests comes out in one call.
+/// Asking costs nothing: the host returns only what is buffered.
+const READ: usize = MAX_HEAD;
 /// A header section that has not ended within this many bytes is refused.
 const MAX_HEAD: usize = 16 * 1024;
 /// httparse needs a slot per header; more headers than this is a bad request.
@@ -51,24 +58,49 @@ impl Reply {
     }
 }
 
-/// Where a connection is between requests.
+/// Where a connection is between events.
 #[derive(Default)]
 struct Exchange {
     /// Body bytes of the current request not yet received.
     body_left: u64,
-    /// The reply to the current request, until its body is skipped and it is sent.
-    owed: Option<Reply>,
-    /// A closing reply went out: whatever else arrives is ignored.
-    done: bool,
-    /// The client half-closed while a reply waited for room: close once it is out.
+    /// The reply to the current request, held until its body is skipped.
+    after_body: Option<Reply>,
+    /// Replies ready to go that the send buffer has not taken yet, back to back.
+    owed: Vec<u8>,
+    /// `rx` may hold requests not looked at yet: a full `read` was answered and the
+    /// rest left for the `send` event those replies bring (which keeps a flood of
+    /// pipelined requests in step with the client reading its replies), or bytes
+    /// arrived while replies were owed.
+    unread: bool,
+    /// A closing reply is owed or gone: nothing more is parsed.
+    closing: bool,
+    /// The client half-closed while work was pending: close once it is done.
     eof: bool,
 }
 
 impl Exchange {
-    /// Whether a reply is ready but did not fit the send buffer (`serve` stops there
-    /// only when `send` fails).
-    fn waits_for_room(&self) -> bool {
-        !self.done && self.body_left == 0 && self.owed.is_some()
+    /// Whether a `send` event has work: owed replies to retry or requests to read.
+    fn pending(&self) -> bool {
+        !self.owed.is_empty() || self.unread
+    }
+
+    /// Queue a reply to go out with the next `send`.
+    fn queue(&mut self, reply: Reply) {
+        self.owed.extend_from_slice(reply.bytes());
+        self.closing |= reply.closes();
+    }
+
+    /// Count `available` bytes (or fewer) toward the current request's body; once the
+    /// body is skipped, queue its reply. Returns how many bytes the body took.
+    fn skip_body(&mut self, available: usize) -> usize {
+        let n = self.body_left.min(available as u64);
+        self.body_left -= n;
+        if self.body_left == 0
+            && let Some(reply) = self.after_body.take()
+        {
+            self.queue(reply);
+        }
+        n as usize
     }
 }
 
@@ -84,24 +116,44 @@ impl Handler for HttpHello {
     }
 
     fn on_recv(&mut self, conn: Conn, rx: RecvBuf<'_>, _n: u32) {
-        serve(self.exchanges.get_or_insert_with(conn, Exchange::default), conn, rx);
+        let ex = self.exchanges.get_or_insert_with(conn, Exchange::default);
+        if ex.closing {
+            return;
+        }
+        if !ex.owed.is_empty() {
+            // Replies wait for room: the new requests wait in `rx` behind them, which
+            // is the backpressure, and the next `send` event reads them.
+            ex.unread = true;
+            return;
+        }
+        serve(ex, conn, rx);
     }
 
-    /// A reply that did not fit the send buffer may fit now.
+    /// Owed replies may fit now, and requests left unread are read once they are out.
+    /// Otherwise (after every reply that went out at once) nothing to do, and no call.
     fn on_send(&mut self, conn: Conn, rx: RecvBuf<'_>, _n: u32) {
-        if let Some(exchange) = self.exchanges.get_mut(conn) {
-            serve(exchange, conn, rx);
-            if exchange.eof && !exchange.waits_for_room() {
-                let _ = conn.close_after_send();
-            }
+        let Some(ex) = self.exchanges.get_mut(conn) else { return };
+        if !ex.pending() {
+            return;
+        }
+        if !flush(ex, conn) {
+            return;
+        }
+        if ex.unread && !ex.closing {
+            serve(ex, conn, rx);
+        }
+        if ex.eof && !ex.pending() && !ex.closing {
+            let _ = conn.close_after_send();
         }
     }
 
     /// No more requests will come: close once every complete one is answered, which is
-    /// now unless a reply waits for room (the requests behind it wait in `rx`).
+    /// now unless replies wait for room or requests wait unread (the `send` event then
+    /// closes), or a closing reply already closes it.
     fn on_eof(&mut self, conn: Conn, _rx: RecvBuf<'_>) {
         match self.exchanges.get_mut(conn) {
-            Some(exchange) if exchange.waits_for_room() => exchange.eof = true,
+            Some(ex) if ex.closing => {}
+            Some(ex) if ex.pending() => ex.eof = true,
             _ => {
                 let _ = conn.close_after_send();
             }
@@ -113,67 +165,117 @@ impl Handler for HttpHello {
     }
 }
 
-/// Answer every complete request in `rx`, in order, as far as the send buffer allows.
+/// Answer the complete requests in `rx`, in order: read, parse every one, send their
+/// replies together, remove the bytes they took. `ex.owed` is empty on entry.
 fn serve(ex: &mut Exchange, conn: Conn, rx: RecvBuf<'_>) {
-    while !ex.done {
-        if ex.body_left > 0 {
-            let n = ex.body_left.min(rx.len() as u64);
-            if rx.remove(n as usize).is_err() {
-                return;
-            }
-            ex.body_left -= n;
-            if ex.body_left > 0 {
-                return;
-            }
-        }
-        if let Some(reply) = ex.owed {
-            // On `LimitExceeded` the reply stays owed and `on_send` retries; the
-            // pipelined requests behind it wait in `rx`, which is the backpressure.
-            if conn.send(reply.bytes()).is_err() {
-                return;
-            }
-            ex.owed = None;
-            if reply.closes() {
-                ex.done = true;
-                let _ = conn.close_after_send();
-                return;
+    ex.unread = false;
+    // Bytes at the front of `rx` that the requests so far took.
+    let mut taken = 0;
+    loop {
+        if ex.body_left >= READ as u64 {
+            // A whole read would be body: skip it without copying it out.
+            taken += ex.skip_body(rx.len().saturating_sub(taken));
+            if ex.closing || ex.body_left > 0 {
+                break;
             }
         }
-        match next_request(rx) {
-            None => return,
+        let data = rx.read(taken, READ);
+        taken += parse(ex, &data);
+        // A read shorter than asked emptied `rx` (bytes arrive only between events,
+        // each with its own `recv`), so there is nothing left to read: no second call.
+        if ex.closing || data.len() < READ {
+            break;
+        }
+        if !ex.owed.is_empty() {
+            ex.unread = true;
+            break;
+        }
+        // A full read that answered nothing (a body, a header section going on past
+        // it): read on, since no `send` event would come to do it.
+    }
+    flush(ex, conn);
+    // Owed or not, the replies are the guest's now, so the requests go. After a
+    // closing reply the connection ends with whatever `rx` holds: no call for that.
+    if taken > 0 && !ex.closing {
+        let _ = rx.remove(taken);
+    }
+}
+
+/// Parse the requests at the front of `data` (read from `rx`), skipping their bodies
+/// and queueing their replies, up to an incomplete one or a closing reply. Returns how
+/// many bytes they took.
+fn parse(ex: &mut Exchange, data: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        at += ex.skip_body(data.len() - at);
+        if ex.closing || ex.body_left > 0 {
+            return at;
+        }
+        match next_request(&data[at..]) {
+            // Incomplete: the rest is read in a later event.
+            None => return at,
             Some(Ok((head_len, body_len, reply))) => {
-                if rx.remove(head_len).is_err() {
-                    return;
-                }
+                at += head_len;
+                // `skip_body` queues the reply once the body is skipped: on the next
+                // pass when there is no body.
                 ex.body_left = body_len;
-                ex.owed = Some(reply);
+                ex.after_body = Some(reply);
             }
-            Some(Err(())) => ex.owed = Some(Reply::BadRequest),
+            Some(Err(())) => {
+                ex.queue(Reply::BadRequest);
+                return at;
+            }
         }
     }
 }
 
-/// Parse the request at the front of `rx` without consuming it.
+/// Hand the owed replies to the host in one `send`. Returns whether none is owed now.
+///
+/// `send` is all or nothing: on `LimitExceeded` the replies stay owed for the next
+/// `send` event. But the replies to a burst of pipelined requests can outgrow even an
+/// empty send buffer, so then the part that fits goes now and the rest later.
+fn flush(ex: &mut Exchange, conn: Conn) -> bool {
+    if ex.owed.is_empty() {
+        return true;
+    }
+    match conn.send(&ex.owed) {
+        Ok(_) => ex.owed.clear(),
+        Err(Error::LimitExceeded) => {
+            if let Ok(room) = conn.send_room() {
+                let fits = (room as usize).min(ex.owed.len());
+                if fits > 0 && conn.send(&ex.owed[..fits]).is_ok() {
+                    ex.owed.drain(..fits);
+                }
+            }
+            return false;
+        }
+        Err(_) => {
+            // Closing or gone: nobody left to answer.
+            ex.owed.clear();
+            ex.closing = true;
+            return false;
+        }
+    }
+    if ex.closing {
+        let _ = conn.close_after_send();
+    }
+    true
+}
+
+/// Parse the request at the front of `head` (bytes read from `rx`).
 ///
 /// `None` while the header section is incomplete; otherwise its length, the body
 /// length and the reply, or `Err` for a bad request.
-fn next_request(rx: RecvBuf<'_>) -> Option<Result<(usize, u64, Reply), ()>> {
-    let mut head = rx.read(0, FIRST_READ);
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        return match req.parse(&head) {
-            Ok(httparse::Status::Complete(head_len)) => {
-                Some(judge(&req).map(|(body_len, reply)| (head_len, body_len, reply)))
-            }
-            Ok(httparse::Status::Partial) if head.len() >= MAX_HEAD => Some(Err(())),
-            Ok(httparse::Status::Partial) if head.len() == FIRST_READ && rx.len() > FIRST_READ => {
-                head = rx.read(0, MAX_HEAD);
-                continue;
-            }
-            Ok(httparse::Status::Partial) => None,
-            Err(_) => Some(Err(())),
-        };
+fn next_request(head: &[u8]) -> Option<Result<(usize, u64, Reply), ()>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(head_len)) => {
+            Some(judge(&req).map(|(body_len, reply)| (head_len, body_len, reply)))
+        }
+        Ok(httparse::Status::Partial) if head.len() >= MAX_HEAD => Some(Err(())),
+        Ok(httparse::Status::Partial) => None,
+        Err(_) => Some(Err(())),
     }
 }
 
