@@ -13,7 +13,7 @@
 //! request in it (pipelined ones concatenated), one `remove` of the bytes they took. A
 //! `send` event makes none unless replies wait for room or requests wait unread.
 
-use sandport_guest::{Conn, ConnMap, Error, Handler, Peer, RecvBuf};
+use sandport_guest::{Conn, ConnMap, Error, Handler, Peer, RecvBuf, SendEvents};
 
 /// What one `read` asks for: a whole header section at most, so the 400 for an endless
 /// one needs a single read, and a burst of pipelined requests comes out in one call.
@@ -67,10 +67,8 @@ struct Exchange {
     after_body: Option<Reply>,
     /// Replies ready to go that the send buffer has not taken yet, back to back.
     owed: Vec<u8>,
-    /// `rx` may hold requests not looked at yet: a full `read` was answered and the
-    /// rest left for the `send` event those replies bring (which keeps a flood of
-    /// pipelined requests in step with the client reading its replies), or bytes
-    /// arrived while replies were owed.
+    /// `rx` may hold requests not looked at yet, left for the `send` event that room
+    /// in the send buffer brings: replies were owed when they arrived or were read.
     unread: bool,
     /// A closing reply is owed or gone: nothing more is parsed.
     closing: bool,
@@ -111,6 +109,9 @@ struct HttpHello {
 }
 
 impl Handler for HttpHello {
+    /// `on_send` has work only after the send buffer refused replies.
+    const SEND_EVENTS: SendEvents = SendEvents::WhenBlocked;
+
     fn on_accept(&mut self, conn: Conn, _peer: Peer) {
         self.exchanges.insert(conn, Exchange::default());
     }
@@ -186,14 +187,18 @@ fn serve(ex: &mut Exchange, conn: Conn, rx: RecvBuf<'_>) {
         if ex.closing || data.len() < READ {
             break;
         }
-        if !ex.owed.is_empty() {
+        // A full read: more may be buffered. Its replies go first; if the send buffer
+        // is full, the rest waits in `rx` for the `send` event room brings (the
+        // backpressure that keeps a flood of pipelined requests in step with the
+        // client reading its replies). Otherwise read on: no event would come for it.
+        if !flush(ex, conn) {
             ex.unread = true;
             break;
         }
-        // A full read that answered nothing (a body, a header section going on past
-        // it): read on, since no `send` event would come to do it.
     }
-    flush(ex, conn);
+    if !ex.unread {
+        flush(ex, conn);
+    }
     // Owed or not, the replies are the guest's now, so the requests go. After a
     // closing reply the connection ends with whatever `rx` holds: no call for that.
     if taken > 0 && !ex.closing {
