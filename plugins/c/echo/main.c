@@ -4,7 +4,8 @@
 // the receive buffer to the send buffer and removes exactly that from the receive
 // buffer. When the client does not read its echo the send buffer fills, the rest waits
 // in the receive buffer, the host stops reading from the client, and the next `send`
-// event (the socket took some bytes) resumes. So any amount passes through bounded
+// event (the socket took some bytes; asked for only in that case, see `read_config`)
+// resumes. So any amount passes through bounded
 // buffers.
 //
 // When the client half-closes (`recv(0)`) bytes may still wait for room: the echo
@@ -28,8 +29,8 @@ typedef sandport_handler_host_error_t host_error_t;
 // next to the copy, small enough that a big send buffer does not grow our memory.
 #define CHUNK (64 * 1024)
 
-// The listener's configuration. Read at the first event, not per event: it cannot
-// change for the life of an instance.
+// Set up at the first event: the listener's configuration, read once since it cannot
+// change for the life of an instance, and when `send` events come.
 static bool configured;
 static bool has_greeting, has_trigger;
 static plugin_list_u8_t greeting; // with its '\n'
@@ -65,6 +66,9 @@ static void read_config(void) {
     trigger.ptr = value.ptr; // kept for the life of the instance
     trigger.len = value.len;
   }
+  // A `send` event matters to an echo only when a full send buffer stopped it: ask for
+  // those alone, instead of one after every write.
+  sandport_handler_host_set_send_events(SANDPORT_HANDLER_TYPES_SEND_EVENTS_WHEN_BLOCKED);
   configured = true;
 }
 
@@ -164,7 +168,8 @@ void exports_sandport_handler_handler_handle(conn_t conn, sandport_handler_types
     }
     break;
   case SANDPORT_HANDLER_TYPES_EVENT_SEND:
-    // Most send events find nothing waiting: one `len` costs less than a pump.
+    // Waiting for room, yet the receive buffer may have been emptied meanwhile: one
+    // `len` costs less than a pump.
     if (sandport_handler_host_method_mbuf_len(rx) > 0 && !pump(conn, rx)) break;
     if (ending_len > 0 && ending_take(conn)) close_after_send(conn);
     break;

@@ -4,8 +4,8 @@
 //! the receive buffer to the send buffer and removes exactly that from the receive
 //! buffer. When the client does not read its echo the send buffer fills, the rest waits
 //! in the receive buffer, the host stops reading from the client, and the next `send`
-//! event (the socket took some bytes) resumes. So any amount passes through bounded
-//! buffers.
+//! event (the socket took some bytes; asked for only in that case, see `readConfig`)
+//! resumes. So any amount passes through bounded buffers.
 //!
 //! When the client half-closes (`recv(0)`) bytes may still wait for room: the echo
 //! remembers the connection and closes it (after sending) once the last of them is in
@@ -36,8 +36,8 @@ const chunk_max = 64 * 1024;
 /// libc's malloc: the bindings allocate what the host returns with it.
 const gpa = std.heap.c_allocator;
 
-/// The listener's configuration. Read at the first event, not per event: it cannot
-/// change for the life of an instance.
+/// Set up at the first event: the listener's configuration, read once since it cannot
+/// change for the life of an instance, and when `send` events come.
 var configured = false;
 var greeting: ?[]u8 = null; // with its '\n'
 var trigger: ?[]u8 = null;
@@ -62,6 +62,9 @@ fn config(key: []const u8, comptime suffix: []const u8) ?[]u8 {
 fn readConfig() void {
     greeting = config("greeting", "\n");
     trigger = config("fault-trigger", "");
+    // A `send` event matters to an echo only when a full send buffer stopped it: ask
+    // for those alone, instead of one after every write.
+    c.sandport_handler_host_set_send_events(c.SANDPORT_HANDLER_TYPES_SEND_EVENTS_WHEN_BLOCKED);
     configured = true;
 }
 
@@ -144,7 +147,8 @@ export fn exports_sandport_handler_handler_handle(conn: Conn, ev: *Event, rx: Mb
             ending.append(gpa, conn) catch @trap(); // the rest goes out at later `send` events
         },
         c.SANDPORT_HANDLER_TYPES_EVENT_SEND => {
-            // Most send events find nothing waiting: one `len` costs less than a pump.
+            // Waiting for room, yet the receive buffer may have been emptied meanwhile:
+            // one `len` costs less than a pump.
             if (c.sandport_handler_host_method_mbuf_len(rx) > 0 and !pump(conn, rx)) return;
             if (ending.items.len > 0 and endingTake(conn)) closeAfterSend(conn);
         },
