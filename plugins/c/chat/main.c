@@ -161,6 +161,9 @@ static void read_config(void) {
     trigger.ptr = value.ptr; // kept for the life of the instance
     trigger.len = value.len;
   }
+  // A member whose send buffer is full misses lines; nothing waits for room, so no
+  // `send` event is of use: ask for the fewest there are.
+  sandport_handler_host_set_send_events(SANDPORT_HANDLER_TYPES_SEND_EVENTS_WHEN_BLOCKED);
   configured = true;
 }
 

@@ -10,7 +10,9 @@
 // large windows, collects each member's output of an event and sends it in one call at
 // the end, and stops after a time budget, to go on reading when its own timer fires.
 
-import { send, sendRoom, remove, setTimer, cancelTimer, close, config, log } from 'sandport:handler/host@0.1.0';
+import {
+  send, sendRoom, remove, setTimer, cancelTimer, close, config, log, setSendEvents,
+} from 'sandport:handler/host@0.1.0';
 
 // Longest line accepted, without its `\n` (a `\r` before it counts).
 const MAX_LINE = 4096;
@@ -43,6 +45,9 @@ const ending = new Set();
 let settings;
 
 function readSettings() {
+  // A member whose send buffer is full misses lines; nothing waits for room, so no
+  // `send` event is of use (each is a call into JS): ask for the fewest there are.
+  setSendEvents('when-blocked');
   const trigger = config('fault-trigger');
   return {
     motd: config('motd'),

@@ -5,7 +5,7 @@
 // from the client) until a `send` event says the socket took some. So any amount passes
 // through bounded buffers.
 
-import { send, sendRoom, remove, close, config, log } from 'sandport:handler/host@0.1.0';
+import { send, sendRoom, remove, close, config, log, setSendEvents } from 'sandport:handler/host@0.1.0';
 
 // Largest chunk copied per host call: big enough that the call costs little next to the
 // copy (and leaves little garbage per byte), small enough not to hold much guest memory.
@@ -18,6 +18,9 @@ const encoder = new TextEncoder();
 let settings;
 
 function readSettings() {
+  // A `send` event matters only when a full send buffer stopped the echo (and each is
+  // a call into JS): ask for those alone, instead of one after every write.
+  setSendEvents('when-blocked');
   const greeting = config('greeting');
   const trigger = config('fault-trigger');
   return {

@@ -30,7 +30,7 @@ from wit_world.imports import host
 from wit_world.imports.host import Mbuf
 from wit_world.imports.types import (
     CloseMode, Error, Error_Closed, Error_LimitExceeded, Event, Event_Accept, Event_Close,
-    Event_Recv, Event_Timer, LogLevel,
+    Event_Recv, Event_Timer, LogLevel, SendEvents,
 )
 
 # Longest line accepted, without its `\n`: what a member may make the room buffer.
@@ -59,6 +59,10 @@ class Handler(exports.Handler):
     def __init__(self) -> None:
         # Members by connection id, in the order they joined.
         self.names: dict[int, str] = {}
+        # Whether the first event asked for the fewest `send` events: a member whose
+        # send buffer is full misses lines, nothing waits for room, and each event is a
+        # call into Python.
+        self.started = False
 
     @cached_property
     def motd(self) -> str | None:
@@ -70,6 +74,9 @@ class Handler(exports.Handler):
         return (host.config("fault-trigger") or "").encode() or None
 
     def handle(self, conn: int, ev: Event, rx: Mbuf) -> None:
+        if not self.started:
+            host.set_send_events(SendEvents.WHEN_BLOCKED)
+            self.started = True
         try:
             match ev:
                 case Event_Recv(0):

@@ -23,6 +23,7 @@ from wit_world.imports import host
 from wit_world.imports.host import Mbuf
 from wit_world.imports.types import (
     CloseMode, Error_Closed, Event, Event_Accept, Event_Close, Event_Recv, Event_Send, LogLevel,
+    SendEvents,
 )
 
 # Largest chunk copied per host call: big enough that the call costs little next to the
@@ -43,6 +44,9 @@ class Handler(exports.Handler):
         self.waiting: set[int] = set()
         # Connections whose client half-closed: closed once their echo is all sent.
         self.ending: set[int] = set()
+        # Whether the first event asked for `send` events only when the echo waits for
+        # room (each is a call into Python), instead of one after every write.
+        self.started = False
 
     @cached_property
     def greeting(self) -> bytes | None:
@@ -55,6 +59,9 @@ class Handler(exports.Handler):
         return (host.config("fault-trigger") or "").encode() or None
 
     def handle(self, conn: int, ev: Event, rx: Mbuf) -> None:
+        if not self.started:
+            host.set_send_events(SendEvents.WHEN_BLOCKED)
+            self.started = True
         # The trigger's exception must escape: an uncaught exception traps the
         # instance, which the host logs as a fault. `find` scans in the host.
         if isinstance(ev, Event_Recv) and self.trigger and rx.find(self.trigger, 0) is not None:

@@ -127,6 +127,9 @@ fn config(comptime prefix: []const u8, key: []const u8, comptime suffix: []const
 fn readConfig() void {
     motd = config("* ", "motd", "\n");
     trigger = config("", "fault-trigger", "");
+    // A member whose send buffer is full misses lines; nothing waits for room, so no
+    // `send` event is of use: ask for the fewest there are.
+    c.sandport_handler_host_set_send_events(c.SANDPORT_HANDLER_TYPES_SEND_EVENTS_WHEN_BLOCKED);
     configured = true;
 }
 
