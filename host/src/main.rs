@@ -148,14 +148,21 @@ fn serve(config_file: Option<PathBuf>, listen: Vec<String>, plugin: Vec<PathBuf>
     let stop = server.stop_handle();
     let control = server.control();
     // Started even with nothing to watch, so that a reload can add listeners to it.
-    let watcher = watch::follow(control.clone(), watch::watched(&config)).context("cannot watch plugin files")?;
+    // Not fatal: the listeners already serve, and SIGHUP and the admin API still swap.
+    let watcher = match watch::follow(control.clone(), watch::watched(&config)) {
+        Ok(watcher) => Some(watcher),
+        Err(err) => {
+            warn!("{err}; plugin files are not watched for changes (SIGHUP and the admin API still swap)");
+            None
+        }
+    };
     std::thread::Builder::new()
         .name("sandport-signals".into())
         .spawn(move || {
             let mut stopping = false;
             for signal in signals.forever() {
                 match signal {
-                    SIGHUP => reload(config_file.as_deref(), &control, &watcher),
+                    SIGHUP => reload(config_file.as_deref(), &control, watcher.as_ref()),
                     _ if stopping => {
                         warn!("second signal: exiting at once");
                         std::process::exit(130);
@@ -190,7 +197,11 @@ fn init_logging(format: LogFormat) {
 
 /// SIGHUP: re-read the config file and apply it. A file that does not parse changes
 /// nothing.
-fn reload(config_file: Option<&std::path::Path>, control: &sandport::control::Control, watcher: &watch::Watcher) {
+fn reload(
+    config_file: Option<&std::path::Path>,
+    control: &sandport::control::Control,
+    watcher: Option<&watch::Watcher>,
+) {
     let Some(path) = config_file else {
         return warn!("SIGHUP: nothing to reload (serving --listen/--plugin pairs, not a config file)");
     };
@@ -198,7 +209,7 @@ fn reload(config_file: Option<&std::path::Path>, control: &sandport::control::Co
     match Config::from_file(path) {
         Ok(config) => {
             control.reload(&config);
-            if let Err(err) = watcher.set(watch::watched(&config)) {
+            if let Some(Err(err)) = watcher.map(|watcher| watcher.set(watch::watched(&config))) {
                 warn!("cannot watch the reloaded config's plugin files: {err}");
             }
         }
