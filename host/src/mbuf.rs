@@ -153,10 +153,10 @@ impl Mbuf {
             return Ok((0, 0));
         }
         self.reserve(want.min(MIN_READ.max(self.len())));
-        let end = (self.tail + want).min(self.data.len());
-        let n = source.read(&mut self.data[self.tail..end])?;
+        let (start, end) = (self.tail, (self.tail + want).min(self.data.len()));
+        let n = source.read(&mut self.data[start..end])?;
         self.tail += n;
-        Ok((n, end - (self.tail - n)))
+        Ok((n, end - start))
     }
 
     /// Make one `write` call on `sink` with the buffered bytes, removing what it took.
