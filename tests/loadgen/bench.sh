@@ -129,14 +129,8 @@ http {
 EOF
 done
 
-STARTED=()
-stop_all() {
-    for pid in "${STARTED[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-}
-trap stop_all EXIT
+# shellcheck source=processes.sh
+source "$ROOT/tests/loadgen/processes.sh"
 
 declare -A PID
 for name in "${SANDPORTS[@]}"; do
@@ -152,24 +146,13 @@ for workers in 1 2; do
     STARTED+=($!)
 done
 
-# Waits until PORT on 127.0.0.1 accepts connections, for at most 60 s.
-wait_for_port() {
-    local deadline=$((SECONDS + 60))
-    until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
-        if ((SECONDS >= deadline)); then
-            echo "nothing listens on port $1 after 60 s; logs in $OUT" >&2
-            exit 1
-        fi
-        sleep 0.1
-    done
-}
 for name in "${SANDPORTS[@]}"; do
     for offset in $ECHO_OFFSET $BURN0_OFFSET $BURN_OFFSET $HTTP_OFFSET; do
-        wait_for_port $((BASE[$name] + offset))
+        wait_for_port $((BASE[$name] + offset)) 60
     done
 done
 for port in $NGINX1_PORT $NGINX2_PORT $NATIVE_PORT; do
-    wait_for_port "$port"
+    wait_for_port "$port" 60
 done
 
 # The PIDs of a server: the process and its children (nginx's workers).

@@ -66,14 +66,8 @@ RESULTS=$OUT/results.tsv # language, key, value
 : >"$RESULTS"
 result() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; }
 
-STARTED=()
-stop_all() {
-    for pid in "${STARTED[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-}
-trap stop_all EXIT
+# shellcheck source=processes.sh
+source "$ROOT/tests/loadgen/processes.sh"
 
 # --- the client side: start-up timing, greetings, held connections -------------------
 cat >"$OUT/bin/client.py" <<'PY'
@@ -331,18 +325,9 @@ for lang in "${LANGS_OK[@]}"; do
     printf '%-10s cold %s   warm %s\n' "$lang" "${cold[*]}" "${warm[*]}"
 done
 
-# Waits until PORT on 127.0.0.1 accepts connections, for at most 300 s (a cold Python
-# or JavaScript compile takes 15-40 s alone; the caches below are warm).
-wait_for_port() {
-    local deadline=$((SECONDS + 300))
-    until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
-        if ((SECONDS >= deadline)); then
-            echo "nothing listens on port $1 after 300 s; logs in $OUT" >&2
-            exit 1
-        fi
-        sleep 0.1
-    done
-}
+# Servers get 300 s to listen: a cold Python or JavaScript compile takes 15-40 s
+# alone (the caches below are warm).
+LISTEN_WAIT=300
 
 # --- 4. per-connection instances -----------------------------------------------------------
 echo
@@ -354,7 +339,7 @@ for lang in "${LANGS_OK[@]}"; do
         2>"$OUT/logs/per-connection-$lang.log" &
     pid=$!
     STARTED+=("$pid")
-    wait_for_port "$port"
+    wait_for_port "$port" "$LISTEN_WAIT"
     client greet "$port" 20 >/dev/null # warm-up, unmeasured
     client greet "$port" "$CONNECTS" >"$OUT/greet-$lang.json"
     client hold "$port" "$HOLD" "$pid" >"$OUT/hold-$lang.json"
@@ -385,7 +370,7 @@ for lang in "${LANGS_OK[@]}"; do
     PIDS+=(--pid "$lang=${PID[$lang]}")
 done
 for lang in "${LANGS_OK[@]}"; do
-    wait_for_port $((PORT[$lang] + 2))
+    wait_for_port $((PORT[$lang] + 2)) "$LISTEN_WAIT"
 done
 
 loadgen() { # name, then loadgen options
