@@ -141,8 +141,8 @@ impl Connection {
     }
 
     /// Write the send buffer until it is empty or the socket would block. Returns the
-    /// bytes written.
-    pub fn write_out(&mut self) -> io::Result<usize> {
+    /// bytes written; if any, the connection was active at `now`.
+    pub fn write_out(&mut self, now: Instant) -> io::Result<usize> {
         let mut total = 0;
         while !self.tx.is_empty() {
             match self.tx.drain_to(&mut self.socket) {
@@ -156,20 +156,21 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
-        self.touch(total);
+        self.touch(total, now);
         Ok(total)
     }
 
     /// Read into the receive buffer until it is full, the socket would block, the
-    /// peer closed, or `budget` bytes arrived. Returns the bytes read.
+    /// peer closed, or `budget` bytes arrived. Returns the bytes read; if any, the
+    /// connection was active at `now`.
     ///
     /// A read that returns fewer bytes than it asked for emptied the socket, so the
     /// next one would only say it would block: that system call is skipped, as
     /// edge-triggered readiness brings a new event when more arrives. Not when the
     /// last event said the peer closed: that end of stream must be read now.
-    pub fn read_in(&mut self, budget: usize) -> io::Result<usize> {
+    pub fn read_in(&mut self, budget: usize, now: Instant) -> io::Result<usize> {
         let total = self.pull(budget, |c, max| (c.rx.room() > 0).then(|| c.rx.fill_from(&mut c.socket, max)))?;
-        self.touch(total);
+        self.touch(total, now);
         Ok(total)
     }
 
@@ -220,11 +221,10 @@ impl Connection {
         Ok(total)
     }
 
-    /// Note that `moved` bytes went either way: the connection is not idle. (Once per
-    /// read or write burst, not per system call: the clock is not free.)
-    fn touch(&mut self, moved: usize) {
+    /// Note that `moved` bytes went either way at `now`: the connection is not idle.
+    fn touch(&mut self, moved: usize, now: Instant) {
         if moved > 0 {
-            self.last_active = Instant::now();
+            self.last_active = now;
         }
     }
 
