@@ -535,9 +535,8 @@ impl Reactor {
     /// One loop iteration: wait for readiness or the next deadline, then do all the
     /// work that is ready.
     fn turn(&mut self) -> io::Result<()> {
-        let timeout = self.timeout();
-        if let Err(err) = self.poll.poll(&mut self.events, timeout) {
-            return if err.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(err) };
+        if !self.wait()? {
+            return Ok(());
         }
         self.core.now = Instant::now();
         self.obey();
@@ -571,6 +570,37 @@ impl Reactor {
         self.report_suppressed(now);
         self.service_queue();
         Ok(())
+    }
+
+    /// Wait for readiness or the next deadline; false if a signal cut the wait short.
+    ///
+    /// Finding nothing ready, a worker yields its CPU once and looks again before it
+    /// sleeps. Under load the next bytes mostly arrive while another thread (the other
+    /// worker, the peer) has the CPU, and a worker that never slept needs no wake-up,
+    /// which costs the sender as much as the sleeper: with two workers under wrk this
+    /// cut context switches fourfold and the CPU per request by a few percent (see
+    /// BENCHMARKS.md). An idle worker pays one more look per sleep.
+    fn wait(&mut self) -> io::Result<bool> {
+        let timeout = self.timeout();
+        if timeout != Some(Duration::ZERO) {
+            if !self.poll_once(Some(Duration::ZERO))? {
+                return Ok(false);
+            }
+            if !self.events.is_empty() {
+                return Ok(true);
+            }
+            std::thread::yield_now();
+        }
+        self.poll_once(timeout)
+    }
+
+    /// One poll; false if a signal interrupted it.
+    fn poll_once(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => Ok(false),
+            Err(err) => Err(err),
+        }
     }
 
     /// How long the next poll may sleep: not at all with work queued, otherwise until
