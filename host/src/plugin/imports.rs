@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use slab::Slab;
 use tracing::Level;
-use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
-use wasmtime::{Engine, ResourceLimiter, Store};
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable, WasmList};
+use wasmtime::{Engine, ResourceLimiter, Store, StoreContextMut};
 use wasmtime_wasi::p2::pipe::ClosedInputStream;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -29,6 +29,9 @@ use super::output::{GuestLog, GuestStream, Source};
 use super::wasi::NoWaitView;
 use crate::handler::{CloseMode, ConnId, Host, HostError, SendEvents};
 use crate::mbuf::Mbuf;
+
+/// The WIT interface of the imports, as components name it.
+const HOST_INTERFACE: &str = "sandport:handler/host@0.1.0";
 
 /// Table elements a guest may grow a table to (a pointer each: 512 KiB).
 pub const MAX_TABLE_ELEMENTS: usize = 1 << 16;
@@ -156,12 +159,14 @@ impl GuestState {
     }
 
     fn host(&mut self) -> wasmtime::Result<&mut dyn Host> {
-        match self.host {
-            // SAFETY: set by `with_host` from a live `&mut dyn Host` that outlives the
-            // call in progress; imports run only inside that call, one at a time.
-            Some(mut host) => Ok(unsafe { host.as_mut() }),
-            None => Err(wasmtime::format_err!("sandport host called outside of an event")),
-        }
+        let mut host = self.host_pointer()?;
+        // SAFETY: set by `with_host` from a live `&mut dyn Host` that outlives the call
+        // in progress; imports run only inside that call, one at a time.
+        Ok(unsafe { host.as_mut() })
+    }
+
+    fn host_pointer(&self) -> wasmtime::Result<NonNull<dyn Host + 'static>> {
+        self.host.ok_or_else(|| wasmtime::format_err!("sandport host called outside of an event"))
     }
 }
 
@@ -216,8 +221,29 @@ impl WasiView for GuestState {
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<GuestState>> {
     let mut linker = Linker::new(engine);
     super::bindings::Plugin::add_to_linker::<GuestState, HasGuest>(&mut linker, |state| state)?;
+    link_send(&mut linker)?;
     super::wasi::add_to_linker(&mut linker)?;
     Ok(linker)
+}
+
+/// `host.send`, defined again over the generated one, which lifts the bytes into a
+/// fresh `Vec` first: this one hands the host a slice of the guest's memory. That is
+/// an allocation and a copy fewer on every reply.
+fn link_send(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    linker.instance(HOST_INTERFACE)?.func_wrap(
+        "send",
+        |store: StoreContextMut<'_, GuestState>, (conn, data): (u64, WasmList<u8>)| {
+            let mut host = store.data().host_pointer()?;
+            let data = data.as_le_slice(&store);
+            // SAFETY: as in `GuestState::host`; the `Host` is no part of the store,
+            // whose memory `data` borrows.
+            let sent = unsafe { host.as_mut() }.send(ConnId(conn), data);
+            Ok((sent.map_err(types::Error::from),))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 struct HasGuest;
@@ -241,6 +267,7 @@ impl From<HostError> for types::Error {
 impl types::Host for GuestState {}
 
 impl host::Host for GuestState {
+    /// Shadowed in the linker by [`link_send`]; kept for the generated trait.
     fn send(&mut self, conn: u64, data: Vec<u8>) -> wasmtime::Result<Result<u32, types::Error>> {
         Ok(self.host()?.send(ConnId(conn), &data).map_err(Into::into))
     }
