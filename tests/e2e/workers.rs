@@ -92,3 +92,32 @@ fn a_busy_worker_does_not_slow_another() {
     assert!(worst < BUDGET / 2, "the echo waited {worst:?} (p99 {p99:?}) for the busy worker");
     assert_eq!(hits(totals(&aftermath.log, "burner"), "event-timeout-ms"), 4, "{}", aftermath.log);
 }
+
+/// A worker looks again once before it sleeps, and only once: a server whose
+/// connections have gone quiet, after a burst on each, uses next to no CPU.
+#[test]
+fn idle_workers_sleep() {
+    const QUIET: Duration = Duration::from_secs(2);
+    let server =
+        Server::start(&(TWO_WORKERS.to_owned() + &listener("echo", plugins::ECHO, "instance = \"per-worker\"")));
+    let mut clients: Vec<Client> = (0..8).map(|_| server.connect("echo")).collect();
+    for client in &mut clients {
+        for i in 0..100 {
+            assert_eq!(client.ask(&format!("line {i}")), format!("line {i}"));
+        }
+    }
+    let before = cpu_ticks(&server);
+    std::thread::sleep(QUIET);
+    let used = cpu_ticks(&server) - before;
+    // Ticks are 10 ms; a worker spinning instead of sleeping would use 200 of them.
+    assert!(used <= 20, "an idle server used {used} CPU ticks in {QUIET:?}");
+    server.assert_alive("after the quiet");
+}
+
+/// The server process's CPU time so far (user and system, all threads), in clock ticks.
+fn cpu_ticks(server: &Server) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.pid())).unwrap();
+    // The command (field 2) is in parentheses and may hold spaces: count after it.
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
