@@ -207,20 +207,26 @@ if wanted http; then
         done
     done
     echo
-    # Medians per target, and ratios to the first target's.
+    # Medians per target, and ratios to the first target's. The last column pairs each
+    # round with nginx-2's run of the same round and takes the median of those ratios:
+    # the machine's speed drifts between rounds by more than the servers differ.
     awk -F'\t' '
         function median(list,    n, v, i, j, t) {
             n = split(list, v, " ")
             for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] + 0 < v[i] + 0) { t = v[i]; v[i] = v[j]; v[j] = t }
             return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
         }
-        { if (!($1 in rate)) order[++count] = $1; rate[$1] = rate[$1] " " $3; cpu[$1] = cpu[$1] " " $4 }
+        {
+            if (!($1 in rate)) order[++count] = $1
+            rate[$1] = rate[$1] " " $3; cpu[$1] = cpu[$1] " " $4; in_round[$1, $2] = $3; rounds[$2] = 1
+        }
         END {
-            printf "%-12s %10s %13s %20s %22s\n", "target", "req/s", "cpu/req (µs)", "req/s vs " order[1], "cpu/req vs " order[1]
+            printf "%-12s %10s %13s %20s %22s %26s\n", "target", "req/s", "cpu/req (µs)", "req/s vs " order[1], "cpu/req vs " order[1], "req/s vs nginx-2, by round"
             base_rate = median(rate[order[1]]); base_cpu = median(cpu[order[1]])
             for (i = 1; i <= count; i++) {
-                t = order[i]; r = median(rate[t]); c = median(cpu[t])
-                printf "%-12s %10.0f %13.2f %20.3f %22.3f\n", t, r, c, r / base_rate, c / base_cpu
+                t = order[i]; r = median(rate[t]); c = median(cpu[t]); paired = ""
+                for (round in rounds) paired = paired " " in_round[t, round] / in_round["nginx-2", round]
+                printf "%-12s %10.0f %13.2f %20.3f %22.3f %26.3f\n", t, r, c, r / base_rate, c / base_cpu, median(paired)
             }
         }' "$OUT/http.tsv" | tee "$OUT/http-summary.txt"
 fi
