@@ -22,7 +22,10 @@
 # (unset: one sandport without a `workers` line; WORKERS="1 2" for the scaling
 # figures), and INSTANCE (unset: the default instance mode of every sandport listener;
 # `per-worker` for the scaling figures, so that every worker serves each listener),
-# and SECTIONS, which of the three to run (default "http echo burn").
+# SECTIONS, which of the three to run (default "http echo burn"), and BASELINE, the
+# `sandport` binary of another build (say the commit before a change): each WORKERS
+# entry then runs on it too, as NAME-baseline, with the same config and plugins, so
+# that a change to the host is measured against the host before it in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -65,11 +68,21 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 read -ra WORKERS_LIST <<<"${WORKERS:-default}"
 INSTANCE_LINE=${INSTANCE:+instance = \"$INSTANCE\"}
 SANDPORTS=()
-declare -A BASE
-for i in "${!WORKERS_LIST[@]}"; do
-    workers=${WORKERS_LIST[$i]}
+declare -A BASE BINARY WORKERS_OF
+for workers in "${WORKERS_LIST[@]}"; do
     if [[ $workers == default ]]; then name=sandport; else name=sandport-w$workers; fi
     SANDPORTS+=("$name")
+    BINARY[$name]=$ROOT/target/release/sandport
+    WORKERS_OF[$name]=$workers
+    if [[ -n ${BASELINE:-} ]]; then
+        SANDPORTS+=("$name-baseline")
+        BINARY[$name-baseline]=$(realpath "$BASELINE")
+        WORKERS_OF[$name-baseline]=$workers
+    fi
+done
+for i in "${!SANDPORTS[@]}"; do
+    name=${SANDPORTS[$i]}
+    workers=${WORKERS_OF[$name]}
     BASE[$name]=$((PORT_BASE + 200 * i))
     {
         if [[ $workers != default ]]; then
@@ -134,7 +147,7 @@ source "$ROOT/tests/loadgen/processes.sh"
 
 declare -A PID
 for name in "${SANDPORTS[@]}"; do
-    target/release/sandport serve --config "$OUT/$name.toml" 2>"$OUT/$name.log" &
+    "${BINARY[$name]}" serve --config "$OUT/$name.toml" 2>"$OUT/$name.log" &
     PID[$name]=$!
     STARTED+=($!)
 done
@@ -202,7 +215,7 @@ if wanted http; then
             errors=$(awk '/Socket errors|Non-2xx/ { print }' "$OUT/wrk-$target-$round.txt")
             cpu_us=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
             printf '%s\t%s\t%s\t%s\n' "$target" "$round" "$rate" "$cpu_us" >>"$OUT/http.tsv"
-            printf 'round %s %-12s %10.0f req/s  %6s µs server CPU per request  (pids %s)%s\n' \
+            printf 'round %s %-21s %10.0f req/s  %6s µs server CPU per request  (pids %s)%s\n' \
                 "$round" "$target" "$rate" "$cpu_us" "${pids[*]}" "${errors:+  $errors}"
         done
     done
@@ -221,12 +234,12 @@ if wanted http; then
             rate[$1] = rate[$1] " " $3; cpu[$1] = cpu[$1] " " $4; in_round[$1, $2] = $3; rounds[$2] = 1
         }
         END {
-            printf "%-12s %10s %13s %20s %22s %26s\n", "target", "req/s", "cpu/req (µs)", "req/s vs " order[1], "cpu/req vs " order[1], "req/s vs nginx-2, by round"
+            printf "%-21s %10s %13s %20s %22s %26s\n", "target", "req/s", "cpu/req (µs)", "req/s vs " order[1], "cpu/req vs " order[1], "req/s vs nginx-2, by round"
             base_rate = median(rate[order[1]]); base_cpu = median(cpu[order[1]])
             for (i = 1; i <= count; i++) {
                 t = order[i]; r = median(rate[t]); c = median(cpu[t]); paired = ""
                 for (round in rounds) paired = paired " " in_round[t, round] / in_round["nginx-2", round]
-                printf "%-12s %10.0f %13.2f %20.3f %22.3f %26.3f\n", t, r, c, r / base_rate, c / base_cpu, median(paired)
+                printf "%-21s %10.0f %13.2f %20.3f %22.3f %26.3f\n", t, r, c, r / base_rate, c / base_cpu, median(paired)
             }
         }' "$OUT/http.tsv" | tee "$OUT/http-summary.txt"
 fi
