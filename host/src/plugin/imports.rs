@@ -365,3 +365,19 @@ impl host::HostMbuf for GuestState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::HOST_INTERFACE;
+
+    /// `link_send` replaces `send` in the interface of this name; under any other name
+    /// it would define a stray instance and leave the copying `send` in place.
+    #[test]
+    fn the_host_interface_name_follows_the_wit_package() {
+        let wit = include_str!("../../../wit/handler.wit");
+        let (package, interface) = HOST_INTERFACE.split_once('/').unwrap();
+        let (name, version) = interface.split_once('@').unwrap();
+        assert!(wit.contains(&format!("package {package}@{version};")), "{HOST_INTERFACE} against wit/handler.wit");
+        assert!(wit.contains(&format!("\ninterface {name} {{")), "{HOST_INTERFACE} against wit/handler.wit");
+    }
+}
