@@ -205,7 +205,10 @@ if wanted http; then
     done
     : >"$OUT/http.tsv"
     for round in $(seq "$ROUNDS"); do
-        for target in "${HTTP_TARGETS[@]}"; do
+        # Each round starts one target later than the last, so that no target always
+        # runs right after the same one, or always last while the machine drifts.
+        first=$(((round - 1) % ${#HTTP_TARGETS[@]}))
+        for target in "${HTTP_TARGETS[@]:first}" "${HTTP_TARGETS[@]:0:first}"; do
             read -ra pids <<<"$(server_pids "${PID[$target]}")"
             before=$(cpu_ticks "${pids[@]}")
             "${WRK[@]}" "${HTTP_URL[$target]}" >"$OUT/wrk-$target-$round.txt"
