@@ -23,8 +23,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sandport::config::{Limit, ListenerSpec};
 use sandport::handler::{CloseMode, ConnId, Event, Handler, Host, HostError, SendEvents};
+use sandport::listener::{Limit, ListenerSpec};
 use sandport::mbuf::Mbuf;
 use sandport::plugin::Runtime;
 
@@ -96,7 +96,7 @@ impl Host for OneConnection {
 fn accepted(runtime: &Runtime, path: &str, host: &mut OneConnection) -> Box<dyn Handler> {
     let spec = ListenerSpec::new("bench", "127.0.0.1:0".parse().unwrap());
     let plugin = runtime.load(Path::new(path)).unwrap();
-    let mut handler: Box<dyn Handler> = Box::new(plugin.factory(&spec, &BTreeMap::new(), 1).instantiate().unwrap());
+    let mut handler: Box<dyn Handler> = Box::new(plugin.factory(&spec, 1).instantiate().unwrap());
     handler.handle(host, CONN, Event::Accept("127.0.0.1:40000".parse().unwrap())).unwrap();
     handler
 }

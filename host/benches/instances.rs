@@ -8,22 +8,20 @@
 //! cargo bench -p sandport --bench instances
 //! ```
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sandport::config::ListenerSpec;
+use sandport::listener::ListenerSpec;
 use sandport::plugin::Runtime;
 
 fn instance_start(c: &mut Criterion) {
     let spec = ListenerSpec::new("bench", "127.0.0.1:0".parse().unwrap());
-    let settings = BTreeMap::new();
     let runtimes =
         [("on-demand", Runtime::new().unwrap()), ("pooled", Runtime::pooled(64, spec.limits.memory).unwrap())];
     let mut group = c.benchmark_group("instance start and drop");
     for (name, runtime) in &runtimes {
         let plugin = runtime.load(Path::new(sandport_test_artifacts::ECHO)).unwrap();
-        let factory = plugin.factory(&spec, &settings, 1);
+        let factory = plugin.factory(&spec, 1);
         group.bench_function(*name, |b| b.iter(|| factory.instantiate().unwrap()));
     }
     group.finish();

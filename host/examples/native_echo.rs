@@ -7,8 +7,8 @@
 
 use std::collections::HashSet;
 
-use sandport::config::ListenerSpec;
 use sandport::handler::{CloseMode, ConnId, Event, Fault, Handler, Host};
+use sandport::listener::ListenerSpec;
 use sandport::reactor::Reactor;
 
 /// Moves bytes from the receive buffer to the send buffer, as the echo plugin does,

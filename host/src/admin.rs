@@ -27,8 +27,9 @@ use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 use tracing::{error, info};
 
-use crate::config::{AdminConfig, InstanceMode, Limit, Limits};
+use crate::config::AdminConfig;
 use crate::control::{Control, ControlError, ListenerStatus, Source, SwapReport, Version};
+use crate::listener::{InstanceMode, Limit, Limits};
 
 /// The largest component an upload may carry.
 pub const MAX_UPLOAD: usize = 256 << 20;

@@ -1,8 +1,10 @@
-//! Configuration: a TOML file (or command-line pairs) turned into validated listener
-//! specifications.
+//! Configuration: a TOML file (or command-line pairs) turned into a validated
+//! [`Config`], whose listeners are [`ListenerSpec`]s.
 //!
 //! This module owns parsing and validation, and nothing else: it never opens a socket
 //! or loads a plugin, so every mistake in a file is reported before anything starts.
+//! The words it parses into (limits, instance modes, rollback rules) are the
+//! [`listener`](crate::listener) module's, which the rest of the host speaks too.
 //!
 //! ```toml
 //! workers = 2                                         # event loops; default: one per CPU
@@ -43,7 +45,7 @@
 //! upstream = "127.0.0.1:9000"
 //! ```
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,232 +53,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-/// Per-listener bounds. Every one has a default and a key under `[listener.limits]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Receive buffer cap per connection (`recv-buffer`). When full, the host stops
-    /// reading that socket until the handler removes bytes.
-    pub recv_buffer: usize,
-    /// Send buffer cap per connection (`send-buffer`). A `send` that does not fit is
-    /// refused with `limit-exceeded`.
-    pub send_buffer: usize,
-    /// CPU time a plugin may spend on one event (`event-timeout-ms`).
-    pub event_timeout: Duration,
-    /// Wall-clock time one event may take whatever the CPU time
-    /// (`event-wall-timeout-ms`): the ceiling for a starved or stuck call.
-    pub event_wall_timeout: Duration,
-    /// Linear memory a plugin instance may grow to (`memory`).
-    pub memory: usize,
-    /// Timers a connection may have armed at once (`max-timers`).
-    pub max_timers: usize,
-    /// Connections open at once, accepted and dialed together (`max-connections`).
-    /// Beyond it a new connection is accepted and closed at once.
-    pub max_connections: usize,
-    /// A connection with no bytes read or written for this long is closed
-    /// (`idle-timeout-ms`). It also bounds how long an outbound dial may take.
-    pub idle_timeout: Duration,
-    /// Bytes of guest log output (the `log` import, stdout, stderr) per second,
-    /// shared by the listener's instances (`log-rate`); the excess is dropped.
-    pub log_rate: usize,
-    /// After `close(after-send)` has written out the send buffer, how long the host
-    /// goes on reading and discarding what the peer still sends before it closes
-    /// (`linger-ms`), so unread input does not turn the close into a reset that
-    /// destroys the last response (nginx's `lingering_close`).
-    pub linger: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            recv_buffer: 1 << 20,
-            send_buffer: 1 << 20,
-            event_timeout: Duration::from_millis(100),
-            event_wall_timeout: Duration::from_millis(1000),
-            memory: 64 << 20,
-            max_timers: 64,
-            max_connections: 1024,
-            idle_timeout: Duration::from_secs(60),
-            log_rate: 64 << 10,
-            linger: Duration::from_millis(5000),
-        }
-    }
-}
-
-/// One of the [`Limits`], as reported when a connection hits it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Limit {
-    /// `memory`: the instance trapped growing past it.
-    Memory,
-    /// `event-timeout-ms`: the instance was interrupted.
-    EventTime,
-    /// `event-wall-timeout-ms`: the instance was interrupted.
-    EventWallTime,
-    /// `max-connections`: a connection was refused.
-    Connections,
-    /// `recv-buffer`: reading paused until the handler removes bytes.
-    RecvBuffer,
-    /// `send-buffer`: a `send` was refused.
-    SendBuffer,
-    /// `max-timers`: a `set-timer` was refused.
-    Timers,
-    /// `idle-timeout-ms`: the connection was closed.
-    IdleTimeout,
-    /// `log-rate`: guest log output was dropped.
-    LogRate,
-    /// `linger-ms`: a closing connection stopped discarding input and was closed.
-    Linger,
-}
-
-impl Limit {
-    /// Every limit, in the order [`Limit::index`] numbers them.
-    pub const ALL: [Limit; 10] = [
-        Limit::Memory,
-        Limit::EventTime,
-        Limit::EventWallTime,
-        Limit::Connections,
-        Limit::RecvBuffer,
-        Limit::SendBuffer,
-        Limit::Timers,
-        Limit::IdleTimeout,
-        Limit::LogRate,
-        Limit::Linger,
-    ];
-
-    /// Position in [`Limit::ALL`], for per-limit counters.
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The limit's key under `[listener.limits]`.
-    ///
-    /// ```
-    /// assert_eq!(sandport::config::Limit::IdleTimeout.key(), "idle-timeout-ms");
-    /// ```
-    pub fn key(self) -> &'static str {
-        match self {
-            Limit::Memory => "memory",
-            Limit::EventTime => "event-timeout-ms",
-            Limit::EventWallTime => "event-wall-timeout-ms",
-            Limit::Connections => "max-connections",
-            Limit::RecvBuffer => "recv-buffer",
-            Limit::SendBuffer => "send-buffer",
-            Limit::Timers => "max-timers",
-            Limit::IdleTimeout => "idle-timeout-ms",
-            Limit::LogRate => "log-rate",
-            Limit::Linger => "linger-ms",
-        }
-    }
-
-    /// What the host does when the limit is hit, for the log.
-    pub fn outcome(self) -> &'static str {
-        match self {
-            Limit::Memory | Limit::EventTime | Limit::EventWallTime => "the plugin instance was stopped",
-            Limit::Connections => "the connection was refused",
-            Limit::RecvBuffer => "reading paused until the handler removes bytes",
-            Limit::SendBuffer => "a send was refused",
-            Limit::Timers => "a set-timer was refused",
-            Limit::IdleTimeout => "the connection was closed",
-            Limit::LogRate => "log output was dropped",
-            Limit::Linger => "the closing connection was closed with input unread",
-        }
-    }
-}
-
-/// How a listener's connections share plugin instances (`instance`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum InstanceMode {
-    /// One instance serves every connection of the listener; it can keep state
-    /// shared between them, and a fault closes them all. The listener lives on one
-    /// worker, so its state never splits.
-    #[default]
-    Shared,
-    /// One instance per worker, each serving the connections the kernel gives that
-    /// worker: for handlers whose state does not span connections (an echo, HTTP),
-    /// which then use every core. A fault closes that worker's instance's connections.
-    PerWorker,
-    /// Each accepted connection gets a fresh instance, dropped after the CLOSE of
-    /// the last connection it holds (the accepted one and any it dialed). A fault
-    /// closes only that instance's connections.
-    PerConnection,
-}
-
-/// What the reactor needs to know of a listener, whatever handles it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerSpec {
-    /// Unique name, used in logs.
-    pub name: String,
-    /// Address to listen on, IPv4 or IPv6. Port 0 picks a free port.
-    pub address: SocketAddr,
-    /// Interval of POLL events, if the listener wants them.
-    pub poll_interval: Option<Duration>,
-    /// The listener's bounds.
-    pub limits: Limits,
-    /// Whether connections share one handler instance.
-    pub instance: InstanceMode,
-    /// Addresses the handler may `connect` to. Empty: none.
-    pub allow_connect: Vec<SocketAddr>,
-    /// After a swap, how long connections may stay on the version they started with
-    /// before they are closed (`drain-timeout-ms`).
-    pub drain_timeout: Duration,
-    /// When a new version rolls itself back (`rollback-faults`,
-    /// `rollback-window-ms`); `None`: never.
-    pub rollback: Option<Rollback>,
-}
-
-/// A new version that faults more than `faults` times within `window` of taking over
-/// is replaced by the version before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rollback {
-    /// Faults tolerated.
-    pub faults: u64,
-    /// How long after the swap they count.
-    pub window: Duration,
-}
-
-impl Default for Rollback {
-    fn default() -> Rollback {
-        Rollback { faults: 10, window: Duration::from_secs(60) }
-    }
-}
-
-/// How long connections may stay on an old version after a swap, by default.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-impl ListenerSpec {
-    /// A listener with default limits and no POLL events.
-    ///
-    /// ```
-    /// let spec = sandport::config::ListenerSpec::new("echo", "127.0.0.1:0".parse().unwrap());
-    /// assert_eq!(spec.limits, sandport::config::Limits::default());
-    /// ```
-    pub fn new(name: &str, address: SocketAddr) -> ListenerSpec {
-        ListenerSpec {
-            name: name.to_owned(),
-            address,
-            poll_interval: None,
-            limits: Limits::default(),
-            instance: InstanceMode::default(),
-            allow_connect: Vec::new(),
-            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
-            rollback: Some(Rollback::default()),
-        }
-    }
-}
-
-/// One configured listener: its spec and the plugin that handles it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerConfig {
-    /// Where and how to listen.
-    pub spec: ListenerSpec,
-    /// The plugin component, resolved against the config file's folder.
-    pub plugin: PathBuf,
-    /// The plugin's settings (`[listener.config]`), as text: strings as they are,
-    /// numbers and booleans as written.
-    pub settings: BTreeMap<String, String>,
-    /// Swap the plugin when its file changes (`watch`, or the top-level default).
-    pub watch: bool,
-}
+use crate::listener::{DEFAULT_DRAIN_TIMEOUT, InstanceMode, Limits, ListenerSpec, Rollback};
 
 /// How log lines are written (`log-format`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -313,7 +90,7 @@ pub struct Config {
     /// process may use CPUs.
     pub workers: usize,
     /// The listeners, in file order. Never empty.
-    pub listeners: Vec<ListenerConfig>,
+    pub listeners: Vec<ListenerSpec>,
     /// Where compiled components are kept (`cache-dir`): by default
     /// `$XDG_CACHE_HOME/sandport` or `~/.cache/sandport`; `None` (`cache-dir = false`,
     /// or no home to put it in): compile every time.
@@ -477,29 +254,24 @@ impl Config {
         let mut listeners = Vec::new();
         for (address, plugin) in pairs {
             let stem = plugin.file_stem().and_then(|s| s.to_str()).unwrap_or("listener");
-            let free = |name: &String| !listeners.iter().any(|l: &ListenerConfig| l.spec.name == *name);
+            let free = |name: &String| !listeners.iter().any(|l: &ListenerSpec| l.name == *name);
             let name = std::iter::once(stem.to_owned())
                 .chain((2..).map(|n| format!("{stem}-{n}")))
                 .find(free)
                 .expect("some numbered name is free");
             let address = parse_address(&name, address).map_err(invalid)?;
-            listeners.push(ListenerConfig {
-                spec: ListenerSpec::new(&name, address),
-                plugin: plugin.clone(),
-                settings: BTreeMap::new(),
-                watch: false,
-            });
+            listeners.push(ListenerSpec { plugin: plugin.clone(), ..ListenerSpec::new(&name, address) });
         }
         Config::new(listeners).map_err(invalid)
     }
 
-    fn new(listeners: Vec<ListenerConfig>) -> Result<Config, String> {
+    fn new(listeners: Vec<ListenerSpec>) -> Result<Config, String> {
         if listeners.is_empty() {
             return Err("no listeners: add a [[listener]] table".into());
         }
         let mut names = HashSet::new();
         let mut addresses = HashSet::new();
-        for l in listeners.iter().map(|l| &l.spec) {
+        for l in &listeners {
             if !names.insert(&l.name) {
                 return Err(format!("listener name `{}` is used twice", l.name));
             }
@@ -560,7 +332,7 @@ fn default_workers() -> usize {
 }
 
 impl ListenerToml {
-    fn validate(self, base: &Path, watch: bool) -> Result<ListenerConfig, String> {
+    fn validate(self, base: &Path, watch: bool) -> Result<ListenerSpec, String> {
         let name = self.name.trim().to_owned();
         if name.is_empty() {
             return Err("a listener has an empty name".into());
@@ -630,20 +402,18 @@ impl ListenerToml {
                 })
             }
         };
-        Ok(ListenerConfig {
-            spec: ListenerSpec {
-                address: parse_address(&name, &self.address)?,
-                poll_interval,
-                limits,
-                instance: self.instance,
-                allow_connect,
-                drain_timeout: self.drain_timeout_ms.map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_millis),
-                rollback,
-                name,
-            },
+        Ok(ListenerSpec {
+            address: parse_address(&name, &self.address)?,
             plugin: base.join(self.plugin),
             settings,
             watch: self.watch.unwrap_or(watch),
+            poll_interval,
+            limits,
+            instance: self.instance,
+            allow_connect,
+            drain_timeout: self.drain_timeout_ms.map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_millis),
+            rollback,
+            name,
         })
     }
 }
@@ -687,7 +457,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.listeners[0].plugin, Path::new("/etc/sandport/plugins/echo.wasm"));
-        let l = &config.listeners[0].spec;
+        let l = &config.listeners[0];
         assert_eq!(l.address, "[::1]:7000".parse().unwrap());
         assert_eq!(l.poll_interval, Some(Duration::from_millis(250)));
         assert_eq!(l.limits.recv_buffer, 64 * 1024);
@@ -704,7 +474,7 @@ mod tests {
         let listener = "[[listener]]\nname = \"e\"\naddress = \"127.0.0.1:0\"\nplugin = \"e.wasm\"\n";
         let config = parse(&format!("workers = 3\n{listener}instance = \"per-worker\"\n")).unwrap();
         assert_eq!(config.workers, 3);
-        assert_eq!(config.listeners[0].spec.instance, InstanceMode::PerWorker);
+        assert_eq!(config.listeners[0].instance, InstanceMode::PerWorker);
         assert!(parse(listener).unwrap().workers >= 1, "a default that uses the machine");
         let zero = parse(&format!("workers = 0\n{listener}")).unwrap_err().to_string();
         assert!(zero.contains("workers must be greater than 0"), "{zero}");
@@ -732,7 +502,7 @@ mod tests {
         )
         .unwrap();
         let listener = &config.listeners[0];
-        let l = &listener.spec;
+        let l = listener;
         assert_eq!(l.instance, InstanceMode::PerConnection);
         assert_eq!(l.allow_connect, ["127.0.0.1:7000".parse().unwrap(), "[::1]:9000".parse().unwrap()]);
         assert_eq!(l.limits.max_connections, 10);
@@ -823,10 +593,10 @@ mod tests {
         assert_eq!((admin.address, admin.token.as_deref()), ("0.0.0.0:9000".parse().unwrap(), Some("secret")));
         let (a, b) = (&config.listeners[0], &config.listeners[1]);
         assert!(a.watch && !b.watch, "the top-level watch is a default a listener overrides");
-        assert_eq!(a.spec.drain_timeout, Duration::from_millis(700));
-        assert_eq!(a.spec.rollback, Some(Rollback { faults: 3, window: Rollback::default().window }));
-        assert_eq!(b.spec.rollback, None);
-        assert_eq!(b.spec.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        assert_eq!(a.drain_timeout, Duration::from_millis(700));
+        assert_eq!(a.rollback, Some(Rollback { faults: 3, window: Rollback::default().window }));
+        assert_eq!(b.rollback, None);
+        assert_eq!(b.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
 
         let listener = "[[listener]]\nname = \"e\"\naddress = \"127.0.0.1:0\"\nplugin = \"e.wasm\"\n";
         let quiet = parse(&format!("cache-dir = false\n{listener}")).unwrap();
@@ -851,7 +621,7 @@ mod tests {
             ("127.0.0.1:0".into(), "c/echo.wasm".into()),
         ])
         .unwrap();
-        let names: Vec<_> = config.listeners.iter().map(|l| l.spec.name.as_str()).collect();
+        let names: Vec<_> = config.listeners.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, ["echo", "echo-2", "echoes", "echo-3"]);
     }
 }

@@ -13,8 +13,8 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use rustix::net::{RecvFlags, SendFlags};
 
-use crate::config::{Limit, Limits};
 use crate::handler::ConnId;
+use crate::listener::{Limit, Limits};
 use crate::mbuf::Mbuf;
 
 /// Where a connection is in its life.

@@ -6,14 +6,21 @@
 //! workers only through their command queues, so a slow compile or a slow reader of
 //! `/metrics` never holds up a message.
 //!
-//! This module owns the version history of every listener. It never touches a socket
-//! or a guest: swapping is the workers' job (see `reactor`), compiling the plugin
-//! module's.
+//! This module owns the version history of every listener, and the one way a listener
+//! starts serving ([`Control::start`] at start-up, the same steps for a listener a
+//! reload adds): an engine chosen by its instance mode, its plugin read and compiled,
+//! an instance started, and its socket bound on the workers its instance mode places
+//! it on. A new *version* of a running listener must also pass a pre-flight
+//! (`preflight`), because there is an old version to keep serving if it fails; a new
+//! *listener* has none, so it is only instantiated (the README says why). It never
+//! touches a socket or a guest: serving is the workers' job (see `reactor`), compiling
+//! the plugin module's.
 
+mod follow;
 mod preflight;
 
+use std::io;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, channel};
@@ -22,11 +29,13 @@ use std::time::{Instant, SystemTime};
 
 use tracing::{info, info_span, warn};
 
-use crate::config::{Config, InstanceMode, Limits, ListenerConfig};
-use crate::plugin::{Plugin, PluginFactory, Runtime, content_hash};
+use crate::config::Config;
+use crate::listener::{InstanceMode, Limits, ListenerSpec, Workers};
+use crate::plugin::{Plugin, PluginError, PluginFactory, Runtime, content_hash};
 use crate::reactor::{Binding, Command, Commands, Counts, FaultNotice, Slots, Swapped};
-use crate::server::serving_workers;
 
+pub use follow::watched;
+pub use preflight::PreflightError;
 pub(crate) use preflight::preflight;
 
 /// Versions whose compiled plugin is kept for a rollback; older ones keep only their
@@ -124,6 +133,36 @@ pub struct ReloadReport {
     pub need_restart: Vec<String>,
 }
 
+/// Why a listener could not be added, at start-up or by a reload.
+#[derive(Debug, thiserror::Error)]
+pub enum AddError {
+    /// Its plugin is unusable (the message names the file).
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// Its address cannot be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The configured address.
+        address: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The server is stopping.
+    #[error("the server is stopping")]
+    Stopping,
+}
+
+/// Why a new version of a running listener did not take over.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// It could not be read, compiled or linked (the message names the file).
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// It failed its pre-flight.
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+}
+
 /// A control request that names nothing to act on.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -150,7 +189,8 @@ struct Inner {
     workers: Vec<Commands>,
     /// The settings the server started with that only a restart changes.
     started: Config,
-    /// The engine of shared and per-worker listeners added by a reload.
+    /// The engine of shared and per-worker listeners (per-connection ones each have a
+    /// pooled engine of their own).
     runtime: Arc<Runtime>,
     /// Every listener's record, in config order.
     listeners: Mutex<Vec<Record>>,
@@ -163,13 +203,13 @@ struct Inner {
 
 /// What the control surface knows of one listener.
 pub(crate) struct Record {
-    /// Its configuration as it is now (a swap through the API keeps its spec and
-    /// settings; a reload may change them).
-    pub config: ListenerConfig,
+    /// Its configuration as it is now (a swap through the API keeps it; a reload may
+    /// change it).
+    pub spec: ListenerSpec,
     /// The address its sockets are bound to.
     pub address: SocketAddr,
     /// The workers that serve it.
-    pub workers: Range<usize>,
+    pub workers: Workers,
     /// Its connection slots, which also tell how many are open.
     pub slots: Slots,
     /// The engine its versions are compiled for.
@@ -196,10 +236,10 @@ struct Entry {
 
 impl Record {
     /// The record of a listener serving its first version, `plugin`.
-    pub(crate) fn new(
-        config: ListenerConfig,
+    fn new(
+        spec: ListenerSpec,
         address: SocketAddr,
-        workers: Range<usize>,
+        workers: Workers,
         slots: Slots,
         runtime: Arc<Runtime>,
         plugin: Plugin,
@@ -207,12 +247,12 @@ impl Record {
         let version = Version {
             number: 1,
             hash: plugin.hash().to_owned(),
-            path: Some(config.plugin.clone()),
+            path: Some(spec.plugin.clone()),
             since: SystemTime::now(),
             migrates: plugin.migrates(),
         };
         Record {
-            config,
+            spec,
             address,
             workers,
             slots,
@@ -232,8 +272,15 @@ impl Record {
     }
 
     fn name(&self) -> &str {
-        &self.config.spec.name
+        &self.spec.name
     }
+}
+
+/// A listener ready to bind: its engine, its plugin and the factory of its instances.
+struct Prepared {
+    runtime: Arc<Runtime>,
+    plugin: Plugin,
+    factory: PluginFactory,
 }
 
 /// Where a version comes from, for the log.
@@ -246,21 +293,21 @@ enum Route {
 }
 
 impl Control {
-    /// The control surface of workers reached through `workers`, serving `listeners`.
-    /// Faults reported on `faults` may roll a new version back.
+    /// The control surface of workers reached through `workers`, serving no listener
+    /// yet ([`Control::start`] adds those of `config`). Faults reported on `faults` may
+    /// roll a new version back.
     pub(crate) fn new(
         config: &Config,
-        runtime: Arc<Runtime>,
+        runtime: Runtime,
         workers: Vec<Commands>,
-        listeners: Vec<Record>,
         faults: Receiver<FaultNotice>,
     ) -> Control {
         let control = Control {
             inner: Arc::new(Inner {
                 workers,
                 started: config.clone(),
-                runtime,
-                listeners: Mutex::new(listeners),
+                runtime: Arc::new(runtime),
+                listeners: Mutex::new(Vec::new()),
                 swapping: Mutex::new(()),
                 running: AtomicBool::new(false),
             }),
@@ -298,9 +345,9 @@ impl Control {
                 ListenerStatus {
                     name: r.name().to_owned(),
                     address: r.address,
-                    instance: r.config.spec.instance,
+                    instance: r.spec.instance,
                     workers: r.workers.clone().collect(),
-                    limits: r.config.spec.limits.clone(),
+                    limits: r.spec.limits.clone(),
                     history: r.history.iter().map(|e| e.version.clone()).collect(),
                     open: r.slots.taken() as u64,
                     counts: total,
@@ -318,15 +365,15 @@ impl Control {
     /// why not; `Err` only when there is no such listener or the server is stopping.
     pub fn swap(&self, listener: &str, source: Source) -> Result<SwapReport, ControlError> {
         let _one = self.inner.swapping.lock().unwrap_or_else(|p| p.into_inner());
-        let (config, runtime) = self.with_record(listener, |r| (r.config.clone(), r.runtime.clone()))?;
+        let (spec, runtime) = self.with_record(listener, |r| (r.spec.clone(), r.runtime.clone()))?;
         let span = info_span!("load", listener = %listener);
         let (loaded, path) = match source {
             Source::File(path) => (span.in_scope(|| runtime.load(&path)), Some(path)),
             Source::Bytes(bytes) => (span.in_scope(|| runtime.load_bytes(&bytes, None)), None),
         };
         match loaded {
-            Ok(plugin) => self.install(config, plugin, path, Route::Swap),
-            Err(err) => self.refuse(listener, err.to_string()),
+            Ok(plugin) => self.install(spec, plugin, path, Route::Swap),
+            Err(err) => self.refuse(listener, err.into()),
         }
     }
 
@@ -356,15 +403,11 @@ impl Control {
         if config.admin != started.admin {
             report.need_restart.push("admin".into());
         }
-        let wanted = |name: &str| config.listeners.iter().find(|l| l.spec.name == name);
+        let wanted = |name: &str| config.listeners.iter().find(|l| l.name == name);
         let gone: Vec<String> = self
             .records()
             .iter()
-            .filter(|r| {
-                wanted(r.name()).is_none_or(|l| {
-                    l.spec.address != r.config.spec.address || l.spec.instance != r.config.spec.instance
-                })
-            })
+            .filter(|r| wanted(r.name()).is_none_or(|l| l.address != r.spec.address || l.instance != r.spec.instance))
             .map(|r| r.name().to_owned())
             .collect();
         for name in &gone {
@@ -373,41 +416,36 @@ impl Control {
                 report.removed.push(name.clone());
             }
         }
-        for (index, listener) in config.listeners.iter().enumerate() {
-            let name = &listener.spec.name;
-            let current = self.with_record(name, |r| (r.config.clone(), r.current().hash.clone(), r.runtime.clone()));
+        for (index, spec) in config.listeners.iter().enumerate() {
+            let name = &spec.name;
+            let current = self.with_record(name, |r| (r.spec.clone(), r.current().hash.clone(), r.runtime.clone()));
             match current {
-                Err(_) => match self.add(index, listener) {
+                Err(_) => match self.prepare(spec).and_then(|prepared| self.bind(index, spec, prepared)) {
                     Ok(()) => report.added.push(name.clone()),
-                    Err(reason) => {
-                        warn!(listener = %name, "cannot add the listener: {reason}");
-                        report.failed.push((name.clone(), reason));
+                    Err(err) => {
+                        warn!(listener = %name, "cannot add the listener: {err}");
+                        report.failed.push((name.clone(), err.to_string()));
                     }
                 },
                 Ok((old, hash, runtime)) => {
-                    let bytes = std::fs::read(&listener.plugin);
+                    let bytes = std::fs::read(&spec.plugin)
+                        .map_err(|source| PluginError::Read { path: spec.plugin.clone(), source });
                     let same_file = bytes.as_ref().is_ok_and(|b| content_hash(b) == hash);
-                    if old == *listener && same_file {
+                    if old == *spec && same_file {
                         continue;
                     }
                     let span = info_span!("load", listener = %name);
-                    let loaded = match bytes {
-                        Ok(bytes) => span
-                            .in_scope(|| runtime.load_bytes(&bytes, Some(&listener.plugin)))
-                            .map_err(|e| e.to_string()),
-                        Err(err) => Err(format!("{}: cannot read: {err}", listener.plugin.display())),
-                    };
+                    let loaded =
+                        bytes.and_then(|bytes| span.in_scope(|| runtime.load_bytes(&bytes, Some(&spec.plugin))));
                     let swapped = match loaded {
-                        Ok(plugin) => {
-                            self.install(listener.clone(), plugin, Some(listener.plugin.clone()), Route::Reload)
-                        }
-                        Err(reason) => self.refuse(name, reason),
+                        Ok(plugin) => self.install(spec.clone(), plugin, Some(spec.plugin.clone()), Route::Reload),
+                        Err(err) => self.refuse(name, err.into()),
                     };
                     report.swapped.extend(swapped.ok());
                 }
             }
         }
-        let order = |r: &Record| config.listeners.iter().position(|l| l.spec.name == r.name());
+        let order = |r: &Record| config.listeners.iter().position(|l| l.name == r.name());
         self.records().sort_by_key(order);
         info!(
             added = report.added.len(),
@@ -431,7 +469,7 @@ impl Control {
     }
 
     /// Tell `workers` to stop listening for `name`, and wait until they have.
-    fn stop_listening(&self, name: &str, workers: Range<usize>) {
+    fn stop_listening(&self, name: &str, workers: Workers) {
         let answers: Vec<_> = workers
             .filter_map(|worker| {
                 let (reply, answer) = channel();
@@ -443,23 +481,47 @@ impl Control {
         }
     }
 
-    /// Start listener `listener`, the `index`th of the config: compile, pre-flight,
-    /// bind on the workers that serve it.
-    fn add(&self, index: usize, listener: &ListenerConfig) -> Result<(), String> {
-        let spec = &listener.spec;
+    /// Start serving `listeners`, the config's, at start-up: each one
+    /// [prepared](Self::prepare) (all at once, each compile and first instance on a
+    /// thread of its own), then [bound](Self::bind) in config order. The first that
+    /// fails is the error, with its listener's name; those bound before it are left to
+    /// the caller to stop with the workers.
+    pub(crate) fn start(&self, listeners: &[ListenerSpec]) -> Result<(), (String, AddError)> {
+        let prepared: Vec<_> = std::thread::scope(|scope| {
+            let preparing: Vec<_> = listeners.iter().map(|spec| scope.spawn(|| self.prepare(spec))).collect();
+            let joined = preparing.into_iter().map(|thread| thread.join());
+            joined.map(|prepared| prepared.unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+        });
+        for (index, (spec, prepared)) in listeners.iter().zip(prepared).enumerate() {
+            prepared.and_then(|prepared| self.bind(index, spec, prepared)).map_err(|err| (spec.name.clone(), err))?;
+        }
+        Ok(())
+    }
+
+    /// The first steps of starting listener `spec`, which touch no worker: the engine
+    /// its instance mode takes, its plugin read and compiled (or taken from the cache),
+    /// and one instance started to see that it can be.
+    fn prepare(&self, spec: &ListenerSpec) -> Result<Prepared, AddError> {
         let runtime = match spec.instance {
             InstanceMode::Shared | InstanceMode::PerWorker => self.inner.runtime.clone(),
             InstanceMode::PerConnection => {
                 let slots = u32::try_from(spec.limits.max_connections).unwrap_or(u32::MAX);
-                let pooled = Runtime::pooled(slots, spec.limits.memory).map_err(|e| e.to_string())?;
+                let pooled = Runtime::pooled(slots, spec.limits.memory)?;
                 Arc::new(pooled.with_cache(self.inner.started.cache_dir.as_deref()))
             }
         };
-        let plugin = info_span!("load", listener = %spec.name).in_scope(|| runtime.load(&listener.plugin));
-        let plugin = plugin.map_err(|e| e.to_string())?;
-        let factory = plugin.factory(spec, &listener.settings, 1);
-        preflight(spec, factory.clone())?;
-        let serving = serving_workers(spec.instance, index, self.inner.workers.len());
+        let plugin = info_span!("load", listener = %spec.name).in_scope(|| runtime.load(&spec.plugin))?;
+        let factory = plugin.factory(spec, 1);
+        factory.instantiate()?;
+        Ok(Prepared { runtime, plugin, factory })
+    }
+
+    /// The last step of starting listener `spec`, the `index`th of the config: bind
+    /// its socket on every worker its instance mode places it on (the first picks the
+    /// port when the config says 0; the others share it), and record it. A worker
+    /// that cannot bind undoes the ones before it.
+    fn bind(&self, index: usize, spec: &ListenerSpec, prepared: Prepared) -> Result<(), AddError> {
+        let serving = spec.instance.workers(index, self.inner.workers.len());
         let mut binding = Binding { address: spec.address, shared_port: serving.len() > 1, slots: Slots::default() };
         for worker in serving.clone() {
             let (reply, answer) = channel();
@@ -467,20 +529,21 @@ impl Control {
                 spec: spec.clone(),
                 binding: binding.clone(),
                 version: 1,
-                factory: Box::new(factory.clone()),
+                factory: Box::new(prepared.factory.clone()),
                 reply,
             };
             if !self.inner.workers[worker].send(command) {
-                return Err(ControlError::Stopping.to_string());
+                return Err(AddError::Stopping);
             }
-            let bound = answer.recv().map_err(|_| ControlError::Stopping.to_string())?;
-            binding.address = bound.map_err(|err| {
+            let bound = answer.recv().map_err(|_| AddError::Stopping)?;
+            binding.address = bound.map_err(|source| {
                 self.stop_listening(&spec.name, serving.start..worker);
-                format!("cannot listen on {}: {err}", spec.address)
+                AddError::Listen { address: spec.address, source }
             })?;
         }
         info!(listener = %spec.name, address = %binding.address, "listener added");
-        let record = Record::new(listener.clone(), binding.address, serving, binding.slots, runtime, plugin);
+        let record =
+            Record::new(spec.clone(), binding.address, serving, binding.slots, prepared.runtime, prepared.plugin);
         self.records().push(record);
         Ok(())
     }
@@ -524,30 +587,30 @@ impl Control {
         let target = self.with_record(listener, |r| {
             let current = r.history.len() - 1;
             let earlier = r.history[..current].iter().rev().find(|e| !e.rolled_back && e.plugin.is_some());
-            earlier.map(|e| (e.plugin.clone().expect("found with a plugin"), e.version.path.clone(), r.config.clone()))
+            earlier.map(|e| (e.plugin.clone().expect("found with a plugin"), e.version.path.clone(), r.spec.clone()))
         })?;
-        let Some((plugin, path, config)) = target else {
+        let Some((plugin, path, spec)) = target else {
             return Err(ControlError::NoPreviousVersion(listener.to_owned()));
         };
-        self.install(config, plugin, path, route)
+        self.install(spec, plugin, path, route)
     }
 
-    /// Make `plugin` serve `config`'s listener on every worker, if it passes the
+    /// Make `plugin` serve `spec`'s listener on every worker, if it passes the
     /// pre-flight.
     fn install(
         &self,
-        config: ListenerConfig,
+        spec: ListenerSpec,
         plugin: Plugin,
         path: Option<PathBuf>,
         route: Route,
     ) -> Result<SwapReport, ControlError> {
-        let name = config.spec.name.clone();
+        let name = spec.name.clone();
         let (workers, number) = self.with_record(&name, |r| (r.workers.clone(), r.current().number + 1))?;
-        let factory = plugin.factory(&config.spec, &config.settings, number);
-        if let Err(reason) = preflight(&config.spec, factory.clone()) {
-            return self.refuse(&name, reason);
+        let factory = plugin.factory(&spec, number);
+        if let Err(reason) = preflight(&spec, factory.clone()) {
+            return self.refuse(&name, reason.into());
         }
-        let swapped = self.tell_workers(workers, &config, &factory, number)?;
+        let swapped = self.tell_workers(workers, &spec, &factory, number)?;
         let version = Version {
             number,
             hash: plugin.hash().to_owned(),
@@ -568,7 +631,7 @@ impl Control {
             r.swaps += 1;
             r.swapped_at = Some(Instant::now());
             r.faults_since = 0;
-            r.config = config;
+            r.spec = spec;
             SwapReport {
                 listener: name.clone(),
                 serving: version.clone(),
@@ -593,8 +656,8 @@ impl Control {
     /// Hand version `number` (made by `factory`) to `workers` and add up what they did.
     fn tell_workers(
         &self,
-        workers: Range<usize>,
-        config: &ListenerConfig,
+        workers: Workers,
+        spec: &ListenerSpec,
         factory: &PluginFactory,
         number: u64,
     ) -> Result<Swapped, ControlError> {
@@ -602,7 +665,7 @@ impl Control {
         for worker in workers {
             let (reply, answer) = channel();
             let command =
-                Command::Swap { spec: config.spec.clone(), version: number, factory: Box::new(factory.clone()), reply };
+                Command::Swap { spec: spec.clone(), version: number, factory: Box::new(factory.clone()), reply };
             if !self.inner.workers[worker].send(command) {
                 return Err(ControlError::Stopping);
             }
@@ -616,8 +679,9 @@ impl Control {
     }
 
     /// Record and report a version that did not take over.
-    fn refuse(&self, listener: &str, reason: String) -> Result<SwapReport, ControlError> {
-        warn!(listener = %listener, "new version refused, the old one goes on serving: {reason}");
+    fn refuse(&self, listener: &str, refusal: Refusal) -> Result<SwapReport, ControlError> {
+        warn!(listener = %listener, "new version refused, the old one goes on serving: {refusal}");
+        let reason = refusal.to_string();
         self.with_record(listener, |r| {
             r.failed_swaps += 1;
             r.last_error = Some(reason.clone());
@@ -637,7 +701,7 @@ impl Control {
     fn watch_faults(&self, faults: Receiver<FaultNotice>) {
         for notice in faults {
             let over = self.with_record(&notice.listener, |r| {
-                let (Some(rule), Some(at)) = (r.config.spec.rollback, r.swapped_at) else { return None };
+                let (Some(rule), Some(at)) = (r.spec.rollback, r.swapped_at) else { return None };
                 if notice.version != r.current().number || at.elapsed() > rule.window {
                     return None;
                 }

@@ -10,7 +10,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::config::Limit;
+use crate::listener::Limit;
 use crate::mbuf::Mbuf;
 
 /// A connection as handlers name it.

@@ -8,7 +8,8 @@
 //! append and record; the reactor does all I/O.
 //!
 //! Data flows one way: socket -> [`reactor`] -> [`mbuf`] -> [`plugin`] -> imports ->
-//! [`reactor`]. [`config`] turns TOML into listener specs and [`server`] wires them up.
+//! [`reactor`]. [`listener`] holds the words every part speaks about a listener; [`config`] turns
+//! TOML into them and [`server`] wires them up.
 
 pub mod admin;
 pub mod config;
@@ -16,6 +17,7 @@ mod connection;
 pub mod control;
 mod descriptors;
 pub mod handler;
+pub mod listener;
 pub mod mbuf;
 pub mod plugin;
 pub mod reactor;

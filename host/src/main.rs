@@ -14,6 +14,7 @@ use sandport::config::{self, Config, DEFAULT_ADMIN_ADDRESS, LogFormat};
 use sandport::plugin::Runtime;
 use sandport::scaffold;
 use sandport::server::Server;
+use sandport::control::watched;
 use sandport::watch;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -149,7 +150,7 @@ fn serve(config_file: Option<PathBuf>, listen: Vec<String>, plugin: Vec<PathBuf>
     let control = server.control();
     // Started even with nothing to watch, so that a reload can add listeners to it.
     // Not fatal: the listeners already serve, and SIGHUP and the admin API still swap.
-    let watcher = match watch::follow(control.clone(), watch::watched(&config)) {
+    let watcher = match control.follow(watched(&config)) {
         Ok(watcher) => Some(watcher),
         Err(err) => {
             warn!("{err}; plugin files are not watched for changes (SIGHUP and the admin API still swap)");
@@ -209,7 +210,7 @@ fn reload(
     match Config::from_file(path) {
         Ok(config) => {
             control.reload(&config);
-            if let Some(Err(err)) = watcher.map(|watcher| watcher.set(watch::watched(&config))) {
+            if let Some(Err(err)) = watcher.map(|watcher| watcher.set(watched(&config))) {
                 warn!("cannot watch the reloaded config's plugin files: {err}");
             }
         }

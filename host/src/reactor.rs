@@ -25,7 +25,7 @@
 //! retried when a connection closes or after 100 ms (see `reactor/accept.rs`).
 //!
 //! ```no_run
-//! use sandport::config::ListenerSpec;
+//! use sandport::listener::ListenerSpec;
 //! use sandport::handler::{ConnId, Event, Fault, Handler, Host};
 //! use sandport::reactor::Reactor;
 //!
@@ -61,10 +61,10 @@ use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, error, info, warn};
 
-use crate::config::{InstanceMode, Limit, ListenerSpec};
 use crate::connection::{Connection, Phase, WriteSide};
 use crate::descriptors::Reserve;
 use crate::handler::{ConnId, Event, Fault, Handler, HandlerFactory, HostError, SendEvents};
+use crate::listener::{InstanceMode, Limit, ListenerSpec};
 use crate::throttle::Throttle;
 use crate::timer::{Alarm, Due, Timers};
 

@@ -1,38 +1,28 @@
-//! A server built from a [`Config`]: plugins compiled and bound to their listeners.
+//! A server built from a [`Config`]: the workers started, every listener added through
+//! the control surface, ready to [`run`](Server::run).
 //!
-//! This is the glue between configuration, plugins and the reactors. It does all the
-//! fallible work up front (read, compile, check, start one instance, bind) so a bad
-//! plugin or a busy port is reported before anything serves, and then hands over to
-//! the workers: one [`Reactor`] per thread, sharing nothing on the path of a message.
+//! This is where the event loops are started and joined, and nothing else: one
+//! [`Reactor`] per thread, sharing nothing on the path of a message. Listeners are
+//! added the one way there is, [`Control::start`], which a reload uses too (compile,
+//! check, start an instance, bind on the workers its instance mode places it on), so a
+//! bad plugin or a busy port is reported before the server is handed back, in the
+//! words a reload would use.
 //!
-//! Which workers serve a listener follows from its instance mode. A shared listener
-//! lives on one worker (listeners are dealt out in turn), so a handler that keeps
-//! state across connections (a chat room) sees all of them: the kernel could
-//! otherwise spread its members over workers that share nothing. Per-worker and
-//! per-connection listeners are served by every worker, each with its own socket on
-//! the same port (`SO_REUSEPORT`), and the kernel spreads their connections. A
-//! listener's `max-connections` is one count for all its workers ([`Slots`]).
-//!
-//! Listeners with shared or per-worker instances use an on-demand engine; listeners
-//! with an instance per connection share a pooled one, sized from their
-//! `max-connections` and `memory` limits. It also lifts the soft limit on open
-//! descriptors to the hard one, and says what that lets the listeners hold.
+//! It also lifts the soft limit on open descriptors to the hard one, and says what
+//! that lets the listeners hold.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::ops::Range;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::mpsc::channel;
+use std::thread::JoinHandle;
 
 use tracing::{info, warn};
 
-use crate::config::{Config, InstanceMode};
-use crate::control::{Control, Record};
+use crate::config::Config;
+use crate::control::{AddError, Control};
 use crate::descriptors;
-use crate::plugin::{Plugin, PluginError, Runtime};
-use crate::reactor::{Binding, Reactor, Slots, Stats, StopHandle};
+use crate::plugin::{PluginError, Runtime};
+use crate::reactor::{Reactor, Stats, StopHandle};
 
 /// Descriptors the server holds besides its workers, listeners and connections:
 /// stdio, the signal thread's, wasmtime's (with room to spare).
@@ -45,34 +35,25 @@ const WORKER_DESCRIPTORS: u64 = 3;
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// A listener's plugin is unusable.
+    /// A listener could not be added: its plugin is unusable or its address taken.
     #[error("listener `{listener}`: {error}")]
-    Plugin {
+    Listener {
         /// The listener's name.
         listener: String,
-        /// What is wrong with its plugin: in the message, so not also its source
-        /// (which a report of the error's chain would print a second time).
-        error: PluginError,
-    },
-    /// A listener's address cannot be bound.
-    #[error("listener `{listener}`: cannot listen on {address}: {source}")]
-    Listen {
-        /// The listener's name.
-        listener: String,
-        /// The configured address.
-        address: SocketAddr,
-        /// Why.
-        source: io::Error,
+        /// What went wrong: in the message, so not also its source (which a report
+        /// of the error's chain would print a second time).
+        error: AddError,
     },
     /// The plugin engine could not start.
     #[error(transparent)]
     Runtime(PluginError),
-    /// The event loop could not be created.
-    #[error("cannot create the event loop: {0}")]
+    /// An event loop could not be created or started.
+    #[error("cannot start the event loops: {0}")]
     Reactor(io::Error),
 }
 
-/// Listeners bound, plugins instantiated, ready to [`run`](Server::run).
+/// Workers running, listeners bound, plugins instantiated: serving, until
+/// [`run`](Server::run) returns.
 ///
 /// ```no_run
 /// let config = sandport::config::Config::from_file("sandport.toml".as_ref())?;
@@ -84,56 +65,22 @@ pub enum ServerError {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Server {
-    /// One per worker thread; the first runs on the thread that calls [`Server::run`].
-    workers: Vec<Reactor>,
+    /// One per worker, each on a thread of its own.
+    threads: Vec<JoinHandle<io::Result<Stats>>>,
+    stop: StopHandle,
     control: Control,
 }
 
 impl Server {
-    /// Raise the descriptor limit, compile every listener's plugin (each file once
-    /// per engine), check that an instance starts, then bind every listener.
+    /// Raise the descriptor limit, start the workers, then add every listener (its
+    /// plugin compiled once per engine, an instance started, bound on its workers).
+    /// A listener that cannot be added stops the workers again and is the error.
     pub fn new(config: &Config) -> Result<Server, ServerError> {
         check_descriptors(config);
-        let cache = config.cache_dir.as_deref();
-        let shared = Arc::new(Runtime::new().map_err(ServerError::Runtime)?.with_cache(cache));
-        let per_connection = config.listeners.iter().filter(|l| l.spec.instance == InstanceMode::PerConnection);
-        let (slots, memory) = per_connection.fold((0usize, 0usize), |(slots, memory), l| {
-            (slots + l.spec.limits.max_connections, memory.max(l.spec.limits.memory))
-        });
-        let pooled = match slots {
-            0 => None,
-            _ => Some(Arc::new(
-                Runtime::pooled(u32::try_from(slots).unwrap_or(u32::MAX), memory)
-                    .map_err(ServerError::Runtime)?
-                    .with_cache(cache),
-            )),
-        };
-        let mut plugins: HashMap<(PathBuf, InstanceMode), Plugin> = HashMap::new();
-        let mut loaded = Vec::new();
-        for listener in &config.listeners {
-            let spec = &listener.spec;
-            let fail = |error| ServerError::Plugin { listener: spec.name.clone(), error };
-            let runtime = match spec.instance {
-                InstanceMode::Shared | InstanceMode::PerWorker => &shared,
-                InstanceMode::PerConnection => pooled.as_ref().expect("a pool exists when a listener needs one"),
-            };
-            let key = (listener.plugin.clone(), spec.instance);
-            let plugin = match plugins.get(&key) {
-                Some(plugin) => plugin.clone(),
-                None => {
-                    let load = || runtime.load(&listener.plugin);
-                    let plugin = tracing::info_span!("load", listener = %spec.name).in_scope(load).map_err(fail)?;
-                    plugins.insert(key, plugin.clone());
-                    plugin
-                }
-            };
-            let factory = plugin.factory(spec, &listener.settings, 1);
-            factory.instantiate().map_err(fail)?;
-            loaded.push((runtime.clone(), plugin, factory));
-        }
-        let count = config.workers;
+        let runtime = Runtime::new().map_err(ServerError::Runtime)?.with_cache(config.cache_dir.as_deref());
         let (faults, fault_notices) = channel();
-        let mut workers = (0..count)
+        let count = config.workers;
+        let workers = (0..count)
             .map(|index| {
                 let mut worker = Reactor::worker(index, count)?;
                 worker.set_shutdown_grace(config.shutdown_grace);
@@ -142,27 +89,40 @@ impl Server {
             })
             .collect::<io::Result<Vec<_>>>()
             .map_err(ServerError::Reactor)?;
-        let mut records = Vec::new();
-        for (index, (listener, (runtime, plugin, factory))) in config.listeners.iter().zip(loaded).enumerate() {
-            let spec = &listener.spec;
-            let serving = serving_workers(spec.instance, index, count);
-            let mut binding =
-                Binding { address: spec.address, shared_port: serving.len() > 1, slots: Slots::default() };
-            for worker in serving.clone() {
-                let bound = workers[worker].listen_as(spec, binding.clone(), Box::new(factory.clone()));
-                // The workers after the first bind the port the first one got.
-                binding.address = bound.map_err(|source| ServerError::Listen {
-                    listener: spec.name.clone(),
-                    address: spec.address,
-                    source,
-                })?;
-            }
-            records.push(Record::new(listener.clone(), binding.address, serving, binding.slots, runtime, plugin));
-        }
         let commands = workers.iter().map(Reactor::commands).collect();
-        let control = Control::new(config, shared, commands, records, fault_notices);
+        let stop = workers.iter().map(Reactor::stop_handle).reduce(StopHandle::and).expect("at least one worker");
+        let mut server = Server {
+            threads: Vec::new(),
+            stop: stop.clone(),
+            control: Control::new(config, runtime, commands, fault_notices),
+        };
+        for (index, mut worker) in workers.into_iter().enumerate() {
+            let stop = stop.clone();
+            // A loop that fails stops the others too, rather than leave half the
+            // listeners served.
+            let run = move || {
+                let result = worker.run();
+                if result.is_err() {
+                    stop.stop();
+                }
+                result
+            };
+            let thread = std::thread::Builder::new().name(format!("sandport-worker-{index}")).spawn(run);
+            match thread {
+                Ok(thread) => server.threads.push(thread),
+                Err(err) => {
+                    server.halt();
+                    return Err(ServerError::Reactor(err));
+                }
+            }
+        }
+        if let Err((listener, error)) = server.control.start(&config.listeners) {
+            server.halt();
+            return Err(ServerError::Listener { listener, error });
+        }
+        server.control.set_running(true);
         info!(workers = count, "ready");
-        Ok(Server { workers, control })
+        Ok(server)
     }
 
     /// The handle through which the running server is looked at and changed (swaps,
@@ -178,43 +138,13 @@ impl Server {
 
     /// A handle that stops [`Server::run`] (every worker) from another thread.
     pub fn stop_handle(&self) -> StopHandle {
-        let mut handles = self.workers.iter().map(Reactor::stop_handle);
-        let first = handles.next().expect("a server has at least one worker");
-        handles.fold(first, StopHandle::and)
+        self.stop.clone()
     }
 
     /// Serve until stopped; every connection gets its CLOSE before this returns.
     /// Logs and returns what happened, added up over the workers.
     pub fn run(&mut self) -> io::Result<Stats> {
-        let stop = self.stop_handle();
-        // A loop that fails stops the others too, rather than leave half the listeners
-        // served.
-        let run = move |worker: &mut Reactor, stop: &StopHandle| {
-            let result = worker.run();
-            if result.is_err() {
-                stop.stop();
-            }
-            result
-        };
-        let mut workers = std::mem::take(&mut self.workers).into_iter();
-        let mut first = workers.next().expect("a server has at least one worker");
-        let threads = workers
-            .enumerate()
-            .map(|(index, mut worker)| {
-                let stop = stop.clone();
-                let name = format!("sandport-worker-{}", index + 1);
-                std::thread::Builder::new().name(name).spawn(move || run(&mut worker, &stop))
-            })
-            .collect::<io::Result<Vec<_>>>()?;
-        self.control.set_running(true);
-        let mut result = run(&mut first, &stop);
-        for thread in threads {
-            let stats = thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            result = match (result, stats) {
-                (Ok(mine), Ok(theirs)) => Ok(mine.merge(theirs)),
-                (Err(err), _) | (_, Err(err)) => Err(err),
-            };
-        }
+        let mut result = self.join();
         self.control.set_running(false);
         if let Ok(stats) = &mut result {
             // In the config's order, whichever worker saw a listener first.
@@ -225,14 +155,33 @@ impl Server {
         }
         result
     }
+
+    /// Wait for every worker and add up what they did; the first error wins.
+    fn join(&mut self) -> io::Result<Stats> {
+        let mut result = Ok(Stats::default());
+        for thread in self.threads.drain(..) {
+            let stats = thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            result = match (result, stats) {
+                (Ok(mine), Ok(theirs)) => Ok(mine.merge(theirs)),
+                (Err(err), _) | (_, Err(err)) => Err(err),
+            };
+        }
+        result
+    }
+
+    /// Stop the workers and wait for them, for a server that will never run.
+    fn halt(&mut self) {
+        self.stop.stop();
+        let _ = self.join();
+    }
 }
 
-/// The workers that serve listener `index` (each with a socket of its own): a shared
-/// listener one, dealt out in turn, so its state does not split; the others all.
-pub(crate) fn serving_workers(instance: InstanceMode, index: usize, workers: usize) -> Range<usize> {
-    match instance {
-        InstanceMode::Shared => index % workers..index % workers + 1,
-        InstanceMode::PerWorker | InstanceMode::PerConnection => 0..workers,
+impl Drop for Server {
+    /// A server dropped without [`run`](Server::run) stops its workers first.
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.halt();
+        }
     }
 }
 
@@ -246,10 +195,9 @@ fn check_descriptors(config: &Config) {
         Err(err) => return warn!("cannot raise the limit on open descriptors: {err}"),
     };
     let listeners = config.listeners.iter().enumerate();
-    let sockets: u64 =
-        listeners.map(|(index, l)| serving_workers(l.spec.instance, index, config.workers).len() as u64).sum();
+    let sockets: u64 = listeners.map(|(index, l)| l.instance.workers(index, config.workers).len() as u64).sum();
     let room = limit.saturating_sub(OWN_DESCRIPTORS + WORKER_DESCRIPTORS * workers + sockets);
-    let wanted: u64 = config.listeners.iter().map(|l| l.spec.limits.max_connections as u64).sum();
+    let wanted: u64 = config.listeners.iter().map(|l| l.limits.max_connections as u64).sum();
     info!(limit, connections = room, "open descriptors: up to {limit}, room for {room} connections");
     if wanted > room {
         warn!(

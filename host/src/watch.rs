@@ -1,5 +1,4 @@
-//! Watching listeners' plugin files: a call back when one's content has changed and
-//! settled.
+//! Watching files: a call back when one's content has changed and settled.
 //!
 //! A [`Watcher`] watches directories, never a file's inode: an editor renames a new
 //! file over the old one and Kubernetes flips a `..data` symlink to a new directory,
@@ -10,13 +9,17 @@
 //!
 //! A change is reported once it has settled: no event on the way to the file for
 //! [`SETTLE`], and no writer still holding it open (a `cp` writes in pieces; the
-//! kernel says when the writer closes it). Then the content's hash decides: a `touch`
-//! or a rewrite of the same bytes is no change, and neither is a file that disappears
-//! or is empty (half-written), until it comes back different.
+//! kernel says when the writer closes it). Then the content's [`Fingerprint`] decides:
+//! a `touch` or a rewrite of the same bytes is no change, and neither is a file that
+//! cannot be read or is empty (half-written), until it comes back different.
 //!
-//! This module owns that bookkeeping and nothing else: it reads a plugin only to hash
-//! it and never swaps one itself ([`follow`] hands changes to
-//! [`Control::swap`](crate::control::Control::swap)).
+//! This module owns that bookkeeping and nothing else: it knows nothing of plugins,
+//! listeners or servers. Each file is watched under a name the caller picks; what a
+//! change means is the caller's (`control` swaps a listener's plugin in). It reads a
+//! file only through the caller's fingerprint.
+//!
+//! Its tests are a third of the file: they drive real files through renames, copies
+//! and symlink flips, and share one fixture, so they stay beside the code.
 
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsString;
@@ -30,11 +33,7 @@ use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
-use sha2::{Digest, Sha256};
-use tracing::{debug, info, warn};
-
-use crate::config::Config;
-use crate::control::{Control, Source};
+use tracing::{debug, warn};
 
 /// Quiet time after the last event on the way to a file before its content is
 /// checked: long enough for a writer's next piece, short enough to feel immediate.
@@ -44,8 +43,8 @@ pub const SETTLE: Duration = Duration::from_millis(300);
 /// writer that keeps it open for good, or a link made without a write.
 pub const STALE_WRITER: Duration = Duration::from_secs(10);
 
-/// How often [`follow`]'s watcher asks whether the server serves yet, while it starts.
-const SERVING_POLL: Duration = Duration::from_millis(20);
+/// How often a watcher asks for its [`Baseline`] until it has one.
+const BASELINE_POLL: Duration = Duration::from_millis(20);
 
 /// Symlinks followed on the way to a file before giving up, as the kernel does.
 const MAX_SYMLINKS: usize = 40;
@@ -54,14 +53,14 @@ const MAX_SYMLINKS: usize = 40;
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
     /// The platform's file notifications could not be set up.
-    #[error("cannot watch plugin files: {0}")]
+    #[error("cannot watch files: {0}")]
     Start(#[source] notify::Error),
-    /// A directory on the way to a listener's plugin cannot be watched.
-    #[error("listener `{listener}`: cannot watch {} for changes to {}: {source}", dir.display(), file.display())]
+    /// A directory on the way to a file cannot be watched.
+    #[error("`{name}`: cannot watch {} for changes to {}: {source}", dir.display(), file.display())]
     Watch {
-        /// The listener.
-        listener: String,
-        /// Its plugin file.
+        /// The name the file is watched under.
+        name: String,
+        /// The file.
         file: PathBuf,
         /// The directory on the way to it.
         dir: PathBuf,
@@ -73,55 +72,38 @@ pub enum WatchError {
     Thread(#[source] io::Error),
 }
 
-/// Watches plugin files and calls back, on its own thread, when one's content has
-/// changed and settled. Dropping it stops the thread (after a call back under way).
+/// Watches files and calls back, on its own thread, when one's content has changed and
+/// settled. Dropping it stops the thread (after a call back under way).
 pub struct Watcher {
     state: Arc<Mutex<State>>,
     wake: Sender<Message>,
     thread: Option<JoinHandle<()>>,
 }
 
-/// What is called back with a listener and its plugin file.
+/// What is called back with a file's name and path.
 type OnChange = Box<dyn FnMut(&str, &Path) + Send>;
 
-/// What the server serves, as `(listener, content hash)`, once it serves.
-type Serving = Box<dyn FnMut() -> Option<Vec<(String, String)>> + Send>;
+/// What tells one content of a file from another (a content hash); `None` while the
+/// file cannot be read or is empty. It must not block: the watcher's thread calls it.
+pub type Fingerprint = Arc<dyn Fn(&Path) -> Option<String> + Send + Sync>;
+
+/// The fingerprints, as `(name, fingerprint)`, that the files are compared with at
+/// first, once the caller knows them (`None`: not yet; asked again shortly). Events
+/// that come meanwhile are noted, not lost, and every named file is checked against
+/// it, so a change made before it was known is reported all the same.
+pub type Baseline = Box<dyn FnMut() -> Option<Vec<(String, String)>> + Send>;
 
 impl Watcher {
-    /// Watch each listener's file, given as `(listener, file)`, and call
-    /// `on_change(listener)` when that file's content has changed and settled. The
-    /// content each file has now is the one later ones are compared with.
+    /// Watch each file, given as `(name, file)`, and call `on_change(name, file)` when
+    /// its content has changed and settled. The content each file has now is the one
+    /// later ones are compared with, or, with a `baseline`, the fingerprint it gives.
     pub fn start(
         files: Vec<(String, PathBuf)>,
-        mut on_change: impl FnMut(&str) + Send + 'static,
+        fingerprint: Fingerprint,
+        baseline: Option<Baseline>,
+        on_change: impl FnMut(&str, &Path) + Send + 'static,
     ) -> Result<Watcher, WatchError> {
-        Watcher::spawn(files, Box::new(move |listener, _| on_change(listener)), None)
-    }
-
-    /// Watch these files instead of the ones watched now (after a config reload). A
-    /// listener that keeps its file keeps its last seen content; for a new listener or
-    /// file, the content it has now is the one later ones are compared with.
-    pub fn set(&self, files: Vec<(String, PathBuf)>) -> Result<(), WatchError> {
-        let mut state = lock(&self.state);
-        let mut old = std::mem::take(&mut state.files);
-        state.files = files
-            .into_iter()
-            .map(|(listener, path)| {
-                let path = std::path::absolute(&path).unwrap_or(path);
-                match old.iter().position(|f| f.listener == listener && f.path == path) {
-                    Some(kept) => old.swap_remove(kept),
-                    None => Watched::new(listener, path),
-                }
-            })
-            .collect();
-        state.rewatch()
-    }
-
-    fn spawn(
-        files: Vec<(String, PathBuf)>,
-        on_change: OnChange,
-        serving: Option<Serving>,
-    ) -> Result<Watcher, WatchError> {
+        let on_change: OnChange = Box::new(on_change);
         let (wake, messages) = mpsc::channel();
         let events = wake.clone();
         let notify = notify::recommended_watcher(move |event| {
@@ -131,17 +113,36 @@ impl Watcher {
         .map_err(WatchError::Start)?;
         let files = files
             .into_iter()
-            .map(|(listener, path)| Watched::new(listener, std::path::absolute(&path).unwrap_or(path)))
+            .map(|(name, path)| Watched::new(name, std::path::absolute(&path).unwrap_or(path), &fingerprint))
             .collect();
-        let mut state = State { notify, files, dirs: HashSet::new() };
+        let mut state = State { notify, files, dirs: HashSet::new(), fingerprint };
         state.rewatch()?;
         let state = Arc::new(Mutex::new(state));
         let shared = Arc::clone(&state);
         let thread = std::thread::Builder::new()
             .name("sandport-watch".into())
-            .spawn(move || run(&shared, &messages, on_change, serving))
+            .spawn(move || run(&shared, &messages, on_change, baseline))
             .map_err(WatchError::Thread)?;
         Ok(Watcher { state, wake, thread: Some(thread) })
+    }
+
+    /// Watch these files instead of the ones watched now. A name that keeps its file
+    /// keeps its last seen content; for a new name or file, the content it has now is
+    /// the one later ones are compared with.
+    pub fn set(&self, files: Vec<(String, PathBuf)>) -> Result<(), WatchError> {
+        let mut state = lock(&self.state);
+        let mut old = std::mem::take(&mut state.files);
+        state.files = files
+            .into_iter()
+            .map(|(name, path)| {
+                let path = std::path::absolute(&path).unwrap_or(path);
+                match old.iter().position(|f| f.name == name && f.path == path) {
+                    Some(kept) => old.swap_remove(kept),
+                    None => Watched::new(name, path, &state.fingerprint),
+                }
+            })
+            .collect();
+        state.rewatch()
     }
 }
 
@@ -154,62 +155,6 @@ impl Drop for Watcher {
             let _ = thread.join();
         }
     }
-}
-
-/// Swap a listener's plugin whenever its file changes: [`Watcher::start`] with a call
-/// back that asks `control` to take the file in, and logs whether the new version took
-/// over or why not.
-///
-/// The content compared with is the version each listener serves, learnt once the
-/// server serves: a file changed after the server read it and before this started
-/// watching is swapped in all the same.
-pub fn follow(control: Control, files: Vec<(String, PathBuf)>) -> Result<Watcher, WatchError> {
-    let asked = control.clone();
-    let serving: Serving = Box::new(move || {
-        asked.ready().then(|| {
-            asked.listeners().into_iter().filter_map(|l| Some((l.name, l.history.last()?.hash.clone()))).collect()
-        })
-    });
-    Watcher::spawn(
-        files,
-        Box::new(move |listener, file| {
-            let shown = file.display();
-            // A reload may have swapped this content in already.
-            let content = std::fs::read(file).map(|bytes| crate::plugin::content_hash(&bytes));
-            if content.is_ok_and(|hash| control.serving(listener).is_some_and(|v| v.hash == hash)) {
-                return info!(listener = %listener, file = %shown, "plugin file changed: already serving it");
-            }
-            info!(listener = %listener, file = %shown, "plugin file changed: swapping it in");
-            match control.swap(listener, Source::File(file.to_path_buf())) {
-                Ok(report) if report.took_over => info!(
-                    listener = %listener,
-                    file = %shown,
-                    version = report.serving.number,
-                    hash = %report.serving.hash,
-                    migrated = report.migrated,
-                    draining = report.draining,
-                    "plugin file changed: version {} took over",
-                    report.serving.number
-                ),
-                Ok(report) => warn!(
-                    listener = %listener,
-                    file = %shown,
-                    version = report.serving.number,
-                    "plugin file changed: new version refused, version {} keeps serving: {}",
-                    report.serving.number,
-                    report.refused.as_deref().unwrap_or("no reason given")
-                ),
-                Err(err) => warn!(listener = %listener, file = %shown, "plugin file changed: cannot swap it in: {err}"),
-            }
-        }),
-        Some(serving),
-    )
-}
-
-/// The files to watch for a configuration: each listener with `watch` on, and its
-/// plugin file, in config order (what [`follow`] and [`Watcher::set`] take).
-pub fn watched(config: &Config) -> Vec<(String, PathBuf)> {
-    config.listeners.iter().filter(|l| l.watch).map(|l| (l.spec.name.clone(), l.plugin.clone())).collect()
 }
 
 /// What wakes the watcher's thread.
@@ -227,15 +172,18 @@ struct State {
     files: Vec<Watched>,
     /// The directories watched now: every directory of every file's [`Way`].
     dirs: HashSet<PathBuf>,
+    fingerprint: Fingerprint,
 }
 
-/// One listener's file.
+/// One watched file.
 struct Watched {
-    listener: String,
+    /// The name the caller watches it under.
+    name: String,
     /// As configured, made absolute.
     path: PathBuf,
     way: Way,
-    /// The content's hash when last seen; `None` until it has been there, non-empty.
+    /// The content's fingerprint when last seen; `None` until it has been there,
+    /// non-empty.
     hash: Option<String>,
     /// When the latest event that may have changed it came, unless checked since.
     changed: Option<Instant>,
@@ -254,9 +202,9 @@ struct Way {
 }
 
 impl Watched {
-    fn new(listener: String, path: PathBuf) -> Watched {
-        let hash = content_hash(&path);
-        Watched { listener, way: Way::to(&path), path, hash, changed: None, writing: false }
+    fn new(name: String, path: PathBuf, fingerprint: &Fingerprint) -> Watched {
+        let hash = fingerprint(&path);
+        Watched { name, way: Way::to(&path), path, hash, changed: None, writing: false }
     }
 
     /// The file itself, or where it would be.
@@ -333,7 +281,7 @@ impl State {
             Ok(event) if !event.need_rescan() && !event.paths.is_empty() => event,
             Ok(_) => return self.all_changed(now),
             Err(err) => {
-                warn!("watching plugin files: {err}; checking them all");
+                warn!("watching files: {err}; checking them all");
                 return self.all_changed(now);
             }
         };
@@ -364,11 +312,10 @@ impl State {
         }
     }
 
-    /// Takes what the server serves as the content last seen, and checks every file
-    /// against it.
-    fn learn(&mut self, serving: &[(String, String)], now: Instant) {
+    /// Takes the baseline as the content last seen, and checks every file against it.
+    fn learn(&mut self, baseline: &[(String, String)], now: Instant) {
         for file in &mut self.files {
-            if let Some((_, hash)) = serving.iter().find(|(listener, _)| *listener == file.listener) {
+            if let Some((_, hash)) = baseline.iter().find(|(name, _)| *name == file.name) {
                 file.hash = Some(hash.clone());
                 file.changed = Some(now);
             }
@@ -430,7 +377,7 @@ impl State {
                         .find(|file| file.way.dirs.contains(&dir))
                         .expect("every wanted directory is on a file's way");
                     failed.get_or_insert(WatchError::Watch {
-                        listener: file.listener.clone(),
+                        name: file.name.clone(),
                         file: file.path.clone(),
                         dir,
                         source: Box::new(source),
@@ -448,11 +395,11 @@ fn settles(file: &Watched) -> Option<Instant> {
     file.changed.map(|at| at + quiet)
 }
 
-/// The watcher's thread: learns what the server serves, takes note of events,
-/// checks settled files, calls back.
-fn run(state: &Mutex<State>, messages: &Receiver<Message>, mut on_change: OnChange, serving: Option<Serving>) {
-    if let Some(serving) = serving
-        && !learn(state, messages, serving)
+/// The watcher's thread: learns the baseline, takes note of events, checks settled
+/// files, calls back.
+fn run(state: &Mutex<State>, messages: &Receiver<Message>, mut on_change: OnChange, baseline: Option<Baseline>) {
+    if let Some(baseline) = baseline
+        && !learn(state, messages, baseline)
     {
         return;
     }
@@ -474,8 +421,8 @@ fn run(state: &Mutex<State>, messages: &Receiver<Message>, mut on_change: OnChan
             None => {}
         }
         let changed = check(&mut lock(state), messages, &mut stopping);
-        for (listener, file) in changed {
-            on_change(&listener, &file);
+        for (name, file) in changed {
+            on_change(&name, &file);
         }
         if stopping {
             return;
@@ -483,15 +430,15 @@ fn run(state: &Mutex<State>, messages: &Receiver<Message>, mut on_change: OnChan
     }
 }
 
-/// Waits until the server serves and learns what; false if stopped meanwhile. Events
-/// that come meanwhile are noted, not lost.
-fn learn(state: &Mutex<State>, messages: &Receiver<Message>, mut serving: Serving) -> bool {
+/// Waits until the baseline is known and learns it; false if stopped meanwhile.
+/// Events that come meanwhile are noted, not lost.
+fn learn(state: &Mutex<State>, messages: &Receiver<Message>, mut baseline: Baseline) -> bool {
     loop {
-        if let Some(serving) = serving() {
-            lock(state).learn(&serving, Instant::now());
+        if let Some(baseline) = baseline() {
+            lock(state).learn(&baseline, Instant::now());
             return true;
         }
-        match messages.recv_timeout(SERVING_POLL) {
+        match messages.recv_timeout(BASELINE_POLL) {
             Ok(Message::Event(event)) => lock(state).note(event, Instant::now()),
             Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return false,
             Err(RecvTimeoutError::Timeout) => {}
@@ -499,7 +446,7 @@ fn learn(state: &Mutex<State>, messages: &Receiver<Message>, mut serving: Servin
     }
 }
 
-/// Hashes the settled files and returns those whose content changed, unless an
+/// Fingerprints the settled files and returns those whose content changed, unless an
 /// event came for one while it was read (then it is not settled after all).
 fn check(state: &mut State, messages: &Receiver<Message>, stopping: &mut bool) -> Vec<(String, PathBuf)> {
     let settled = state.take_settled(Instant::now());
@@ -507,7 +454,7 @@ fn check(state: &mut State, messages: &Receiver<Message>, stopping: &mut bool) -
         return Vec::new();
     }
     let hashes: Vec<(usize, Option<String>)> =
-        settled.into_iter().map(|i| (i, content_hash(&state.files[i].path))).collect();
+        settled.into_iter().map(|i| (i, (state.fingerprint)(&state.files[i].path))).collect();
     while let Ok(message) = messages.try_recv() {
         match message {
             Message::Event(event) => state.note(event, Instant::now()),
@@ -521,22 +468,15 @@ fn check(state: &mut State, messages: &Receiver<Message>, stopping: &mut bool) -
             continue;
         }
         debug!(
-            listener = %file.listener,
+            name = %file.name,
             file = %file.path.display(),
             hash = hash.as_deref().unwrap_or_default(),
-            "plugin file settled with new content"
+            "file settled with new content"
         );
         file.hash = hash;
-        changed.push((file.listener.clone(), file.path.clone()));
+        changed.push((file.name.clone(), file.path.clone()));
     }
     changed
-}
-
-/// The SHA-256 of a file's content in lowercase hex; `None` if it cannot be read or
-/// is empty (a writer has only just truncated it).
-fn content_hash(path: &Path) -> Option<String> {
-    let bytes = fs::read(path).ok().filter(|bytes| !bytes.is_empty())?;
-    Some(format!("{:x}", Sha256::digest(&bytes)))
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -558,7 +498,7 @@ mod tests {
     /// Time any single expectation may take before the test fails.
     const PATIENCE: Duration = Duration::from_secs(20);
 
-    /// The listener whose file every test changes to learn that the watcher has
+    /// The name of the file every test changes to learn that the watcher has
     /// caught up: it is watched last, so its change settles after every earlier one.
     const SENTINEL: &str = "sentinel";
 
@@ -571,14 +511,14 @@ mod tests {
     }
 
     impl Fixture {
-        /// Watches `files` (listener, path under the root) and the sentinel's file.
+        /// Watches `files` (name, path under the root) and the sentinel's file.
         fn start(root: TempDir, files: &[(&str, &str)]) -> Fixture {
             let sentinel = root.path().join("sentinel/plugin.wasm");
             fs::create_dir_all(sentinel.parent().unwrap()).unwrap();
             fs::write(&sentinel, "sentinel 0").unwrap();
             let (tell, fired) = mpsc::channel();
-            let watcher =
-                Watcher::start(listed(&root, files), move |listener| tell.send(listener.to_owned()).unwrap()).unwrap();
+            let on_change = move |name: &str, _: &Path| tell.send(name.to_owned()).unwrap();
+            let watcher = Watcher::start(listed(&root, files), bytes(), None, on_change).unwrap();
             Fixture { watcher, fired, root, round: 0 }
         }
 
@@ -611,6 +551,11 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The fingerprint the tests watch with: the bytes themselves.
+    fn bytes() -> Fingerprint {
+        Arc::new(|path| fs::read(path).ok().filter(|bytes| !bytes.is_empty()).map(|b| String::from_utf8_lossy(&b).into()))
     }
 
     fn listed(root: &TempDir, files: &[(&str, &str)]) -> Vec<(String, PathBuf)> {
@@ -791,38 +736,26 @@ mod tests {
     }
 
     #[test]
-    fn only_listeners_with_watch_on_are_watched() {
-        let root = root_with(&[("sandport.toml", "")]);
-        let text = "watch = true\n\
-            [[listener]]\nname = \"on\"\naddress = \"127.0.0.1:0\"\nplugin = \"on.wasm\"\n\
-            [[listener]]\nname = \"off\"\naddress = \"127.0.0.1:0\"\nplugin = \"off.wasm\"\nwatch = false\n";
-        fs::write(root.path().join("sandport.toml"), text).unwrap();
-        let config = Config::from_file(&root.path().join("sandport.toml")).unwrap();
-        assert_eq!(watched(&config), [("on".to_owned(), root.path().join("on.wasm"))]);
-    }
-
-    #[test]
-    fn a_change_made_before_the_server_served_fires_against_what_it_serves() {
+    fn a_change_made_before_the_baseline_was_known_fires_against_it() {
         let root = root_with(&[("a.wasm", "new"), ("b.wasm", "same"), ("sentinel/plugin.wasm", "sentinel 0")]);
-        let served = |content: &str| format!("{:x}", Sha256::digest(content));
-        let serving = vec![("a".to_owned(), served("old")), ("b".to_owned(), served("same"))];
-        // Not serving for the first few asks: the server is still starting.
+        let known = vec![("a".to_owned(), "old".to_owned()), ("b".to_owned(), "same".to_owned())];
+        // Unknown for the first few asks (a server still starting).
         let mut asked = 0;
-        let serving: Serving = Box::new(move || {
+        let baseline: Baseline = Box::new(move || {
             asked += 1;
-            (asked > 3).then(|| serving.clone())
+            (asked > 3).then(|| known.clone())
         });
         let (tell, fired) = mpsc::channel();
-        let on_change: OnChange = Box::new(move |listener, _| tell.send(listener.to_owned()).unwrap());
-        let _watcher =
-            Watcher::spawn(listed(&root, &[("a", "a.wasm"), ("b", "b.wasm")]), on_change, Some(serving)).unwrap();
-        assert_eq!(fired.recv_timeout(PATIENCE), Ok("a".to_owned()), "the file differs from what is served");
+        let on_change = move |name: &str, _: &Path| tell.send(name.to_owned()).unwrap();
+        let files = listed(&root, &[("a", "a.wasm"), ("b", "b.wasm")]);
+        let _watcher = Watcher::start(files, bytes(), Some(baseline), on_change).unwrap();
+        assert_eq!(fired.recv_timeout(PATIENCE), Ok("a".to_owned()), "the file differs from the baseline");
         replace(&root.path().join("sentinel/plugin.wasm"), b"sentinel 1");
-        assert_eq!(fired.recv_timeout(PATIENCE), Ok(SENTINEL.to_owned()), "`b` serves what its file holds");
+        assert_eq!(fired.recv_timeout(PATIENCE), Ok(SENTINEL.to_owned()), "`b` holds its baseline");
     }
 
     #[test]
-    fn a_watcher_can_be_shared_with_the_thread_that_reloads_the_config() {
+    fn a_watcher_can_be_shared_with_another_thread() {
         fn shareable<T: Send + Sync>() {}
         shareable::<Watcher>();
     }

@@ -1,7 +1,7 @@
 //! The reactor as a library, with a native Rust handler: the same loop, no wasm.
 
-use sandport::config::ListenerSpec;
 use sandport::handler::{CloseMode, ConnId, Event, Fault, Handler, Host};
+use sandport::listener::ListenerSpec;
 use sandport::reactor::Reactor;
 
 use crate::harness::Client;

@@ -12,9 +12,9 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::config::Limit;
 use crate::control::ListenerStatus;
 use crate::handler::Event;
+use crate::listener::Limit;
 use crate::reactor::GuestTime;
 
 /// The exposition's content type (Prometheus text, version 0.0.4).

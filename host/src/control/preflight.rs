@@ -11,8 +11,8 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::ListenerSpec;
 use crate::handler::{ConnId, Event, Fault, Handler, HandlerFactory, Host};
+use crate::listener::ListenerSpec;
 use crate::reactor::Reactor;
 
 /// What the trial connection sends: a line any handler must cope with.
@@ -22,10 +22,34 @@ const PROBE: &[u8] = b"sandport pre-flight\r\n";
 /// connection itself. A handler that keeps connections open (a chat) passes too.
 const PATIENCE: Duration = Duration::from_millis(500);
 
+/// Why a version failed its pre-flight.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    /// No instance would start.
+    #[error("pre-flight: cannot start an instance: {0}")]
+    Start(Fault),
+    /// The trial itself could not run (no loopback port, no thread): not the
+    /// version's fault, but it did not pass.
+    #[error("pre-flight: cannot run the trial: {0}")]
+    Trial(#[source] std::io::Error),
+    /// The trial's event loop panicked.
+    #[error("pre-flight: the trial's event loop panicked")]
+    Panicked,
+    /// The handler faulted on the trial connection, for this reason.
+    #[error("pre-flight: {0}")]
+    Fault(String),
+    /// The handler faulted, and its reason was not recorded.
+    #[error("pre-flight: the handler faulted")]
+    Faulted,
+}
+
 /// Run the trial for listener `spec` with handlers from `factory`. `Err` says why the
 /// version failed it.
-pub(crate) fn preflight(spec: &ListenerSpec, mut factory: impl HandlerFactory + Clone + 'static) -> Result<(), String> {
-    factory.new_handler().map_err(|fault| format!("pre-flight: cannot start an instance: {fault}"))?;
+pub(crate) fn preflight(
+    spec: &ListenerSpec,
+    mut factory: impl HandlerFactory + Clone + 'static,
+) -> Result<(), PreflightError> {
+    factory.new_handler().map_err(PreflightError::Start)?;
     let fault = Arc::new(Mutex::new(None));
     let recording = {
         let fault = fault.clone();
@@ -39,7 +63,7 @@ pub(crate) fn preflight(spec: &ListenerSpec, mut factory: impl HandlerFactory + 
     trial.address = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     trial.allow_connect.clear();
     trial.poll_interval = None;
-    let cannot = |err: std::io::Error| format!("pre-flight: cannot run the trial: {err}");
+    let cannot = PreflightError::Trial;
     let mut reactor = Reactor::new().map_err(cannot)?;
     let address = reactor.listen(&trial, Box::new(recording)).map_err(cannot)?;
     let stop = reactor.stop_handle();
@@ -47,14 +71,13 @@ pub(crate) fn preflight(spec: &ListenerSpec, mut factory: impl HandlerFactory + 
         std::thread::Builder::new().name("sandport-preflight".into()).spawn(move || reactor.run()).map_err(cannot)?;
     let talked = converse(address);
     stop.stop();
-    let stats =
-        running.join().map_err(|_| "pre-flight: the trial's event loop panicked".to_owned())?.map_err(cannot)?;
+    let stats = running.join().map_err(|_| PreflightError::Panicked)?.map_err(cannot)?;
     talked.map_err(cannot)?;
     if let Some(reason) = fault.lock().expect("no panics under this lock").take() {
-        return Err(format!("pre-flight: {reason}"));
+        return Err(PreflightError::Fault(reason));
     }
     if stats.total.faults > 0 {
-        return Err("pre-flight: the handler faulted".into());
+        return Err(PreflightError::Faulted);
     }
     Ok(())
 }

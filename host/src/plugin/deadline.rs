@@ -22,7 +22,7 @@ use std::time::Duration;
 use nix::time::{ClockId, clock_gettime};
 use wasmtime::{Engine, EngineWeak};
 
-use crate::config::Limit;
+use crate::listener::Limit;
 
 /// How often the epoch advances: the resolution of both event deadlines.
 pub const TICK: Duration = Duration::from_millis(5);

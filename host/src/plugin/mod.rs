@@ -33,8 +33,8 @@ use tracing::{info, warn};
 use wasmtime::component::{Component, InstancePre, Linker, Resource};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
-use crate::config::{Limit, ListenerSpec};
 use crate::handler::{ConnId, Event, Fault, Handler, HandlerFactory, Host};
+use crate::listener::{Limit, ListenerSpec};
 use bindings::sandport::handler::types as wit;
 use cache::{Cache, ContentHash};
 use deadline::{Budget, CallClock, OverBudget};
@@ -289,7 +289,7 @@ impl Plugin {
 
     /// The factory of the handlers of listener `spec`: instances bounded by its
     /// limits, reading `settings` through the `config` import.
-    pub fn factory(&self, spec: &ListenerSpec, settings: &BTreeMap<String, String>, version: u64) -> PluginFactory {
+    pub fn factory(&self, spec: &ListenerSpec, version: u64) -> PluginFactory {
         PluginFactory {
             tenant: Arc::new(Tenant {
                 plugin: self.clone(),
@@ -297,7 +297,7 @@ impl Plugin {
                 version,
                 memory: spec.limits.memory,
                 budget: Budget { cpu: spec.limits.event_timeout, wall: spec.limits.event_wall_timeout },
-                settings: Arc::new(settings.clone()),
+                settings: Arc::new(spec.settings.clone()),
                 log_budget: Arc::new(LogBudget::new(spec.limits.log_rate)),
             }),
         }

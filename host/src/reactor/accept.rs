@@ -16,9 +16,9 @@ use rustc_hash::FxHashMap;
 use tracing::{debug, error, info, warn};
 
 use super::{Instance, Reactor};
-use crate::config::{InstanceMode, Limit};
 use crate::descriptors;
 use crate::handler::{Event, SendEvents};
+use crate::listener::{InstanceMode, Limit};
 
 /// How soon a starved listener tries again if no connection closes first.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);

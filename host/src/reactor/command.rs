@@ -24,9 +24,9 @@ use mio::Waker;
 use tracing::{debug, info, warn};
 
 use super::{Binding, Counts, Reactor, Scope};
-use crate::config::ListenerSpec;
 use crate::connection::Phase;
 use crate::handler::{ConnId, HandlerFactory};
+use crate::listener::ListenerSpec;
 
 /// A request to a worker. Each carries the channel its answer goes back on.
 pub(crate) enum Command {

@@ -11,9 +11,9 @@ use mio::net::TcpStream;
 use tracing::debug;
 
 use super::{Account, Core};
-use crate::config::Limit;
 use crate::connection::{Connection, Phase, WriteSide};
 use crate::handler::{CloseMode, ConnId, Host, HostError, SendEvents};
+use crate::listener::Limit;
 use crate::mbuf::Mbuf;
 use crate::timer::Alarm;
 

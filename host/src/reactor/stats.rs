@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tracing::info;
 
-use crate::config::Limit;
 use crate::handler::Event;
+use crate::listener::Limit;
 
 /// How long guest calls took: a histogram with fixed bucket bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
