@@ -6,17 +6,24 @@
 //! [`Control`] handle, on tokio's blocking pool, so a slow compile or a slow count
 //! never holds up the HTTP thread, let alone an event loop. It must never touch a
 //! socket, buffer or guest of the workers.
+//!
+//! What a client may cost it is bounded: connections and header time
+//! ([`connections`]), request bodies ([`MAX_UPLOAD`] for a component, [`MAX_JSON`] for
+//! a path), bodies held at once ([`UPLOADS`]) and the time one may take to arrive
+//! ([`UPLOAD_TIMEOUT`]), so a slow or huge upload delays only itself.
 
+pub mod connections;
 mod metrics;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,15 +31,25 @@ use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
-use tokio::sync::oneshot;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tokio::sync::{Semaphore, oneshot};
 use tracing::{error, info};
 
 use crate::config::AdminConfig;
 use crate::control::{Control, ControlError, ListenerStatus, Source, SwapReport, Version};
 use crate::listener::{InstanceMode, Limit, Limits};
 
-/// The largest component an upload may carry.
+/// The largest component an upload may carry: as large as a plugin file may be.
 pub const MAX_UPLOAD: usize = 256 << 20;
+
+/// The largest `{"path": "..."}` body.
+pub const MAX_JSON: usize = 64 << 10;
+
+/// Swap bodies read and held at once; more wait for one of these to finish.
+pub const UPLOADS: usize = 2;
+
+/// How long a swap's body may take to arrive.
+pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why the admin API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -95,23 +112,17 @@ pub fn serve(config: &AdminConfig, control: Control) -> Result<AdminHandle, Admi
     let listener = TcpListener::bind(address).map_err(bind)?;
     listener.set_nonblocking(true).map_err(bind)?;
     let bound = listener.local_addr().map_err(bind)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().map_err(AdminError::Start)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build().map_err(AdminError::Start)?;
     let listener = {
         let _context = runtime.enter();
         tokio::net::TcpListener::from_std(listener).map_err(bind)?
     };
-    let app = router(Api { control, token: config.token.clone() });
+    let app = router(Api { control, token: config.token.clone(), uploads: Arc::new(Semaphore::new(UPLOADS)) });
     let (stop, stopped) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("sandport-admin".into())
         .spawn(move || {
-            let server = axum::serve(listener, app).with_graceful_shutdown(async {
-                // A dropped sender means the same as a sent stop.
-                let _ = stopped.await;
-            });
-            if let Err(err) = runtime.block_on(async { server.await }) {
-                error!(address = %bound, "admin API failed: {err}");
-            }
+            runtime.block_on(connections::serve(listener, app, stopped));
         })
         .map_err(AdminError::Start)?;
     info!(address = %bound, "admin API listening");
@@ -123,6 +134,8 @@ pub fn serve(config: &AdminConfig, control: Control) -> Result<AdminHandle, Admi
 struct Api {
     control: Control,
     token: Option<String>,
+    /// Held from the start of reading a swap's body to the end of the swap.
+    uploads: Arc<Semaphore>,
 }
 
 fn router(api: Api) -> Router {
@@ -131,8 +144,7 @@ fn router(api: Api) -> Router {
         .route("/listeners/{name}/plugin", put(swap))
         .route("/listeners/{name}/rollback", post(rollback))
         .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(api.clone(), authorize))
-        .layer(DefaultBodyLimit::max(MAX_UPLOAD));
+        .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
     // Health checks stay open: probes and load balancers carry no token.
     let open = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz));
     guarded.merge(open).with_state(api)
@@ -188,9 +200,18 @@ struct PathBody {
     path: PathBuf,
 }
 
-async fn swap(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn swap(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let limit = match mime.as_str() {
+        "application/json" => MAX_JSON,
+        _ => MAX_UPLOAD,
+    };
+    let _upload = api.uploads.clone().acquire_owned().await.expect("the semaphore is never closed");
+    let body = match read_body(body, limit).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let source = match mime.as_str() {
         "application/json" => match serde_json::from_slice::<PathBody>(&body) {
             Ok(PathBody { path }) => Source::File(path),
@@ -201,7 +222,7 @@ async fn swap(State(api): State<Api>, Path(name): Path<String>, headers: HeaderM
         "" | "application/wasm" | "application/octet-stream" if body.is_empty() => {
             return error_response(StatusCode::BAD_REQUEST, "the body is empty: send the component's bytes".into());
         }
-        "" | "application/wasm" | "application/octet-stream" => Source::Bytes(body.to_vec()),
+        "" | "application/wasm" | "application/octet-stream" => Source::Bytes(body.into()),
         _ => {
             let message = format!(
                 "content type `{content_type}`: send application/wasm (the component's bytes) or application/json ({{\"path\": \"...\"}})"
@@ -210,6 +231,22 @@ async fn swap(State(api): State<Api>, Path(name): Path<String>, headers: HeaderM
         }
     };
     report_response(blocking(move || api.control.swap(&name, source)).await)
+}
+
+/// A request body of at most `limit` bytes that arrives within [`UPLOAD_TIMEOUT`], or
+/// the answer that says why not (413, 408, 400).
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
+    match tokio::time::timeout(UPLOAD_TIMEOUT, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) if err.is::<LengthLimitError>() => {
+            Err(error_response(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {limit} bytes")))
+        }
+        Ok(Err(err)) => Err(error_response(StatusCode::BAD_REQUEST, format!("cannot read the body: {err}"))),
+        Err(_) => Err(error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the body did not arrive within {UPLOAD_TIMEOUT:?}"),
+        )),
+    }
 }
 
 async fn rollback(State(api): State<Api>, Path(name): Path<String>) -> Response {

@@ -1,0 +1,73 @@
+//! The admin API's connections: how many it holds at once and how long a client may
+//! take to say what it wants.
+//!
+//! Every descriptor the admin API holds is one a tenant's listener cannot have, and a
+//! client that opens connections and never finishes a request would otherwise hold
+//! them for good. So it accepts at most [`MAX_CONNECTIONS`] at once (the next waits in
+//! the kernel's backlog until one closes), closes a connection whose request headers
+//! take longer than [`HEADER_TIMEOUT`] (which also ends a kept-alive connection left
+//! idle), and on stop lets the requests under way finish for up to [`DRAIN`].
+//!
+//! It owns the accept loop only; what a request means is the router's.
+
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, oneshot};
+use tracing::warn;
+
+/// Connections the admin API holds at once.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client may take to send a request's headers, and how long a kept-alive
+/// connection may sit idle before its next request.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long requests under way may go on once the admin API is stopped.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// After an accept fails (descriptors ran out), how long to wait before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serve `app` on `listener` until `stop` fires (or its sender is dropped), then let
+/// the requests under way finish.
+pub async fn serve(listener: TcpListener, app: Router, mut stop: oneshot::Receiver<()>) {
+    let slots = std::sync::Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            _ = &mut stop => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    warn!("admin API: cannot accept a connection: {err}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // An error here is the client's (gone, or too slow): nothing to report.
+            let _ = connection.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        warn!("admin API: requests still under way {DRAIN:?} after the stop were cut off");
+    }
+}
