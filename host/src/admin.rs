@@ -28,10 +28,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::sync::{Semaphore, oneshot};
 use tracing::{error, info};
 
@@ -112,7 +112,8 @@ pub fn serve(config: &AdminConfig, control: Control) -> Result<AdminHandle, Admi
     let listener = TcpListener::bind(address).map_err(bind)?;
     listener.set_nonblocking(true).map_err(bind)?;
     let bound = listener.local_addr().map_err(bind)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build().map_err(AdminError::Start)?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build().map_err(AdminError::Start)?;
     let listener = {
         let _context = runtime.enter();
         tokio::net::TcpListener::from_std(listener).map_err(bind)?

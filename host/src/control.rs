@@ -6,20 +6,17 @@
 //! workers only through their command queues, so a slow compile or a slow reader of
 //! `/metrics` never holds up a message.
 //!
-//! This module owns the version history of every listener, and the one way a listener
-//! starts serving ([`Control::start`] at start-up, the same steps for a listener a
-//! reload adds): an engine chosen by its instance mode, its plugin read and compiled,
-//! an instance started, and its socket bound on the workers its instance mode places
-//! it on. A new *version* of a running listener must also pass a pre-flight
-//! (`preflight`), because there is an old version to keep serving if it fails; a new
-//! *listener* has none, so it is only instantiated (the README says why). It never
-//! touches a socket or a guest: serving is the workers' job (see `reactor`), compiling
-//! the plugin module's.
+//! This module owns the version history of every listener and the three routes to a
+//! new version: [`Control::swap`] (the admin API), [`Control::reload`] (SIGHUP; with
+//! the one way a listener starts, in `reload`) and [`Control::plugin_file_changed`]
+//! (the watcher, in `follow`). A new version must pass a pre-flight (`preflight`)
+//! before it takes over. It never touches a socket or a guest: serving is the
+//! workers' job (see `reactor`), compiling the plugin module's.
 
 mod follow;
 mod preflight;
+mod reload;
 
-use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,12 +28,13 @@ use tracing::{info, info_span, warn};
 
 use crate::config::Config;
 use crate::listener::{InstanceMode, Limits, ListenerSpec, Workers};
-use crate::plugin::{Plugin, PluginError, PluginFactory, Runtime, content_hash};
-use crate::reactor::{Binding, Command, Commands, Counts, FaultNotice, Slots, Swapped};
+use crate::plugin::{Plugin, PluginError, PluginFactory, Runtime};
+use crate::reactor::{Command, Commands, Counts, FaultNotice, Slots, Swapped};
 
 pub use follow::watched;
 pub use preflight::PreflightError;
 pub(crate) use preflight::preflight;
+pub use reload::{AddError, ReloadReport};
 
 /// Versions whose compiled plugin is kept for a rollback; older ones keep only their
 /// history entry (so memory stays flat however many swaps there are).
@@ -116,40 +114,6 @@ pub struct SwapReport {
     pub migrated: u64,
     /// Connections left on the old version until they close (or `drain-timeout-ms`).
     pub draining: u64,
-}
-
-/// What a reload of the config file changed.
-#[derive(Debug, Clone, Default)]
-pub struct ReloadReport {
-    /// Listeners new in the file, now listening.
-    pub added: Vec<String>,
-    /// Listeners gone from the file: no longer listening, their connections draining.
-    pub removed: Vec<String>,
-    /// Listeners whose plugin, limits or settings changed: what became of each swap.
-    pub swapped: Vec<SwapReport>,
-    /// Listeners the reload could not add or rebind, and why.
-    pub failed: Vec<(String, String)>,
-    /// Settings that changed in the file but take a restart (e.g. `workers`).
-    pub need_restart: Vec<String>,
-}
-
-/// Why a listener could not be added, at start-up or by a reload.
-#[derive(Debug, thiserror::Error)]
-pub enum AddError {
-    /// Its plugin is unusable (the message names the file).
-    #[error(transparent)]
-    Plugin(#[from] PluginError),
-    /// Its address cannot be bound.
-    #[error("cannot listen on {address}: {source}")]
-    Listen {
-        /// The configured address.
-        address: SocketAddr,
-        /// Why.
-        source: io::Error,
-    },
-    /// The server is stopping.
-    #[error("the server is stopping")]
-    Stopping,
 }
 
 /// Why a new version of a running listener did not take over.
@@ -276,13 +240,6 @@ impl Record {
     }
 }
 
-/// A listener ready to bind: its engine, its plugin and the factory of its instances.
-struct Prepared {
-    runtime: Arc<Runtime>,
-    plugin: Plugin,
-    factory: PluginFactory,
-}
-
 /// Where a version comes from, for the log.
 #[derive(Debug, Clone, Copy)]
 enum Route {
@@ -381,171 +338,6 @@ impl Control {
     /// count the rollback.
     pub fn rollback(&self, listener: &str) -> Result<SwapReport, ControlError> {
         self.roll_back(listener, Route::Rollback)
-    }
-
-    /// Apply a re-read config file: listeners gone from it stop listening (their
-    /// connections drain), new ones start, changed ones get the new plugin, limits and
-    /// settings through a swap (a new address or instance mode: the listener is
-    /// bound anew). Unchanged listeners are left alone.
-    pub fn reload(&self, config: &Config) -> ReloadReport {
-        let _one = self.inner.swapping.lock().unwrap_or_else(|p| p.into_inner());
-        let mut report = ReloadReport::default();
-        let started = &self.inner.started;
-        if config.workers != started.workers {
-            report.need_restart.push("workers".into());
-        }
-        if config.cache_dir != started.cache_dir {
-            report.need_restart.push("cache-dir".into());
-        }
-        if config.log_format != started.log_format {
-            report.need_restart.push("log-format".into());
-        }
-        if config.admin != started.admin {
-            report.need_restart.push("admin".into());
-        }
-        let wanted = |name: &str| config.listeners.iter().find(|l| l.name == name);
-        let gone: Vec<String> = self
-            .records()
-            .iter()
-            .filter(|r| wanted(r.name()).is_none_or(|l| l.address != r.spec.address || l.instance != r.spec.instance))
-            .map(|r| r.name().to_owned())
-            .collect();
-        for name in &gone {
-            self.retire(name);
-            if wanted(name).is_none() {
-                report.removed.push(name.clone());
-            }
-        }
-        for (index, spec) in config.listeners.iter().enumerate() {
-            let name = &spec.name;
-            let current = self.with_record(name, |r| (r.spec.clone(), r.current().hash.clone(), r.runtime.clone()));
-            match current {
-                Err(_) => match self.prepare(spec).and_then(|prepared| self.bind(index, spec, prepared)) {
-                    Ok(()) => report.added.push(name.clone()),
-                    Err(err) => {
-                        warn!(listener = %name, "cannot add the listener: {err}");
-                        report.failed.push((name.clone(), err.to_string()));
-                    }
-                },
-                Ok((old, hash, runtime)) => {
-                    let bytes = std::fs::read(&spec.plugin)
-                        .map_err(|source| PluginError::Read { path: spec.plugin.clone(), source });
-                    let same_file = bytes.as_ref().is_ok_and(|b| content_hash(b) == hash);
-                    if old == *spec && same_file {
-                        continue;
-                    }
-                    let span = info_span!("load", listener = %name);
-                    let loaded =
-                        bytes.and_then(|bytes| span.in_scope(|| runtime.load_bytes(&bytes, Some(&spec.plugin))));
-                    let swapped = match loaded {
-                        Ok(plugin) => self.install(spec.clone(), plugin, Some(spec.plugin.clone()), Route::Reload),
-                        Err(err) => self.refuse(name, err.into()),
-                    };
-                    report.swapped.extend(swapped.ok());
-                }
-            }
-        }
-        let order = |r: &Record| config.listeners.iter().position(|l| l.name == r.name());
-        self.records().sort_by_key(order);
-        info!(
-            added = report.added.len(),
-            removed = report.removed.len(),
-            swapped = report.swapped.iter().filter(|s| s.took_over).count(),
-            refused = report.swapped.iter().filter(|s| !s.took_over).count() + report.failed.len(),
-            "config reloaded"
-        );
-        if !report.need_restart.is_empty() {
-            warn!("changed settings that take a restart to apply: {}", report.need_restart.join(", "));
-        }
-        report
-    }
-
-    /// Stop listening for `name` on its workers and forget its record; its connections
-    /// drain.
-    fn retire(&self, name: &str) {
-        let Ok(workers) = self.with_record(name, |r| r.workers.clone()) else { return };
-        self.stop_listening(name, workers);
-        self.records().retain(|r| r.name() != name);
-    }
-
-    /// Tell `workers` to stop listening for `name`, and wait until they have.
-    fn stop_listening(&self, name: &str, workers: Workers) {
-        let answers: Vec<_> = workers
-            .filter_map(|worker| {
-                let (reply, answer) = channel();
-                self.inner.workers[worker].send(Command::Retire { listener: name.to_owned(), reply }).then_some(answer)
-            })
-            .collect();
-        for answer in answers {
-            let _ = answer.recv();
-        }
-    }
-
-    /// Start serving `listeners`, the config's, at start-up: each one
-    /// [prepared](Self::prepare) (all at once, each compile and first instance on a
-    /// thread of its own), then [bound](Self::bind) in config order. The first that
-    /// fails is the error, with its listener's name; those bound before it are left to
-    /// the caller to stop with the workers.
-    pub(crate) fn start(&self, listeners: &[ListenerSpec]) -> Result<(), (String, AddError)> {
-        let prepared: Vec<_> = std::thread::scope(|scope| {
-            let preparing: Vec<_> = listeners.iter().map(|spec| scope.spawn(|| self.prepare(spec))).collect();
-            let joined = preparing.into_iter().map(|thread| thread.join());
-            joined.map(|prepared| prepared.unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
-        });
-        for (index, (spec, prepared)) in listeners.iter().zip(prepared).enumerate() {
-            prepared.and_then(|prepared| self.bind(index, spec, prepared)).map_err(|err| (spec.name.clone(), err))?;
-        }
-        Ok(())
-    }
-
-    /// The first steps of starting listener `spec`, which touch no worker: the engine
-    /// its instance mode takes, its plugin read and compiled (or taken from the cache),
-    /// and one instance started to see that it can be.
-    fn prepare(&self, spec: &ListenerSpec) -> Result<Prepared, AddError> {
-        let runtime = match spec.instance {
-            InstanceMode::Shared | InstanceMode::PerWorker => self.inner.runtime.clone(),
-            InstanceMode::PerConnection => {
-                let slots = u32::try_from(spec.limits.max_connections).unwrap_or(u32::MAX);
-                let pooled = Runtime::pooled(slots, spec.limits.memory)?;
-                Arc::new(pooled.with_cache(self.inner.started.cache_dir.as_deref()))
-            }
-        };
-        let plugin = info_span!("load", listener = %spec.name).in_scope(|| runtime.load(&spec.plugin))?;
-        let factory = plugin.factory(spec, 1);
-        factory.instantiate()?;
-        Ok(Prepared { runtime, plugin, factory })
-    }
-
-    /// The last step of starting listener `spec`, the `index`th of the config: bind
-    /// its socket on every worker its instance mode places it on (the first picks the
-    /// port when the config says 0; the others share it), and record it. A worker
-    /// that cannot bind undoes the ones before it.
-    fn bind(&self, index: usize, spec: &ListenerSpec, prepared: Prepared) -> Result<(), AddError> {
-        let serving = spec.instance.workers(index, self.inner.workers.len());
-        let mut binding = Binding { address: spec.address, shared_port: serving.len() > 1, slots: Slots::default() };
-        for worker in serving.clone() {
-            let (reply, answer) = channel();
-            let command = Command::Listen {
-                spec: spec.clone(),
-                binding: binding.clone(),
-                version: 1,
-                factory: Box::new(prepared.factory.clone()),
-                reply,
-            };
-            if !self.inner.workers[worker].send(command) {
-                return Err(AddError::Stopping);
-            }
-            let bound = answer.recv().map_err(|_| AddError::Stopping)?;
-            binding.address = bound.map_err(|source| {
-                self.stop_listening(&spec.name, serving.start..worker);
-                AddError::Listen { address: spec.address, source }
-            })?;
-        }
-        info!(listener = %spec.name, address = %binding.address, "listener added");
-        let record =
-            Record::new(spec.clone(), binding.address, serving, binding.slots, prepared.runtime, prepared.plugin);
-        self.records().push(record);
-        Ok(())
     }
 
     /// Whether every worker is serving.
