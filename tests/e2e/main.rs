@@ -4,6 +4,7 @@
 mod harness;
 
 mod admin;
+mod admin_bounds;
 mod backpressure;
 mod cache;
 mod chaos;
