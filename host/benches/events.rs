@@ -16,8 +16,9 @@
 //! To measure another build of a plugin in the same run (say the one before a
 //! change), name its component in `BASELINE_HTTP_HELLO` or `BASELINE_ECHO`: its rows
 //! come first, marked `baseline`.
+// `criterion_group!` defines a public function without a doc.
+#![allow(missing_docs)]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;

@@ -7,6 +7,8 @@
 //! ```text
 //! cargo bench -p sandport --bench instances
 //! ```
+// `criterion_group!` defines a public function without a doc.
+#![allow(missing_docs)]
 
 use std::path::Path;
 

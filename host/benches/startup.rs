@@ -8,6 +8,8 @@
 //! ```text
 //! cargo bench -p sandport --bench startup
 //! ```
+// `criterion_group!` defines a public function without a doc.
+#![allow(missing_docs)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
