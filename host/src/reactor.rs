@@ -24,6 +24,19 @@
 //! connection and close it at once, and a listener whose accept failed otherwise is
 //! retried when a connection closes or after 100 ms (see `reactor/accept.rs`).
 //!
+//! This file holds the loop itself (a turn: wait, take readiness in, accept, serve,
+//! fire what the clock brings) and the listeners; each other concept has its own file
+//! under `reactor/`: `state` (what handlers may see and change), `connection` (one
+//! connection's state and its reads and writes), `service` (the steps of serving a
+//! connection, and how it leaves), `deliver` (events to handlers, faults, timers and
+//! POLL ticks), `scope` (the `Host` a handler gets), `accept`, `command` (what other
+//! threads ask between turns), `timer` (the deadline queue), `descriptors` (the
+//! descriptor limit and the spare) and `stats`. The reactor imports nothing above it:
+//! no config, control, server or plugin.
+//!
+//! [`Handler`]: crate::handler::Handler
+//! [`Host`]: crate::handler::Host
+//!
 //! ```no_run
 //! use sandport::listener::ListenerSpec;
 //! use sandport::handler::{ConnId, Event, Fault, Handler, Host};

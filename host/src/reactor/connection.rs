@@ -194,12 +194,19 @@ pub(super) struct Connection {
     pub rx: Mbuf,
     /// Bytes the handler sent, not yet written to the socket.
     pub tx: Mbuf,
+    /// Where it is in its life, and whether its handler still serves it.
     pub phase: Phase,
+    /// Whether its outbound dial (if it was dialed) still goes on.
     pub dial: Dial,
+    /// What readiness said about the peer's bytes.
     pub inbound: Inbound,
+    /// What readiness said about room to write.
     pub outbound: Outbound,
+    /// Whether the handler may still send, and whether the socket's side is shut.
     pub write_side: WriteSide,
+    /// Whether the next write owes the handler a SEND.
     pub send_wanted: SendWanted,
+    /// Whether it waits in the service queue.
     pub queued: Queued,
     /// The readiness it is registered for: WRITABLE only while a write would block.
     pub interest: Interest,
