@@ -13,9 +13,7 @@
 
 pub mod admin;
 pub mod config;
-mod connection;
 pub mod control;
-mod descriptors;
 pub mod handler;
 pub mod listener;
 pub mod mbuf;
@@ -24,5 +22,4 @@ pub mod reactor;
 pub mod scaffold;
 pub mod server;
 mod throttle;
-mod timer;
 pub mod watch;

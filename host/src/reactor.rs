@@ -24,6 +24,19 @@
 //! connection and close it at once, and a listener whose accept failed otherwise is
 //! retried when a connection closes or after 100 ms (see `reactor/accept.rs`).
 //!
+//! This file holds the loop itself (a turn: wait, take readiness in, accept, serve,
+//! fire what the clock brings) and the listeners; each other concept has its own file
+//! under `reactor/`: `state` (what handlers may see and change), `connection` (one
+//! connection's state and its reads and writes), `service` (the steps of serving a
+//! connection, and how it leaves), `deliver` (events to handlers, faults, timers and
+//! POLL ticks), `scope` (the `Host` a handler gets), `accept`, `command` (what other
+//! threads ask between turns), `timer` (the deadline queue), `descriptors` (the
+//! descriptor limit and the spare) and `stats`. The reactor imports nothing above it:
+//! no config, control, server or plugin.
+//!
+//! [`Handler`]: crate::handler::Handler
+//! [`Host`]: crate::handler::Host
+//!
 //! ```no_run
 //! use sandport::listener::ListenerSpec;
 //! use sandport::handler::{ConnId, Event, Fault, Handler, Host};
@@ -49,45 +62,40 @@
 //! ```
 
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use rustc_hash::FxHashMap;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
-use tracing::{debug, error, info, warn};
+use tracing::{info, warn};
 
-use crate::connection::{Connection, Phase, WriteSide};
-use crate::descriptors::Reserve;
-use crate::handler::{ConnId, Event, Fault, Handler, HandlerFactory, HostError, SendEvents};
-use crate::listener::{InstanceMode, Limit, ListenerSpec};
+use crate::handler::HandlerFactory;
+use crate::listener::{InstanceMode, ListenerSpec};
 use crate::throttle::Throttle;
-use crate::timer::{Alarm, Due, Timers};
 
 mod accept;
 mod command;
+mod connection;
+mod deliver;
+pub(crate) mod descriptors;
 mod scope;
+mod service;
+mod state;
 mod stats;
+mod timer;
+
+use connection::Dial;
+use descriptors::Reserve;
+use state::{Account, Core, Instance};
+use timer::Timers;
 
 pub(crate) use command::{Command, Commands, Swapped};
 use scope::Scope;
 pub use stats::{Counts, GuestTime, Stats};
-
-/// Most bytes read from one socket per service, so one flooding peer cannot starve
-/// the others.
-const READ_BUDGET: usize = 256 * 1024;
-
-/// Rounds of the service queue per loop turn. Handlers that keep feeding each other
-/// (a SEND that sends to another connection whose SEND sends back) are cut off here
-/// and continue next turn, after the other sockets had their say.
-const SERVICE_ROUNDS: usize = 8;
-
-/// Stale timer entries tolerated before the queue is compacted.
-const TIMER_SLACK: usize = 1024;
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -185,159 +193,6 @@ struct Listener {
     /// Accept failed in a way readiness will not report again: try again at this
     /// time, or as soon as a connection closes.
     retry_at: Option<Instant>,
-}
-
-/// A listener's rules and books: what handlers' host calls are checked against.
-struct Account {
-    spec: ListenerSpec,
-    /// Connections open now, accepted and dialed (lingering ones included), on every
-    /// worker that serves the listener.
-    open: Slots,
-    counts: Counts,
-    /// The rate limit on lines about its connections.
-    throttle: Throttle,
-}
-
-impl Account {
-    /// Whether a line about one of this listener's connections may be logged now;
-    /// if not, it is counted as suppressed.
-    fn may_log(&mut self) -> bool {
-        let admitted = self.throttle.admit(Instant::now());
-        if !admitted {
-            self.counts.suppressed += 1;
-        }
-        admitted
-    }
-}
-
-/// One handler instance and the connections it may name.
-struct Instance {
-    listener: usize,
-    /// The version of the listener's plugin it runs.
-    version: u64,
-    /// A newer version took over: the connections still here are closed at this time
-    /// (`drain-timeout-ms`).
-    drain_at: Option<Instant>,
-    /// Lent out while it handles an event.
-    handler: Option<Box<dyn Handler>>,
-    /// Its connections' keys by the ids it knows them by. Fx, not SipHash: the ids
-    /// are the host's own sequence numbers, so nobody can pick colliding ones, and
-    /// every host call looks one up.
-    conns: FxHashMap<ConnId, usize>,
-    /// When the handler gets SEND events.
-    send_events: SendEvents,
-}
-
-/// What handlers may see and change: the part of the reactor lent to a [`Host`].
-struct Core {
-    registry: Registry,
-    conns: Slab<Connection>,
-    instances: Slab<Instance>,
-    accounts: Vec<Account>,
-    timers: Timers,
-    /// Handler timers armed across all connections. With one idle check per
-    /// connection, the live entries of `timers`; the rest are stale.
-    armed: usize,
-    /// Connections that need a service: I/O to do, a close to carry out.
-    queue: Vec<usize>,
-    next_id: u64,
-    /// Ids go up by this much, so that workers never hand out the same id.
-    id_step: u64,
-    /// The reactor is closing every connection to stop: no new one may be dialed.
-    stopping: bool,
-    /// The clock as last read: when the poll returned, or the last event ended. Good
-    /// enough to stamp activity with, and a reading fewer per read and per write.
-    now: Instant,
-}
-
-impl Core {
-    fn enqueue(&mut self, key: usize) {
-        if let Some(conn) = self.conns.get_mut(key)
-            && !conn.queued
-        {
-            conn.queued = true;
-            self.queue.push(key);
-        }
-    }
-
-    fn disarm_all(&mut self, key: usize) {
-        let conn = &mut self.conns[key];
-        self.armed -= conn.timers.len();
-        conn.timers.clear();
-    }
-
-    /// Count and log a limit hit by `key`, once per connection and limit.
-    fn hit(&mut self, key: usize, limit: Limit) {
-        let conn = &mut self.conns[key];
-        if !conn.first_hit(limit) {
-            return;
-        }
-        // A connection no handler serves any more (lingering) has no version.
-        let version = conn.attached.then(|| self.instances.get(conn.instance).map(|i| i.version)).flatten();
-        let account = &mut self.accounts[conn.listener];
-        account.counts.limit_hits[limit.index()] += 1;
-        if account.may_log() {
-            warn!(
-                listener = %account.spec.name,
-                conn = %conn.id,
-                peer = %conn.peer,
-                version,
-                limit = %limit.key(),
-                "limit hit: {}",
-                limit.outcome()
-            );
-        }
-    }
-
-    /// Take `stream` into the reactor as a connection of `instance`, watched for
-    /// readiness and for idleness.
-    fn register(
-        &mut self,
-        instance: usize,
-        mut stream: TcpStream,
-        peer: SocketAddr,
-        dialing: bool,
-    ) -> io::Result<(usize, ConnId)> {
-        let listener = self.instances[instance].listener;
-        let account = &mut self.accounts[listener];
-        // Small writes (a prompt, a chat line) should leave at once, not wait for Nagle.
-        if let Err(err) = stream.set_nodelay(true) {
-            debug!(listener = %account.spec.name, %peer, "cannot disable Nagle: {err}");
-        }
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        // A dial's outcome shows as writability.
-        let interest = if dialing { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-        self.registry.register(&mut stream, Token(key), interest)?;
-        let id = ConnId(self.next_id);
-        self.next_id += self.id_step;
-        let limits = &account.spec.limits;
-        let mut conn = Connection::new(id, (listener, instance), stream, peer, limits, dialing);
-        conn.idle_arming = self.timers.arm(conn.last_active + limits.idle_timeout, key, id, Alarm::Idle);
-        entry.insert(conn);
-        self.instances[instance].conns.insert(id, key);
-        Ok((key, id))
-    }
-
-    /// Whether `due` is still the current arming of a live connection's alarm (not
-    /// cancelled, re-armed, or left behind by a closed connection).
-    fn is_armed(&self, due: &Due) -> bool {
-        let Some(conn) = self.conns.get(due.key).filter(|c| c.id == due.conn) else { return false };
-        match due.alarm {
-            Alarm::Handler(timer) => conn.timers.get(&timer) == Some(&due.arming),
-            Alarm::Idle => conn.idle_arming == due.arming,
-        }
-    }
-
-    /// Drop stale timer entries once they outnumber the live ones.
-    fn compact_timers(&mut self) {
-        let live = self.armed + self.conns.len();
-        if self.timers.len() > 2 * live + TIMER_SLACK {
-            let mut timers = std::mem::take(&mut self.timers);
-            timers.compact(|due| self.is_armed(due));
-            self.timers = timers;
-        }
-    }
 }
 
 /// The event loop of one worker. Single-threaded: it owns its sockets, buffers and
@@ -549,10 +404,7 @@ impl Reactor {
                 }
                 Token(key) => {
                     let Some(conn) = self.core.conns.get_mut(key) else { continue };
-                    let trouble = event.is_error();
-                    conn.readable |= event.is_readable() || event.is_read_closed() || trouble;
-                    conn.read_closed |= event.is_read_closed() || trouble;
-                    conn.writable |= event.is_writable() || event.is_write_closed() || trouble;
+                    conn.on_readiness(event);
                     self.core.enqueue(key);
                 }
             }
@@ -648,298 +500,6 @@ impl Reactor {
         }
     }
 
-    /// Service queued connections, in rounds; connections queued during a round are
-    /// served in the next one.
-    fn service_queue(&mut self) {
-        for _ in 0..SERVICE_ROUNDS {
-            if self.core.queue.is_empty() {
-                return;
-            }
-            let mut batch = std::mem::take(&mut self.core.queue);
-            for key in batch.drain(..) {
-                if let Some(conn) = self.core.conns.get_mut(key) {
-                    conn.queued = false;
-                    self.service(key);
-                }
-            }
-            if self.core.queue.is_empty() {
-                // Keep the allocation for the next turn.
-                self.core.queue = batch;
-            }
-        }
-    }
-
-    /// Do what a connection is ready for: finish a dial, write, shut down our
-    /// sending side, read, then close if due.
-    fn service(&mut self, key: usize) {
-        let conn = &mut self.core.conns[key];
-        if conn.connecting && conn.phase != Phase::Closing {
-            if !(conn.writable || conn.readable) {
-                return;
-            }
-            match dial_outcome(&conn.socket) {
-                Ok(true) => {
-                    conn.connecting = false;
-                    self.dispatch(key, Event::Connect(Ok(())));
-                }
-                Ok(false) => {
-                    // Spurious readiness: the dial goes on.
-                    (conn.readable, conn.writable) = (false, false);
-                    return;
-                }
-                Err(err) => return self.close(key, Some(err)),
-            }
-        }
-        let conn = &mut self.core.conns[key];
-        if conn.phase != Phase::Closing && conn.writable && !conn.tx.is_empty() {
-            match conn.write_out(self.core.now) {
-                Ok(0) => {}
-                Ok(n) => {
-                    self.core.accounts[conn.listener].counts.bytes_out += n as u64;
-                    let waited = std::mem::take(&mut conn.awaits_room);
-                    // An orphan's instance is gone (its key may name another by now).
-                    let wanted = conn.delivers_events()
-                        && (waited || self.core.instances[conn.instance].send_events == SendEvents::EveryWrite);
-                    if wanted {
-                        self.dispatch(key, Event::Send(n as u32));
-                    }
-                }
-                Err(err) => return self.close(key, Some(err)),
-            }
-        }
-        let conn = &mut self.core.conns[key];
-        if conn.write_side == WriteSide::ShutAfterSend && conn.tx.is_empty() && conn.phase == Phase::Open {
-            if let Err(err) = conn.socket.shutdown(Shutdown::Write) {
-                return self.close(key, Some(err));
-            }
-            conn.write_side = WriteSide::Shut;
-        }
-        if conn.can_read() {
-            match conn.read_in(READ_BUDGET, self.core.now) {
-                Ok(n) => {
-                    let (full, eof) = (conn.rx.room() == 0, conn.peer_closed);
-                    self.core.accounts[conn.listener].counts.bytes_in += n as u64;
-                    if n > 0 {
-                        self.dispatch(key, Event::Recv(n as u32));
-                    }
-                    if full {
-                        self.core.hit(key, Limit::RecvBuffer);
-                    }
-                    if eof {
-                        self.dispatch(key, Event::Recv(0));
-                    }
-                }
-                Err(err) => return self.close(key, Some(err)),
-            }
-        } else if conn.can_discard() {
-            match conn.discard_in(READ_BUDGET) {
-                Ok(()) if conn.peer_closed => return self.close(key, None),
-                Ok(()) => {}
-                Err(err) => return self.close(key, Some(err)),
-            }
-        }
-        let conn = &mut self.core.conns[key];
-        match conn.phase {
-            Phase::Closing => return self.close(key, None),
-            // A peer that already sent EOF left nothing unread: no need to linger.
-            Phase::Draining if conn.tx.is_empty() && conn.peer_closed => return self.close(key, None),
-            Phase::Draining if conn.tx.is_empty() => return self.linger(key),
-            Phase::Open if conn.is_spent() => return self.close(key, None),
-            _ => {}
-        }
-        update_interest(self.poll.registry(), conn, key);
-        if conn.has_io_pending() {
-            self.core.enqueue(key);
-        }
-    }
-
-    /// Forget a connection: deliver its CLOSE (if its handler still serves it; a
-    /// dial that never finished gets its failed CONNECT first) and drop the socket.
-    fn close(&mut self, key: usize, error: Option<io::Error>) {
-        let conn = &mut self.core.conns[key];
-        if conn.connecting {
-            conn.connecting = false;
-            let why = match &error {
-                Some(err) => HostError::Failed(err.to_string()),
-                None => HostError::Closed,
-            };
-            self.dispatch(key, Event::Connect(Err(why)));
-        }
-        let conn = &mut self.core.conns[key];
-        if let Err(err) = self.core.registry.deregister(&mut conn.socket) {
-            debug!(conn = %conn.id, "deregister failed: {err}");
-        }
-        conn.phase = Phase::Closing;
-        let listener = conn.listener;
-        let why = error.map(|err| format!(" on error: {err}")).unwrap_or_default();
-        debug!(listener = %self.core.accounts[listener].spec.name, conn = %conn.id, peer = %conn.peer, "closed{why}");
-        self.detach(key);
-        self.core.conns.remove(key);
-        let account = &mut self.core.accounts[listener];
-        account.open.give_back();
-        account.counts.closed += 1;
-        self.freed = true;
-    }
-
-    /// A drained connection whose peer may still be sending: shut our write side (the
-    /// peer reads EOF after the last byte), hand the connection back from its handler
-    /// (CLOSE), and read and discard until the peer's EOF, an error or `linger-ms`.
-    /// It keeps its place in `max-connections` until it is really closed.
-    fn linger(&mut self, key: usize) {
-        let conn = &mut self.core.conns[key];
-        if conn.write_side != WriteSide::Shut {
-            if let Err(err) = conn.socket.shutdown(Shutdown::Write) {
-                return self.close(key, Some(err));
-            }
-            conn.write_side = WriteSide::Shut;
-        }
-        conn.phase = Phase::Lingering;
-        let linger = self.core.accounts[conn.listener].spec.limits.linger;
-        conn.idle_arming = self.core.timers.arm(Instant::now() + linger, key, conn.id, Alarm::Idle);
-        debug!(listener = %self.core.accounts[conn.listener].spec.name, conn = %conn.id, peer = %conn.peer, "lingering");
-        self.detach(key);
-        let conn = &mut self.core.conns[key];
-        conn.rx.clear();
-        update_interest(self.poll.registry(), conn, key);
-        self.core.enqueue(key);
-    }
-
-    /// The handler is done with a connection: deliver its CLOSE (if the handler still
-    /// serves it) and take it out of its instance's table, dropping a per-connection
-    /// instance left with nothing to serve.
-    fn detach(&mut self, key: usize) {
-        self.core.disarm_all(key);
-        self.dispatch(key, Event::Close);
-        let conn = &self.core.conns[key];
-        let (instance, id) = (conn.instance, conn.id);
-        if let Some(i) = self.core.instances.get_mut(instance)
-            && i.conns.remove(&id).is_some()
-        {
-            self.release_if_idle(instance);
-        }
-    }
-
-    /// Call the handler serving a connection with one of its events, if the
-    /// connection's phase lets that event through.
-    fn dispatch(&mut self, key: usize, event: Event) {
-        let conn = &mut self.core.conns[key];
-        let deliver = match event {
-            Event::Close => conn.attached,
-            _ => conn.delivers_events(),
-        };
-        if !deliver {
-            return;
-        }
-        if event == Event::Close {
-            conn.attached = false;
-        }
-        let (instance, id, listener) = (conn.instance, conn.id, conn.listener);
-        let kind = event.kind();
-        let mut handler = self.core.instances[instance].handler.take().expect("handlers are never re-entered");
-        let started = Instant::now();
-        let result = handler.handle(&mut Scope { core: &mut self.core, instance, current: key }, id, event);
-        self.core.now = Instant::now();
-        let counts = &mut self.core.accounts[listener].counts;
-        counts.guest_time.record(self.core.now - started);
-        counts.events[kind] += 1;
-        self.core.instances[instance].handler = Some(handler);
-        if let Err(fault) = result {
-            self.fault(instance, key, fault);
-        }
-    }
-
-    /// The handler `instance` died while handling `key`: drop it, close that
-    /// connection at once and every other one it held after its send buffer drains.
-    /// Their state died with the handler, so they get no CLOSE.
-    fn fault(&mut self, instance: usize, key: usize, fault: Fault) {
-        let Instance { listener, conns, version, .. } = self.core.instances.remove(instance);
-        if self.listeners[listener].shared == Some(instance) {
-            self.listeners[listener].shared = None;
-        }
-        if let Some(faults) = &self.faults {
-            let _ = faults.send(FaultNotice { listener: self.core.accounts[listener].spec.name.clone(), version });
-        }
-        if let Some(limit) = fault.limit {
-            self.core.hit(key, limit);
-            self.core.accounts[listener].counts.fault_limits[limit.index()] += 1;
-        }
-        let account = &mut self.core.accounts[listener];
-        account.counts.faults += 1;
-        account.counts.orphaned += conns.len() as u64;
-        if account.may_log() {
-            error!(
-                listener = %account.spec.name,
-                conn = %self.core.conns[key].id,
-                version,
-                orphaned = conns.len(),
-                "handler failed: {fault}; the {} connection(s) it held are closed, new connections get a fresh instance",
-                conns.len()
-            );
-        }
-        for k in conns.into_values() {
-            let conn = &mut self.core.conns[k];
-            conn.attached = false;
-            if conn.phase != Phase::Closing {
-                conn.phase = if k == key { Phase::Closing } else { Phase::Draining };
-            }
-            self.core.disarm_all(k);
-            self.core.enqueue(k);
-        }
-    }
-
-    fn fire_timers(&mut self, now: Instant) {
-        while let Some(due) = self.core.timers.pop_due(now) {
-            if !self.core.is_armed(&due) {
-                continue;
-            }
-            let conn = &mut self.core.conns[due.key];
-            match due.alarm {
-                Alarm::Handler(timer) => {
-                    conn.timers.remove(&timer);
-                    self.core.armed -= 1;
-                    self.dispatch(due.key, Event::Timer(timer));
-                }
-                Alarm::Idle if conn.phase == Phase::Lingering => {
-                    self.core.hit(due.key, Limit::Linger);
-                    self.close(due.key, None);
-                }
-                Alarm::Idle => {
-                    let idle_timeout = self.core.accounts[conn.listener].spec.limits.idle_timeout;
-                    let deadline = conn.last_active + idle_timeout;
-                    if deadline <= now {
-                        self.core.hit(due.key, Limit::IdleTimeout);
-                        self.close(due.key, None);
-                    } else {
-                        conn.idle_arming = self.core.timers.arm(deadline, due.key, due.conn, Alarm::Idle);
-                    }
-                }
-            }
-        }
-    }
-
-    fn fire_polls(&mut self, now: Instant) {
-        for index in 0..self.listeners.len() {
-            let listener = &mut self.listeners[index];
-            if listener.retired {
-                continue;
-            }
-            let every = self.core.accounts[index].spec.poll_interval;
-            let (Some(at), Some(every)) = (listener.next_poll, every) else { continue };
-            if at > now {
-                continue;
-            }
-            listener.next_poll = Some(now + every);
-            let instances = self.core.instances.iter().filter(|(_, i)| i.listener == index);
-            let mut keys: Vec<(ConnId, usize)> =
-                instances.flat_map(|(_, i)| i.conns.iter().map(|(id, k)| (*id, *k))).collect();
-            keys.sort_unstable();
-            // Handlers only mark connections for closing; none leaves the slab here.
-            for (_, key) in keys {
-                self.dispatch(key, Event::Poll);
-            }
-        }
-    }
-
     /// Stop accepting, flush what can be flushed without waiting, close every
     /// connection with its CLOSE event, and return what happened.
     fn shut_down(&mut self) -> Stats {
@@ -951,7 +511,7 @@ impl Reactor {
         self.core.stopping = true;
         while let Some(key) = self.core.conns.iter().map(|(key, _)| key).next() {
             let conn = &mut self.core.conns[key];
-            if conn.phase != Phase::Closing && !conn.connecting {
+            if !conn.phase.is_closing() && conn.dial == Dial::Over {
                 let _ = conn.write_out(self.core.now);
             }
             self.close(key, None);
@@ -964,33 +524,6 @@ impl Reactor {
             stats.push(&account.spec.name, &account.counts);
         }
         stats
-    }
-}
-
-/// How a dial ended, once its socket reported readiness: connected (true), still
-/// going (false, a spurious wake-up), or the error that ended it.
-fn dial_outcome(socket: &TcpStream) -> io::Result<bool> {
-    if let Some(err) = socket.take_error()? {
-        return Err(err);
-    }
-    match socket.peer_addr() {
-        Ok(_) => Ok(true),
-        Err(err) if err.kind() == io::ErrorKind::NotConnected => Ok(false),
-        Err(err) => Err(err),
-    }
-}
-
-/// Register for WRITABLE only while there is something to write and the socket last
-/// said it would block.
-fn update_interest(registry: &Registry, conn: &mut Connection, key: usize) {
-    let want = conn.connecting || (!conn.tx.is_empty() && !conn.writable);
-    if want == conn.write_interest {
-        return;
-    }
-    let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-    match registry.reregister(&mut conn.socket, Token(key), interest) {
-        Ok(()) => conn.write_interest = want,
-        Err(err) => warn!(conn = %conn.id, "cannot change readiness interest: {err}"),
     }
 }
 

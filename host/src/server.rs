@@ -20,8 +20,8 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::control::{AddError, Control};
-use crate::descriptors;
 use crate::plugin::{PluginError, Runtime};
+use crate::reactor::descriptors;
 use crate::reactor::{Reactor, Stats, StopHandle};
 
 /// Descriptors the server holds besides its workers, listeners and connections:

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 use tracing::{debug, error, info, warn};
 
+use super::connection::Dial;
+use super::descriptors;
 use super::{Instance, Reactor};
-use crate::descriptors;
 use crate::handler::{Event, SendEvents};
 use crate::listener::{InstanceMode, Limit};
 
@@ -70,7 +71,7 @@ impl Reactor {
                 account.counts.refused += 1;
                 continue;
             };
-            match self.core.register(instance, stream, peer, false) {
+            match self.core.register(instance, stream, peer, Dial::Over) {
                 Ok((key, id)) => {
                     self.core.accounts[index].counts.accepted += 1;
                     let version = self.core.instances[instance].version;

@@ -23,8 +23,8 @@ use std::time::Instant;
 use mio::Waker;
 use tracing::{debug, info, warn};
 
+use super::connection::Phase;
 use super::{Binding, Counts, Reactor, Scope};
-use crate::connection::Phase;
 use crate::handler::{ConnId, HandlerFactory};
 use crate::listener::ListenerSpec;
 
@@ -236,7 +236,7 @@ impl Reactor {
             for key in keys {
                 let conn = &mut self.core.conns[key];
                 if conn.phase == Phase::Open {
-                    conn.phase = Phase::Draining;
+                    conn.phase = conn.phase.to_draining();
                 }
                 self.core.enqueue(key);
             }

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use tracing::debug;
 
-use super::{Account, Core};
-use crate::connection::{Connection, Phase, WriteSide};
+use super::connection::{Connection, Dial, Inbound, Phase, SendWanted, WriteSide};
+use super::state::{Account, Core};
+use super::timer::Alarm;
 use crate::handler::{CloseMode, ConnId, Host, HostError, SendEvents};
 use crate::listener::Limit;
 use crate::mbuf::Mbuf;
-use crate::timer::Alarm;
 
 /// The [`Host`] a handler gets: the reactor's core, seen from one instance while it
 /// handles an event of connection `current`.
@@ -60,12 +60,14 @@ impl Host for Scope<'_> {
             return Err(HostError::Closed);
         }
         if c.tx.append(data).is_err() {
-            c.awaits_room = true;
+            c.send_wanted = SendWanted::Owed;
             self.core.hit(key, Limit::SendBuffer);
             return Err(HostError::LimitExceeded("send buffer"));
         }
         let room = c.tx.room() as u32;
-        c.awaits_room |= room == 0;
+        if room == 0 {
+            c.send_wanted = SendWanted::Owed;
+        }
         self.core.enqueue(key);
         Ok(room)
     }
@@ -76,7 +78,9 @@ impl Host for Scope<'_> {
             return Err(HostError::Closed);
         }
         let room = c.tx.room() as u32;
-        c.awaits_room |= room == 0;
+        if room == 0 {
+            c.send_wanted = SendWanted::Owed;
+        }
         Ok(room)
     }
 
@@ -85,7 +89,7 @@ impl Host for Scope<'_> {
         let c = &mut self.core.conns[key];
         c.rx.remove(n as usize).map_err(|short| HostError::Invalid(short.to_string()))?;
         // Room to read again, or perhaps nothing left to wait for.
-        if c.readable || c.peer_closed {
+        if c.inbound != Inbound::Waiting {
             self.core.enqueue(key);
         }
         Ok(())
@@ -121,12 +125,12 @@ impl Host for Scope<'_> {
     fn close(&mut self, conn: ConnId, mode: CloseMode) -> Result<(), HostError> {
         let key = self.key(conn)?;
         let c = &mut self.core.conns[key];
-        if matches!(c.phase, Phase::Closing | Phase::Lingering) {
+        if matches!(c.phase, Phase::Closing(_) | Phase::Lingering(_)) {
             return Err(HostError::Closed);
         }
         c.phase = match mode {
-            CloseMode::Now => Phase::Closing,
-            CloseMode::AfterSend => Phase::Draining,
+            CloseMode::Now => c.phase.to_closing(),
+            CloseMode::AfterSend => c.phase.to_draining(),
         };
         self.core.enqueue(key);
         Ok(())
@@ -153,8 +157,8 @@ impl Host for Scope<'_> {
             self.core.hit(self.current, Limit::Connections);
             return Err(HostError::LimitExceeded("connections"));
         }
-        let dialed =
-            TcpStream::connect(address).and_then(|stream| self.core.register(self.instance, stream, address, true));
+        let dialed = TcpStream::connect(address)
+            .and_then(|stream| self.core.register(self.instance, stream, address, Dial::Pending));
         let id = match dialed {
             Ok((_, id)) => id,
             Err(err) => {
