@@ -15,13 +15,17 @@
 //! the `migrate` interface can hand its connections over to a new version (see
 //! `migrate`). It never touches a socket, and nothing a guest calls waits.
 
+mod bindings;
 mod cache;
 mod deadline;
 mod fit;
 mod imports;
+mod linker;
 mod log_rate;
 mod migrate;
 mod output;
+mod signature;
+mod state;
 mod wasi;
 
 use std::collections::BTreeMap;
@@ -35,26 +39,17 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Stor
 
 use crate::handler::{ConnId, Event, Fault, Handler, HandlerFactory, Host};
 use crate::listener::{Limit, ListenerSpec};
+use crate::regular_file::{self, Kind, ReadError};
 use bindings::sandport::handler::types as wit;
 use cache::{Cache, ContentHash};
 use deadline::{Budget, CallClock, OverBudget};
 pub use fit::Misfit;
-use imports::{GuestState, RecvView};
 use log_rate::LogBudget;
 use migrate::Exports;
 pub use migrate::MAX_STATE;
 use output::escape_controls;
+use state::{GuestState, RecvView};
 use wasi::WouldBlock;
-
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "plugin",
-        // Every import checks that it runs inside an event, and traps otherwise.
-        imports: { default: trappable },
-        with: { "sandport:handler/host.mbuf": super::imports::RecvView },
-    });
-}
 
 /// Why a plugin cannot be used. Messages name the file.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +64,22 @@ pub enum PluginError {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// The path names something other than a regular file (a FIFO, a device, ...).
+    #[error("{path}: not a regular file ({kind})")]
+    NotRegular {
+        /// The plugin path.
+        path: PathBuf,
+        /// What it names instead.
+        kind: Kind,
+    },
+    /// The file is larger than a plugin may be ([`MAX_COMPONENT`]).
+    #[error("{path}: {size} bytes, more than the {} MiB a plugin may have", MAX_COMPONENT >> 20)]
+    TooLarge {
+        /// The plugin file.
+        path: PathBuf,
+        /// Its size, in bytes.
+        size: u64,
     },
     /// The file is not a WebAssembly component.
     #[error("{path}: not a WebAssembly component: {reason}")]
@@ -108,6 +119,21 @@ pub enum PluginError {
         /// Why.
         reason: String,
     },
+}
+
+/// Most bytes a plugin file (a component or a `.cwasm`) may have: the same cap as an
+/// upload's through the admin API.
+pub const MAX_COMPONENT: usize = 256 << 20;
+
+/// The bytes of the plugin file at `path`: a regular file of at most [`MAX_COMPONENT`]
+/// bytes, read without waiting on a FIFO or reading a device without end (see
+/// [`regular_file`]). Every route that loads a plugin file reads it with this.
+pub fn read_component(path: &Path) -> Result<Vec<u8>, PluginError> {
+    regular_file::read(path, MAX_COMPONENT as u64).map_err(|err| match err {
+        ReadError::Io(source) => PluginError::Read { path: path.to_owned(), source },
+        ReadError::NotRegular(kind) => PluginError::NotRegular { path: path.to_owned(), kind },
+        ReadError::TooLarge { size, .. } => PluginError::TooLarge { path: path.to_owned(), size },
+    })
 }
 
 /// Most instances a pooled engine holds at once. Each live instance holds a few
@@ -175,7 +201,7 @@ impl Runtime {
         // The host is synchronous; async support would double the cost of every call.
         config.concurrency_support(false);
         let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
-        let linker = imports::linker(&engine).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let linker = linker::linker(&engine).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         deadline::tick(&engine).map_err(|e| PluginError::Engine(format!("cannot start the epoch thread: {e}")))?;
         let cache = Arc::new(Cache::new(&engine, None));
         Ok(Runtime { engine, linker: Arc::new(linker), cache })
@@ -191,8 +217,7 @@ impl Runtime {
     /// Compile the component (or read the `.cwasm`) at `path`, unless the cache has
     /// it, and check it against the world.
     pub fn load(&self, path: &Path) -> Result<Plugin, PluginError> {
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.to_owned(), source })?;
-        self.load_bytes(&bytes, Some(path))
+        self.load_bytes(&read_component(path)?, Some(path))
     }
 
     /// Like [`Runtime::load`], for bytes read elsewhere (an upload); `origin` names
@@ -427,7 +452,7 @@ fn call<R>(
     call: impl FnOnce(&mut Store<GuestState>) -> wasmtime::Result<R>,
 ) -> Result<R, Fault> {
     start_call(store, &tenant.budget);
-    let called = imports::with_host(store, host, conn, call);
+    let called = state::with_host(store, host, conn, call);
     if tenant.log_budget.take_dropped() {
         host.limit_hit(conn, Limit::LogRate);
     }
