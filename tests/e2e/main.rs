@@ -6,6 +6,7 @@ mod harness;
 mod admin;
 mod backpressure;
 mod cache;
+mod cache_trust;
 mod chaos;
 mod chat;
 mod cli;
