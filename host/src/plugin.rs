@@ -14,6 +14,17 @@
 //! pooling allocator makes starting an instance cheap. A component that also exports
 //! the `migrate` interface can hand its connections over to a new version (see
 //! `migrate`). It never touches a socket, and nothing a guest calls waits.
+//!
+//! Plugin files are read with [`read_component`] only, whichever route names them
+//! (config, SIGHUP, the admin API, the watcher, the command line): a regular file of
+//! at most [`MAX_COMPONENT`] bytes. Inside, the rooms are: `bindings` (what wasmtime
+//! generates from the WIT, alone); `state` (what an instance's store holds, and the
+//! host lent to it for a call); `imports` and `wasi` (what a guest can call, as trait
+//! implementations over that state); `linker` (which of them a component is linked
+//! against); `fit` and `signature` (why a component does not fit, and the types of
+//! the exports the host calls); `cache` and `trust` (compiled code kept, and only
+//! where no one else could have written it); `migrate`, `output`, `log_rate` and
+//! `deadline`.
 
 mod bindings;
 mod cache;
@@ -26,6 +37,7 @@ mod migrate;
 mod output;
 mod signature;
 mod state;
+mod trust;
 mod wasi;
 
 use std::collections::BTreeMap;

@@ -15,7 +15,7 @@
 //! the file. The header proves only that an entry is whole, not who wrote it: so, as
 //! OpenSSH refuses a key file others can write, a cache directory is used only if it
 //! is owned by this server's effective user (or root) and not writable by group or
-//! others, and an entry only if its open descriptor says the same of it ([`judge`]).
+//! others, and an entry only if its open descriptor says the same of it (see `trust`).
 //! Anything else is not read nor written: plugins are compiled in memory, with one
 //! warning per directory naming the fix. The directory's parents are not checked: no one
 //! else can make a file this user owns, so whatever directory they could put in its
@@ -25,20 +25,20 @@
 //! failed load. This module does not link components and knows nothing of the world
 //! they implement.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
-use std::fs::Metadata;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 use tracing::warn;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+use super::trust::{first_report, judge};
 use super::{PluginError, is_component, one_line};
 use crate::regular_file;
 
@@ -60,57 +60,6 @@ const HEADER: usize = 8 + 4 + 32 + 32 + 32 + 8;
 /// Most bytes a cache entry may have: compiled code is a few times larger than the
 /// component it comes from, which has at most `MAX_COMPONENT` bytes.
 const MAX_ENTRY: u64 = 1 << 30;
-
-/// Why a cache directory or entry is not trusted with native code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Distrust {
-    /// Owned by another user than the server's, who could write code into it.
-    #[error("owned by uid {owner}, not by this server's user (uid {euid}) or root")]
-    Owner {
-        /// Its owner.
-        owner: u32,
-        /// The server's effective uid.
-        euid: u32,
-    },
-    /// Writable by group or others.
-    #[error("writable by group or others (mode {mode:03o})")]
-    Writable {
-        /// Its permission bits.
-        mode: u32,
-    },
-}
-
-impl Distrust {
-    /// What the operator does about it, for `path`.
-    fn fix(self, path: &Path) -> String {
-        match self {
-            Distrust::Owner { euid, .. } => format!("chown {euid} {}", path.display()),
-            Distrust::Writable { .. } => format!("chmod go-w {}", path.display()),
-        }
-    }
-}
-
-/// Whether what `metadata` describes may hold (or be) native code this server runs:
-/// owned by the server's effective user or root, and not writable by group or others.
-pub fn judge(metadata: &Metadata) -> Result<(), Distrust> {
-    // SAFETY: geteuid takes nothing, touches no memory of ours and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    let (owner, mode) = (metadata.uid(), metadata.mode() & 0o7777);
-    if owner != euid && owner != 0 {
-        return Err(Distrust::Owner { owner, euid });
-    }
-    if mode & 0o022 != 0 {
-        return Err(Distrust::Writable { mode });
-    }
-    Ok(())
-}
-
-/// Whether `path` is reported already: each untrusted directory or entry is warned
-/// about once per process, however many engines and loads meet it.
-fn first_report(path: &Path) -> bool {
-    static REPORTED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
-    REPORTED.lock().unwrap_or_else(PoisonError::into_inner).insert(path.to_owned())
-}
 
 /// SHA-256 of a component's bytes: the identity of a plugin version.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -436,7 +385,7 @@ impl<V: Clone> Cache<V> {
     }
 
     /// The cache directory, if there is one and it may hold code this server runs
-    /// ([`judge`]); else `None`, with one warning per directory naming the fix. Asked
+    /// (see `trust`); else `None`, with one warning per directory naming the fix. Asked
     /// at every use, so that a directory fixed while the server runs serves again.
     fn trusted_dir(&self) -> Option<&Path> {
         let dir = self.dir.as_deref()?;
@@ -479,6 +428,8 @@ impl<V: Clone> Cache<V> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
     use crate::plugin::Runtime;
 
@@ -569,7 +520,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::chown(dir.path(), Some(65534), None).unwrap();
         let metadata = std::fs::metadata(dir.path()).unwrap();
-        assert!(matches!(judge(&metadata), Err(Distrust::Owner { owner: 65534, .. })));
+        assert!(matches!(judge(&metadata), Err(crate::plugin::trust::Distrust::Owner { owner: 65534, .. })));
         assert_eq!(load(&Cache::new(&Engine::default(), Some(dir.path())), EMPTY), Found::Compiled);
         assert!(entries(dir.path()).is_empty());
     }

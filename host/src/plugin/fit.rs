@@ -277,7 +277,7 @@ fn defines<T: 'static>(linker: &Linker<T>, instance: Option<&str>, name: &str) -
 }
 
 /// The imports that do not fit.
-fn check_imports<'a, T: 'static>(linker: &Linker<T>, component: &Component, imports: &'a [Import]) -> Vec<Problem> {
+fn check_imports<T: 'static>(linker: &Linker<T>, component: &Component, imports: &[Import]) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut stubs = Vec::new();
     for (at, import) in imports.iter().enumerate() {
