@@ -521,3 +521,21 @@ fn one_line(err: &wasmtime::Error) -> String {
         .join(": ");
     escape_controls(&text).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plugin_path_that_is_not_a_file_of_a_plugins_size_is_refused_by_name() {
+        let error = |path: &Path| read_component(path).unwrap_err().to_string();
+        assert_eq!(error(Path::new("/dev/zero")), "/dev/zero: not a regular file (a character device)");
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.wasm");
+        std::fs::File::create(&big).unwrap().set_len(MAX_COMPONENT as u64 + 1).unwrap();
+        let size = MAX_COMPONENT + 1;
+        assert_eq!(error(&big), format!("{}: {size} bytes, more than the 256 MiB a plugin may have", big.display()));
+        let error = Runtime::new().unwrap().load(dir.path()).err().unwrap().to_string();
+        assert_eq!(error, format!("{}: not a regular file (a directory)", dir.path().display()));
+    }
+}

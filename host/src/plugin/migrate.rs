@@ -10,7 +10,10 @@
 //! depending on what it exports. Here every instance is the same `bindings::Plugin`,
 //! plus the `migrate` functions when the component has them ([`Exports::load`]).
 //!
-//! The generated bindings of both are in `bindings`. Calls go through [`PluginHandler::call`], as `handle`'s do: the same per-call
+//! The generated bindings of both are in `bindings`, and the types the host calls them
+//! with are checked at load with `signature`.
+//!
+//! Calls go through [`PluginHandler::call`], as `handle`'s do: the same per-call
 //! budget and deadline, host imports working, a fault explained the same way. This
 //! module decides nothing about which connections move or when (the reactor does), and
 //! never keeps a connection's state: it passes the bytes through, bounded by
@@ -20,8 +23,8 @@ use wasmtime::Store;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Instance, InstancePre};
 
+use super::bindings as plugin_bindings;
 use super::bindings::migrating::exports::sandport::handler::migrate::GuestIndices as MigrateIndices;
-use super::bindings::{self as plugin_bindings};
 use super::linker::HOST_INTERFACE;
 use super::signature::{Shape, Signature};
 use super::state::GuestState;
