@@ -19,6 +19,7 @@ pub mod listener;
 pub mod mbuf;
 pub mod plugin;
 pub mod reactor;
+pub mod regular_file;
 pub mod scaffold;
 pub mod server;
 mod throttle;

@@ -7,6 +7,7 @@ mod admin;
 mod admin_bounds;
 mod backpressure;
 mod cache;
+mod cache_trust;
 mod chaos;
 mod chat;
 mod cli;

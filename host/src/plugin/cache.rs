@@ -12,7 +12,15 @@
 //! module never hands wasmtime bytes that do not carry our header (magic, format
 //! version, engine key, content hash) and a matching SHA-256 of the artifact; an
 //! entry that does not check out is recompiled and rewritten, with a warning naming
-//! the file. Entries are written to a temporary file and renamed, so no reader ever
+//! the file. The header proves only that an entry is whole, not who wrote it: so, as
+//! OpenSSH refuses a key file others can write, a cache directory is used only if it
+//! is owned by this server's effective user (or root) and not writable by group or
+//! others, and an entry only if its open descriptor says the same of it (see `trust`).
+//! Anything else is not read nor written: plugins are compiled in memory, with one
+//! warning per directory naming the fix. The directory's parents are not checked: no one
+//! else can make a file this user owns, so whatever directory they could put in its
+//! place holds no entry that passes. A directory the cache creates is made `0700`.
+//! Entries are written to a temporary file and renamed, so no reader ever
 //! sees half an entry. An unusable directory costs a warning and a compile, never a
 //! failed load. This module does not link components and knows nothing of the world
 //! they implement.
@@ -30,7 +38,9 @@ use tracing::warn;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+use super::trust::{first_report, judge};
 use super::{PluginError, is_component, one_line};
+use crate::regular_file;
 
 /// How many compiled components each engine keeps in memory after their last
 /// plugin is gone, so that a swap back is immediate without memory growing with
@@ -46,6 +56,10 @@ const FORMAT: u32 = 1;
 /// Header: magic, format (u32 LE), engine key, content hash, artifact SHA-256,
 /// artifact length (u64 LE); the artifact follows.
 const HEADER: usize = 8 + 4 + 32 + 32 + 32 + 8;
+
+/// Most bytes a cache entry may have: compiled code is a few times larger than the
+/// component it comes from, which has at most `MAX_COMPONENT` bytes.
+const MAX_ENTRY: u64 = 1 << 30;
 
 /// SHA-256 of a component's bytes: the identity of a plugin version.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -314,9 +328,22 @@ impl<V: Clone> Cache<V> {
     /// reported, and left for [`Cache::write`] to replace.
     fn read(&self, content: ContentHash) -> Option<Component> {
         let file = self.entry(content)?;
-        let bytes = match std::fs::read(&file) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
+        let opened = regular_file::open(&file).and_then(|(opened, metadata)| match judge(&metadata) {
+            Ok(()) => regular_file::read_open(opened, &metadata, MAX_ENTRY).map(Ok),
+            Err(distrust) => Ok(Err(distrust)),
+        });
+        let bytes = match opened {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(distrust)) => {
+                if first_report(&file) {
+                    warn!(
+                        file = %file.display(),
+                        "cache entry not loaded: {distrust}; compiling instead, and replacing it"
+                    );
+                }
+                return None;
+            }
+            Err(regular_file::ReadError::Io(err)) if err.kind() == std::io::ErrorKind::NotFound => return None,
             Err(err) => {
                 warn!(file = %file.display(), "cannot read a cache entry ({err}); compiling");
                 return None;
@@ -350,10 +377,34 @@ impl<V: Clone> Cache<V> {
         }
     }
 
-    /// Where the entry of `content` for this engine lives, if there is a directory.
+    /// Where the entry of `content` for this engine lives, if there is a directory
+    /// and it may be trusted (see [`Cache::trusted_dir`]).
     fn entry(&self, content: ContentHash) -> Option<PathBuf> {
         let engine: String = self.key.0[..8].iter().map(|byte| format!("{byte:02x}")).collect();
-        Some(self.dir.as_ref()?.join(format!("{content}-{engine}.cwasm")))
+        Some(self.trusted_dir()?.join(format!("{content}-{engine}.cwasm")))
+    }
+
+    /// The cache directory, if there is one and it may hold code this server runs
+    /// (see `trust`); else `None`, with one warning per directory naming the fix. Asked
+    /// at every use, so that a directory fixed while the server runs serves again.
+    fn trusted_dir(&self) -> Option<&Path> {
+        let dir = self.dir.as_deref()?;
+        let judged = std::fs::metadata(dir).map_err(|err| err.to_string()).and_then(|metadata| {
+            judge(&metadata).map_err(|distrust| format!("{distrust}; fix: {}", distrust.fix(dir)))
+        });
+        match judged {
+            Ok(()) => Some(dir),
+            Err(why) => {
+                if first_report(dir) {
+                    warn!(
+                        dir = %dir.display(),
+                        "cache directory not used: {why} (anyone who can write there could plant code this \
+                         server runs); plugins are compiled in memory"
+                    );
+                }
+                None
+            }
+        }
     }
 
     fn recall(&self, content: ContentHash) -> Option<V> {
@@ -377,6 +428,8 @@ impl<V: Clone> Cache<V> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
     use crate::plugin::Runtime;
 
@@ -437,6 +490,66 @@ mod tests {
         assert!(matches!(damaged(&|b| *b.last_mut().unwrap() ^= 1), Unusable::Checksum));
         let other = ContentHash::of(&component(0));
         assert!(matches!(cache.check(&good, Some(other)), Err(Unusable::Content)));
+    }
+
+    /// The cache entries in `dir`.
+    fn entries(dir: &Path) -> Vec<PathBuf> {
+        let files = std::fs::read_dir(dir).unwrap().map(|entry| entry.unwrap().path());
+        files.filter(|path| path.extension().is_some_and(|ext| ext == "cwasm")).collect()
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_directory_others_can_write_is_neither_read_nor_written() {
+        let dir = tempfile::tempdir().unwrap();
+        chmod(dir.path(), 0o777);
+        let engine = Engine::default();
+        assert_eq!(load(&Cache::new(&engine, Some(dir.path())), EMPTY), Found::Compiled);
+        assert_eq!(load(&Cache::new(&engine, Some(dir.path())), EMPTY), Found::Compiled);
+        assert!(entries(dir.path()).is_empty());
+        chmod(dir.path(), 0o755);
+        assert_eq!(load(&Cache::new(&engine, Some(dir.path())), EMPTY), Found::Compiled, "fixed, it serves again");
+        assert_eq!(load(&Cache::new(&engine, Some(dir.path())), EMPTY), Found::Disk);
+    }
+
+    #[test]
+    fn a_directory_of_another_user_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(65534), None).unwrap();
+        let metadata = std::fs::metadata(dir.path()).unwrap();
+        assert!(matches!(judge(&metadata), Err(crate::plugin::trust::Distrust::Owner { owner: 65534, .. })));
+        assert_eq!(load(&Cache::new(&Engine::default(), Some(dir.path())), EMPTY), Found::Compiled);
+        assert!(entries(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn an_entry_others_can_write_or_own_is_not_loaded_and_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::default();
+        let untrusted: [&dyn Fn(&Path); 2] =
+            [&|entry| chmod(entry, 0o666), &|entry| std::os::unix::fs::chown(entry, Some(65534), None).unwrap()];
+        for make_untrusted in untrusted {
+            load(&Cache::new(&engine, Some(dir.path())), EMPTY);
+            let entry = entries(dir.path()).pop().unwrap();
+            make_untrusted(&entry);
+            assert_eq!(load(&Cache::new(&engine, Some(dir.path())), EMPTY), Found::Compiled);
+            let metadata = std::fs::metadata(&entry).unwrap();
+            assert_eq!(judge(&metadata), Ok(()), "replaced by a good entry");
+            assert_eq!(load(&Cache::new(&engine, Some(dir.path())), EMPTY), Found::Disk);
+        }
+    }
+
+    #[test]
+    fn a_directory_the_cache_creates_is_its_users_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let created = dir.path().join("a/b");
+        let _: Cache<Component> = Cache::new(&Engine::default(), Some(&created));
+        for made in [dir.path().join("a"), created] {
+            assert_eq!(std::fs::metadata(&made).unwrap().mode() & 0o777, 0o700, "{}", made.display());
+        }
     }
 
     #[test]

@@ -17,8 +17,7 @@
 //! another name.
 //!
 //! The exports are read from the component's type, and the functions the host calls
-//! are type-checked as at load (see `migrate`), against a linker in which what did not
-//! fit is stubbed.
+//! are type-checked as at load (see `migrate` and `signature`).
 
 use std::collections::BTreeSet;
 
@@ -171,8 +170,8 @@ fn clean(name: &str) -> String {
 /// exports the host calls. `err` is why loading failed, kept in case no probe finds it.
 pub(super) fn diagnose<T: 'static>(linker: &Linker<T>, component: &Component, err: &wasmtime::Error) -> Misfit {
     let imports = imports_of(component);
-    let (mut problems, stubs) = check_imports(linker, component, &imports);
-    problems.extend(check_exports(linker, component, &stubs));
+    let mut problems = check_imports(linker, component, &imports);
+    problems.extend(check_exports(component));
     if problems.is_empty() {
         problems.push(Problem::Other(one_line(err)));
     }
@@ -277,12 +276,8 @@ fn defines<T: 'static>(linker: &Linker<T>, instance: Option<&str>, name: &str) -
     defined.is_err()
 }
 
-/// The imports that do not fit, and the stubs that stand in for them.
-fn check_imports<'a, T: 'static>(
-    linker: &Linker<T>,
-    component: &Component,
-    imports: &'a [Import],
-) -> (Vec<Problem>, Vec<Stub<'a>>) {
+/// The imports that do not fit.
+fn check_imports<T: 'static>(linker: &Linker<T>, component: &Component, imports: &[Import]) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut stubs = Vec::new();
     for (at, import) in imports.iter().enumerate() {
@@ -319,12 +314,11 @@ fn check_imports<'a, T: 'static>(
             stubs.push(Stub::Whole(import));
         }
     }
-    (problems, stubs)
+    problems
 }
 
-/// The exports the host calls that are missing or of another type, with `stubs` in
-/// place of the imports that do not fit.
-fn check_exports<T: 'static>(linker: &Linker<T>, component: &Component, stubs: &[Stub<'_>]) -> Vec<Problem> {
+/// The exports the host calls that are missing or of another type.
+fn check_exports(component: &Component) -> Vec<Problem> {
     if component.get_export_index(None, HANDLER).is_none() {
         let engine = component.engine();
         let ty = component.component_type();
@@ -336,16 +330,13 @@ fn check_exports<T: 'static>(linker: &Linker<T>, component: &Component, stubs: &
         let listed = if listed.is_empty() { "nothing".to_owned() } else { listed.join(", ") };
         return vec![Problem::NoHandler(listed)];
     }
-    let pre = stubbed(linker, stubs.iter().copied()).and_then(|probe| probe.instantiate_pre(component));
     let mut problems = Vec::new();
     for called in CALLED {
         // `migrate` is optional; the handler export was found above.
         let Some(interface) = component.get_export_index(None, called.interface) else { continue };
         if component.get_export_index(Some(&interface), called.name).is_none() {
             problems.push(Problem::NoExportFunc { interface: called.interface, item: called.name });
-        } else if let Ok(pre) = &pre
-            && called.check(pre).is_err()
-        {
+        } else if called.check(component).is_err() {
             problems.push(Problem::ExportType { interface: called.interface, item: called.name });
         }
     }

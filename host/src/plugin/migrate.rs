@@ -10,6 +10,9 @@
 //! depending on what it exports. Here every instance is the same `bindings::Plugin`,
 //! plus the `migrate` functions when the component has them ([`Exports::load`]).
 //!
+//! The generated bindings of both are in `bindings`, and the types the host calls them
+//! with are checked at load with `signature`.
+//!
 //! Calls go through [`PluginHandler::call`], as `handle`'s do: the same per-call
 //! budget and deadline, host imports working, a fault explained the same way. This
 //! module decides nothing about which connections move or when (the reactor does), and
@@ -17,32 +20,19 @@
 //! [`MAX_STATE`].
 
 use wasmtime::Store;
-use wasmtime::component::__internal::InstanceType;
-use wasmtime::component::types::{ComponentFunc, ComponentItem};
-use wasmtime::component::{Instance, InstancePre, Resource};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Instance, InstancePre};
 
-use super::imports::{GuestState, RecvView};
-use super::{PluginHandler, bindings as plugin_bindings, call, wit};
+use super::bindings as plugin_bindings;
+use super::bindings::migrating::exports::sandport::handler::migrate::GuestIndices as MigrateIndices;
+use super::linker::HOST_INTERFACE;
+use super::signature::{Shape, Signature};
+use super::state::GuestState;
+use super::{PluginHandler, call};
 use crate::handler::{ConnId, Fault, Host};
 
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        inline: "
-            package sandport:host-side;
-
-            world migrate-only {
-                export sandport:handler/migrate@0.1.0;
-            }
-        ",
-        world: "migrate-only",
-        with: { "sandport:handler/types": super::plugin_bindings::sandport::handler::types },
-    });
-}
-
 /// An instance's `migrate` export: its `hand-over` and `take-over` functions.
-pub(super) use bindings::exports::sandport::handler::migrate::Guest as Migrate;
-use bindings::exports::sandport::handler::migrate::GuestIndices as MigrateIndices;
+pub(super) use super::bindings::migrating::exports::sandport::handler::migrate::Guest as Migrate;
 
 /// The name under which a component exports the `handler` interface.
 pub(super) const HANDLER: &str = "sandport:handler/handler@0.1.0";
@@ -50,41 +40,71 @@ pub(super) const HANDLER: &str = "sandport:handler/handler@0.1.0";
 /// The name under which a component exports the `migrate` interface.
 const MIGRATE: &str = "sandport:handler/migrate@0.1.0";
 
-/// An exported function the host calls, and how to check that its type is the one the
-/// host calls it with.
+/// An exported function the host calls, and the type the host calls it with.
 pub(super) struct Called {
     /// The interface exporting it.
     pub(super) interface: &'static str,
     /// The function's name.
     pub(super) name: &'static str,
-    typecheck: fn(&ComponentFunc, &InstanceType<'_>) -> wasmtime::Result<()>,
+    signature: Signature,
 }
+
+/// The WIT `types.error`.
+const ERROR: Shape = Shape::Variant(&[
+    ("closed", None),
+    ("limit-exceeded", None),
+    ("not-allowed", None),
+    ("invalid", Some(Shape::String)),
+    ("failed", Some(Shape::String)),
+]);
+
+/// The WIT `types.event`.
+const EVENT: Shape = Shape::Variant(&[
+    ("accept", Some(Shape::Record(&[("ip", Shape::String), ("port", Shape::U16)]))),
+    ("connect", Some(Shape::Result(None, Some(&ERROR)))),
+    ("recv", Some(Shape::U32)),
+    ("send", Some(Shape::U32)),
+    ("poll", None),
+    ("timer", Some(Shape::U64)),
+    ("close", None),
+]);
+
+/// The WIT `list<u8>` a connection's state travels in.
+const BYTES: Shape = Shape::List(&Shape::U8);
 
 /// The functions the host calls: `handle`, and `migrate`'s two when it is exported.
 pub(super) const CALLED: [Called; 3] = [
     Called {
         interface: HANDLER,
         name: "handle",
-        typecheck: |func, cx| func.typecheck::<(u64, wit::Event, Resource<RecvView>), ()>(cx),
+        signature: Signature { params: &[Shape::U64, EVENT, Shape::Borrow("mbuf")], results: &[] },
     },
-    Called { interface: MIGRATE, name: "hand-over", typecheck: |func, cx| func.typecheck::<(u64,), (Vec<u8>,)>(cx) },
-    Called { interface: MIGRATE, name: "take-over", typecheck: |func, cx| func.typecheck::<(u64, Vec<u8>), ()>(cx) },
+    Called { interface: MIGRATE, name: "hand-over", signature: Signature { params: &[Shape::U64], results: &[BYTES] } },
+    Called {
+        interface: MIGRATE,
+        name: "take-over",
+        signature: Signature { params: &[Shape::U64, BYTES], results: &[] },
+    },
 ];
 
 impl Called {
-    /// Whether the component behind `pre` exports this function with the type the host
-    /// calls it with (the type its bindings check when they load it from an instance).
-    ///
-    /// Generated bindings check an export's type only when an instance is made, so a
-    /// plugin whose `handle` has another type would load and then fail every
-    /// instance; this is the same check, done at load. (wasmtime's typed-function
-    /// check against a not yet instantiated component is only in its hidden API.)
-    pub(super) fn check<T: 'static>(&self, pre: &InstancePre<T>) -> wasmtime::Result<()> {
-        let component = pre.component();
+    /// Whether `component` exports this function with the type the host calls it with
+    /// (the type its bindings check when they load it from an instance; see
+    /// `signature` for why it is checked at load).
+    pub(super) fn check(&self, component: &Component) -> wasmtime::Result<()> {
         let interface = component.get_export_index(None, self.interface);
         let found = interface.and_then(|interface| component.get_export(Some(&interface), self.name));
         match found {
-            Some((ComponentItem::ComponentFunc(func), _)) => (self.typecheck)(&func, &pre.instance_type()),
+            Some((ComponentItem::ComponentFunc(func), _))
+                if self.signature.matches(component, HOST_INTERFACE, &func) =>
+            {
+                Ok(())
+            }
+            Some((ComponentItem::ComponentFunc(_), _)) => Err(wasmtime::format_err!(
+                "`{}` exported in `{}` has another type than this host's",
+                self.name,
+                self.interface
+            )),
             _ => Err(wasmtime::format_err!("no function `{}` exported in `{}`", self.name, self.interface)),
         }
     }
@@ -115,7 +135,7 @@ impl Exports {
         };
         for called in CALLED {
             if called.interface == HANDLER || migrate.is_some() {
-                called.check(pre)?;
+                called.check(pre.component())?;
             }
         }
         Ok(Exports { handler, migrate })

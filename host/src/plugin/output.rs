@@ -32,18 +32,18 @@ pub const MAX_LINE: usize = 4096;
 
 /// Where a guest's bytes came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub enum Stream {
     /// The guest's stdout.
     Stdout,
     /// The guest's stderr.
     Stderr,
 }
 
-impl Source {
+impl Stream {
     fn name(self) -> &'static str {
         match self {
-            Source::Stdout => "stdout",
-            Source::Stderr => "stderr",
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
         }
     }
 }
@@ -83,8 +83,8 @@ impl GuestLog {
     }
 
     /// Bytes the guest wrote to stdout or stderr.
-    pub fn write(&self, source: Source, mut bytes: &[u8]) {
-        let mut pending = self.pending(source);
+    pub fn write(&self, stream: Stream, mut bytes: &[u8]) {
+        let mut pending = self.pending(stream);
         while !bytes.is_empty() {
             let room = MAX_LINE - pending.len();
             let window = &bytes[..bytes.len().min(room)];
@@ -102,22 +102,22 @@ impl GuestLog {
                     break;
                 }
             };
-            self.emit(Level::INFO, Some(source), &pending);
+            self.emit(Level::INFO, Some(stream), &pending);
             pending.clear();
             bytes = &bytes[taken..];
         }
     }
 
-    fn pending(&self, source: Source) -> std::sync::MutexGuard<'_, Vec<u8>> {
-        let pending = match source {
-            Source::Stdout => &self.stdout,
-            Source::Stderr => &self.stderr,
+    fn pending(&self, stream: Stream) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        let pending = match stream {
+            Stream::Stdout => &self.stdout,
+            Stream::Stderr => &self.stderr,
         };
         pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Log one line, if it is not empty and the budget admits it.
-    fn emit(&self, level: Level, source: Option<Source>, line: &[u8]) {
+    fn emit(&self, level: Level, stream: Option<Stream>, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() || !self.budget.admit(line.len()) {
             return;
@@ -126,7 +126,7 @@ impl GuestLog {
         let text = escape_controls(&text);
         let (listener, version) = (&*self.listener, self.version);
         let conn = Tag(self.conn.load(Ordering::Relaxed));
-        let stream = source.map(Source::name).unwrap_or("log");
+        let stream = stream.map(Stream::name).unwrap_or("log");
         macro_rules! at {
             ($level:ident) => {
                 $level!(target: "sandport::guest", listener = %listener, conn = %conn, stream, version, "{text}")
@@ -144,9 +144,9 @@ impl GuestLog {
 
 impl Drop for GuestLog {
     fn drop(&mut self) {
-        for source in [Source::Stdout, Source::Stderr] {
-            let rest = std::mem::take(&mut *self.pending(source));
-            self.emit(Level::INFO, Some(source), &rest);
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let rest = std::mem::take(&mut *self.pending(stream));
+            self.emit(Level::INFO, Some(stream), &rest);
         }
     }
 }
@@ -185,17 +185,17 @@ pub fn escape_controls(text: &str) -> Cow<'_, str> {
 /// opens writes into the instance's one [`GuestLog`].
 pub struct GuestStream {
     log: Arc<GuestLog>,
-    source: Source,
+    stream: Stream,
 }
 
 impl GuestStream {
-    /// `source` of the instance whose log is `log`.
-    pub fn new(log: Arc<GuestLog>, source: Source) -> GuestStream {
-        GuestStream { log, source }
+    /// `stream` of the instance whose log is `log`.
+    pub fn new(log: Arc<GuestLog>, stream: Stream) -> GuestStream {
+        GuestStream { log, stream }
     }
 
     fn handle(&self) -> GuestStreamHandle {
-        GuestStreamHandle { log: self.log.clone(), source: self.source }
+        GuestStreamHandle { log: self.log.clone(), stream: self.stream }
     }
 }
 
@@ -218,7 +218,7 @@ impl StdoutStream for GuestStream {
 /// One stream handle the guest holds: a pointer to the instance's log, nothing more.
 struct GuestStreamHandle {
     log: Arc<GuestLog>,
-    source: Source,
+    stream: Stream,
 }
 
 #[async_trait::async_trait]
@@ -228,7 +228,7 @@ impl Pollable for GuestStreamHandle {
 
 impl OutputStream for GuestStreamHandle {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.log.write(self.source, &bytes);
+        self.log.write(self.stream, &bytes);
         Ok(())
     }
 
@@ -243,7 +243,7 @@ impl OutputStream for GuestStreamHandle {
 
 impl AsyncWrite for GuestStreamHandle {
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        self.log.write(self.source, buf);
+        self.log.write(self.stream, buf);
         Poll::Ready(Ok(buf.len()))
     }
 

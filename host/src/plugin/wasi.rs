@@ -15,8 +15,11 @@
 //! runtimes import them whether or not a plugin uses them, and a component whose
 //! imports are not all linked does not load. There is no preopened directory, so no
 //! descriptor to act on, and the sockets context refuses to create a socket or look a
-//! name up (see `GuestState::new`), so every call fails at once with an error the
+//! name up (see `state`), so every call fails at once with an error the
 //! guest sees. A plugin reaches the network only through the host's `connect`.
+//!
+//! This module holds the implementations; `linker` says which WASI interfaces are
+//! linked, and with which of them.
 
 use std::future::Future;
 use std::pin::pin;
@@ -24,18 +27,13 @@ use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
-use wasmtime_wasi::cli::{WasiCli, WasiCliView};
-use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
-use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
-use wasmtime_wasi::p2::bindings::sync::{filesystem as sync_filesystem, io, sockets as sync_sockets};
-use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random, sockets};
-use wasmtime_wasi::random::WasiRandom;
-use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView};
+use wasmtime::component::{HasData, Resource, ResourceTable};
+use wasmtime_wasi::p2::bindings::clocks;
+use wasmtime_wasi::p2::bindings::sync::io;
 use wasmtime_wasi_io::bindings::wasi::io::poll as async_poll;
 use wasmtime_wasi_io::poll::{DynPollable, Pollable, subscribe};
 
-use super::imports::GuestState;
+use super::state::GuestState;
 
 /// A guest asked to wait. Ends the event as a fault, so the loop never waits with it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -48,46 +46,8 @@ pub struct WouldBlock {
     pub call: &'static str,
 }
 
-/// Link the WASI functions a guest may use.
-pub fn add_to_linker(l: &mut Linker<GuestState>) -> wasmtime::Result<()> {
-    clocks::wall_clock::add_to_linker::<GuestState, WasiClocks>(l, GuestState::clocks)?;
-    clocks::monotonic_clock::add_to_linker::<GuestState, NoWait>(l, GuestState::no_wait)?;
-    random::random::add_to_linker::<GuestState, WasiRandom>(l, |s| s.wasi().random())?;
-    random::insecure::add_to_linker::<GuestState, WasiRandom>(l, |s| s.wasi().random())?;
-    random::insecure_seed::add_to_linker::<GuestState, WasiRandom>(l, |s| s.wasi().random())?;
-    // What Rust's std imports whether or not a plugin uses it: an empty environment
-    // and stdin, no terminal, exit (a trap, like any other), and the output streams.
-    cli::environment::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
-    cli::exit::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
-    cli::stdin::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
-    cli::stdout::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
-    cli::stderr::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
-    cli::terminal_input::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
-    cli::terminal_output::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
-    cli::terminal_stdin::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
-    cli::terminal_stdout::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
-    cli::terminal_stderr::add_to_linker::<GuestState, WasiCli>(l, GuestState::cli)?;
-    wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<GuestState, HasTable>(l, GuestState::table)?;
-    io::poll::add_to_linker::<GuestState, NoWait>(l, GuestState::no_wait)?;
-    // The streams are stdin, stdout and stderr, whose readiness never waits, so even
-    // their `blocking-*` functions return at once.
-    io::streams::add_to_linker::<GuestState, HasTable>(l, GuestState::table)?;
-    // The `sync` bindings of every interface whose async bindings have an async
-    // function (filesystem types, tcp, udp, udp-create-socket): a synchronous store
-    // cannot make an instance of a component that imports one.
-    filesystem::preopens::add_to_linker::<GuestState, WasiFilesystem>(l, GuestState::filesystem)?;
-    sync_filesystem::types::add_to_linker::<GuestState, WasiFilesystem>(l, GuestState::filesystem)?;
-    sockets::instance_network::add_to_linker::<GuestState, WasiSockets>(l, GuestState::sockets)?;
-    sockets::network::add_to_linker::<GuestState, WasiSockets>(l, &Default::default(), GuestState::sockets)?;
-    sockets::ip_name_lookup::add_to_linker::<GuestState, WasiSockets>(l, GuestState::sockets)?;
-    sockets::tcp_create_socket::add_to_linker::<GuestState, WasiSockets>(l, GuestState::sockets)?;
-    sync_sockets::tcp::add_to_linker::<GuestState, WasiSockets>(l, GuestState::sockets)?;
-    sync_sockets::udp_create_socket::add_to_linker::<GuestState, WasiSockets>(l, GuestState::sockets)?;
-    sync_sockets::udp::add_to_linker::<GuestState, WasiSockets>(l, GuestState::sockets)?;
-    Ok(())
-}
-
-struct HasTable;
+/// The WASI interfaces that need nothing but the store's resource table.
+pub struct HasTable;
 
 impl HasData for HasTable {
     type Data<'a> = &'a mut ResourceTable;
@@ -105,6 +65,13 @@ impl HasData for NoWait {
 pub struct NoWaitView<'a> {
     /// Where pollables live.
     pub table: &'a mut ResourceTable,
+}
+
+impl NoWaitView<'_> {
+    /// The view of `state`'s table.
+    pub fn of(state: &mut GuestState) -> NoWaitView<'_> {
+        NoWaitView { table: state.table() }
+    }
 }
 
 impl io::poll::Host for NoWaitView<'_> {

@@ -14,14 +14,30 @@
 //! pooling allocator makes starting an instance cheap. A component that also exports
 //! the `migrate` interface can hand its connections over to a new version (see
 //! `migrate`). It never touches a socket, and nothing a guest calls waits.
+//!
+//! Plugin files are read with [`read_component`] only, whichever route names them
+//! (config, SIGHUP, the admin API, the watcher, the command line): a regular file of
+//! at most [`MAX_COMPONENT`] bytes. Inside, the rooms are: `bindings` (what wasmtime
+//! generates from the WIT, alone); `state` (what an instance's store holds, and the
+//! host lent to it for a call); `imports` and `wasi` (what a guest can call, as trait
+//! implementations over that state); `linker` (which of them a component is linked
+//! against); `fit` and `signature` (why a component does not fit, and the types of
+//! the exports the host calls); `cache` and `trust` (compiled code kept, and only
+//! where no one else could have written it); `migrate`, `output`, `log_rate` and
+//! `deadline`.
 
+mod bindings;
 mod cache;
 mod deadline;
 mod fit;
 mod imports;
+mod linker;
 mod log_rate;
 mod migrate;
 mod output;
+mod signature;
+mod state;
+mod trust;
 mod wasi;
 
 use std::collections::BTreeMap;
@@ -35,26 +51,17 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Stor
 
 use crate::handler::{ConnId, Event, Fault, Handler, HandlerFactory, Host};
 use crate::listener::{Limit, ListenerSpec};
+use crate::regular_file::{self, Kind, ReadError};
 use bindings::sandport::handler::types as wit;
 use cache::{Cache, ContentHash};
 use deadline::{Budget, CallClock, OverBudget};
 pub use fit::Misfit;
-use imports::{GuestState, RecvView};
 use log_rate::LogBudget;
 use migrate::Exports;
 pub use migrate::MAX_STATE;
 use output::escape_controls;
+use state::{GuestState, RecvView};
 use wasi::WouldBlock;
-
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "plugin",
-        // Every import checks that it runs inside an event, and traps otherwise.
-        imports: { default: trappable },
-        with: { "sandport:handler/host.mbuf": super::imports::RecvView },
-    });
-}
 
 /// Why a plugin cannot be used. Messages name the file.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +76,22 @@ pub enum PluginError {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// The path names something other than a regular file (a FIFO, a device, ...).
+    #[error("{path}: not a regular file ({kind})")]
+    NotRegular {
+        /// The plugin path.
+        path: PathBuf,
+        /// What it names instead.
+        kind: Kind,
+    },
+    /// The file is larger than a plugin may be ([`MAX_COMPONENT`]).
+    #[error("{path}: {size} bytes, more than the {} MiB a plugin may have", MAX_COMPONENT >> 20)]
+    TooLarge {
+        /// The plugin file.
+        path: PathBuf,
+        /// Its size, in bytes.
+        size: u64,
     },
     /// The file is not a WebAssembly component.
     #[error("{path}: not a WebAssembly component: {reason}")]
@@ -108,6 +131,21 @@ pub enum PluginError {
         /// Why.
         reason: String,
     },
+}
+
+/// Most bytes a plugin file (a component or a `.cwasm`) may have: the same cap as an
+/// upload's through the admin API.
+pub const MAX_COMPONENT: usize = 256 << 20;
+
+/// The bytes of the plugin file at `path`: a regular file of at most [`MAX_COMPONENT`]
+/// bytes, read without waiting on a FIFO or reading a device without end (see
+/// [`regular_file`]). Every route that loads a plugin file reads it with this.
+pub fn read_component(path: &Path) -> Result<Vec<u8>, PluginError> {
+    regular_file::read(path, MAX_COMPONENT as u64).map_err(|err| match err {
+        ReadError::Io(source) => PluginError::Read { path: path.to_owned(), source },
+        ReadError::NotRegular(kind) => PluginError::NotRegular { path: path.to_owned(), kind },
+        ReadError::TooLarge { size, .. } => PluginError::TooLarge { path: path.to_owned(), size },
+    })
 }
 
 /// Most instances a pooled engine holds at once. Each live instance holds a few
@@ -175,7 +213,7 @@ impl Runtime {
         // The host is synchronous; async support would double the cost of every call.
         config.concurrency_support(false);
         let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
-        let linker = imports::linker(&engine).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let linker = linker::linker(&engine).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         deadline::tick(&engine).map_err(|e| PluginError::Engine(format!("cannot start the epoch thread: {e}")))?;
         let cache = Arc::new(Cache::new(&engine, None));
         Ok(Runtime { engine, linker: Arc::new(linker), cache })
@@ -191,8 +229,7 @@ impl Runtime {
     /// Compile the component (or read the `.cwasm`) at `path`, unless the cache has
     /// it, and check it against the world.
     pub fn load(&self, path: &Path) -> Result<Plugin, PluginError> {
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.to_owned(), source })?;
-        self.load_bytes(&bytes, Some(path))
+        self.load_bytes(&read_component(path)?, Some(path))
     }
 
     /// Like [`Runtime::load`], for bytes read elsewhere (an upload); `origin` names
@@ -427,7 +464,7 @@ fn call<R>(
     call: impl FnOnce(&mut Store<GuestState>) -> wasmtime::Result<R>,
 ) -> Result<R, Fault> {
     start_call(store, &tenant.budget);
-    let called = imports::with_host(store, host, conn, call);
+    let called = state::with_host(store, host, conn, call);
     if tenant.log_budget.take_dropped() {
         host.limit_hit(conn, Limit::LogRate);
     }
@@ -483,4 +520,22 @@ fn one_line(err: &wasmtime::Error) -> String {
         .collect::<Vec<_>>()
         .join(": ");
     escape_controls(&text).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plugin_path_that_is_not_a_file_of_a_plugins_size_is_refused_by_name() {
+        let error = |path: &Path| read_component(path).unwrap_err().to_string();
+        assert_eq!(error(Path::new("/dev/zero")), "/dev/zero: not a regular file (a character device)");
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.wasm");
+        std::fs::File::create(&big).unwrap().set_len(MAX_COMPONENT as u64 + 1).unwrap();
+        let size = MAX_COMPONENT + 1;
+        assert_eq!(error(&big), format!("{}: {size} bytes, more than the 256 MiB a plugin may have", big.display()));
+        let error = Runtime::new().unwrap().load(dir.path()).err().unwrap().to_string();
+        assert_eq!(error, format!("{}: not a regular file (a directory)", dir.path().display()));
+    }
 }
