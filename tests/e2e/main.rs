@@ -4,7 +4,9 @@
 mod harness;
 
 mod admin;
+mod admin_input;
 mod backpressure;
+mod bounded;
 mod cache;
 mod chaos;
 mod chat;
@@ -24,10 +26,14 @@ mod limits;
 mod linger;
 mod load;
 mod migrate;
+mod migrate_modes;
 mod native;
 mod neighbour;
+mod operator;
 mod proxy;
+mod reload;
 mod swap;
+mod swap_more;
 mod timers;
 mod watch;
 mod workers;

@@ -1,0 +1,94 @@
+//! Live migration in the per-worker and per-connection instance modes, over two
+//! workers, of connections a plugin dialed: clients reach the migrating fixture
+//! through the `tcp-proxy`, whose outbound connections are the ones that move. Then a
+//! `take-over` fault once several have moved: the new instance dies with what moved
+//! into it, and the listener (and the proxy) serve on.
+
+use std::net::SocketAddr;
+
+use sandport_test_artifacts::{FIXTURE_MIGRATE_FAULTS, TCP_PROXY};
+
+use crate::harness::{Client, Server, free_address, listener, listener_at, totals};
+
+/// Clients through the proxy when the version changes.
+const CLIENTS: usize = 6;
+
+/// Two workers: the migrating fixture `mig` on `address` in instance mode `mode`
+/// with these `[listener.config]` lines, and a per-worker proxy in front of it.
+fn config(address: SocketAddr, mode: &str, settings: &str) -> String {
+    let mig = listener_at(
+        "mig",
+        &address.to_string(),
+        FIXTURE_MIGRATE_FAULTS,
+        &format!("instance = \"{mode}\"\n[listener.config]\n{settings}"),
+    );
+    let proxy = listener(
+        "proxy",
+        TCP_PROXY,
+        &format!(
+            "instance = \"per-worker\"\nallow-connect = [\"{address}\"]\n[listener.config]\nupstream = \"{address}\""
+        ),
+    );
+    format!("workers = 2\n{mig}{proxy}")
+}
+
+/// A line through `client`, echoed by the fixture behind the proxy.
+fn echoes(client: &mut Client, line: &str) {
+    assert_eq!(client.ask(line), line);
+}
+
+fn migrates_dialed_connections(mode: &str) {
+    let address = free_address();
+    let server = Server::start(&config(address, mode, ""));
+    let mut clients: Vec<Client> = (0..CLIENTS)
+        .map(|n| {
+            let mut client = server.connect("proxy");
+            echoes(&mut client, &format!("{mode} client {n}"));
+            client
+        })
+        .collect();
+
+    // A changed setting is a new version: every dialed connection moves to it.
+    server.reload(&config(address, mode, "revision = \"2\""));
+    for (n, client) in clients.iter_mut().enumerate() {
+        assert_eq!(client.line(), "* handing over", "client {n}: the old version's hand-over");
+        assert_eq!(client.line(), "* taking over state", "client {n}: the new version's take-over");
+        echoes(client, &format!("{mode} client {n} after the swap"));
+    }
+    let took_over = server.wait_for_log(&["version 2 took over", "listener=mig"]);
+    assert!(took_over.contains(&format!("migrated={CLIENTS}")) && took_over.contains("draining=0"), "{took_over}");
+
+    // Now a version whose take-over traps: what moved into it dies with it, and the
+    // proxy closes the clients whose upstream went.
+    server.reload(&config(address, mode, "take-over = \"trap\""));
+    server.wait_for_log(&["handler failed", "listener=mig", "trapped in take-over"]);
+    for client in &mut clients {
+        let (rest, _) = client.until_end();
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(rest.lines().all(|line| line == "* handing over"), "only the hand-over's notice came: {rest:?}");
+    }
+    let mut fresh = server.connect("proxy");
+    echoes(&mut fresh, "a new client after the fault");
+    let mut direct = Client::connect(address);
+    echoes(&mut direct, "a direct client after the fault");
+    drop((fresh, direct));
+
+    let (_, log) = server.terminate();
+    let mig = totals(&log, "mig");
+    assert!(
+        mig.contains(&format!("migrated={}", 2 * CLIENTS)) || mig.contains(&format!("migrated={CLIENTS}")),
+        "{mig}"
+    );
+    assert!(!mig.contains("faults=0"), "the take-over faulted: {mig}");
+    assert!(totals(&log, "proxy").contains("faults=0"), "{}", totals(&log, "proxy"));
+}
+
+#[test]
+fn per_worker_instances_migrate_dialed_connections() {
+    migrates_dialed_connections("per-worker");
+}
+
+#[test]
+fn per_connection_instances_migrate_dialed_connections() {
+    migrates_dialed_connections("per-connection");
+}
