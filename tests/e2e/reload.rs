@@ -61,7 +61,7 @@ fn a_new_instance_mode_applies() {
 
     server.reload(&config("per-connection"));
     assert!(!hears_newcomer(address), "per-connection: each member is alone");
-    let rebound = server.log().lines().filter(|l| l.contains(" listening ") && l.contains("listener=chat")).count();
+    let rebound = server.log().lines().filter(|l| l.contains(" listening ") && l.contains("listener=chat ")).count();
     assert_eq!(rebound, 1 + 2, "shared on one worker, then per-connection on both:\n{}", server.log());
 
     server.reload(&config("shared"));
