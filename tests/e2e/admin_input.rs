@@ -47,7 +47,9 @@ fn refused(what: &str, reply: Option<Reply>, status: u16) -> Reply {
 fn bad_bodies_are_refused_and_the_old_version_serves() {
     let (server, admin) = echo_with_admin();
     let mut open = server.connect("svc");
-    for (body, what) in [("not json at all", "not JSON"), ("{\"file\": 3}", "wrong key"), ("[\"a\"]", "an array")] {
+    for (body, what) in
+        [("not json at all", "not JSON"), ("{\"file\": 3}", "wrong key"), ("{\"path\": 3}", "a number for a path")]
+    {
         refused(what, put_json(admin, "svc", body, PROMPT), 400);
         assert!(healthy(admin), "{what}: /healthz answers");
     }

@@ -61,7 +61,11 @@ fn a_new_instance_mode_applies() {
 
     server.reload(&config("per-connection"));
     assert!(!hears_newcomer(address), "per-connection: each member is alone");
-    let rebound = server.log().lines().filter(|l| l.contains(" listening ") && l.contains("listener=chat ")).count();
+    let rebound = server
+        .log()
+        .lines()
+        .filter(|l| l.contains("sandport::reactor: listening ") && l.contains("listener=chat "))
+        .count();
     assert_eq!(rebound, 1 + 2, "shared on one worker, then per-connection on both:\n{}", server.log());
 
     server.reload(&config("shared"));
@@ -84,7 +88,7 @@ fn restart_only_keys_are_reported_and_otherwise_ignored() {
     let admin = admin_address(&server);
     let mut open = server.connect("svc");
     echoes(&mut open, 100);
-    let listening = server.log().matches(" listening ").count();
+    let listening = server.log().matches("sandport::reactor: listening ").count();
 
     let other_admin = free_address();
     server.reload(&config(1, other_cache.path(), "json", &other_admin.to_string()));
@@ -97,7 +101,7 @@ fn restart_only_keys_are_reported_and_otherwise_ignored() {
     let reloaded = server.wait_for_log(&["config reloaded"]);
     assert!(reloaded.contains("swapped=0") && reloaded.contains("added=0"), "{reloaded}");
     assert!(!reloaded.trim_start().starts_with('{'), "still text: {reloaded}");
-    assert_eq!(server.log().matches(" listening ").count(), listening, "nothing rebound");
+    assert_eq!(server.log().matches("sandport::reactor: listening ").count(), listening, "nothing rebound");
     assert!(healthy(admin), "the admin API stays where it was");
     assert!(TcpStream::connect_timeout(&other_admin, Duration::from_secs(1)).is_err(), "and is not at the new address");
     echoes(&mut open, 5000);
