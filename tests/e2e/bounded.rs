@@ -218,3 +218,22 @@ pub fn assert_refused(ran: Ran, what: &str, names: &[&str]) {
 pub fn text(path: &Path) -> &str {
     path.to_str().expect("UTF-8 path")
 }
+
+/// Whether process `pid` (a child not yet reaped) exits within `patience`: its
+/// `/proc` entry turns zombie or goes. Unlike waiting on the child, a failure here
+/// leaves the server's handle usable for the checks that follow.
+pub fn exits_within(pid: u32, patience: Duration) -> bool {
+    let deadline = Instant::now() + patience;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        if matches!(state, None | Some("Z") | Some("X")) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
