@@ -41,7 +41,8 @@ fn round_trips(address: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinH
 }
 
 /// Both listeners on one worker, compiling from scratch (no cache): the neighbour's
-/// echoes go on while the big components compile and pre-flight.
+/// echoes go on while the big components compile and pre-flight. The bounds leave room
+/// for a busy 2-core machine; a loop that waited on the compile would stall for seconds.
 #[test]
 fn python_and_javascript_swaps_do_not_stall_a_neighbour() {
     let (python, javascript) = (echo_of("python"), echo_of("js"));
@@ -81,8 +82,8 @@ fn python_and_javascript_swaps_do_not_stall_a_neighbour() {
         during,
         times.len()
     );
-    assert!(worst < Duration::from_millis(500), "the neighbour's worst round trip: {worst:?} (p99 {p99:?})");
-    assert!(p99 < Duration::from_millis(100), "the neighbour's p99 round trip: {p99:?}");
+    assert!(worst < Duration::from_secs(1), "the neighbour's worst round trip: {worst:?} (p99 {p99:?})");
+    assert!(p99 < Duration::from_millis(250), "the neighbour's p99 round trip: {p99:?}");
 }
 
 #[test]
