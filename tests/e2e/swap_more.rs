@@ -23,7 +23,9 @@ fn echo_of(lang: &str) -> PathBuf {
 }
 
 /// Round trips of a small message on one connection until `stop`; each one's time.
-fn round_trips(address: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Duration>> {
+/// The times are paired with when each round trip started (milliseconds since the
+/// epoch), to find the worst one in the server's log.
+fn round_trips(address: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<(Duration, u128)>> {
     std::thread::spawn(move || {
         let mut client = Client::connect(address);
         let mut times = Vec::new();
@@ -32,7 +34,8 @@ fn round_trips(address: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinH
             let line = format!("neighbour message {n}");
             let started = Instant::now();
             assert_eq!(client.ask(&line), line, "the neighbour lost or changed bytes");
-            times.push(started.elapsed());
+            let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+            times.push((started.elapsed(), since_epoch.as_millis() - started.elapsed().as_millis()));
             n += 1;
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -42,7 +45,8 @@ fn round_trips(address: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinH
 
 /// Both listeners on one worker, compiling from scratch (no cache): the neighbour's
 /// echoes go on while the big components compile and pre-flight. The bounds leave room
-/// for a busy 2-core machine; a loop that waited on the compile would stall for seconds.
+/// for a busy 2-core machine (a load of 8 showed a 1 s worst case once); a loop that
+/// waited on the compile would stall for its whole length, 10 s and more there.
 #[test]
 fn python_and_javascript_swaps_do_not_stall_a_neighbour() {
     let (python, javascript) = (echo_of("python"), echo_of("js"));
@@ -74,15 +78,18 @@ fn python_and_javascript_swaps_do_not_stall_a_neighbour() {
     let compiled = log.lines().filter(|l| l.contains("plugin ready") && l.contains("from=compiled")).count();
     assert!(compiled >= 2, "the new versions were compiled, not taken from a cache:\n{log}");
     times.sort_unstable();
-    let worst = *times.last().unwrap();
-    let p99 = times[times.len() * 99 / 100];
+    let (worst, worst_at) = *times.last().unwrap();
+    let p99 = times[times.len() * 99 / 100].0;
     assert!(
         times.len() > 20,
         "the neighbour was served while it compiled ({} ms): {} round trips",
         during,
         times.len()
     );
-    assert!(worst < Duration::from_secs(1), "the neighbour's worst round trip: {worst:?} (p99 {p99:?})");
+    assert!(
+        worst < Duration::from_secs(2),
+        "the neighbour's worst round trip: {worst:?}, started {worst_at} ms after the epoch (p99 {p99:?}):\n{log}"
+    );
     assert!(p99 < Duration::from_millis(250), "the neighbour's p99 round trip: {p99:?}");
 }
 
