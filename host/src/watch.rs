@@ -555,9 +555,7 @@ mod tests {
 
     /// The fingerprint the tests watch with: the bytes themselves.
     fn bytes() -> Fingerprint {
-        Arc::new(|path| {
-            fs::read(path).ok().filter(|bytes| !bytes.is_empty()).map(|b| String::from_utf8_lossy(&b).into())
-        })
+        Arc::new(|path| fs::read(path).ok().filter(|bytes| !bytes.is_empty()).map(|b| String::from_utf8_lossy(&b).into()))
     }
 
     fn listed(root: &TempDir, files: &[(&str, &str)]) -> Vec<(String, PathBuf)> {
