@@ -40,7 +40,7 @@ use crate::control::{Control, ControlError, ListenerStatus, Source, SwapReport, 
 use crate::listener::{InstanceMode, Limit, Limits};
 
 /// The largest component an upload may carry: as large as a plugin file may be.
-pub const MAX_UPLOAD: usize = 256 << 20;
+pub const MAX_UPLOAD: usize = crate::plugin::MAX_COMPONENT;
 
 /// The largest `{"path": "..."}` body.
 pub const MAX_JSON: usize = 64 << 10;

@@ -54,6 +54,11 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::listener::{DEFAULT_DRAIN_TIMEOUT, InstanceMode, Limits, ListenerSpec, Rollback};
+use crate::regular_file::{self, ReadError};
+
+/// The largest config file read: a file of ten thousand listeners fits many times, a
+/// device that never ends (or a FIFO, refused before any read) does not.
+pub const MAX_CONFIG: u64 = 64 << 20;
 
 /// How log lines are written (`log-format`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -107,13 +112,14 @@ pub struct Config {
 /// What is wrong with a configuration. The message names the file and the place.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
+    /// The file could not be read: missing, not a regular file, larger than
+    /// [`MAX_CONFIG`], or not UTF-8.
     #[error("{path}: cannot read: {source}")]
     Read {
         /// The config file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        source: ReadError,
     },
     /// The file is not valid TOML or does not have the expected shape.
     #[error("{path}:{line}:{column}: {message}")]
@@ -209,8 +215,10 @@ impl Config {
     /// Read and validate a config file. Plugin paths are resolved against the
     /// file's folder.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let read = |source| ConfigError::Read { path: path.to_owned(), source };
+        let bytes = regular_file::read(path, MAX_CONFIG).map_err(read)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|err| read(ReadError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, err))))?;
         Config::from_toml(&text, path)
     }
 

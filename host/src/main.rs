@@ -300,7 +300,7 @@ impl AdminClient {
     }
 
     fn swap(&self, name: &str, file: &Path) -> anyhow::Result<()> {
-        let bytes = std::fs::read(file).with_context(|| format!("{}: cannot read", file.display()))?;
+        let bytes = sandport::plugin::read_component(file)?;
         let path = format!("/listeners/{name}/plugin");
         let request = self.authorize(self.agent.put(self.url(&path))).header("Content-Type", "application/wasm");
         self.answer(request.send(&bytes[..]), &path)?.report(name)

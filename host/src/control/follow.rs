@@ -80,7 +80,7 @@ pub fn watched(config: &Config) -> Vec<(String, PathBuf)> {
 /// The content hash of the plugin file at `path`, as its version would be known;
 /// `None` if it cannot be read or is empty (a writer has only just truncated it).
 fn file_hash(path: &Path) -> Option<String> {
-    let bytes = std::fs::read(path).ok().filter(|bytes| !bytes.is_empty())?;
+    let bytes = plugin::read_component(path).ok().filter(|bytes| !bytes.is_empty())?;
     Some(plugin::content_hash(&bytes))
 }
 

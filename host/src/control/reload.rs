@@ -18,7 +18,7 @@ use tracing::{info, info_span, warn};
 use super::{Control, Record, Route, SwapReport};
 use crate::config::Config;
 use crate::listener::{InstanceMode, ListenerSpec, Workers};
-use crate::plugin::{Plugin, PluginError, PluginFactory, Runtime, content_hash};
+use crate::plugin::{self, Plugin, PluginError, PluginFactory, Runtime, content_hash};
 use crate::reactor::{Binding, Command, Slots};
 
 /// What a reload of the config file changed.
@@ -108,8 +108,7 @@ impl Control {
                     }
                 },
                 Ok((old, hash, runtime)) => {
-                    let bytes = std::fs::read(&spec.plugin)
-                        .map_err(|source| PluginError::Read { path: spec.plugin.clone(), source });
+                    let bytes = plugin::read_component(&spec.plugin);
                     let same_file = bytes.as_ref().is_ok_and(|b| content_hash(b) == hash);
                     if old == *spec && same_file {
                         continue;
