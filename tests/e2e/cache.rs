@@ -57,6 +57,8 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
 
 /// What tells a cache entry's file apart from a rewrite of it: its bytes, its inode
 /// (entries are written to a new file renamed into place) and its modification time.
+/// (An inode number alone is not enough: a file system reuses the number of a file
+/// replaced a moment ago.)
 #[derive(Debug, PartialEq, Eq)]
 struct Stamp {
     bytes: Vec<u8>,
@@ -85,8 +87,10 @@ fn a_second_start_loads_every_plugin_from_the_cache() {
     let config = config(&cache_at(dir.path()), plugins::ECHO);
     let first = serve(&config);
     assert_eq!(loaded_from(&first, "echo"), "compiled", "{first}");
-    // The pooled engine compiles compatible code: it reads what the first one wrote.
-    assert_eq!(loaded_from(&first, "echo-isolated"), "disk", "{first}");
+    // The pooled engine compiles compatible code: it reads what the first one wrote,
+    // or, when both listeners are prepared at once, compiles the same entry itself.
+    let isolated = loaded_from(&first, "echo-isolated");
+    assert!(["disk", "compiled"].contains(&isolated), "{first}");
     let entry = only_entry(dir.path());
     let written = Stamp::of(&entry);
     let second = serve(&config);
@@ -113,9 +117,9 @@ fn rebuilt_after(damage: impl FnOnce(&mut Vec<u8>)) {
     let damaged = Stamp::of(&entry);
 
     let log = serve(&config);
-    // A miss replaces the entry: another file, with other bytes.
+    // A miss writes the entry again: other bytes, written after the damage.
     let rebuilt = Stamp::of(&entry);
-    assert_ne!(rebuilt.inode, damaged.inode, "the damaged entry was not replaced");
+    assert!(rebuilt.modified > damaged.modified, "the damaged entry was not written again");
     let warning = log.lines().find(|l| l.contains("WARN") && l.contains("stale or damaged"));
     let warning = warning.unwrap_or_else(|| panic!("no warning about the entry:\n{log}"));
     assert!(warning.contains(&entry.display().to_string()), "the warning names the file: {warning}");
