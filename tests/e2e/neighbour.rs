@@ -7,8 +7,9 @@
 //! Where the two tenants run matters: on different workers, a plugin that froze its own
 //! event loop would leave the neighbour's untouched. So [`beside_a_busy_neighbour`] runs
 //! every offence twice ([`WORKER_COUNTS`]): once with one worker, both tenants on its
-//! loop, and once with two, each on its own; the admin API's `/listeners` must confirm
-//! the placement before the offence counts.
+//! loop, and once with two, where a shared offender (listed first) and the neighbour
+//! (listed last) are on different ones; the admin API's `/listeners` must confirm the
+//! placement before the offence counts.
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,7 +30,7 @@ const SIZES: [usize; 10] = [1, 2, 3, 100, 1000, 1460, 4096, 16384, 65535, 65536]
 pub const HEADROOM: u64 = 48 << 20;
 
 /// The worker counts every offence of [`beside_a_busy_neighbour`] runs with: one, where
-/// the offender and the neighbour share an event loop, and two, where each has its own.
+/// the offender and the neighbour share an event loop, and two.
 pub const WORKER_COUNTS: [usize; 2] = [1, 2];
 
 /// What a neighbour saw of an offence.
