@@ -5,7 +5,8 @@
 //!
 //! What must hold for every seed, whatever the guest does: the server stops on SIGTERM
 //! with exit 0 and no panic in its log; the neighbour loses no byte, hits no limit, sees
-//! no fault and its worst round trip stays under [`WORST_ROUND_TRIP`]; the server's
+//! no fault and its worst round trip stays under [`WORST_ROUND_TRIP`] (on one worker,
+//! [`WORST_ROUND_TRIP_ON_ONE_LOOP`]); the server's
 //! peak memory rises by less than [`HEADROOM`]; and the chaos listener's faults are only
 //! the ones the fixture causes on purpose or a limit it reaches explains.
 //!
@@ -38,6 +39,13 @@ const CLIENTS: u64 = 6;
 /// busy 2-core machine round trips of half a second were seen with a well-behaved
 /// host; two seconds means the loop was held longer than any event may take.
 const WORST_ROUND_TRIP: Duration = Duration::from_secs(2);
+
+/// The neighbour's slowest round trip allowed when it shares the chaos listener's
+/// worker: it then also waits behind a whole turn of the chaos listener's events (up to
+/// 32 connections' worth), which a starved machine (the whole suite beside other
+/// builds) stretched past two seconds. A loop held by a waiting call (seconds) or for
+/// good still fails.
+const WORST_ROUND_TRIP_ON_ONE_LOOP: Duration = Duration::from_secs(5);
 
 /// The chaos listener's limits, which bound what it can make the host hold.
 const MEMORY_MIB: u64 = 16;
@@ -96,7 +104,8 @@ fn chaos(seed: u64, mode: &str) {
         let aftermath = neighbourhood_on(workers, &offender, "127.0.0.1:0", HEADROOM, |server| {
             sent = drive(server.addr("chaos"), seed);
         });
-        format!("{} sent={} KiB", check(&aftermath), sent / 1024)
+        let worst = if workers == 1 { WORST_ROUND_TRIP_ON_ONE_LOOP } else { WORST_ROUND_TRIP };
+        format!("{} sent={} KiB", check(&aftermath, worst), sent / 1024)
     }));
     match outcome {
         Ok(summary) => eprintln!("chaos seed {seed} {mode} on {workers} workers: {summary} in {:?}", started.elapsed()),
@@ -128,13 +137,14 @@ fn chaos_listener(seed: u64, mode: &str) -> String {
     listener_at("chaos", &own.to_string(), plugins::FIXTURE_CHAOS, &extra)
 }
 
-/// What must hold after a run; returns a one-line summary.
-fn check(aftermath: &Aftermath) -> String {
+/// What must hold after a run, the neighbour's round trips below `worst_allowed`;
+/// returns a one-line summary.
+fn check(aftermath: &Aftermath, worst_allowed: Duration) -> String {
     let log = &aftermath.log;
     let panics: Vec<&str> = log.lines().filter(|l| l.contains("panicked") && !l.contains("sandport::guest")).collect();
     assert!(panics.is_empty(), "the host panicked:\n{}", panics.join("\n"));
     let worst = aftermath.worst_round_trip;
-    assert!(worst < WORST_ROUND_TRIP, "the neighbour's worst round trip took {worst:?}");
+    assert!(worst < worst_allowed, "the neighbour's worst round trip took {worst:?}");
     let faults: Vec<&str> =
         lines(log, "chaos", &["handler failed"]).into_iter().filter(|l| !l.contains("sandport::guest")).collect();
     let unexplained: Vec<&str> =
