@@ -92,7 +92,8 @@ impl Admin {
         Admin::read(self.authorize(self.agent.post(self.url(path))).send_empty())
     }
 
-    fn listeners(&self) -> Vec<Value> {
+    /// The `/listeners` list, in config order.
+    pub(crate) fn listeners(&self) -> Vec<Value> {
         let answer = self.get("/listeners");
         assert_eq!(answer.status, 200, "{}", answer.body);
         answer.json().as_array().unwrap().clone()

@@ -5,12 +5,14 @@
 //!
 //! What must hold for every seed, whatever the guest does: the server stops on SIGTERM
 //! with exit 0 and no panic in its log; the neighbour loses no byte, hits no limit, sees
-//! no fault and its worst round trip stays under [`WORST_ROUND_TRIP`]; the server's
+//! no fault and its worst round trip stays under [`WORST_ROUND_TRIP`] (on one worker,
+//! [`WORST_ROUND_TRIP_ON_ONE_LOOP`]); the server's
 //! peak memory rises by less than [`HEADROOM`]; and the chaos listener's faults are only
 //! the ones the fixture causes on purpose or a limit it reaches explains.
 //!
 //! Seeds: `SANDPORT_CHAOS_SEEDS` chooses them (`17`, `1..200`, `1..=200` or `3,17,40`);
-//! without it, [`DEFAULT_SEEDS`]. A failing seed is named in the failure, with the
+//! without it, [`DEFAULT_SEEDS`]; a choice of none fails. Odd seeds run on one worker
+//! (the chaos beside its neighbour on one event loop), even ones on two. A failing seed is named in the failure, with the
 //! command that runs it alone.
 
 use std::io::{ErrorKind, Read, Write};
@@ -18,8 +20,9 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
+use crate::faults::EVENT_DEADLINES;
 use crate::harness::{free_address, listener_at, plugins, totals};
-use crate::neighbour::{Aftermath, lines, neighbourhood, number};
+use crate::neighbour::{Aftermath, lines, neighbourhood_on, number};
 
 /// Seeds run when `SANDPORT_CHAOS_SEEDS` is not set: enough for CI to cover each call
 /// with many argument shapes in both modes within about a minute.
@@ -36,6 +39,13 @@ const CLIENTS: u64 = 6;
 /// busy 2-core machine round trips of half a second were seen with a well-behaved
 /// host; two seconds means the loop was held longer than any event may take.
 const WORST_ROUND_TRIP: Duration = Duration::from_secs(2);
+
+/// The neighbour's slowest round trip allowed when it shares the chaos listener's
+/// worker: it then also waits behind a whole turn of the chaos listener's events (up to
+/// 32 connections' worth), which a starved machine (the whole suite beside other
+/// builds) stretched past two seconds. A loop held by a waiting call (seconds) or for
+/// good still fails.
+const WORST_ROUND_TRIP_ON_ONE_LOOP: Duration = Duration::from_secs(5);
 
 /// The chaos listener's limits, which bound what it can make the host hold.
 const MEMORY_MIB: u64 = 16;
@@ -57,33 +67,48 @@ const HEADROOM: u64 = (MEMORY_MIB + 2 * MAX_CONNECTIONS * BUFFER_KIB / 1024 + 24
 /// contract, or a bug of the fixture.
 const EXPECTED_FAULTS: &[&str] = &["Exited with i32 exit status", "exceeds limit", "limits."];
 
+/// How many of the chaos listener's faults may be event deadlines. The fixture's events
+/// are bounded far below the deadline (see its module doc): only a starved machine
+/// makes one run over, now and then; a host that charged an event for more than it
+/// did, or interrupted innocent events, makes many.
+const DEADLINE_FAULTS: usize = 3;
+
 #[test]
 fn random_guests_in_shared_instances_never_hurt_the_host() {
-    for seed in seeds() {
-        chaos(seed, "shared");
-    }
+    run_every_seed("shared");
 }
 
 #[test]
 fn random_guests_in_per_connection_instances_never_hurt_the_host() {
-    for seed in seeds() {
-        chaos(seed, "per-connection");
-    }
+    run_every_seed("per-connection");
+}
+
+/// Run every seed of [`seeds`] in instance mode `mode`, and check that each ran.
+fn run_every_seed(mode: &str) {
+    let seeds = seeds();
+    assert!(!seeds.is_empty(), "no seed to run (SANDPORT_CHAOS_SEEDS={:?})", std::env::var("SANDPORT_CHAOS_SEEDS"));
+    let ran = seeds.iter().map(|&seed| chaos(seed, mode)).count();
+    assert_eq!(ran, seeds.len(), "seeds run in {mode} mode");
 }
 
 /// Run the fixture with `seed` in instance mode `mode` and check everything that must
-/// hold; a failure names the seed and how to run it alone.
+/// hold; a failure names the seed and how to run it alone. Odd seeds run on one worker,
+/// the chaos listener beside its neighbour on one event loop; even seeds on two, each
+/// on its own.
 fn chaos(seed: u64, mode: &str) {
     let started = Instant::now();
+    let workers = if seed % 2 == 1 { 1 } else { 2 };
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let mut sent = 0;
-        let aftermath = neighbourhood(&chaos_listener(seed, mode), "127.0.0.1:0", HEADROOM, |server| {
+        let offender = chaos_listener(seed, mode);
+        let aftermath = neighbourhood_on(workers, &offender, "127.0.0.1:0", HEADROOM, |server| {
             sent = drive(server.addr("chaos"), seed);
         });
-        format!("{} sent={} KiB", check(&aftermath), sent / 1024)
+        let worst = if workers == 1 { WORST_ROUND_TRIP_ON_ONE_LOOP } else { WORST_ROUND_TRIP };
+        format!("{} sent={} KiB", check(&aftermath, worst), sent / 1024)
     }));
     match outcome {
-        Ok(summary) => eprintln!("chaos seed {seed} {mode}: {summary} in {:?}", started.elapsed()),
+        Ok(summary) => eprintln!("chaos seed {seed} {mode} on {workers} workers: {summary} in {:?}", started.elapsed()),
         Err(panic) => {
             let why = panic
                 .downcast_ref::<String>()
@@ -112,13 +137,14 @@ fn chaos_listener(seed: u64, mode: &str) -> String {
     listener_at("chaos", &own.to_string(), plugins::FIXTURE_CHAOS, &extra)
 }
 
-/// What must hold after a run; returns a one-line summary.
-fn check(aftermath: &Aftermath) -> String {
+/// What must hold after a run, the neighbour's round trips below `worst_allowed`;
+/// returns a one-line summary.
+fn check(aftermath: &Aftermath, worst_allowed: Duration) -> String {
     let log = &aftermath.log;
     let panics: Vec<&str> = log.lines().filter(|l| l.contains("panicked") && !l.contains("sandport::guest")).collect();
     assert!(panics.is_empty(), "the host panicked:\n{}", panics.join("\n"));
     let worst = aftermath.worst_round_trip;
-    assert!(worst < WORST_ROUND_TRIP, "the neighbour's worst round trip took {worst:?}");
+    assert!(worst < worst_allowed, "the neighbour's worst round trip took {worst:?}");
     let faults: Vec<&str> =
         lines(log, "chaos", &["handler failed"]).into_iter().filter(|l| !l.contains("sandport::guest")).collect();
     let unexplained: Vec<&str> =
@@ -128,6 +154,18 @@ fn check(aftermath: &Aftermath) -> String {
     assert!(forged.is_empty(), "the guest wrote lines of its own, untagged:\n{}", forged.join("\n"));
     let line = totals(log, "chaos");
     assert!(number(line, "accepted") > 0, "the chaos listener accepted nothing: {line}");
+    // A fault ends an instance and so at least one of its connections: more faults than
+    // connections were faults of no event.
+    let connections = number(line, "accepted") + number(line, "dialed");
+    assert!(faults.len() as u64 <= connections, "{} faults for {connections} connections: {line}", faults.len());
+    let deadlines: Vec<&str> =
+        faults.iter().copied().filter(|l| EVENT_DEADLINES.iter().any(|limit| l.contains(limit))).collect();
+    assert!(
+        deadlines.len() <= DEADLINE_FAULTS,
+        "{} event deadline faults, more than a starved machine explains:\n{}",
+        deadlines.len(),
+        deadlines.join("\n")
+    );
     let by_limit = faults.iter().filter(|l| l.contains("limits.")).count();
     format!(
         "accepted={} faults={} (of which {by_limit} at a limit) worst-round-trip={worst:?} log={} KiB",

@@ -9,7 +9,7 @@ use nix::sched::{CpuSet, sched_setaffinity};
 use nix::unistd::Pid;
 
 use crate::harness::{Client, Server, listener, plugins, totals};
-use crate::neighbour::{HEADROOM, hits, neighbourhood};
+use crate::neighbour::{HEADROOM, WORKER_COUNTS, conn_id, hits, neighbourhood_on};
 
 /// The hostile fixture's listener table, named "hostile", with extra lines.
 fn hostile(extra: &str) -> String {
@@ -25,10 +25,17 @@ const WAIT_MS: u64 = 10_000;
 const FAR_BELOW: Duration = Duration::from_millis(WAIT_MS / 5);
 
 /// Every WASI call that could wait either answers at once or ends the event as a
-/// fault at once; a loaded neighbour never notices.
+/// fault at once; a loaded neighbour never notices, on the offender's worker or on
+/// another.
 #[test]
 fn no_wasi_call_blocks_the_loop() {
-    let aftermath = neighbourhood(&hostile(""), "127.0.0.1:0", HEADROOM, |server| {
+    for workers in WORKER_COUNTS {
+        no_wasi_call_blocks_the_loop_on(workers);
+    }
+}
+
+fn no_wasi_call_blocks_the_loop_on(workers: usize) {
+    let aftermath = neighbourhood_on(workers, &hostile(""), "127.0.0.1:0", HEADROOM, |server| {
         // What answers without waiting.
         let mut client = server.connect("hostile");
         assert_eq!(client.ask("poll 0"), "polled [0]", "a due subscription is ready");
@@ -45,25 +52,29 @@ fn no_wasi_call_blocks_the_loop() {
             ("poll", "wasi:io/poll.poll"),
         ] {
             let mut waiter = server.connect("hostile");
+            // Each case's own fault line: `sleep` and `block` name the same call.
+            let id = conn_id(server, "hostile", waiter.stream());
             let asked = Instant::now();
             waiter.send_line(&format!("{command} {WAIT_MS}"));
             assert!(waiter.until_eof().is_empty(), "{command}: the faulting connection gets no answer");
             assert!(asked.elapsed() < FAR_BELOW, "{command}: the fault took {:?}", asked.elapsed());
-            let line = server.wait_for_log(&["handler failed", "listener=hostile", call]);
+            let conn = format!("conn={id} ");
+            let line = server.wait_for_log(&["handler failed", "listener=hostile", call, &conn]);
             assert!(line.contains("would wait") && line.contains("use set-timer"), "{line}");
         }
         // Asking for more random bytes than the host makes at once, or more zeroes than
         // the stream takes, is refused the same way, before the host allocates them.
         for (command, why) in [("random 262145", "exceeds limit"), ("zeroes 99999999", "check_write")] {
             let mut greedy = server.connect("hostile");
+            let id = conn_id(server, "hostile", greedy.stream());
             greedy.send_line(command);
             assert!(greedy.until_eof().is_empty());
-            server.wait_for_log(&["handler failed", "listener=hostile", why]);
+            server.wait_for_log(&["handler failed", "listener=hostile", why, &format!("conn={id} ")]);
         }
     });
     let worst = aftermath.worst_round_trip;
-    assert!(worst < FAR_BELOW, "the neighbour's worst round trip was {worst:?}");
-    println!("neighbour's worst round trip beside waiting WASI calls: {worst:?}");
+    assert!(worst < FAR_BELOW, "the neighbour's worst round trip on {workers} workers was {worst:?}");
+    println!("neighbour's worst round trip beside waiting WASI calls on {workers} workers: {worst:?}");
 }
 
 /// Per-connection instances with a 16 MiB memory limit, each hoarding every kind of

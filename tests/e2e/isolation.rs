@@ -3,11 +3,13 @@
 //! and goes silent, resets mid-write) runs on one listener while a well-behaved echo
 //! listener, another tenant, is under load on another port.
 //!
-//! Every test goes through [`beside_a_busy_neighbour`], which asserts what must hold
+//! Every test goes through [`beside_a_busy_neighbour`], which runs the offence twice,
+//! with both tenants on one worker and on two workers, and asserts what must hold
 //! whatever the offence: the host keeps running; the neighbour loses no byte, gets none
 //! it did not send, and keeps answering after the offence; the neighbour's listener hits
 //! no limit and sees no fault; the server's memory stays bounded; and the server stops
-//! cleanly on SIGTERM. Each test then checks the offender's documented outcome.
+//! cleanly on SIGTERM. Each test then checks the offender's documented outcome in each
+//! server's log.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -40,7 +42,7 @@ fn adversary(mode: &str, extra: &str) -> String {
 #[test]
 fn a_spinning_plugin_is_interrupted_and_its_neighbour_keeps_echoing() {
     let offender = adversary("spin", "[listener.limits]\nevent-timeout-ms = 200");
-    let log = beside_a_busy_neighbour(&offender, |server| {
+    let logs = beside_a_busy_neighbour(&offender, |server| {
         for _ in 1..=3 {
             let mut bystander = server.connect("adversary");
             let mut spinner = server.connect("adversary");
@@ -54,9 +56,11 @@ fn a_spinning_plugin_is_interrupted_and_its_neighbour_keeps_echoing() {
             server.wait_for_log(&["limit hit", "listener=adversary", "limit=event-", &format!("conn={id} ")]);
         }
     });
-    let line = totals(&log, "adversary");
-    assert!(line.contains("accepted=6") && line.contains("faults=3 orphaned=6"), "{line}");
-    assert_eq!(hits(line, "event-timeout-ms") + hits(line, "event-wall-timeout-ms"), 3, "{line}");
+    for log in logs {
+        let line = totals(&log, "adversary");
+        assert!(line.contains("accepted=6") && line.contains("faults=3 orphaned=6"), "{line}");
+        assert_eq!(hits(line, "event-timeout-ms") + hits(line, "event-wall-timeout-ms"), 3, "{line}");
+    }
 }
 
 /// A plugin that allocates without end traps at its memory limit; the host's memory
@@ -68,7 +72,7 @@ fn a_spinning_plugin_is_interrupted_and_its_neighbour_keeps_echoing() {
 fn a_memory_bomb_stops_at_the_memory_limit() {
     let limits = "[listener.limits]\nmemory = \"32 MiB\"\nevent-timeout-ms = 5000\nevent-wall-timeout-ms = 10000";
     let offender = adversary("memory", limits);
-    let log = beside_a_busy_neighbour(&offender, |server| {
+    let logs = beside_a_busy_neighbour(&offender, |server| {
         for round in 1..=3 {
             let mut bomber = server.connect("adversary");
             let id = conn_id(server, "adversary", bomber.stream());
@@ -79,9 +83,11 @@ fn a_memory_bomb_stops_at_the_memory_limit() {
             server.wait_for_count("limit=memory", round);
         }
     });
-    let line = totals(&log, "adversary");
-    assert!(line.contains("faults=3 orphaned=3"), "{line}");
-    assert_eq!(hits(line, "memory"), 3, "{line}");
+    for log in logs {
+        let line = totals(&log, "adversary");
+        assert!(line.contains("faults=3 orphaned=3"), "{line}");
+        assert_eq!(hits(line, "memory"), 3, "{line}");
+    }
 }
 
 /// A plugin that panics on every event traps on `accept`: each connection is closed
@@ -89,7 +95,7 @@ fn a_memory_bomb_stops_at_the_memory_limit() {
 /// every new connection gets (and kills) a fresh instance.
 #[test]
 fn a_plugin_that_traps_on_accept_costs_only_its_connections() {
-    let log = beside_a_busy_neighbour(&adversary("trap", ""), |server| {
+    let logs = beside_a_busy_neighbour(&adversary("trap", ""), |server| {
         for round in 1..=3 {
             let mut victim = server.connect("adversary");
             assert!(victim.until_eof().is_empty(), "a trap on accept closes without a byte");
@@ -103,9 +109,11 @@ fn a_plugin_that_traps_on_accept_costs_only_its_connections() {
             "{line}"
         );
     });
-    let line = totals(&log, "adversary");
-    assert!(line.contains("accepted=3") && line.contains("faults=3 orphaned=3"), "{line}");
-    assert!(!log.contains("trap on purpose: close"), "a dead instance gets no CLOSE:\n{log}");
+    for log in logs {
+        let line = totals(&log, "adversary");
+        assert!(line.contains("accepted=3") && line.contains("faults=3 orphaned=3"), "{line}");
+        assert!(!log.contains("trap on purpose: close"), "a dead instance gets no CLOSE:\n{log}");
+    }
 }
 
 /// A plugin that sends without end: its sends are refused at the 1 MiB send buffer
@@ -113,7 +121,7 @@ fn a_plugin_that_traps_on_accept_costs_only_its_connections() {
 /// a client that stops reading, or never reads, leaves the host's memory flat.
 #[test]
 fn a_send_flood_is_held_at_the_send_buffer() {
-    let log = beside_a_busy_neighbour(&adversary("send-flood", ""), |server| {
+    let logs = beside_a_busy_neighbour(&adversary("send-flood", ""), |server| {
         let mut reader = server.connect("adversary");
         let _never_reads = server.connect("adversary");
         for _ in 0..4 {
@@ -127,16 +135,18 @@ fn a_send_flood_is_held_at_the_send_buffer() {
         let chunk = reader.bytes(1 << 20);
         assert!(chunk.iter().all(|&b| b == b'x'));
     });
-    let line = totals(&log, "adversary");
-    assert!(line.contains("faults=0"), "{line}");
-    assert_eq!(hits(line, "send-buffer"), 2, "one hit per connection however many refusals: {line}");
+    for log in logs {
+        let line = totals(&log, "adversary");
+        assert!(line.contains("faults=0"), "{line}");
+        assert_eq!(hits(line, "send-buffer"), 2, "one hit per connection however many refusals: {line}");
+    }
 }
 
 /// A plugin that arms 10 000 timers and re-arms one 10 000 times per line gets 64 per
 /// connection, no more, each time it tries; the hit is logged once per connection.
 #[test]
 fn a_timer_hoarder_gets_max_timers_per_connection() {
-    let log = beside_a_busy_neighbour(&adversary("timers", GENEROUS_DEADLINE), |server| {
+    let logs = beside_a_busy_neighbour(&adversary("timers", GENEROUS_DEADLINE), |server| {
         for n in 1..=2 {
             let mut hoarder = server.connect("adversary");
             for _ in 0..3 {
@@ -145,17 +155,19 @@ fn a_timer_hoarder_gets_max_timers_per_connection() {
             server.wait_for_count("limit=max-timers", n);
         }
     });
-    let line = totals(&log, "adversary");
-    assert!(line.contains("faults=0"), "{line}");
-    assert_eq!(hits(line, "max-timers"), 2, "{line}");
+    for log in logs {
+        let line = totals(&log, "adversary");
+        assert!(line.contains("faults=0"), "{line}");
+        assert_eq!(hits(line, "max-timers"), 2, "{line}");
+    }
 }
 
 /// A plugin that writes 8 MiB of log lines per request is answered, and the log rate
 /// limit drops nearly all of them: the server's log gets a small fraction.
 #[test]
 fn a_log_flood_is_mostly_dropped() {
-    let mut seconds = 0.0;
-    let log = beside_a_busy_neighbour(&adversary("log-flood", GENEROUS_DEADLINE), |server| {
+    let mut took = Vec::new();
+    let logs = beside_a_busy_neighbour(&adversary("log-flood", GENEROUS_DEADLINE), |server| {
         let started = Instant::now();
         for n in 1..=2 {
             let mut flooder = server.connect("adversary");
@@ -165,17 +177,19 @@ fn a_log_flood_is_mostly_dropped() {
             assert!(names(&line, "adversary"), "{line}");
             server.wait_for_count("limit=log-rate", n);
         }
-        seconds = started.elapsed().as_secs_f64();
+        took.push(started.elapsed().as_secs_f64());
     });
-    let (log_lines, stdout_lines) = ("l".repeat(1024), "p".repeat(1023));
-    let kept = log.lines().filter(|l| l.contains(&log_lines) || l.contains(&stdout_lines)).count();
-    assert!(kept > 0, "some of the output is logged");
-    // 64 lines a second, and a second's worth at once; a slow machine, taking longer
-    // over the floods, is allowed more.
-    let most = (64.0 * (seconds + 1.0)).ceil() as usize;
-    assert!(kept <= most, "{kept} of 16384 lines of 1 KiB logged at 64 KiB/s in {seconds:.1} s");
-    assert!(!log.contains("handler failed"), "{log}");
-    assert_eq!(hits(totals(&log, "adversary"), "log-rate"), 2);
+    for (log, seconds) in logs.into_iter().zip(took) {
+        let (log_lines, stdout_lines) = ("l".repeat(1024), "p".repeat(1023));
+        let kept = log.lines().filter(|l| l.contains(&log_lines) || l.contains(&stdout_lines)).count();
+        assert!(kept > 0, "some of the output is logged");
+        // 64 lines a second, and a second's worth at once; a slow machine, taking longer
+        // over the floods, is allowed more.
+        let most = (64.0 * (seconds + 1.0)).ceil() as usize;
+        assert!(kept <= most, "{kept} of 16384 lines of 1 KiB logged at 64 KiB/s in {seconds:.1} s");
+        assert!(!log.contains("handler failed"), "{log}");
+        assert_eq!(hits(totals(&log, "adversary"), "log-rate"), 2);
+    }
 }
 
 /// A plugin that names connections that are not its own (0, `u64::MAX`, far ahead, one
@@ -183,7 +197,7 @@ fn a_log_flood_is_mostly_dropped() {
 /// handle traps and loses its connections.
 #[test]
 fn forged_ids_reach_nobody_and_a_forged_handle_traps() {
-    let log = beside_a_busy_neighbour(&adversary("forge", ""), |server| {
+    let logs = beside_a_busy_neighbour(&adversary("forge", ""), |server| {
         let gone = server.connect("adversary");
         let gone_id = conn_id(server, "adversary", gone.stream());
         drop(gone);
@@ -206,8 +220,10 @@ fn forged_ids_reach_nobody_and_a_forged_handle_traps() {
         let line = server.wait_for_log(&["handler failed", "listener=adversary", &format!("conn={id} ")]);
         assert!(line.contains("trapped") && line.contains("orphaned=2"), "{line}");
     });
-    assert!(!log.contains("forge handle survived"), "{log}");
-    assert!(totals(&log, "adversary").contains("faults=1 orphaned=2"), "{log}");
+    for log in logs {
+        assert!(!log.contains("forge handle survived"), "{log}");
+        assert!(totals(&log, "adversary").contains("faults=1 orphaned=2"), "{log}");
+    }
 }
 
 /// A plugin dials what `allow-connect` lists and nothing else: the neighbour (listed)
@@ -219,7 +235,7 @@ fn a_dialer_reaches_only_allowed_addresses() {
     let neighbour = free_address();
     let dead = free_address();
     let offender = adversary("dial", &format!("allow-connect = [\"{neighbour}\", \"{dead}\"]"));
-    let log = beside_a_busy_neighbour_at(&offender, &neighbour.to_string(), |server| {
+    let logs = beside_a_busy_neighbour_at(&offender, &neighbour.to_string(), |server| {
         let mut dialer = server.connect("adversary");
         let answer = dialer.ask(&neighbour.to_string());
         let reached = answer.strip_prefix(&format!("dial {neighbour} ok ")).unwrap_or_else(|| panic!("{answer}"));
@@ -239,22 +255,26 @@ fn a_dialer_reaches_only_allowed_addresses() {
         drop(dialer);
         server.wait_for_log(&["closed", "listener=adversary", &format!("conn=#{reached} ")]);
     });
-    let line = totals(&log, "adversary");
-    assert!(line.contains("accepted=1 dialed=2") && line.contains("faults=0"), "{line}");
+    for log in logs {
+        let line = totals(&log, "adversary");
+        assert!(line.contains("accepted=1 dialed=2") && line.contains("faults=0"), "{line}");
+    }
 }
 
 /// A plugin that removes one byte more than it has is refused, and the refused remove
 /// removes nothing.
 #[test]
 fn removing_too_much_removes_nothing() {
-    let log = beside_a_busy_neighbour(&adversary("remove-too-much", ""), |server| {
+    let logs = beside_a_busy_neighbour(&adversary("remove-too-much", ""), |server| {
         let mut c = server.connect("adversary");
         for _ in 0..3 {
             c.write(b"abc\n");
             assert_eq!(c.bytes(26), b"remove invalid kept 4\nabc\n");
         }
     });
-    assert!(totals(&log, "adversary").contains("faults=0"), "{log}");
+    for log in logs {
+        assert!(totals(&log, "adversary").contains("faults=0"), "{log}");
+    }
 }
 
 /// A client that sends without end and never reads: echo's buffers fill, the host
@@ -310,7 +330,7 @@ fn slowloris_connections_are_refused_or_timed_out() {
     // The tricklers' 100 ms pauses stay far below a second of idleness on a starved
     // machine.
     let limits = "[listener.limits]\nidle-timeout-ms = 1000\nmax-connections = 100";
-    let log = beside_a_busy_neighbour(&listener("target", plugins::ECHO, limits), |server| {
+    let logs = beside_a_busy_neighbour(&listener("target", plugins::ECHO, limits), |server| {
         let target = server.addr("target");
         let mut slow: Vec<Client> = (0..50).map(|_| Client::connect(target)).collect();
         for c in &mut slow {
@@ -349,12 +369,14 @@ fn slowloris_connections_are_refused_or_timed_out() {
             }
         });
     });
-    let line = totals(&log, "target");
-    let (refused, idle) = (number(line, "refused"), hits(line, "idle-timeout-ms"));
-    assert!(refused > 0 && refused == hits(line, "max-connections"), "{line}");
-    assert!(idle >= 50, "every silent connection timed out: {line}");
-    assert_eq!(refused + idle, 150, "every silent or excess connection was refused or timed out: {line}");
-    assert_eq!(number(line, "accepted"), 201 - refused, "{line}");
+    for log in logs {
+        let line = totals(&log, "target");
+        let (refused, idle) = (number(line, "refused"), hits(line, "idle-timeout-ms"));
+        assert!(refused > 0 && refused == hits(line, "max-connections"), "{line}");
+        assert!(idle >= 50, "every silent connection timed out: {line}");
+        assert_eq!(refused + idle, 150, "every silent or excess connection was refused or timed out: {line}");
+        assert_eq!(number(line, "accepted"), 201 - refused, "{line}");
+    }
 }
 
 /// A client that asks for a big answer and resets the connection (`SO_LINGER` 0) while
@@ -364,7 +386,7 @@ fn slowloris_connections_are_refused_or_timed_out() {
 #[test]
 fn clients_resetting_mid_write_are_closed_quietly() {
     const PAYLOAD: usize = 512 << 10;
-    let log = beside_a_busy_neighbour(&listener("target", plugins::FIXTURE_PROBE, ""), |server| {
+    let logs = beside_a_busy_neighbour(&listener("target", plugins::FIXTURE_PROBE, ""), |server| {
         let mut w = watcher(server, "target");
         let mut reset = HashSet::new();
         for _ in 0..20 {
@@ -384,10 +406,12 @@ fn clients_resetting_mid_write_are_closed_quietly() {
         assert!(answer.iter().all(|&b| b == b'x'), "a fresh connection gets its whole answer");
         assert_eq!(fresh.line(), format!("ok {}", (1 << 20) - PAYLOAD));
     });
-    let alarms: Vec<&str> = log.lines().filter(|l| names(l, "target") && is_warning(l)).collect();
-    assert!(alarms.is_empty(), "resets are not alarming:\n{}", alarms.join("\n"));
-    let line = totals(&log, "target");
-    assert!(line.contains("accepted=22 dialed=0 refused=0 closed=22 faults=0 orphaned=0"), "{line}");
-    let resets = lines(&log, "target", &[": closed on error"]).len();
-    assert!(resets > 0, "the resets were seen as such:\n{log}");
+    for log in logs {
+        let alarms: Vec<&str> = log.lines().filter(|l| names(l, "target") && is_warning(l)).collect();
+        assert!(alarms.is_empty(), "resets are not alarming:\n{}", alarms.join("\n"));
+        let line = totals(&log, "target");
+        assert!(line.contains("accepted=22 dialed=0 refused=0 closed=22 faults=0 orphaned=0"), "{line}");
+        let resets = lines(&log, "target", &[": closed on error"]).len();
+        assert!(resets > 0, "the resets were seen as such:\n{log}");
+    }
 }

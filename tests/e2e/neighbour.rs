@@ -3,11 +3,19 @@
 //! whose every byte is checked while a test offends on another listener of the same
 //! server; [`beside_a_busy_neighbour`] then asserts that the neighbour got through
 //! unharmed, and the log helpers below read what the server said about each listener.
+//!
+//! Where the two tenants run matters: on different workers, a plugin that froze its own
+//! event loop would leave the neighbour's untouched. So [`beside_a_busy_neighbour`] runs
+//! every offence twice ([`WORKER_COUNTS`]): once with one worker, both tenants on its
+//! loop, and once with two, where a shared offender (listed first) and the neighbour
+//! (listed last) are on different ones; the admin API's `/listeners` must confirm the
+//! placement before the offence counts.
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::admin::{Admin, admin_table};
 use crate::harness::{Client, PATIENCE, Server, listener_at, plugins, totals};
 
 /// Echo clients keeping the neighbour busy, each on its own connection.
@@ -21,6 +29,10 @@ const SIZES: [usize; 10] = [1, 2, 3, 100, 1000, 1460, 4096, 16384, 65535, 65536]
 /// if the host bounded nothing, would take far more.
 pub const HEADROOM: u64 = 48 << 20;
 
+/// The worker counts every offence of [`beside_a_busy_neighbour`] runs with: one, where
+/// the offender and the neighbour share an event loop, and two.
+pub const WORKER_COUNTS: [usize; 2] = [1, 2];
+
 /// What a neighbour saw of an offence.
 pub struct Aftermath {
     /// The log of the stopped server.
@@ -29,25 +41,60 @@ pub struct Aftermath {
     pub worst_round_trip: Duration,
     /// The 99th percentile of the neighbour clients' round trips.
     pub p99_round_trip: Duration,
+    /// Each listener's name and the workers it was placed on, as `/listeners` said.
+    pub placement: Vec<(String, Vec<u64>)>,
+}
+
+impl Aftermath {
+    /// The workers listener `name` was placed on.
+    pub fn workers_of(&self, name: &str) -> &[u64] {
+        let found = self.placement.iter().find(|(listener, _)| listener == name);
+        &found.unwrap_or_else(|| panic!("no listener {name} in {:?}", self.placement)).1
+    }
 }
 
 /// Run `offend` against the listener `offender` (a `[[listener]]` table) while
 /// [`NEIGHBOURS`] clients keep an echo listener named "echo" busy, then check that the
-/// neighbour got through unharmed. Returns the log of the stopped server.
-pub fn beside_a_busy_neighbour(offender: &str, offend: impl FnOnce(&Server)) -> String {
+/// neighbour got through unharmed; once for each of [`WORKER_COUNTS`]. Returns the log
+/// of each stopped server, in that order.
+pub fn beside_a_busy_neighbour(offender: &str, offend: impl FnMut(&Server)) -> Vec<String> {
     beside_a_busy_neighbour_at(offender, "127.0.0.1:0", offend)
 }
 
 /// [`beside_a_busy_neighbour`] with the neighbour on a given address.
-pub fn beside_a_busy_neighbour_at(offender: &str, neighbour: &str, offend: impl FnOnce(&Server)) -> String {
-    neighbourhood(offender, neighbour, HEADROOM, offend).log
+pub fn beside_a_busy_neighbour_at(offender: &str, neighbour: &str, mut offend: impl FnMut(&Server)) -> Vec<String> {
+    WORKER_COUNTS.map(|workers| neighbourhood_on(workers, offender, neighbour, HEADROOM, &mut offend).log).into()
+}
+
+/// [`neighbourhood`] on a server of `workers` event loops, after checking where the
+/// listeners were placed: with one worker, every listener on it (the offender and the
+/// neighbour share a loop); with more, the listeners spread over all of them.
+pub fn neighbourhood_on(
+    workers: usize,
+    offender: &str,
+    neighbour: &str,
+    headroom: u64,
+    offend: impl FnOnce(&Server),
+) -> Aftermath {
+    let aftermath = neighbourhood(&format!("workers = {workers}\n{offender}"), neighbour, headroom, offend);
+    let mut used: Vec<u64> = aftermath.placement.iter().flat_map(|(_, on)| on.iter().copied()).collect();
+    used.sort_unstable();
+    used.dedup();
+    let all: Vec<u64> = (0..workers as u64).collect();
+    assert_eq!(used, all, "the listeners of a {workers}-worker server are on: {:?}", aftermath.placement);
+    aftermath
 }
 
 /// [`beside_a_busy_neighbour`] with the neighbour on `neighbour`, the server's peak
-/// memory allowed to rise by `headroom` bytes; also tells the worst and 99th-percentile
-/// round trips.
+/// memory allowed to rise by `headroom` bytes, and the server's workers as `offender`
+/// (which may begin with top-level keys) says; also tells the worst and 99th-percentile
+/// round trips, and where each listener was placed.
 pub fn neighbourhood(offender: &str, neighbour: &str, headroom: u64, offend: impl FnOnce(&Server)) -> Aftermath {
-    let server = Server::start(&(offender.to_owned() + &listener_at("echo", neighbour, plugins::ECHO, "")));
+    // The admin table goes last: `offender` may begin with top-level keys.
+    let config =
+        offender.to_owned() + &listener_at("echo", neighbour, plugins::ECHO, "") + &admin_table("127.0.0.1:0", None);
+    let server = Server::start(&config);
+    let placement = placement(&server);
     let echo = server.addr("echo");
     let stop = AtomicBool::new(false);
     let rounds: Vec<AtomicU64> = (0..NEIGHBOURS).map(|_| AtomicU64::new(0)).collect();
@@ -102,7 +149,17 @@ pub fn neighbourhood(offender: &str, neighbour: &str, headroom: u64, offend: imp
     round_trips.sort_unstable();
     let worst_round_trip = round_trips.last().copied().unwrap_or_default();
     let p99_round_trip = round_trips.get(round_trips.len() * 99 / 100).copied().unwrap_or_default();
-    Aftermath { log, worst_round_trip, p99_round_trip }
+    Aftermath { log, worst_round_trip, p99_round_trip, placement }
+}
+
+/// Each listener's name and the workers the admin API says it is placed on.
+fn placement(server: &Server) -> Vec<(String, Vec<u64>)> {
+    let listeners = Admin::of(server, None).listeners();
+    let workers = |listener: &serde_json::Value| -> Vec<u64> {
+        let list = listener["workers"].as_array().unwrap_or_else(|| panic!("no workers in {listener}"));
+        list.iter().map(|worker| worker.as_u64().unwrap()).collect()
+    };
+    listeners.iter().map(|listener| (listener["name"].as_str().unwrap().to_owned(), workers(listener))).collect()
 }
 
 /// One neighbour: echo round trips of varied sizes and contents, each checked byte for

@@ -17,6 +17,7 @@ use sandport_test_artifacts::{
 use crate::admin::{Admin, admin_table};
 use crate::harness::{Client, PATIENCE, Server, listener, totals};
 use crate::load::{Kind, Load};
+use crate::neighbour::conn_id;
 
 /// One keep-alive HTTP request on `client`; the status line.
 fn http_get(client: &mut Client) -> String {
@@ -209,6 +210,12 @@ fn swaps_by_every_route_under_load_lose_nothing() {
     }
 }
 
+/// How much the server's memory may grow over 80 swaps once warm: 25 KiB a swap.
+/// Measured here (2 cores, release): 24-40 KiB over the 80 swaps, next to nothing; an
+/// old version whose instance stayed behind would keep at least a 64 KiB page of its
+/// memory and its host state, over 5 MiB in all.
+const SWAPS_GROWTH: u64 = 2 << 20;
+
 #[test]
 fn repeated_swaps_leak_nothing() {
     let config = |plugin: &str, generation: usize| {
@@ -219,14 +226,21 @@ fn repeated_swaps_leak_nothing() {
     let server = Server::start(&config(ECHO, 0));
     let mut client = server.connect("svc");
     let mut measure = |server: &Server, from: usize, to: usize| {
+        let mut visitors = Vec::new();
         for generation in from..to {
             let plugin = if generation % 2 == 0 { ECHO } else { FIXTURE_PROBE };
             server.reload(&config(plugin, generation));
             // A connection on every version, so each has instances to drop.
             let mut visitor = server.connect("svc");
+            visitors.push(conn_id(server, "svc", visitor.stream()));
             visitor.write(b"x\n");
             let _ = visitor.stream().set_read_timeout(Some(Duration::from_millis(50)));
             let _ = visitor.stream().read(&mut [0; 64]);
+        }
+        // Every old version is gone once its last connection is: wait for each close,
+        // then for a round trip on the same worker, which comes after that turn.
+        for id in &visitors {
+            server.wait_for_log(&["sandport::reactor: closed", "listener=svc ", &format!("conn={id} ")]);
         }
         echoes(&mut client, 100);
         (server.rss(), descriptors(server.pid()))
@@ -235,7 +249,8 @@ fn repeated_swaps_leak_nothing() {
     let (rss_after, fds_after) = measure(&server, 21, 101);
     assert_eq!(fds_after, fds_warm, "open descriptors after 20 swaps and after 100");
     let grown = rss_after.saturating_sub(rss_warm);
-    assert!(grown < 24 << 20, "RSS grew {} KiB from swap 20 to swap 100", grown >> 10);
+    println!("RSS grew {} KiB from swap 20 to swap 100", grown >> 10);
+    assert!(grown < SWAPS_GROWTH, "RSS grew {} KiB from swap 20 to swap 100", grown >> 10);
     assert!(server.log().contains("version 101 took over"));
 }
 
@@ -259,13 +274,24 @@ fn sigterm_lets_open_connections_finish_within_the_grace() {
     assert!(started.elapsed() < Duration::from_secs(30), "it stopped when the last connection closed");
 }
 
+/// A connection still open when the grace runs out is closed then: not before the
+/// grace the config gives, and not much after.
 #[test]
 fn the_grace_ends_with_every_connection_closed() {
-    let server = Server::start(&format!("shutdown-grace-ms = 300\n{}", listener("svc", ECHO, "")));
+    const GRACE: Duration = Duration::from_millis(1000);
+    // Closing and the client's read take milliseconds; the rest is for a busy machine.
+    const SLACK: Duration = Duration::from_millis(1500);
+    let grace = format!("shutdown-grace-ms = {}\n", GRACE.as_millis());
+    let server = Server::start(&(grace + &listener("svc", ECHO, "")));
     let mut idle = server.connect("svc");
     echoes(&mut idle, 10);
+    let signalled = Instant::now();
     server.signal(Signal::SIGTERM);
     assert!(idle.until_eof().is_empty(), "closed cleanly when the grace ran out");
+    let closed = signalled.elapsed();
+    // The server starts counting after the signal arrives, so never before `GRACE`.
+    assert!(closed >= GRACE, "closed {closed:?} after SIGTERM, before the grace of {GRACE:?}");
+    assert!(closed < GRACE + SLACK, "closed {closed:?} after SIGTERM, long after the grace of {GRACE:?}");
     server.wait_for_exit();
     let (status, _) = server.terminate();
     assert!(status.success());

@@ -89,6 +89,8 @@ fn a_busy_worker_does_not_slow_another() {
             assert!(client.until_eof().is_empty(), "the burner is stopped at its budget");
         }
     });
+    let (burner, echo) = (aftermath.workers_of("burner"), aftermath.workers_of("echo"));
+    assert!(burner.iter().all(|worker| !echo.contains(worker)), "burner on {burner:?}, echo on {echo:?}");
     let (worst, p99) = (aftermath.worst_round_trip, aftermath.p99_round_trip);
     println!("echo beside a worker burning {BUDGET:?} per message: p99 {p99:?}, worst {worst:?}");
     assert!(worst < BUDGET / 2, "the echo waited {worst:?} (p99 {p99:?}) for the busy worker");
@@ -111,9 +113,45 @@ fn idle_workers_sleep() {
     let server_processes = ServerProcesses::given(vec![server.pid()]);
     let cpu_time = || server_processes.cpu_time().expect("the server's /proc/PID/stat");
     let before = cpu_time();
+    let switches_before = worker_context_switches(&server);
     std::thread::sleep(QUIET);
     let used = cpu_time() - before;
+    let switches = worker_context_switches(&server) - switches_before;
+    println!("two idle workers in {QUIET:?}: {used:?} of CPU, {switches} context switches");
     // A worker spinning instead of sleeping would use the whole quiet.
     assert!(used <= QUIET / 10, "an idle server used {used:?} of CPU in {QUIET:?}");
+    // One that woke every few milliseconds would use little CPU but switch hundreds of
+    // times a second; a sleeping one wakes a handful of times.
+    let most = IDLE_SWITCHES_PER_SECOND * 2 * QUIET.as_secs();
+    assert!(switches <= most, "two idle workers switched {switches} times in {QUIET:?}");
     server.assert_alive("after the quiet");
+}
+
+/// How often an idle worker may be switched out in a second: a handful of wake-ups
+/// (timers, the kernel's own), with room for a busy machine, far below a worker that
+/// woke every millisecond (1000).
+const IDLE_SWITCHES_PER_SECOND: u64 = 20;
+
+/// Context switches, voluntary and not, of the server's worker threads so far (from
+/// `/proc/PID/task/*/status`); fails unless it finds two workers.
+fn worker_context_switches(server: &Server) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.pid())).unwrap();
+    let mut workers = 0;
+    let mut switches = 0;
+    for task in tasks {
+        let task = task.unwrap().path();
+        // The kernel keeps 15 bytes of a thread's name: `sandport-worke`.
+        let Ok(name) = std::fs::read_to_string(task.join("comm")) else { continue };
+        if !name.starts_with("sandport-worke") {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(task.join("status")) else { continue };
+        workers += 1;
+        for key in ["voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"] {
+            let line = status.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key}: {status}"));
+            switches += line.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap();
+        }
+    }
+    assert_eq!(workers, 2, "worker threads named sandport-worker-N in /proc/{}/task", server.pid());
+    switches
 }
