@@ -161,10 +161,24 @@ fn host_work_is_linear_in_what_the_guest_passes() {
     assert!(status.success(), "{log}");
 }
 
-/// CPU time the server's main thread (the event loop) has used, in nanoseconds.
+/// The server's event loops: its `sandport-worker-N` threads, as `/proc` paths.
+fn worker_threads(server: &Server) -> Vec<std::path::PathBuf> {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.pid())).unwrap();
+    let workers: Vec<_> = tasks
+        .map(|task| task.unwrap().path())
+        .filter(|task| std::fs::read_to_string(task.join("comm")).is_ok_and(|name| name.starts_with("sandport-worker")))
+        .collect();
+    assert!(!workers.is_empty(), "no sandport-worker thread in /proc/{}/task", server.pid());
+    workers
+}
+
+/// CPU time the server's event loops have used, in nanoseconds.
 fn loop_cpu_nanos(server: &Server) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{}/schedstat", server.pid())).unwrap();
-    stat.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("schedstat: {stat}"))
+    let nanos = |task: &std::path::Path| -> u64 {
+        let stat = std::fs::read_to_string(task.join("schedstat")).unwrap();
+        stat.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("schedstat: {stat}"))
+    };
+    worker_threads(server).iter().map(|task| nanos(task)).sum()
 }
 
 /// Nothing a guest writes through `log`, stdout or stderr starts a line of its own: a
@@ -223,9 +237,12 @@ fn cpu_zero() -> CpuSet {
     set
 }
 
-/// Pin the server's event loop (its main thread) to CPU 0.
+/// Pin the server's event loops (its worker threads) to CPU 0.
 fn pin_loop(server: &Server) {
-    sched_setaffinity(Pid::from_raw(server.pid() as i32), &cpu_zero()).unwrap();
+    for task in worker_threads(server) {
+        let tid: i32 = task.file_name().and_then(|tid| tid.to_str()).and_then(|tid| tid.parse().ok()).unwrap();
+        sched_setaffinity(Pid::from_raw(tid), &cpu_zero()).unwrap();
+    }
 }
 
 /// `event-timeout-ms` is CPU time: a guest that spins for 500 ms of wall-clock time
