@@ -124,6 +124,9 @@ pub fn serve(config: &AdminConfig, control: Control) -> Result<AdminHandle, Admi
         .name("sandport-admin".into())
         .spawn(move || {
             runtime.block_on(connections::serve(listener, app, stopped));
+            // A control call still running on the blocking pool (a compile) would keep
+            // the process from exiting: it is left to end with the process.
+            runtime.shutdown_background();
         })
         .map_err(AdminError::Start)?;
     info!(address = %bound, "admin API listening");

@@ -5,14 +5,17 @@ use std::io::{IsTerminal, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use sandport::admin;
 use sandport::config::{self, Config, DEFAULT_ADMIN_ADDRESS, LogFormat};
-use sandport::control::watched;
+use sandport::control::{Control, watched};
 use sandport::plugin::Runtime;
+use sandport::reactor::StopHandle;
 use sandport::scaffold;
 use sandport::server::Server;
 use sandport::watch;
@@ -142,11 +145,17 @@ fn serve(config_file: Option<PathBuf>, listen: Vec<String>, plugin: Vec<PathBuf>
         None => Config::from_pairs(&listen.into_iter().zip(plugin).collect::<Vec<_>>())?,
     };
     init_logging(config.log_format);
-    // Caught from here on: a signal that comes while the server starts (it may
-    // already listen) waits for the signal thread instead of killing the process.
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
+    // Caught from here on, by a thread started before the server: a stop signal
+    // while it starts (compiling can take seconds) ends the process at once, for
+    // nothing has been handed to the workers to finish yet.
+    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
+    let started: Arc<Starting> = Arc::default();
+    let handler = started.clone();
+    std::thread::Builder::new()
+        .name("sandport-signals".into())
+        .spawn(move || on_signals(signals, config_file, &handler))
+        .context("cannot start the signal thread")?;
     let mut server = Server::new(&config)?;
-    let stop = server.stop_handle();
     let control = server.control();
     // Started even with nothing to watch, so that a reload can add listeners to it.
     // Not fatal: the listeners already serve, and SIGHUP and the admin API still swap.
@@ -157,32 +166,68 @@ fn serve(config_file: Option<PathBuf>, listen: Vec<String>, plugin: Vec<PathBuf>
             None
         }
     };
-    std::thread::Builder::new()
-        .name("sandport-signals".into())
-        .spawn(move || {
-            let mut stopping = false;
-            for signal in signals.forever() {
-                match signal {
-                    SIGHUP => reload(config_file.as_deref(), &control, watcher.as_ref()),
-                    _ if stopping => {
-                        warn!("second signal: exiting at once");
-                        std::process::exit(130);
-                    }
-                    _ => {
-                        info!(signal, "stopping: no new connections; open ones may finish within the grace");
-                        stopping = true;
-                        stop.stop();
-                    }
-                }
-            }
-        })
-        .context("cannot start the signal thread")?;
+    let _ = started.server.set(Started { stop: server.stop_handle(), control, watcher });
+    // Whoever takes the flag acts on it: this thread, or the signal thread if it set
+    // the flag after this looked (it looks at the server again after setting it).
+    if started.reload_asked.swap(false, Ordering::SeqCst) {
+        // Asked while the server started: now the signal thread can do it.
+        signal_hook::low_level::raise(SIGHUP).context("cannot raise SIGHUP")?;
+    }
     let admin = config.admin.as_ref().map(|admin| admin::serve(admin, server.control())).transpose()?;
     server.run().context("event loop failed")?;
     if let Some(admin) = admin {
         admin.stop();
     }
     Ok(())
+}
+
+/// What the signal thread and the starting server share.
+#[derive(Default)]
+struct Starting {
+    /// Set once the server has started.
+    server: OnceLock<Started>,
+    /// A SIGHUP came while the server started: reload once it has.
+    reload_asked: AtomicBool,
+}
+
+/// What the signal thread acts on once the server has started.
+struct Started {
+    stop: StopHandle,
+    control: Control,
+    watcher: Option<watch::Watcher>,
+}
+
+/// The signal thread: SIGHUP reloads the config; SIGINT or SIGTERM stops the server
+/// (a second one, or one before the server has started, exits at once).
+fn on_signals(mut signals: Signals, config_file: Option<PathBuf>, starting: &Starting) {
+    let mut stopping = false;
+    for signal in signals.forever() {
+        match (signal, starting.server.get()) {
+            (SIGHUP, Some(started)) => reload(config_file.as_deref(), &started.control, started.watcher.as_ref()),
+            (SIGHUP, None) => {
+                info!("SIGHUP while starting: the config is reloaded once the server has started");
+                starting.reload_asked.store(true, Ordering::SeqCst);
+                if let Some(started) = starting.server.get()
+                    && starting.reload_asked.swap(false, Ordering::SeqCst)
+                {
+                    reload(config_file.as_deref(), &started.control, started.watcher.as_ref());
+                }
+            }
+            (_, None) => {
+                warn!(signal, "stopping while starting: exiting at once");
+                std::process::exit(1);
+            }
+            _ if stopping => {
+                warn!("second signal: exiting at once");
+                std::process::exit(130);
+            }
+            (_, Some(started)) => {
+                info!(signal, "stopping: no new connections; open ones may finish within the grace");
+                stopping = true;
+                started.stop.stop();
+            }
+        }
+    }
 }
 
 /// Log to stderr, as text (coloured on a terminal) or as one JSON object a line with
@@ -198,11 +243,7 @@ fn init_logging(format: LogFormat) {
 
 /// SIGHUP: re-read the config file and apply it. A file that does not parse changes
 /// nothing.
-fn reload(
-    config_file: Option<&std::path::Path>,
-    control: &sandport::control::Control,
-    watcher: Option<&watch::Watcher>,
-) {
+fn reload(config_file: Option<&Path>, control: &Control, watcher: Option<&watch::Watcher>) {
     let Some(path) = config_file else {
         return warn!("SIGHUP: nothing to reload (serving --listen/--plugin pairs, not a config file)");
     };

@@ -61,7 +61,8 @@ fn bad_bodies_are_refused_and_the_old_version_serves() {
     let reply = refused("64 MiB of zeros", request(admin, head, &zeros, PROMPT), 422);
     assert!(reply.body.contains("not a WebAssembly component"), "{}", reply.body);
     let long_path = format!("/{}", "a".repeat(32 << 20));
-    refused("a 32 MiB path", put_path(admin, "svc", &long_path, PROMPT), 422);
+    let reply = refused("a 32 MiB path", put_path(admin, "svc", &long_path, PROMPT), 413);
+    assert!(reply.body.contains("over 65536 bytes"), "a path body has a cap of its own: {}", reply.body);
     let reply = refused("a missing file", put_path(admin, "svc", "/nonexistent/plugin.wasm", PROMPT), 422);
     assert!(reply.body.contains("/nonexistent/plugin.wasm"), "the refusal names the file: {}", reply.body);
     refused("no such listener", put_path(admin, "nobody", ECHO, PROMPT), 404);

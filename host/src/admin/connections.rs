@@ -28,8 +28,10 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// connection may sit idle before its next request.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long requests under way may go on once the admin API is stopped.
-const DRAIN: Duration = Duration::from_secs(10);
+/// How long requests under way may go on once the admin API is stopped: short, for
+/// it is stopped when the server stops, and a swap still compiling then has nothing
+/// left to swap.
+const DRAIN: Duration = Duration::from_secs(1);
 
 /// After an accept fails (descriptors ran out), how long to wait before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
