@@ -199,3 +199,31 @@ fn max_connections_is_shared_by_the_workers_of_a_per_worker_listener() {
         .unwrap_or_else(|| panic!("{svc}"));
     assert!(refused >= EXTRA, "{svc}");
 }
+
+/// A stop signal while the server starts (here compiling the Python echo, seconds
+/// without a cache) ends it at once, with a line saying so, rather than after the
+/// start; nothing was handed to the workers to finish.
+#[test]
+fn sigterm_while_starting_exits_at_once() {
+    let python = echo_of("python");
+    let (_dir, path) =
+        crate::harness::config_file(&format!("cache-dir = false\n{}", listener("svc", text(&python), "")));
+    let mut child = crate::harness::sandport()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+    let signalled = Instant::now();
+    let status = crate::harness::wait_exit(&mut child);
+    let waited = signalled.elapsed();
+    let mut log = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("stopping while starting"), "{log}");
+    assert!(!log.contains("ready workers="), "it had started after all: {log}");
+    assert!(waited < Duration::from_secs(2), "exited {waited:?} after SIGTERM:\n{log}");
+}
