@@ -5,6 +5,7 @@
 //! or loads a plugin, so every mistake in a file is reported before anything starts.
 //! The words it parses into (limits, instance modes, rollback rules) are the
 //! [`listener`](crate::listener) module's, which the rest of the host speaks too.
+//! Its tests, a third of the file, read best beside the parser they try.
 //!
 //! ```toml
 //! workers = 2                                         # event loops; default: one per CPU

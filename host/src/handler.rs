@@ -2,7 +2,7 @@
 //!
 //! The reactor calls a [`Handler`] with one [`Event`] at a time and lends it a
 //! [`Host`]: the few things a handler may do to the connections of its listener.
-//! A WebAssembly plugin implements [`Handler`] (see [`crate::plugin`]), and so can
+//! A WebAssembly plugin implements [`Handler`] (the `plugin` module), and so can
 //! native Rust code, which is how benchmarks get a baseline. Nothing here knows about
 //! wasmtime or sockets.
 
@@ -181,7 +181,7 @@ pub struct Fault {
 }
 
 /// Handles the events of the connections of one instance: all of a listener's, or
-/// one accepted connection's (see [`crate::config::InstanceMode`]).
+/// one accepted connection's (see [`crate::listener::InstanceMode`]).
 ///
 /// ```
 /// use sandport::handler::{ConnId, Event, Fault, Handler, Host};

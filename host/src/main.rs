@@ -167,6 +167,7 @@ fn serve(config_file: Option<PathBuf>, listen: Vec<String>, plugin: Vec<PathBuf>
         }
     };
     let _ = started.server.set(Started { stop: server.stop_handle(), control, watcher });
+    info!(workers = config.workers, "ready");
     // Whoever takes the flag acts on it: this thread, or the signal thread if it set
     // the flag after this looked (it looks at the server again after setting it).
     if started.reload_asked.swap(false, Ordering::SeqCst) {

@@ -121,7 +121,6 @@ impl Server {
             return Err(ServerError::Listener { listener, error });
         }
         server.control.set_running(true);
-        info!(workers = count, "ready");
         Ok(server)
     }
 

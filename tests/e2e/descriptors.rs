@@ -136,9 +136,9 @@ fn start_lifts_the_soft_limit_and_says_what_it_holds() {
 
     let deadline = Instant::now() + PATIENCE;
     let mut seen = Vec::new();
-    while !seen.iter().any(|l: &String| l.contains(" listening ")) {
+    while !seen.iter().any(|l: &String| l.contains(crate::harness::READY)) {
         let wait = deadline.saturating_duration_since(Instant::now());
-        seen.push(log.recv_timeout(wait).unwrap_or_else(|e| panic!("no `listening` line ({e}):\n{}", seen.join("\n"))));
+        seen.push(log.recv_timeout(wait).unwrap_or_else(|e| panic!("no `ready` line ({e}):\n{}", seen.join("\n"))));
     }
     // prlimit execs the server in its own process.
     assert_eq!(nofile_limits(child.id()), ("1024".into(), "1024".into()));

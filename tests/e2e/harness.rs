@@ -19,6 +19,10 @@ pub use sandport_test_artifacts as plugins;
 /// Time any single expectation may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// The line `sandport serve` writes once it has started and a signal stops it
+/// gracefully.
+pub const READY: &str = "ready workers=";
+
 /// More bytes than the kernel's buffers of a loopback connection hold (the sender's
 /// `tcp_wmem` maximum is 4 MiB by default, a [`Client::connect_with_small_window`]
 /// window a few KiB): of a send this big to a client that does not read, most stays
@@ -156,7 +160,9 @@ impl Server {
             dir,
         };
         let deadline = Instant::now() + PATIENCE;
-        while server.addrs.len() < listeners {
+        // `ready` comes once the server has started as a whole (listeners bound, the
+        // signal thread told): a SIGTERM before it would end the start, not serve.
+        while server.addrs.len() < listeners || !server.log().contains(READY) {
             let text = server.log();
             server.addrs = text
                 .lines()

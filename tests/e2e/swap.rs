@@ -240,7 +240,7 @@ fn repeated_swaps_leak_nothing() {
         // Every old version is gone once its last connection is: wait for each close,
         // then for a round trip on the same worker, which comes after that turn.
         for id in &visitors {
-            server.wait_for_log(&["sandport::reactor: closed", "listener=svc ", &format!("conn={id} ")]);
+            server.wait_for_log(&["sandport::reactor::service: closed", "listener=svc ", &format!("conn={id} ")]);
         }
         echoes(&mut client, 100);
         (server.rss(), descriptors(server.pid()))
