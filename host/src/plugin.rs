@@ -3,7 +3,7 @@
 //!
 //! This module is the only one that knows wasmtime. A [`Runtime`] holds the engine
 //! (and the thread that ticks its epoch, which is how runaway guests are stopped);
-//! [`Runtime::load`] compiles (or takes from the [`cache`]) and links a component
+//! [`Runtime::load`] compiles (or takes from the `cache`) and links a component
 //! once into a [`Plugin`];
 //! [`Plugin::factory`] makes the [`HandlerFactory`] of one listener, which starts
 //! instances from the pre-linked component. A trap poisons the whole wasmtime

@@ -3,7 +3,7 @@
 //!
 //! This is where the event loops are started and joined, and nothing else: one
 //! [`Reactor`] per thread, sharing nothing on the path of a message. Listeners are
-//! added the one way there is, [`Control::start`], which a reload uses too (compile,
+//! added the one way there is, `Control::start`, which a reload uses too (compile,
 //! check, start an instance, bind on the workers its instance mode places it on), so a
 //! bad plugin or a busy port is reported before the server is handed back, in the
 //! words a reload would use.

@@ -6,7 +6,7 @@
 //! them for good. So it accepts at most [`MAX_CONNECTIONS`] at once (the next waits in
 //! the kernel's backlog until one closes), closes a connection whose request headers
 //! take longer than [`HEADER_TIMEOUT`] (which also ends a kept-alive connection left
-//! idle), and on stop lets the requests under way finish for up to [`DRAIN`].
+//! idle), and on stop lets the requests under way finish for up to a second.
 //!
 //! It owns the accept loop only; what a request means is the router's.
 
