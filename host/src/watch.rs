@@ -80,8 +80,8 @@ pub struct Watcher {
     thread: Option<JoinHandle<()>>,
 }
 
-/// What is called back with a file's name and path.
-type OnChange = Box<dyn FnMut(&str, &Path) + Send>;
+/// What is called back with a file's name, path and new fingerprint.
+type OnChange = Box<dyn FnMut(&str, &Path, &str) + Send>;
 
 /// What tells one content of a file from another (a content hash); `None` while the
 /// file cannot be read or is empty. It must not block: the watcher's thread calls it.
@@ -94,14 +94,15 @@ pub type Fingerprint = Arc<dyn Fn(&Path) -> Option<String> + Send + Sync>;
 pub type Baseline = Box<dyn FnMut() -> Option<Vec<(String, String)>> + Send>;
 
 impl Watcher {
-    /// Watch each file, given as `(name, file)`, and call `on_change(name, file)` when
+    /// Watch each file, given as `(name, file)`, and call `on_change(name, file,
+    /// fingerprint)` when
     /// its content has changed and settled. The content each file has now is the one
     /// later ones are compared with, or, with a `baseline`, the fingerprint it gives.
     pub fn start(
         files: Vec<(String, PathBuf)>,
         fingerprint: Fingerprint,
         baseline: Option<Baseline>,
-        on_change: impl FnMut(&str, &Path) + Send + 'static,
+        on_change: impl FnMut(&str, &Path, &str) + Send + 'static,
     ) -> Result<Watcher, WatchError> {
         let on_change: OnChange = Box::new(on_change);
         let (wake, messages) = mpsc::channel();
@@ -421,8 +422,8 @@ fn run(state: &Mutex<State>, messages: &Receiver<Message>, mut on_change: OnChan
             None => {}
         }
         let changed = check(&mut lock(state), messages, &mut stopping);
-        for (name, file) in changed {
-            on_change(&name, &file);
+        for (name, file, fingerprint) in changed {
+            on_change(&name, &file, &fingerprint);
         }
         if stopping {
             return;
@@ -446,9 +447,10 @@ fn learn(state: &Mutex<State>, messages: &Receiver<Message>, mut baseline: Basel
     }
 }
 
-/// Fingerprints the settled files and returns those whose content changed, unless an
-/// event came for one while it was read (then it is not settled after all).
-fn check(state: &mut State, messages: &Receiver<Message>, stopping: &mut bool) -> Vec<(String, PathBuf)> {
+/// Fingerprints the settled files and returns those whose content changed, with their
+/// new fingerprints, unless an event came for one while it was read (then it is not
+/// settled after all).
+fn check(state: &mut State, messages: &Receiver<Message>, stopping: &mut bool) -> Vec<(String, PathBuf, String)> {
     let settled = state.take_settled(Instant::now());
     if settled.is_empty() {
         return Vec::new();
@@ -464,17 +466,12 @@ fn check(state: &mut State, messages: &Receiver<Message>, stopping: &mut bool) -
     let mut changed = Vec::new();
     for (i, hash) in hashes {
         let file = &mut state.files[i];
-        if file.changed.is_some() || hash.is_none() || hash == file.hash {
+        let Some(hash) = hash.filter(|hash| file.changed.is_none() && file.hash.as_ref() != Some(hash)) else {
             continue;
-        }
-        debug!(
-            name = %file.name,
-            file = %file.path.display(),
-            hash = hash.as_deref().unwrap_or_default(),
-            "file settled with new content"
-        );
-        file.hash = hash;
-        changed.push((file.name.clone(), file.path.clone()));
+        };
+        debug!(name = %file.name, file = %file.path.display(), hash = %hash, "file settled with new content");
+        file.hash = Some(hash.clone());
+        changed.push((file.name.clone(), file.path.clone(), hash));
     }
     changed
 }
@@ -517,7 +514,7 @@ mod tests {
             fs::create_dir_all(sentinel.parent().unwrap()).unwrap();
             fs::write(&sentinel, "sentinel 0").unwrap();
             let (tell, fired) = mpsc::channel();
-            let on_change = move |name: &str, _: &Path| tell.send(name.to_owned()).unwrap();
+            let on_change = move |name: &str, _: &Path, _: &str| tell.send(name.to_owned()).unwrap();
             let watcher = Watcher::start(listed(&root, files), bytes(), None, on_change).unwrap();
             Fixture { watcher, fired, root, round: 0 }
         }
@@ -748,7 +745,7 @@ mod tests {
             (asked > 3).then(|| known.clone())
         });
         let (tell, fired) = mpsc::channel();
-        let on_change = move |name: &str, _: &Path| tell.send(name.to_owned()).unwrap();
+        let on_change = move |name: &str, _: &Path, _: &str| tell.send(name.to_owned()).unwrap();
         let files = listed(&root, &[("a", "a.wasm"), ("b", "b.wasm")]);
         let _watcher = Watcher::start(files, bytes(), Some(baseline), on_change).unwrap();
         assert_eq!(fired.recv_timeout(PATIENCE), Ok("a".to_owned()), "the file differs from the baseline");

@@ -34,16 +34,17 @@ impl Control {
         });
         let fingerprint: Fingerprint = Arc::new(file_hash);
         let control = self.clone();
-        Watcher::start(files, fingerprint, Some(baseline), move |listener, file| {
-            control.plugin_file_changed(listener, file)
+        Watcher::start(files, fingerprint, Some(baseline), move |listener, file, hash| {
+            control.plugin_file_changed(listener, file, hash)
         })
     }
 
-    /// `listener`'s plugin file settled into new content: swap it in unless it is
-    /// already served (a reload may have taken it), and log what became of it.
-    pub fn plugin_file_changed(&self, listener: &str, file: &Path) {
+    /// `listener`'s plugin file settled into new content, whose content hash is `hash`:
+    /// swap it in unless it is already served (a reload may have taken it), and log
+    /// what became of it.
+    pub fn plugin_file_changed(&self, listener: &str, file: &Path, hash: &str) {
         let shown = file.display();
-        if file_hash(file).is_some_and(|hash| self.serving(listener).is_some_and(|v| v.hash == hash)) {
+        if self.serving(listener).is_some_and(|v| v.hash == hash) {
             return info!(listener = %listener, file = %shown, "plugin file changed: already serving it");
         }
         info!(listener = %listener, file = %shown, "plugin file changed: swapping it in");
