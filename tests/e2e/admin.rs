@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::bounded::admin_address;
 use crate::harness::{
     PATIENCE, Server, config_file, free_address, listener, plugins, run_sandport, sandport, wait_exit,
 };
@@ -52,9 +53,7 @@ impl Answer {
 impl Admin {
     /// The admin API the server says it listens on (`admin API listening address=...`).
     pub(crate) fn of(server: &Server, token: Option<&str>) -> Admin {
-        let line = server.wait_for_log(&["admin API listening"]);
-        let address = line.split_whitespace().find_map(|word| word.strip_prefix("address="));
-        let address: SocketAddr = address.and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+        let address = admin_address(server);
         // Bound to every interface: reach it through loopback.
         let address = SocketAddr::from(([127, 0, 0, 1], address.port()));
         let config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(PATIENCE)).build();

@@ -3,10 +3,11 @@
 //! nothing cannot keep the health checks (or the tenants' descriptors) for good.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::admin::{Admin, admin_table};
+use crate::bounded::{admin_address, request};
 use crate::harness::{PATIENCE, Server, listener, plugins};
 
 /// `sandport::admin::connections::MAX_CONNECTIONS`.
@@ -15,23 +16,10 @@ const MAX_CONNECTIONS: usize = 64;
 /// `sandport::admin::connections::HEADER_TIMEOUT`.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A health check on a connection of its own; `None` if the connection is closed
-/// without an answer.
-fn healthz(address: SocketAddr) -> Option<String> {
-    let mut client = TcpStream::connect(address).unwrap();
-    client.set_read_timeout(Some(PATIENCE)).unwrap();
-    client.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut answer = String::new();
-    client.read_to_string(&mut answer).ok()?;
-    Some(answer)
-}
-
 #[test]
 fn clients_that_never_finish_their_headers_are_closed_and_the_health_check_gets_through() {
     let server = Server::start(&(admin_table("127.0.0.1:0", None) + &listener("echo", plugins::ECHO, "")));
-    let line = server.wait_for_log(&["admin API listening"]);
-    let address = line.split_whitespace().find_map(|word| word.strip_prefix("address="));
-    let address: SocketAddr = address.and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+    let address = admin_address(&server);
     // Every slot taken by a client that starts a request and stops mid-header.
     let mut stalled: Vec<TcpStream> = (0..MAX_CONNECTIONS)
         .map(|_| {
@@ -42,9 +30,10 @@ fn clients_that_never_finish_their_headers_are_closed_and_the_health_check_gets_
         })
         .collect();
     let started = Instant::now();
-    let answer = healthz(address).expect("the health check is answered once a slot frees up");
+    let answer = request(address, "GET /healthz HTTP/1.1", b"", PATIENCE);
+    let answer = answer.expect("the health check is answered once a slot frees up");
     let waited = started.elapsed();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(answer.status, 200, "{}", answer.body);
     assert!(waited < HEADER_TIMEOUT + PATIENCE / 2, "the health check waited {waited:?}");
     // The stalled ones were closed without an answer (or with a timeout's 408), not kept.
     for client in &mut stalled {

@@ -11,13 +11,7 @@ use sandport_test_artifacts::{CHAT, ECHO};
 use crate::admin::admin_table;
 use crate::bounded::{admin_address, healthy};
 use crate::harness::{Client, PATIENCE, Server, free_address, listener_at};
-
-/// `n` bytes through an echo connection, checked.
-fn echoes(client: &mut Client, n: usize) {
-    let sent: Vec<u8> = (0..n).map(|i| (i * 13 % 251) as u8).collect();
-    client.write(&sent);
-    assert_eq!(client.bytes(n), sent, "the echo changed the bytes");
-}
+use crate::swap::echoes;
 
 #[test]
 fn a_new_address_moves_the_listener() {

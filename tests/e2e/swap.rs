@@ -29,7 +29,7 @@ fn http_get(client: &mut Client) -> String {
 }
 
 /// `n` bytes through an echo connection, checked.
-fn echoes(client: &mut Client, n: usize) {
+pub(crate) fn echoes(client: &mut Client, n: usize) {
     let sent: Vec<u8> = (0..n).map(|i| (i * 7 % 251) as u8).collect();
     client.write(&sent);
     assert_eq!(client.bytes(n), sent, "the echo changed the bytes");
