@@ -74,8 +74,10 @@ pub fn read(path: &Path, cap: u64) -> Result<Vec<u8>, ReadError> {
 /// descriptor says about it (owner, mode, size): for a caller that checks more
 /// before it reads with [`read_open`].
 pub fn open(path: &Path) -> Result<(File, Metadata), ReadError> {
-    let file =
-        OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC).open(path)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY | nix::libc::O_CLOEXEC)
+        .open(path)?;
     let metadata = file.metadata()?;
     let kind = metadata.file_type();
     if kind.is_file() {
@@ -139,9 +141,7 @@ mod tests {
     fn a_fifo_nobody_writes_is_refused_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fifo");
-        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: `c_path` is a NUL-terminated path that lives across the call.
-        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let started = Instant::now();
         let err = read(&path, 10).unwrap_err();
         assert!(matches!(err, ReadError::NotRegular(Kind::Fifo)), "{err}");

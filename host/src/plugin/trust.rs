@@ -45,8 +45,7 @@ impl Distrust {
 /// Whether what `metadata` describes may hold (or be) native code this server runs:
 /// owned by the server's effective user or root, and not writable by group or others.
 pub fn judge(metadata: &Metadata) -> Result<(), Distrust> {
-    // SAFETY: geteuid takes nothing, touches no memory of ours and cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = nix::unistd::geteuid().as_raw();
     let (owner, mode) = (metadata.uid(), metadata.mode() & 0o7777);
     if owner != euid && owner != 0 {
         return Err(Distrust::Owner { owner, euid });
