@@ -362,6 +362,8 @@ fn limits_json(limits: &Limits) -> Value {
             Limit::IdleTimeout => millis(limits.idle_timeout),
             Limit::LogRate => limits.log_rate as u64,
             Limit::Linger => millis(limits.linger),
+            Limit::HandshakeTimeout => millis(limits.handshake_timeout),
+            Limit::Handshakes => limits.max_handshakes as u64,
         }
     };
     Value::Object(Limit::ALL.iter().map(|limit| (limit.key().to_owned(), json!(value(*limit)))).collect())

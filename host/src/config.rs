@@ -46,7 +46,7 @@
 //! upstream = "127.0.0.1:9000"
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -54,7 +54,10 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use crate::listener::{DEFAULT_DRAIN_TIMEOUT, InstanceMode, Limits, ListenerSpec, Rollback};
+use crate::listener::{
+    ClientAuth, DEFAULT_DRAIN_TIMEOUT, InstanceMode, Limits, ListenerSpec, Rollback, Termination, Tls, Upstream,
+    UpstreamTls,
+};
 use crate::regular_file::{self, ReadError};
 
 /// The largest config file read: a file of ten thousand listeners fits many times, a
@@ -186,7 +189,14 @@ struct ListenerToml {
     #[serde(default)]
     instance: InstanceMode,
     #[serde(default)]
-    allow_connect: Vec<String>,
+    allow_connect: Vec<UpstreamToml>,
+    #[serde(default)]
+    server_names: Vec<String>,
+    #[serde(default)]
+    default: bool,
+    tls: Option<TlsToml>,
+    #[serde(default)]
+    proxy_protocol: Vec<String>,
     watch: Option<bool>,
     drain_timeout_ms: Option<u64>,
     rollback_faults: Option<u64>,
@@ -195,6 +205,45 @@ struct ListenerToml {
     limits: LimitsToml,
     #[serde(default)]
     config: toml::Table,
+}
+
+/// `[listener.tls]`: a certificate to end TLS with, or `passthrough = true`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct TlsToml {
+    certificate: Option<PathBuf>,
+    key: Option<PathBuf>,
+    #[serde(default)]
+    alpn: Vec<String>,
+    client_ca: Option<PathBuf>,
+    client_auth: Option<ClientAuthToml>,
+    #[serde(default)]
+    passthrough: bool,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+enum ClientAuthToml {
+    Required,
+    Optional,
+}
+
+/// An `allow-connect` entry: `"IP:PORT"`, or a table for an upstream over TLS.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum UpstreamToml {
+    Plain(String),
+    Table(UpstreamTableToml),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct UpstreamTableToml {
+    address: String,
+    #[serde(default)]
+    tls: bool,
+    server_name: Option<String>,
+    ca: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -210,6 +259,8 @@ struct LimitsToml {
     idle_timeout_ms: Option<u64>,
     log_rate: Option<ByteSize>,
     linger_ms: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
+    max_handshakes: Option<u64>,
 }
 
 impl Config {
@@ -279,15 +330,12 @@ impl Config {
             return Err("no listeners: add a [[listener]] table".into());
         }
         let mut names = HashSet::new();
-        let mut addresses = HashSet::new();
         for l in &listeners {
             if !names.insert(&l.name) {
                 return Err(format!("listener name `{}` is used twice", l.name));
             }
-            if l.address.port() != 0 && !addresses.insert(l.address) {
-                return Err(format!("listener `{}`: address {} is used twice", l.name, l.address));
-            }
         }
+        check_shared_addresses(&listeners)?;
         Ok(Config {
             workers: default_workers(),
             listeners,
@@ -297,6 +345,58 @@ impl Config {
             admin: None,
         })
     }
+}
+
+/// Listeners share an address only to be chosen by the TLS server name: each with
+/// [`Tls`], each naming its `server-names` or being the default, no name served twice,
+/// one default at most, and one PROXY protocol rule for the address.
+fn check_shared_addresses(listeners: &[ListenerSpec]) -> Result<(), String> {
+    let mut by_address: HashMap<SocketAddr, Vec<&ListenerSpec>> = HashMap::new();
+    for l in listeners.iter().filter(|l| l.address.port() != 0) {
+        by_address.entry(l.address).or_default().push(l);
+    }
+    for (address, sharing) in by_address.iter().filter(|(_, sharing)| sharing.len() > 1) {
+        let first = sharing[0];
+        for l in sharing {
+            if l.tls.is_none() {
+                let other = sharing.iter().find(|o| o.name != l.name).expect("shared by two");
+                return Err(format!(
+                    "listeners `{}` and `{}` both use address {address}: an address is shared only by TLS listeners chosen by server name ([listener.tls] and server-names)",
+                    other.name, l.name
+                ));
+            }
+            if l.server_names.is_empty() && !l.default_server {
+                return Err(format!(
+                    "listener `{}` shares address {address} with `{}`: give it server-names, or make it the default",
+                    l.name, first.name
+                ));
+            }
+            if l.proxy_protocol != first.proxy_protocol {
+                return Err(format!(
+                    "listeners `{}` and `{}` share address {address} but not proxy-protocol: the header comes before the server name, so the address has one rule",
+                    first.name, l.name
+                ));
+            }
+        }
+        let mut served: HashMap<&str, &str> = HashMap::new();
+        let mut default: Option<&str> = None;
+        for l in sharing {
+            for server in &l.server_names {
+                if let Some(other) = served.insert(server, &l.name) {
+                    return Err(format!(
+                        "server name `{server}` is served by both `{other}` and `{}` on address {address}",
+                        l.name
+                    ));
+                }
+            }
+            if l.default_server
+                && let Some(other) = default.replace(&l.name)
+            {
+                return Err(format!("listeners `{other}` and `{}` are both the default of address {address}", l.name));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The compiled-component cache a config without `cache-dir` uses:
@@ -371,6 +471,8 @@ impl ListenerToml {
             idle_timeout: millis("idle-timeout-ms", l.idle_timeout_ms, defaults.idle_timeout)?,
             log_rate: bytes("log-rate", l.log_rate, defaults.log_rate)?,
             linger: millis("linger-ms", l.linger_ms, defaults.linger)?,
+            handshake_timeout: millis("handshake-timeout-ms", l.handshake_timeout_ms, defaults.handshake_timeout)?,
+            max_handshakes: positive("max-handshakes", l.max_handshakes, defaults.max_handshakes as u64)? as usize,
         };
         for (key, value) in [("recv-buffer", limits.recv_buffer), ("send-buffer", limits.send_buffer)] {
             if value > u32::MAX as usize {
@@ -383,13 +485,32 @@ impl ListenerToml {
         };
         let allow_connect = self
             .allow_connect
+            .into_iter()
+            .map(|entry| entry.validate(&name, base))
+            .collect::<Result<Vec<Upstream>, String>>()?;
+        let tls = self.tls.map(|tls| tls.validate(&name, base)).transpose()?;
+        let server_names = self
+            .server_names
             .iter()
-            .map(|address| {
-                address.trim().parse().map_err(|_| {
-                    format!("listener `{name}`: allow-connect entry `{address}` is not IP:PORT (e.g. 127.0.0.1:9000)")
-                })
+            .map(|server| server_name(&name, server))
+            .collect::<Result<Vec<String>, String>>()?;
+        if tls.is_none() && (!server_names.is_empty() || self.default) {
+            return Err(format!(
+                "listener `{name}`: server-names and default choose by the TLS server name: add [listener.tls]"
+            ));
+        }
+        let proxy_protocol = self
+            .proxy_protocol
+            .iter()
+            .map(|from| {
+                let from = from.trim();
+                from.parse::<ipnet::IpNet>()
+                    .or_else(|_| from.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        format!("listener `{name}`: proxy-protocol entry `{from}` is not an IP address or a CIDR block (e.g. 10.0.0.0/8)")
+                    })
             })
-            .collect::<Result<Vec<SocketAddr>, String>>()?;
+            .collect::<Result<Vec<_>, String>>()?;
         let settings = self
             .config
             .into_iter()
@@ -420,11 +541,112 @@ impl ListenerToml {
             limits,
             instance: self.instance,
             allow_connect,
+            server_names,
+            default_server: self.default,
+            tls,
+            proxy_protocol,
             drain_timeout: self.drain_timeout_ms.map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_millis),
             rollback,
             name,
         })
     }
+}
+
+impl TlsToml {
+    fn validate(self, name: &str, base: &Path) -> Result<Tls, String> {
+        if self.passthrough {
+            let extra = [
+                ("certificate", self.certificate.is_some()),
+                ("key", self.key.is_some()),
+                ("alpn", !self.alpn.is_empty()),
+                ("client-ca", self.client_ca.is_some()),
+                ("client-auth", self.client_auth.is_some()),
+            ];
+            if let Some((key, _)) = extra.iter().find(|(_, set)| *set) {
+                return Err(format!(
+                    "listener `{name}`: tls.{key} has no meaning with tls.passthrough: the upstream ends TLS"
+                ));
+            }
+            return Ok(Tls::Passthrough);
+        }
+        let (Some(certificate), Some(key)) = (self.certificate, self.key) else {
+            return Err(format!(
+                "listener `{name}`: [listener.tls] needs certificate and key (PEM files), or passthrough = true"
+            ));
+        };
+        if let Some(protocol) = self.alpn.iter().find(|p| p.is_empty() || p.len() > 255) {
+            return Err(format!("listener `{name}`: tls.alpn entry `{protocol}` must be 1 to 255 bytes"));
+        }
+        let client_auth = match (self.client_ca, self.client_auth) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(format!("listener `{name}`: tls.client-auth needs tls.client-ca")),
+            (Some(ca), auth) => {
+                Some(ClientAuth { ca: base.join(ca), required: !matches!(auth, Some(ClientAuthToml::Optional)) })
+            }
+        };
+        Ok(Tls::Terminate(Termination {
+            certificate: base.join(certificate),
+            key: base.join(key),
+            alpn: self.alpn,
+            client_auth,
+        }))
+    }
+}
+
+impl UpstreamToml {
+    fn validate(self, name: &str, base: &Path) -> Result<Upstream, String> {
+        let parse = |address: &str| {
+            address.trim().parse::<SocketAddr>().map_err(|_| {
+                format!("listener `{name}`: allow-connect entry `{address}` is not IP:PORT (e.g. 127.0.0.1:9000)")
+            })
+        };
+        match self {
+            UpstreamToml::Plain(address) => parse(&address).map(Upstream::from),
+            UpstreamToml::Table(table) => {
+                let address = parse(&table.address)?;
+                if !table.tls {
+                    if table.server_name.is_some() || table.ca.is_some() {
+                        return Err(format!(
+                            "listener `{name}`: allow-connect entry {address}: server-name and ca need tls = true"
+                        ));
+                    }
+                    return Ok(Upstream::from(address));
+                }
+                let Some(server) = table.server_name else {
+                    return Err(format!(
+                        "listener `{name}`: allow-connect entry {address}: tls = true needs server-name (the name its certificate must carry)"
+                    ));
+                };
+                let server_name = server_name(name, &server)?;
+                if server_name.starts_with("*.") {
+                    return Err(format!(
+                        "listener `{name}`: allow-connect entry {address}: server-name `{server}` cannot be a wildcard"
+                    ));
+                }
+                Ok(Upstream { address, tls: Some(UpstreamTls { server_name, ca: table.ca.map(|ca| base.join(ca)) }) })
+            }
+        }
+    }
+}
+
+/// A server name as a listener or an upstream gives it: a DNS name, or `*.` and one,
+/// in lower case (names compare without regard to case).
+fn server_name(listener: &str, name: &str) -> Result<String, String> {
+    let lower = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    let bare = lower.strip_prefix("*.").unwrap_or(&lower);
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if bare.is_empty() || bare.len() > 253 || !bare.split('.').all(label_ok) {
+        return Err(format!(
+            "listener `{listener}`: server name `{name}` is not a DNS name (e.g. hello.example.com or *.example.com)"
+        ));
+    }
+    Ok(lower)
 }
 
 fn parse_address(name: &str, address: &str) -> Result<SocketAddr, String> {
@@ -513,7 +735,8 @@ mod tests {
         let listener = &config.listeners[0];
         let l = listener;
         assert_eq!(l.instance, InstanceMode::PerConnection);
-        assert_eq!(l.allow_connect, ["127.0.0.1:7000".parse().unwrap(), "[::1]:9000".parse().unwrap()]);
+        let plain = |address: &str| Upstream::from(address.parse::<SocketAddr>().unwrap());
+        assert_eq!(l.allow_connect, [plain("127.0.0.1:7000"), plain("[::1]:9000")]);
         assert_eq!(l.limits.max_connections, 10);
         assert_eq!(l.limits.idle_timeout, Duration::from_millis(1500));
         assert_eq!(l.limits.log_rate, 1024);

@@ -162,6 +162,28 @@ pub trait Host {
     /// Choose when this handler gets [`Event::Send`], for all of its connections from
     /// now on; a handler starts with [`SendEvents::EveryWrite`].
     fn set_send_events(&mut self, mode: SendEvents);
+
+    /// What the TLS handshake of `conn` said, if the host ended TLS on it (an accepted
+    /// connection of a listener with a certificate, or one dialed to an upstream the
+    /// allow-list marks as TLS); `None` on a plaintext or passed-through connection.
+    fn tls_info(&self, conn: ConnId) -> Result<Option<TlsInfo>, HostError>;
+}
+
+/// What a connection's TLS handshake said ([`Host::tls_info`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// The server name the client asked for (SNI), if it sent one; on a dialed
+    /// connection, the name the upstream's certificate was checked against.
+    pub server_name: Option<String>,
+    /// The application protocol agreed by ALPN, if any (`h2`, `http/1.1`).
+    pub alpn: Option<Vec<u8>>,
+    /// The protocol version, as IANA names it: `TLSv1_2` or `TLSv1_3`.
+    pub version: String,
+    /// The cipher suite, as IANA names it (`TLS13_AES_128_GCM_SHA256`).
+    pub cipher_suite: String,
+    /// The peer's certificate (DER), the leaf of its chain: a client's on an accepted
+    /// connection when it sent one, the upstream's on a dialed one.
+    pub peer_certificate: Option<Vec<u8>>,
 }
 
 /// A handler lost its state: every connection it was serving is orphaned.

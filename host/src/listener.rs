@@ -48,6 +48,12 @@ pub struct Limits {
     /// (`linger-ms`), so unread input does not turn the close into a reset that
     /// destroys the last response (nginx's `lingering_close`).
     pub linger: Duration,
+    /// How long a TLS handshake (or a PROXY header, or the ClientHello a listener is
+    /// chosen by) may take from accept (`handshake-timeout-ms`).
+    pub handshake_timeout: Duration,
+    /// TLS handshakes in flight at once (`max-handshakes`), per worker; beyond it a
+    /// new connection is closed at once.
+    pub max_handshakes: usize,
 }
 
 impl Default for Limits {
@@ -63,6 +69,8 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             log_rate: 64 << 10,
             linger: Duration::from_millis(5000),
+            handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 256,
         }
     }
 }
@@ -90,11 +98,16 @@ pub enum Limit {
     LogRate,
     /// `linger-ms`: a closing connection stopped discarding input and was closed.
     Linger,
+    /// `handshake-timeout-ms`: a connection that had not finished its handshake was
+    /// closed.
+    HandshakeTimeout,
+    /// `max-handshakes`: a connection was refused.
+    Handshakes,
 }
 
 impl Limit {
     /// Every limit, in the order [`Limit::index`] numbers them.
-    pub const ALL: [Limit; 10] = [
+    pub const ALL: [Limit; 12] = [
         Limit::Memory,
         Limit::EventTime,
         Limit::EventWallTime,
@@ -105,6 +118,8 @@ impl Limit {
         Limit::IdleTimeout,
         Limit::LogRate,
         Limit::Linger,
+        Limit::HandshakeTimeout,
+        Limit::Handshakes,
     ];
 
     /// Position in [`Limit::ALL`], for per-limit counters.
@@ -129,6 +144,8 @@ impl Limit {
             Limit::IdleTimeout => "idle-timeout-ms",
             Limit::LogRate => "log-rate",
             Limit::Linger => "linger-ms",
+            Limit::HandshakeTimeout => "handshake-timeout-ms",
+            Limit::Handshakes => "max-handshakes",
         }
     }
 
@@ -143,6 +160,8 @@ impl Limit {
             Limit::IdleTimeout => "the connection was closed",
             Limit::LogRate => "log output was dropped",
             Limit::Linger => "the closing connection was closed with input unread",
+            Limit::HandshakeTimeout => "the connection was closed during its handshake",
+            Limit::Handshakes => "the connection was refused",
         }
     }
 }
@@ -212,14 +231,84 @@ pub struct ListenerSpec {
     pub limits: Limits,
     /// Whether connections share one handler instance.
     pub instance: InstanceMode,
-    /// Addresses the handler may `connect` to. Empty: none.
-    pub allow_connect: Vec<SocketAddr>,
+    /// Addresses the handler may `connect` to, each plain or over TLS. Empty: none.
+    pub allow_connect: Vec<Upstream>,
+    /// The server names (SNI) it serves on an address it shares with other listeners
+    /// (`server-names`): exact names, and `*.example.com` for any one label in front.
+    pub server_names: Vec<String>,
+    /// It serves a ClientHello without a server name, or with one no listener of its
+    /// address names (`default`). Without a default such a hello is refused with the
+    /// `unrecognized_name` alert.
+    pub default_server: bool,
+    /// How it speaks TLS (`[listener.tls]`); `None`: plaintext.
+    pub tls: Option<Tls>,
+    /// The load balancers allowed to send a PROXY protocol header (v1 or v2) before
+    /// the client's first byte (`proxy-protocol`); empty: no header is read. A
+    /// connection from elsewhere, or with a malformed header, is closed.
+    pub proxy_protocol: Vec<ipnet::IpNet>,
     /// After a swap, how long connections may stay on the version they started with
     /// before they are closed (`drain-timeout-ms`).
     pub drain_timeout: Duration,
     /// When a new version rolls itself back (`rollback-faults`,
     /// `rollback-window-ms`); `None`: never.
     pub rollback: Option<Rollback>,
+}
+
+/// How a listener speaks TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tls {
+    /// The host ends TLS with this certificate: handlers see plaintext.
+    Terminate(Termination),
+    /// Routed by the ClientHello's server name but not ended: handlers receive the raw
+    /// bytes, ClientHello first (nginx's `ssl_preread`).
+    Passthrough,
+}
+
+/// A terminating listener's certificate and handshake settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Termination {
+    /// The certificate chain, PEM, leaf first (`certificate`).
+    pub certificate: PathBuf,
+    /// Its private key, PEM: PKCS#8, SEC1 (EC) or PKCS#1 (RSA) (`key`).
+    pub key: PathBuf,
+    /// Application protocols offered by ALPN, in order of preference (`alpn`).
+    pub alpn: Vec<String>,
+    /// Client certificates, if asked for (`client-ca`, `client-auth`).
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// Client certificates a terminating listener asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// The CA certificates (PEM) a client's chain must lead to.
+    pub ca: PathBuf,
+    /// A client without a certificate is refused (`client-auth = "required"`), or
+    /// served without one (`"optional"`).
+    pub required: bool,
+}
+
+/// An address a handler may dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Where.
+    pub address: SocketAddr,
+    /// Over TLS, checked this way; `None`: plaintext.
+    pub tls: Option<UpstreamTls>,
+}
+
+impl From<SocketAddr> for Upstream {
+    fn from(address: SocketAddr) -> Upstream {
+        Upstream { address, tls: None }
+    }
+}
+
+/// How the host checks an upstream it dials over TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name its certificate must carry (and the SNI sent).
+    pub server_name: String,
+    /// The CA certificates (PEM) its chain must lead to; `None`: the system's roots.
+    pub ca: Option<PathBuf>,
 }
 
 /// A new version that faults more than `faults` times within `window` of taking over
@@ -260,6 +349,10 @@ impl ListenerSpec {
             limits: Limits::default(),
             instance: InstanceMode::default(),
             allow_connect: Vec::new(),
+            server_names: Vec::new(),
+            default_server: false,
+            tls: None,
+            proxy_protocol: Vec::new(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             rollback: Some(Rollback::default()),
         }

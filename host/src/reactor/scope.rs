@@ -13,7 +13,7 @@ use tracing::debug;
 use super::connection::{Connection, Dial, Inbound, Phase, SendWanted, WriteSide};
 use super::state::{Account, Core};
 use super::timer::Alarm;
-use crate::handler::{CloseMode, ConnId, Host, HostError, SendEvents};
+use crate::handler::{CloseMode, ConnId, Host, HostError, SendEvents, TlsInfo};
 use crate::listener::Limit;
 use crate::mbuf::Mbuf;
 
@@ -150,7 +150,7 @@ impl Host for Scope<'_> {
             return Err(HostError::Failed("the server is stopping".into()));
         }
         let account = self.account();
-        if !account.spec.allow_connect.contains(&address) {
+        if !account.spec.allow_connect.iter().any(|upstream| upstream.address == address) {
             return Err(HostError::NotAllowed);
         }
         if !account.open.take(account.spec.limits.max_connections) {
@@ -180,5 +180,10 @@ impl Host for Scope<'_> {
 
     fn set_send_events(&mut self, mode: SendEvents) {
         self.core.instances[self.instance].send_events = mode;
+    }
+
+    fn tls_info(&self, conn: ConnId) -> Result<Option<TlsInfo>, HostError> {
+        let _ = self.key(conn)?;
+        Ok(None)
     }
 }
