@@ -27,7 +27,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use certificate::Certificate;
-pub use client::ClientTls;
+pub use client::{ClientTls, system_roots};
 pub use info::{info, server_info};
 pub use router::{Name, Router};
 pub use server::ServerTls;

@@ -72,7 +72,7 @@ impl ServerTls {
     /// error the certificate served until now goes on being served. The ALPN list and
     /// client CA of `spec` are not looked at (see [`ServerTls`]).
     pub fn reload(&self, spec: &Termination) -> Result<Certificate, TlsError> {
-        let identity = certificate::identity(&spec.certificate, &spec.key, &self.config.crypto_provider())?;
+        let identity = certificate::identity(&spec.certificate, &spec.key, self.config.crypto_provider())?;
         let summary = identity.certificate.clone();
         self.current.0.store(Arc::new(identity));
         Ok(summary)
