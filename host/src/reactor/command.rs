@@ -24,7 +24,9 @@ use mio::Waker;
 use tracing::{debug, info, warn};
 
 use super::connection::Phase;
-use super::{Binding, Counts, Reactor, Scope};
+use mio::net::TcpStream;
+
+use super::{Binding, Counts, GateCounts, Reactor, Scope, SharedSite};
 use crate::handler::{ConnId, HandlerFactory};
 use crate::listener::ListenerSpec;
 
@@ -33,8 +35,15 @@ pub(crate) enum Command {
     /// Serve listener `listener`'s new connections with `factory`, version `version`,
     /// under `spec` (whose name is the listener's).
     Swap { spec: ListenerSpec, version: u64, factory: Box<dyn HandlerFactory>, reply: Sender<Swapped> },
-    /// Every listener's counts, by name.
-    Snapshot { reply: Sender<Vec<(String, Counts)>> },
+    /// Every listener's counts, by name, and every routing address's.
+    Snapshot { reply: Sender<(Vec<(String, Counts)>, Vec<(SocketAddr, GateCounts)>)> },
+    /// Listen on a routing address (see [`Reactor::open_port`]).
+    OpenPort { site: SharedSite, address: SocketAddr, shared_port: bool, reply: Sender<io::Result<SocketAddr>> },
+    /// Stop listening on a routing address.
+    ClosePort { address: SocketAddr, reply: Sender<()> },
+    /// A connection accepted on routing address `address` by another worker, whose
+    /// listener lives here; `bytes` came before it was handed over.
+    Adopt { address: SocketAddr, socket: TcpStream, peer: SocketAddr, bytes: Vec<u8>, since: Instant },
     /// Listen for a listener added by a reload.
     Listen {
         spec: ListenerSpec,
@@ -93,7 +102,18 @@ impl Reactor {
                 }
                 Command::Snapshot { reply } => {
                     let counts = self.core.accounts.iter().map(|a| (a.spec.name.clone(), a.counts.clone()));
-                    let _ = reply.send(counts.collect());
+                    let gates = self.ports.iter().map(|p| (p.address, p.counts.clone()));
+                    let _ = reply.send((counts.collect(), gates.collect()));
+                }
+                Command::OpenPort { site, address, shared_port, reply } => {
+                    let _ = reply.send(self.open_port(site, address, shared_port));
+                }
+                Command::ClosePort { address, reply } => {
+                    self.close_port(address);
+                    let _ = reply.send(());
+                }
+                Command::Adopt { address, socket, peer, bytes, since } => {
+                    self.adopt(address, socket, peer, bytes, since)
                 }
                 Command::Listen { spec, binding, version, factory, reply } => {
                     let bound = self.listen_as(&spec, binding, factory);
@@ -111,7 +131,7 @@ impl Reactor {
     }
 
     /// The listener named `name` that is still configured.
-    fn listener_named(&self, name: &str) -> Option<usize> {
+    pub(super) fn listener_named(&self, name: &str) -> Option<usize> {
         (0..self.listeners.len()).find(|&i| !self.listeners[i].retired && self.core.accounts[i].spec.name == name)
     }
 
