@@ -419,7 +419,7 @@ impl Reactor {
     ) -> io::Result<SocketAddr> {
         let index = self.listeners.len();
         let (socket, address) = if binding.routed {
-            info!(listener = %spec.name, address = %binding.address, worker = self.index, "serving routed connections");
+            info!(listener = %spec.name, address = %binding.address, worker = self.index, "listening on an address that routes by server name");
             (None, binding.address)
         } else {
             let mut socket = bind(binding.address, binding.shared_port)?;

@@ -37,5 +37,7 @@ mod reload;
 mod swap;
 mod swap_more;
 mod timers;
+mod tls;
+mod tls_kit;
 mod watch;
 mod workers;
