@@ -132,6 +132,9 @@ pub enum Refusal {
     /// It failed its pre-flight.
     #[error(transparent)]
     Preflight(#[from] PreflightError),
+    /// The CA of an upstream it dials over TLS could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A control request that names nothing to act on.
@@ -443,10 +446,14 @@ impl Control {
         let name = spec.name.clone();
         let (workers, number) = self.with_record(&name, |r| (r.workers.clone(), r.current().number + 1))?;
         let factory = plugin.factory(&spec, number);
+        let upstreams = match sites::upstreams(&spec) {
+            Ok(upstreams) => upstreams,
+            Err(reason) => return self.refuse(&name, reason.into()),
+        };
         if let Err(reason) = preflight(&spec, factory.clone()) {
             return self.refuse(&name, reason.into());
         }
-        let swapped = self.tell_workers(workers, &spec, &factory, number)?;
+        let swapped = self.tell_workers(workers, &spec, &factory, number, &upstreams)?;
         let version = Version {
             number,
             hash: plugin.hash().to_owned(),
@@ -496,12 +503,18 @@ impl Control {
         spec: &ListenerSpec,
         factory: &PluginFactory,
         number: u64,
+        upstreams: &[(SocketAddr, crate::tls::ClientTls)],
     ) -> Result<Swapped, ControlError> {
         let mut answers = Vec::new();
         for worker in workers {
             let (reply, answer) = channel();
-            let command =
-                Command::Swap { spec: spec.clone(), version: number, factory: Box::new(factory.clone()), reply };
+            let command = Command::Swap {
+                spec: spec.clone(),
+                version: number,
+                factory: Box::new(factory.clone()),
+                upstreams: upstreams.to_vec(),
+                reply,
+            };
             if !self.inner.workers[worker].send(command) {
                 return Err(ControlError::Stopping);
             }

@@ -78,13 +78,16 @@ pub(super) fn load(spec: &ListenerSpec) -> Result<Loaded, TlsError> {
         Some(Tls::Terminate(termination)) => Some(ServerTls::load(termination)?),
         _ => None,
     };
-    let upstreams = spec
-        .allow_connect
+    Ok(Loaded { server, upstreams: upstreams(spec)? })
+}
+
+/// The upstreams `spec`'s handlers dial over TLS, their roots read.
+pub(super) fn upstreams(spec: &ListenerSpec) -> Result<Vec<(SocketAddr, ClientTls)>, TlsError> {
+    spec.allow_connect
         .iter()
         .filter_map(|upstream| Some((upstream.address, upstream.tls.as_ref()?)))
         .map(|(address, tls)| Ok((address, ClientTls::load(tls)?)))
-        .collect::<Result<_, TlsError>>()?;
-    Ok(Loaded { server, upstreams })
+        .collect()
 }
 
 impl Control {

@@ -29,12 +29,20 @@ use mio::net::TcpStream;
 use super::{Binding, Counts, GateCounts, Reactor, Scope, SharedSite};
 use crate::handler::{ConnId, HandlerFactory};
 use crate::listener::ListenerSpec;
+use crate::tls::ClientTls;
 
 /// A request to a worker. Each carries the channel its answer goes back on.
 pub(crate) enum Command {
     /// Serve listener `listener`'s new connections with `factory`, version `version`,
     /// under `spec` (whose name is the listener's).
-    Swap { spec: ListenerSpec, version: u64, factory: Box<dyn HandlerFactory>, reply: Sender<Swapped> },
+    /// The upstreams its handlers dial over TLS come with it.
+    Swap {
+        spec: ListenerSpec,
+        version: u64,
+        factory: Box<dyn HandlerFactory>,
+        upstreams: Vec<(SocketAddr, ClientTls)>,
+        reply: Sender<Swapped>,
+    },
     /// Every listener's counts, by name, and every routing address's.
     Snapshot { reply: Sender<(Vec<(String, Counts)>, Vec<(SocketAddr, GateCounts)>)> },
     /// Listen on a routing address (see [`Reactor::open_port`]).
@@ -96,8 +104,8 @@ impl Reactor {
     pub(super) fn obey(&mut self) {
         while let Ok(command) = self.commands.try_recv() {
             match command {
-                Command::Swap { spec, version, factory, reply } => {
-                    let swapped = self.swap(spec, version, factory);
+                Command::Swap { spec, version, factory, upstreams, reply } => {
+                    let swapped = self.swap(spec, version, factory, upstreams);
                     let _ = reply.send(swapped);
                 }
                 Command::Snapshot { reply } => {
@@ -144,13 +152,20 @@ impl Reactor {
 
     /// Make `factory` (version `version`) serve listener `spec.name`'s new connections;
     /// migrate or drain the connections of the instances it had.
-    fn swap(&mut self, spec: ListenerSpec, version: u64, factory: Box<dyn HandlerFactory>) -> Swapped {
+    fn swap(
+        &mut self,
+        spec: ListenerSpec,
+        version: u64,
+        factory: Box<dyn HandlerFactory>,
+        upstreams: Vec<(SocketAddr, ClientTls)>,
+    ) -> Swapped {
         let Some(index) = self.listener_named(&spec.name) else { return Swapped::default() };
         let listener = &mut self.listeners[index];
         listener.factory = factory;
         listener.version = version;
         listener.shared = None;
         self.core.accounts[index].spec = spec;
+        self.core.accounts[index].upstreams = upstreams;
         let mut swapped = Swapped::default();
         for instance in self.old_instances(index) {
             swapped.migrated += self.migrate(instance);
