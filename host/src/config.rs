@@ -111,6 +111,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The admin API, if the file has an `[admin]` table.
     pub admin: Option<AdminConfig>,
+    /// The top-level `watch`: besides being each listener's default, it has the
+    /// config file itself followed (a change reloads it, as SIGHUP does).
+    pub watch: bool,
 }
 
 /// What is wrong with a configuration. The message names the file and the place.
@@ -300,6 +303,7 @@ impl Config {
             Some(CacheDirToml::Path(dir)) => Some(base.join(dir)),
         };
         config.log_format = file.log_format;
+        config.watch = watch;
         if let Some(ms) = file.shutdown_grace_ms {
             config.shutdown_grace = Duration::from_millis(ms);
         }
@@ -343,6 +347,7 @@ impl Config {
             log_format: LogFormat::Text,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             admin: None,
+            watch: false,
         })
     }
 }

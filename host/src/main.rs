@@ -167,6 +167,7 @@ fn serve(config_file: Option<PathBuf>, listen: Vec<String>, plugin: Vec<PathBuf>
     let signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
     let started: Arc<Starting> = Arc::default();
     let handler = started.clone();
+    let followed_config = config_file.clone().filter(|_| config.watch);
     std::thread::Builder::new()
         .name("sandport-signals".into())
         .spawn(move || on_signals(signals, config_file, &handler))
@@ -190,6 +191,23 @@ fn serve(config_file: Option<PathBuf>, listen: Vec<String>, plugin: Vec<PathBuf>
         }
     };
     let _ = started.server.set(Started { stop: server.stop_handle(), control, watcher, certificates });
+    // With `watch = true` the config file itself is followed too (a ConfigMap mounted as
+    // a folder, say): a change is a SIGHUP, taken the same way.
+    let _config_watcher = followed_config.and_then(|path| {
+        let fingerprint: watch::Fingerprint = Arc::new(|path: &std::path::Path| {
+            let bytes = sandport::regular_file::read(path, config::MAX_CONFIG).ok().filter(|b| !b.is_empty())?;
+            Some(sandport::plugin::content_hash(&bytes))
+        });
+        let on_change = |_: &str, file: &std::path::Path, _: &str| {
+            info!(config = %file.display(), "config file changed: reloading it");
+            if let Err(err) = signal_hook::low_level::raise(SIGHUP) {
+                warn!("cannot raise SIGHUP to reload the config: {err}");
+            }
+        };
+        watch::Watcher::start(vec![("config".into(), path)], fingerprint, None, on_change)
+            .inspect_err(|err| warn!("{err}; the config file is not watched (SIGHUP still reloads it)"))
+            .ok()
+    });
     info!(workers = config.workers, "ready");
     // Whoever takes the flag acts on it: this thread, or the signal thread if it set
     // the flag after this looked (it looks at the server again after setting it).
