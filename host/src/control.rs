@@ -30,7 +30,7 @@ use tracing::{info, info_span, warn};
 use crate::config::Config;
 use crate::listener::{InstanceMode, Limits, ListenerSpec, Workers};
 use crate::plugin::{Plugin, PluginError, PluginFactory, Runtime};
-use crate::reactor::{Command, Commands, Counts, FaultNotice, GateCounts, Slots, Swapped};
+use crate::reactor::{Command, Commands, Counts, FaultNotice, GateCounts, Slots, Swapped, Tallies};
 
 pub use follow::{watched, watched_certificates};
 pub use preflight::PreflightError;
@@ -402,8 +402,7 @@ impl Control {
     }
 
     /// Every worker's counts, by listener name, and by routing address.
-    #[allow(clippy::type_complexity)]
-    fn gather(&self) -> (Vec<(String, Counts)>, Vec<(SocketAddr, GateCounts)>) {
+    fn gather(&self) -> Tallies {
         let replies: Vec<_> = self
             .inner
             .workers

@@ -96,7 +96,7 @@ use descriptors::Reserve;
 use state::{Account, Core, Instance};
 use timer::Timers;
 
-pub(crate) use command::{Command, Commands, Swapped};
+pub(crate) use command::{Command, Commands, Swapped, Tallies};
 use scope::Scope;
 pub use site::{Handling, SharedSite, Site, Target};
 pub use stats::{Counts, GateCounts, GuestTime, Refusal, Stats};

@@ -44,7 +44,7 @@ pub(crate) enum Command {
         reply: Sender<Swapped>,
     },
     /// Every listener's counts, by name, and every routing address's.
-    Snapshot { reply: Sender<(Vec<(String, Counts)>, Vec<(SocketAddr, GateCounts)>)> },
+    Snapshot { reply: Sender<Tallies> },
     /// Listen on a routing address (see [`Reactor::open_port`]).
     OpenPort { site: SharedSite, address: SocketAddr, shared_port: bool, reply: Sender<io::Result<SocketAddr>> },
     /// Stop listening on a routing address.
@@ -64,6 +64,9 @@ pub(crate) enum Command {
     /// its connections drain.
     Retire { listener: String, reply: Sender<()> },
 }
+
+/// A worker's counts: every listener's by name, and every routing address's.
+pub(crate) type Tallies = (Vec<(String, Counts)>, Vec<(SocketAddr, GateCounts)>);
 
 /// What a swap did on one worker.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
