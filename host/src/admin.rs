@@ -352,7 +352,24 @@ fn listener_json(listener: &ListenerStatus) -> Value {
         "rollbacks": listener.rollbacks,
         "last_error": listener.last_error,
         "limits": limits_json(&listener.limits),
+        "tls": {
+            "mode": listener.tls,
+            "server_names": listener.server_names,
+            "handshakes": counts.handshakes,
+            "handshakes_failed": counts.handshakes_failed,
+            "certificate": listener.certificate.as_ref().map(|c| json!({
+                "subject": c.subject,
+                "names": c.names,
+                "not_after": unix_seconds(c.not_after),
+                "sha256": c.fingerprint(),
+            })),
+        },
     })
+}
+
+/// A time as seconds since 1970 (what the expiry metric gives too).
+fn unix_seconds(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs())
 }
 
 /// The instance mode as the config spells it.
