@@ -38,4 +38,5 @@ mod swap;
 mod swap_more;
 mod timers;
 mod watch;
+mod wit_versions;
 mod workers;
