@@ -77,7 +77,7 @@ fn a_plugin_built_against_0_1_0_migrates_its_connections() {
 
     // A changed setting is a new version: both export `migrate@0.1.0`.
     server.reload(&listener("svc", plugins::FIXTURE_OLD_WIT, "[listener.config]\nrevision = \"2\"\n"));
-    let took_over = server.wait_for_log(&["took over", "listener=svc"]);
+    let took_over = server.wait_for_log(&["version 2 took over", "listener=svc"]);
     assert!(took_over.contains("migrated=1") && took_over.contains("draining=0"), "{took_over}");
     server.wait_for_log(&["old-wit took over"]);
     echoes(&mut client, 5000);
