@@ -310,7 +310,7 @@ fn reload(config_file: Option<&Path>, started: &Started) {
 fn check(file: PathBuf) -> anyhow::Result<()> {
     // Through the default cache: a server started next loads what `check` compiled.
     let plugin = Runtime::new()?.with_cache(config::default_cache_dir().as_deref()).load(&file)?;
-    println!("{}: ok, implements sandport:handler/plugin", file.display());
+    println!("{}: ok, implements sandport:handler/plugin@{}", file.display(), plugin.wit_version());
     let migration = if plugin.migrates() { "migrates open connections" } else { "drains on a swap" };
     println!("live migration: {migration}");
     println!("imports:");

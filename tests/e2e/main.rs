@@ -40,4 +40,5 @@ mod timers;
 mod tls;
 mod tls_kit;
 mod watch;
+mod wit_versions;
 mod workers;
