@@ -277,14 +277,14 @@ impl Stats {
                 suppressed = c.suppressed,
                 migrated = c.migrated,
                 drained = c.drained,
+                handshakes = c.handshakes,
+                handshakes_failed = c.handshakes_failed,
                 accepted = c.accepted,
                 dialed = c.dialed,
                 refused = c.refused,
                 closed = c.closed,
                 faults = c.faults,
                 orphaned = c.orphaned,
-                handshakes = c.handshakes,
-                handshakes_failed = c.handshakes_failed,
                 limit_hits = %c.hits_text(),
                 "listener totals"
             );
