@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::bindings::sandport::handler::host;
-use crate::{Error, RecvBuf};
+use crate::{Error, RecvBuf, TlsInfo};
 
 pub use crate::bindings::sandport::handler::types::CloseMode;
 
@@ -234,6 +234,30 @@ impl Conn {
     /// ```
     pub fn shutdown(self) -> Result<(), Error> {
         Ok(host::shutdown(self.0)?)
+    }
+
+    /// What this connection's TLS handshake said, if the host ended TLS on it (an
+    /// accepted connection of a listener with a certificate, or one dialed to an
+    /// upstream the allow-list marks as TLS); `None` on a plaintext connection, and on
+    /// one whose TLS the listener passes through (the handler then reads the encrypted
+    /// bytes themselves).
+    ///
+    /// Either way the handler reads and sends plaintext: ask only to act on the name,
+    /// protocol or client certificate. Fails with [`Error::Closed`] if the connection
+    /// is not this instance's, or gone.
+    ///
+    /// ```no_run
+    /// # use sandport_guest::Conn;
+    /// # let conn = Conn::from_id(1);
+    /// match conn.tls_info()? {
+    ///     Some(tls) if tls.peer_certificate.is_some() => { /* a client certificate */ }
+    ///     Some(tls) => sandport_guest::log::info(&format!("{conn}: TLS for {:?}", tls.server_name)),
+    ///     None => { /* plaintext */ }
+    /// }
+    /// # Ok::<(), sandport_guest::Error>(())
+    /// ```
+    pub fn tls_info(self) -> Result<Option<TlsInfo>, Error> {
+        Ok(host::tls_info(self.0)?.map(TlsInfo::from))
     }
 }
 

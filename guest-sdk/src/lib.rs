@@ -10,8 +10,9 @@
 //! - [`export!`]: makes a `Handler` type the plugin's export;
 //! - [`Migrate`] and [`export_migrating!`]: opt in to live migration, so a new version
 //!   of the plugin takes over open connections instead of the old one draining them;
-//! - [`Conn`]: send, remove, timers, close and half-close for a connection, and
-//!   [`Conn::connect`] to dial an outbound one;
+//! - [`Conn`]: send, remove, timers, close and half-close for a connection,
+//!   [`Conn::connect`] to dial an outbound one, and [`Conn::tls_info`] (a [`TlsInfo`])
+//!   for what its TLS handshake said;
 //! - [`RecvBuf`]: the connection's receive buffer, read in place in the host;
 //! - [`ByteSource`]: lines, delimited and length-prefixed frames over a `RecvBuf`
 //!   (or over plain bytes, so protocol code can be unit-tested natively);
@@ -60,6 +61,7 @@ mod framing;
 pub mod log;
 mod migrate;
 mod recv;
+mod tls;
 
 pub use conn::{CloseMode, Conn, Peer};
 pub use conn_map::ConnMap;
@@ -69,6 +71,7 @@ pub use migrate::Migrate;
 #[doc(hidden)]
 pub use migrate::bindings as migrate_bindings;
 pub use recv::RecvBuf;
+pub use tls::TlsInfo;
 
 /// When a handler gets `send` events: see [`Handler::SEND_EVENTS`].
 pub use bindings::sandport::handler::types::SendEvents;

@@ -24,7 +24,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sandport::handler::{CloseMode, ConnId, Event, Handler, Host, HostError, SendEvents};
+use sandport::handler::{CloseMode, ConnId, Event, Handler, Host, HostError, SendEvents, TlsInfo};
 use sandport::listener::{Limit, ListenerSpec};
 use sandport::mbuf::Mbuf;
 use sandport::plugin::Runtime;
@@ -91,6 +91,10 @@ impl Host for OneConnection {
     fn limit_hit(&mut self, _: ConnId, _: Limit) {}
 
     fn set_send_events(&mut self, _: SendEvents) {}
+
+    fn tls_info(&self, _: ConnId) -> Result<Option<TlsInfo>, HostError> {
+        Ok(None)
+    }
 }
 
 /// An instance of the plugin at `path` that has accepted [`CONN`].

@@ -147,6 +147,7 @@ fn router(api: Api) -> Router {
         .route("/listeners", get(listeners))
         .route("/listeners/{name}/plugin", put(swap))
         .route("/listeners/{name}/rollback", post(rollback))
+        .route("/listeners/{name}/certificate", post(reload_certificate))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
     // Health checks stay open: probes and load balancers carry no token.
@@ -188,11 +189,11 @@ async fn listeners(State(api): State<Api>) -> Response {
 }
 
 async fn metrics(State(api): State<Api>) -> Response {
-    let listeners = match blocking(move || api.control.listeners()).await {
-        Ok(listeners) => listeners,
+    let (listeners, addresses) = match blocking(move || api.control.status()).await {
+        Ok(status) => status,
         Err(response) => return response,
     };
-    match metrics::encode(listeners) {
+    match metrics::encode(listeners, addresses) {
         Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
         Err(err) => error_response(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {err}")),
     }
@@ -253,6 +254,21 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
     }
 }
 
+/// Re-read a listener's certificate and key files: 200 with whether the certificate
+/// changed, 422 with the reason when the files are refused (the old certificate keeps
+/// serving), 404 for no such listener.
+async fn reload_certificate(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    let control = api.control.clone();
+    let outcome = blocking(move || control.reload_certificate(&name).map(|changed| (name, changed))).await;
+    match outcome {
+        Err(response) => response,
+        Ok(Ok((name, changed))) => axum::Json(json!({ "listener": name, "changed": changed })).into_response(),
+        Ok(Err(err @ ControlError::UnknownListener(_))) => error_response(StatusCode::NOT_FOUND, err.to_string()),
+        Ok(Err(err @ ControlError::Stopping)) => error_response(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
+        Ok(Err(err)) => error_response(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()),
+    }
+}
+
 async fn rollback(State(api): State<Api>, Path(name): Path<String>) -> Response {
     report_response(blocking(move || api.control.rollback(&name)).await)
 }
@@ -279,6 +295,7 @@ fn report_response(outcome: Result<Result<SwapReport, ControlError>, Response>) 
                 ControlError::UnknownListener(_) => StatusCode::NOT_FOUND,
                 ControlError::NoPreviousVersion(_) => StatusCode::CONFLICT,
                 ControlError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+                ControlError::Tls(..) => StatusCode::UNPROCESSABLE_ENTITY,
             };
             error_response(status, err.to_string())
         }
@@ -335,7 +352,24 @@ fn listener_json(listener: &ListenerStatus) -> Value {
         "rollbacks": listener.rollbacks,
         "last_error": listener.last_error,
         "limits": limits_json(&listener.limits),
+        "tls": {
+            "mode": listener.tls,
+            "server_names": listener.server_names,
+            "handshakes": counts.handshakes,
+            "handshakes_failed": counts.handshakes_failed,
+            "certificate": listener.certificate.as_ref().map(|c| json!({
+                "subject": c.subject,
+                "names": c.names,
+                "not_after": unix_seconds(c.not_after),
+                "sha256": c.fingerprint(),
+            })),
+        },
     })
+}
+
+/// A time as seconds since 1970 (what the expiry metric gives too).
+fn unix_seconds(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs())
 }
 
 /// The instance mode as the config spells it.

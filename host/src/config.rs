@@ -111,6 +111,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The admin API, if the file has an `[admin]` table.
     pub admin: Option<AdminConfig>,
+    /// The top-level `watch`: besides being each listener's default, it has the
+    /// config file itself followed (a change reloads it, as SIGHUP does).
+    pub watch: bool,
 }
 
 /// What is wrong with a configuration. The message names the file and the place.
@@ -300,6 +303,7 @@ impl Config {
             Some(CacheDirToml::Path(dir)) => Some(base.join(dir)),
         };
         config.log_format = file.log_format;
+        config.watch = watch;
         if let Some(ms) = file.shutdown_grace_ms {
             config.shutdown_grace = Duration::from_millis(ms);
         }
@@ -343,6 +347,7 @@ impl Config {
             log_format: LogFormat::Text,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             admin: None,
+            watch: false,
         })
     }
 }
@@ -855,5 +860,110 @@ mod tests {
         .unwrap();
         let names: Vec<_> = config.listeners.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, ["echo", "echo-2", "echoes", "echo-3"]);
+    }
+
+    /// A TLS listener on `address` serving `names`, with extra lines before its table.
+    fn tls_listener(name: &str, address: &str, names: &[&str], extra: &str) -> String {
+        let names: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+        format!(
+            "[[listener]]\nname = \"{name}\"\naddress = \"{address}\"\nplugin = \"p.wasm\"\nserver-names = [{}]\n{extra}\n[listener.tls]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n",
+            names.join(", ")
+        )
+    }
+
+    fn invalid(text: &str) -> String {
+        match parse(text) {
+            Err(ConfigError::Invalid { message, .. }) => message,
+            other => panic!("expected an invalid config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_tls_listener_with_everything() {
+        let text = r#"
+            [[listener]]
+            name = "web"
+            address = "127.0.0.1:8443"
+            plugin = "p.wasm"
+            server-names = ["Hello.Example.com.", "*.example.com"]
+            default = true
+            proxy-protocol = ["10.0.0.0/8", "192.0.2.1"]
+            allow-connect = ["127.0.0.1:9000", { address = "127.0.0.1:9443", tls = true, server-name = "up.internal", ca = "ca.pem" }]
+            [listener.tls]
+            certificate = "c.pem"
+            key = "k.pem"
+            alpn = ["h2", "http/1.1"]
+            client-ca = "clients.pem"
+            client-auth = "optional"
+            [listener.limits]
+            handshake-timeout-ms = 3000
+            max-handshakes = 8
+        "#;
+        let l = &parse(text).unwrap().listeners[0];
+        assert_eq!(l.server_names, ["hello.example.com", "*.example.com"], "lower case, no trailing dot");
+        assert!(l.default_server);
+        assert_eq!(l.proxy_protocol, ["10.0.0.0/8".parse().unwrap(), "192.0.2.1/32".parse().unwrap()]);
+        let Some(Tls::Terminate(t)) = &l.tls else { panic!("terminates: {:?}", l.tls) };
+        assert_eq!(t.certificate, Path::new("/etc/sandport/c.pem"));
+        assert_eq!(t.alpn, ["h2", "http/1.1"]);
+        assert_eq!(t.client_auth, Some(ClientAuth { ca: "/etc/sandport/clients.pem".into(), required: false }));
+        let upstream = &l.allow_connect[1];
+        assert_eq!(
+            upstream.tls,
+            Some(UpstreamTls { server_name: "up.internal".into(), ca: Some("/etc/sandport/ca.pem".into()) })
+        );
+        assert_eq!(l.allow_connect[0].tls, None);
+        assert_eq!((l.limits.handshake_timeout, l.limits.max_handshakes), (Duration::from_millis(3000), 8));
+    }
+
+    #[test]
+    fn tls_settings_that_cannot_work_are_refused() {
+        let base = "[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nplugin = \"p.wasm\"\n";
+        let cases = [
+            (
+                "[listener.tls]\npassthrough = true\ncertificate = \"c.pem\"",
+                "tls.certificate has no meaning with tls.passthrough",
+            ),
+            ("[listener.tls]\ncertificate = \"c.pem\"", "needs certificate and key"),
+            (
+                "[listener.tls]\ncertificate = \"c\"\nkey = \"k\"\nclient-auth = \"required\"",
+                "tls.client-auth needs tls.client-ca",
+            ),
+            ("server-names = [\"a.test\"]", "add [listener.tls]"),
+            ("server-names = [\"a b\"]\n[listener.tls]\npassthrough = true", "is not a DNS name"),
+            ("server-names = [\"*.*.test\"]\n[listener.tls]\npassthrough = true", "is not a DNS name"),
+            ("proxy-protocol = [\"somewhere\"]", "is not an IP address or a CIDR block"),
+            ("allow-connect = [{ address = \"127.0.0.1:1\", tls = true }]", "needs server-name"),
+            ("allow-connect = [{ address = \"127.0.0.1:1\", ca = \"x\" }]", "need tls = true"),
+        ];
+        for (extra, wanted) in cases {
+            let message = invalid(&format!("{base}{extra}\n"));
+            assert!(message.contains(wanted), "{extra}: {message}");
+        }
+    }
+
+    #[test]
+    fn an_address_is_shared_only_by_tls_listeners_each_with_its_names() {
+        let at = "127.0.0.1:8443";
+        let two =
+            tls_listener("a", at, &["a.test"], "") + &tls_listener("b", at, &["b.test", "*.b.test"], "default = true");
+        assert_eq!(parse(&two).unwrap().listeners.len(), 2);
+
+        let same_name = tls_listener("a", at, &["x.test"], "") + &tls_listener("b", at, &["x.test"], "");
+        assert!(invalid(&same_name).contains("server name `x.test` is served by both `a` and `b`"));
+
+        let two_defaults = tls_listener("a", at, &["a.test"], "default = true")
+            + &tls_listener("b", at, &["b.test"], "default = true");
+        assert!(invalid(&two_defaults).contains("listeners `a` and `b` are both the default"));
+
+        let plain = format!("[[listener]]\nname = \"p\"\naddress = \"{at}\"\nplugin = \"p.wasm\"\n");
+        assert!(invalid(&(tls_listener("a", at, &["a.test"], "") + &plain)).contains("shared only by TLS listeners"));
+
+        let unnamed = tls_listener("a", at, &["a.test"], "") + &tls_listener("b", at, &[], "");
+        assert!(invalid(&unnamed).contains("give it server-names, or make it the default"));
+
+        let proxies = tls_listener("a", at, &["a.test"], "proxy-protocol = [\"10.0.0.1\"]")
+            + &tls_listener("b", at, &["b.test"], "");
+        assert!(invalid(&proxies).contains("but not proxy-protocol"));
     }
 }

@@ -16,6 +16,7 @@
 mod follow;
 mod preflight;
 mod reload;
+mod sites;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,9 +30,9 @@ use tracing::{info, info_span, warn};
 use crate::config::Config;
 use crate::listener::{InstanceMode, Limits, ListenerSpec, Workers};
 use crate::plugin::{Plugin, PluginError, PluginFactory, Runtime};
-use crate::reactor::{Command, Commands, Counts, FaultNotice, Slots, Swapped};
+use crate::reactor::{Command, Commands, Counts, FaultNotice, GateCounts, Slots, Swapped, Tallies};
 
-pub use follow::watched;
+pub use follow::{watched, watched_certificates};
 pub use preflight::PreflightError;
 pub(crate) use preflight::preflight;
 pub use reload::{AddError, ReloadReport};
@@ -96,6 +97,12 @@ pub struct ListenerStatus {
     pub rollbacks: u64,
     /// Why the last refused version was refused, if one was.
     pub last_error: Option<String>,
+    /// The server names it serves on a shared address, and whether it is the default.
+    pub server_names: Vec<String>,
+    /// How it speaks TLS: `none`, `terminate` or `passthrough`.
+    pub tls: &'static str,
+    /// The certificate it serves, if it ends TLS.
+    pub certificate: Option<crate::tls::Certificate>,
 }
 
 /// What became of a swap or a rollback.
@@ -125,6 +132,9 @@ pub enum Refusal {
     /// It failed its pre-flight.
     #[error(transparent)]
     Preflight(#[from] PreflightError),
+    /// The CA of an upstream it dials over TLS could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A control request that names nothing to act on.
@@ -136,6 +146,10 @@ pub enum ControlError {
     /// A rollback was asked for a listener that has had only one version.
     #[error("listener `{0}` has no previous version to roll back to")]
     NoPreviousVersion(String),
+    /// A listener's certificate, key or TLS settings were refused (the old ones
+    /// serve).
+    #[error("listener `{0}`: {1}")]
+    Tls(String, crate::tls::TlsError),
     /// The server is stopping.
     #[error("the server is stopping")]
     Stopping,
@@ -163,6 +177,8 @@ struct Inner {
     swapping: Mutex<()>,
     /// The workers are serving (set by the server when it runs, cleared when it stops).
     running: AtomicBool,
+    /// The addresses that route, and the rule each follows.
+    sites: Mutex<std::collections::HashMap<sites::SiteKey, sites::SiteEntry>>,
 }
 
 /// What the control surface knows of one listener.
@@ -178,6 +194,8 @@ pub(crate) struct Record {
     pub slots: Slots,
     /// The engine its versions are compiled for.
     pub runtime: Arc<Runtime>,
+    /// The certificate it serves, if it ends TLS.
+    pub tls: Option<crate::tls::ServerTls>,
     history: Vec<Entry>,
     swaps: u64,
     failed_swaps: u64,
@@ -221,6 +239,7 @@ impl Record {
             workers,
             slots,
             runtime,
+            tls: None,
             history: vec![Entry { version, plugin: Some(plugin), rolled_back: false }],
             swaps: 0,
             failed_swaps: 0,
@@ -267,6 +286,7 @@ impl Control {
                 listeners: Mutex::new(Vec::new()),
                 swapping: Mutex::new(()),
                 running: AtomicBool::new(false),
+                sites: Mutex::new(std::collections::HashMap::new()),
             }),
         };
         let watcher = control.clone();
@@ -290,9 +310,22 @@ impl Control {
 
     /// Every listener as it is now, in config order.
     pub fn listeners(&self) -> Vec<ListenerStatus> {
-        let counts = self.gather();
-        let listeners = self.records();
-        listeners
+        self.status().0
+    }
+
+    /// Every listener as it is now, in config order, and what happened at each address
+    /// that routes before its connections reached a listener.
+    pub fn status(&self) -> (Vec<ListenerStatus>, Vec<(SocketAddr, GateCounts)>) {
+        let (counts, gates) = self.gather();
+        let mut addresses: Vec<(SocketAddr, GateCounts)> = Vec::new();
+        for (address, c) in gates {
+            match addresses.iter_mut().find(|(a, _)| *a == address) {
+                Some((_, sum)) => sum.add(&c),
+                None => addresses.push((address, c)),
+            }
+        }
+        let records = self.records();
+        let listeners = records
             .iter()
             .map(|r| {
                 let mut total = Counts::default();
@@ -312,9 +345,17 @@ impl Control {
                     failed_swaps: r.failed_swaps,
                     rollbacks: r.rollbacks,
                     last_error: r.last_error.clone(),
+                    server_names: r.spec.server_names.clone(),
+                    tls: match r.spec.tls {
+                        None => "none",
+                        Some(crate::listener::Tls::Terminate(_)) => "terminate",
+                        Some(crate::listener::Tls::Passthrough) => "passthrough",
+                    },
+                    certificate: r.tls.as_ref().map(crate::tls::ServerTls::certificate),
                 }
             })
-            .collect()
+            .collect();
+        (listeners, addresses)
     }
 
     /// Compile, link and pre-flight a new version of `listener`'s plugin, then make it
@@ -360,8 +401,8 @@ impl Control {
         record.map(f).ok_or_else(|| ControlError::UnknownListener(listener.to_owned()))
     }
 
-    /// Every worker's counts, by listener name.
-    fn gather(&self) -> Vec<(String, Counts)> {
+    /// Every worker's counts, by listener name, and by routing address.
+    fn gather(&self) -> Tallies {
         let replies: Vec<_> = self
             .inner
             .workers
@@ -371,7 +412,12 @@ impl Control {
                 worker.send(Command::Snapshot { reply }).then_some(answer)
             })
             .collect();
-        replies.into_iter().filter_map(|answer| answer.recv().ok()).flatten().collect()
+        let mut all = (Vec::new(), Vec::new());
+        for (listeners, gates) in replies.into_iter().filter_map(|answer| answer.recv().ok()) {
+            all.0.extend(listeners);
+            all.1.extend(gates);
+        }
+        all
     }
 
     fn roll_back(&self, listener: &str, route: Route) -> Result<SwapReport, ControlError> {
@@ -399,10 +445,14 @@ impl Control {
         let name = spec.name.clone();
         let (workers, number) = self.with_record(&name, |r| (r.workers.clone(), r.current().number + 1))?;
         let factory = plugin.factory(&spec, number);
+        let upstreams = match sites::upstreams(&spec) {
+            Ok(upstreams) => upstreams,
+            Err(reason) => return self.refuse(&name, reason.into()),
+        };
         if let Err(reason) = preflight(&spec, factory.clone()) {
             return self.refuse(&name, reason.into());
         }
-        let swapped = self.tell_workers(workers, &spec, &factory, number)?;
+        let swapped = self.tell_workers(workers, &spec, &factory, number, &upstreams)?;
         let version = Version {
             number,
             hash: plugin.hash().to_owned(),
@@ -452,12 +502,18 @@ impl Control {
         spec: &ListenerSpec,
         factory: &PluginFactory,
         number: u64,
+        upstreams: &[(SocketAddr, crate::tls::ClientTls)],
     ) -> Result<Swapped, ControlError> {
         let mut answers = Vec::new();
         for worker in workers {
             let (reply, answer) = channel();
-            let command =
-                Command::Swap { spec: spec.clone(), version: number, factory: Box::new(factory.clone()), reply };
+            let command = Command::Swap {
+                spec: spec.clone(),
+                version: number,
+                factory: Box::new(factory.clone()),
+                upstreams: upstreams.to_vec(),
+                reply,
+            };
             if !self.inner.workers[worker].send(command) {
                 return Err(ControlError::Stopping);
             }

@@ -13,7 +13,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use sandport::admin;
 use sandport::config::{self, Config, DEFAULT_ADMIN_ADDRESS, LogFormat};
-use sandport::control::{Control, watched};
+use sandport::control::{Control, watched, watched_certificates};
 use sandport::plugin::Runtime;
 use sandport::reactor::StopHandle;
 use sandport::scaffold;
@@ -70,6 +70,17 @@ enum Command {
         /// The new folder; its name names the plugin.
         folder: PathBuf,
     },
+    /// Make a certificate to try TLS with on this machine: a local CA (`ca.pem`) and a
+    /// certificate it signed for NAMES (`cert.pem`, `key.pem`), in DIR. Files already
+    /// there are kept.
+    Cert {
+        /// The folder to write them to.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The names the certificate is for.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
     /// Show a running server's listeners (through its admin API).
     Status {
         #[command(flatten)]
@@ -123,6 +134,11 @@ fn main() -> ExitCode {
             compile(file, output)
         }
         Command::New { lang, folder } => new(lang, &folder),
+        Command::Cert { dir, names } => sandport::selfsigned::make_if_missing(&dir, &names)
+            .map(|dir| {
+                println!("certificate for {}: {}/cert.pem, key.pem; its CA: ca.pem", names.join(", "), dir.display())
+            })
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -151,6 +167,7 @@ fn serve(config_file: Option<PathBuf>, listen: Vec<String>, plugin: Vec<PathBuf>
     let signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
     let started: Arc<Starting> = Arc::default();
     let handler = started.clone();
+    let followed_config = config_file.clone().filter(|_| config.watch);
     std::thread::Builder::new()
         .name("sandport-signals".into())
         .spawn(move || on_signals(signals, config_file, &handler))
@@ -166,7 +183,31 @@ fn serve(config_file: Option<PathBuf>, listen: Vec<String>, plugin: Vec<PathBuf>
             None
         }
     };
-    let _ = started.server.set(Started { stop: server.stop_handle(), control, watcher });
+    let certificates = match control.follow_certificates(watched_certificates(&config)) {
+        Ok(watcher) => Some(watcher),
+        Err(err) => {
+            warn!("{err}; certificate files are not watched for changes (SIGHUP and the admin API still reload them)");
+            None
+        }
+    };
+    let _ = started.server.set(Started { stop: server.stop_handle(), control, watcher, certificates });
+    // With `watch = true` the config file itself is followed too (a ConfigMap mounted as
+    // a folder, say): a change is a SIGHUP, taken the same way.
+    let _config_watcher = followed_config.and_then(|path| {
+        let fingerprint: watch::Fingerprint = Arc::new(|path: &std::path::Path| {
+            let bytes = sandport::regular_file::read(path, config::MAX_CONFIG).ok().filter(|b| !b.is_empty())?;
+            Some(sandport::plugin::content_hash(&bytes))
+        });
+        let on_change = |_: &str, file: &std::path::Path, _: &str| {
+            info!(config = %file.display(), "config file changed: reloading it");
+            if let Err(err) = signal_hook::low_level::raise(SIGHUP) {
+                warn!("cannot raise SIGHUP to reload the config: {err}");
+            }
+        };
+        watch::Watcher::start(vec![("config".into(), path)], fingerprint, None, on_change)
+            .inspect_err(|err| warn!("{err}; the config file is not watched (SIGHUP still reloads it)"))
+            .ok()
+    });
     info!(workers = config.workers, "ready");
     // Whoever takes the flag acts on it: this thread, or the signal thread if it set
     // the flag after this looked (it looks at the server again after setting it).
@@ -196,6 +237,8 @@ struct Started {
     stop: StopHandle,
     control: Control,
     watcher: Option<watch::Watcher>,
+    /// Watches certificate and key files.
+    certificates: Option<watch::Watcher>,
 }
 
 /// The signal thread: SIGHUP reloads the config; SIGINT or SIGTERM stops the server
@@ -204,14 +247,14 @@ fn on_signals(mut signals: Signals, config_file: Option<PathBuf>, starting: &Sta
     let mut stopping = false;
     for signal in signals.forever() {
         match (signal, starting.server.get()) {
-            (SIGHUP, Some(started)) => reload(config_file.as_deref(), &started.control, started.watcher.as_ref()),
+            (SIGHUP, Some(started)) => reload(config_file.as_deref(), started),
             (SIGHUP, None) => {
                 info!("SIGHUP while starting: the config is reloaded once the server has started");
                 starting.reload_asked.store(true, Ordering::SeqCst);
                 if let Some(started) = starting.server.get()
                     && starting.reload_asked.swap(false, Ordering::SeqCst)
                 {
-                    reload(config_file.as_deref(), &started.control, started.watcher.as_ref());
+                    reload(config_file.as_deref(), started);
                 }
             }
             (_, None) => {
@@ -244,7 +287,8 @@ fn init_logging(format: LogFormat) {
 
 /// SIGHUP: re-read the config file and apply it. A file that does not parse changes
 /// nothing.
-fn reload(config_file: Option<&Path>, control: &Control, watcher: Option<&watch::Watcher>) {
+fn reload(config_file: Option<&Path>, started: &Started) {
+    let (control, watcher) = (&started.control, started.watcher.as_ref());
     let Some(path) = config_file else {
         return warn!("SIGHUP: nothing to reload (serving --listen/--plugin pairs, not a config file)");
     };
@@ -255,6 +299,9 @@ fn reload(config_file: Option<&Path>, control: &Control, watcher: Option<&watch:
             if let Some(Err(err)) = watcher.map(|watcher| watcher.set(watched(&config))) {
                 warn!("cannot watch the reloaded config's plugin files: {err}");
             }
+            if let Some(Err(err)) = started.certificates.as_ref().map(|w| w.set(watched_certificates(&config))) {
+                warn!("cannot watch the reloaded config's certificate files: {err}");
+            }
         }
         Err(err) => error!("reload refused, the running config stays: {err}"),
     }
@@ -263,7 +310,7 @@ fn reload(config_file: Option<&Path>, control: &Control, watcher: Option<&watch:
 fn check(file: PathBuf) -> anyhow::Result<()> {
     // Through the default cache: a server started next loads what `check` compiled.
     let plugin = Runtime::new()?.with_cache(config::default_cache_dir().as_deref()).load(&file)?;
-    println!("{}: ok, implements sandport:handler/plugin", file.display());
+    println!("{}: ok, implements sandport:handler/plugin@{}", file.display(), plugin.wit_version());
     let migration = if plugin.migrates() { "migrates open connections" } else { "drains on a swap" };
     println!("live migration: {migration}");
     println!("imports:");

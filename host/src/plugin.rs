@@ -17,18 +17,21 @@
 //!
 //! Plugin files are read with [`read_component`] only, whichever route names them
 //! (config, SIGHUP, the admin API, the watcher, the command line): a regular file of
-//! at most [`MAX_COMPONENT`] bytes. Inside, the rooms are: `bindings` (what wasmtime
-//! generates from the WIT, alone); `state` (what an instance's store holds, and the
-//! host lent to it for a call); `imports` and `wasi` (what a guest can call, as trait
-//! implementations over that state); `linker` (which of them a component is linked
-//! against); `fit` and `signature` (why a component does not fit, and the types of
-//! the exports the host calls); `cache` and `trust` (compiled code kept, and only
-//! where no one else could have written it); `migrate`, `output`, `log_rate` and
-//! `deadline`.
+//! at most [`MAX_COMPONENT`] bytes. Inside, the rooms are: `version` (the versions of
+//! the WIT contract served: a plugin built against any of them loads); `bindings`
+//! (what wasmtime generates from the WIT, alone); `state` (what an instance's store
+//! holds, and the host lent to it for a call); `imports` and `wasi` (what a guest can
+//! call, as trait implementations over that state); `linker` (which of them a
+//! component is linked against); `exports` (the functions the host calls, found once
+//! per component at whichever version it exports them); `fit` and `signature` (why a
+//! component does not fit, and the types of the exports the host calls); `cache` and
+//! `trust` (compiled code kept, and only where no one else could have written it);
+//! `migrate`, `output`, `log_rate` and `deadline`.
 
 mod bindings;
 mod cache;
 mod deadline;
+mod exports;
 mod fit;
 mod imports;
 mod linker;
@@ -38,6 +41,7 @@ mod output;
 mod signature;
 mod state;
 mod trust;
+mod version;
 mod wasi;
 
 use std::collections::BTreeMap;
@@ -55,9 +59,9 @@ use crate::regular_file::{self, Kind, ReadError};
 use bindings::sandport::handler::types as wit;
 use cache::{Cache, ContentHash};
 use deadline::{Budget, CallClock, OverBudget};
+use exports::Exports;
 pub use fit::Misfit;
 use log_rate::LogBudget;
-use migrate::Exports;
 pub use migrate::MAX_STATE;
 use output::escape_controls;
 use state::{GuestState, RecvView};
@@ -254,7 +258,7 @@ impl Runtime {
     }
 
     fn link(&self, component: Component, path: &Path) -> Result<Linked, PluginError> {
-        let linked = self.linker.instantiate_pre(&component).and_then(|pre| Ok((Exports::find(&pre)?, pre)));
+        let linked = self.linker.instantiate_pre(&component).and_then(|pre| Ok((Exports::find(&component)?, pre)));
         match linked {
             Ok((exports, pre)) => Ok(Linked { component, pre, exports }),
             // Only now is it worth working out all that does not fit, not just the first.
@@ -304,6 +308,12 @@ impl Plugin {
     /// lowercase hex (for a `.cwasm`, of the component it was compiled from).
     pub fn hash(&self) -> &str {
         &self.inner.hash
+    }
+
+    /// The version of the WIT contract the plugin was built against (`0.2.0`): the
+    /// version of the `handler` interface it exports.
+    pub fn wit_version(&self) -> &'static str {
+        self.inner.linked.exports.version().number()
     }
 
     /// Whether the plugin can hand its connections over to a new version and take
@@ -404,11 +414,11 @@ impl PluginFactory {
         start_call(&mut store, &budget);
         let instance = loaded.linked.pre.instantiate(&mut store);
         let exports = instance.and_then(|instance| loaded.linked.exports.load(&mut store, &instance));
-        let (bindings, migrate) = exports.map_err(|e| PluginError::Instantiate {
+        let (handle, migrate) = exports.map_err(|e| PluginError::Instantiate {
             path: loaded.path.clone(),
             reason: tenant.explain(&e, store.data()).0,
         })?;
-        Ok(PluginHandler { tenant: tenant.clone(), store, bindings, migrate })
+        Ok(PluginHandler { tenant: tenant.clone(), store, handle, migrate })
     }
 }
 
@@ -426,17 +436,18 @@ impl HandlerFactory for PluginFactory {
 pub struct PluginHandler {
     tenant: Arc<Tenant>,
     store: Store<GuestState>,
-    bindings: bindings::Plugin,
+    /// The instance's `handler.handle`, at whichever version its component exports it.
+    handle: exports::Handle,
     /// The instance's `migrate` export, if its component has one.
-    migrate: Option<migrate::Migrate>,
+    migrate: Option<exports::Migrate>,
 }
 
 impl Handler for PluginHandler {
     fn handle(&mut self, host: &mut dyn Host, conn: ConnId, event: Event) -> Result<(), Fault> {
         let event = to_wit(event);
         let rx = Resource::<RecvView>::new_borrow(RecvView::CURRENT);
-        let handler = self.bindings.sandport_handler_handler();
-        call(&self.tenant, &mut self.store, host, conn, "", |store| handler.call_handle(store, conn.0, &event, rx))
+        let handle = self.handle;
+        call(&self.tenant, &mut self.store, host, conn, "", |store| handle.call(store, (conn.0, event, rx)))
     }
 
     fn migrates(&self) -> bool {

@@ -82,33 +82,59 @@ mod command;
 mod connection;
 mod deliver;
 pub(crate) mod descriptors;
+mod greeting;
 mod scope;
 mod service;
+mod site;
 mod state;
 mod stats;
 mod timer;
+mod transport;
 
 use connection::Dial;
 use descriptors::Reserve;
 use state::{Account, Core, Instance};
 use timer::Timers;
 
-pub(crate) use command::{Command, Commands, Swapped};
+pub(crate) use command::{Command, Commands, Swapped, Tallies};
 use scope::Scope;
-pub use stats::{Counts, GuestTime, Stats};
+pub use site::{Handling, SharedSite, Site, Target};
+pub use stats::{Counts, GateCounts, GuestTime, Refusal, Stats};
 
 const WAKER: Token = Token(usize::MAX);
 
-/// Listeners take tokens from the top of the range, below the waker; connections
-/// use their slab keys from the bottom.
+/// Listeners take tokens from the top of the range, below the waker, and ports below
+/// them; greetings use theirs from [`GREETING_BASE`] up, connections their slab keys
+/// from the bottom.
 fn listener_token(index: usize) -> Token {
     Token(usize::MAX - 1 - index)
 }
+
+/// Ports' tokens start this far below the listeners'.
+const PORT_TOKENS: usize = 1 << 24;
+
+fn port_token(index: usize) -> Token {
+    Token(usize::MAX - 1 - PORT_TOKENS - index)
+}
+
+/// A greeting's token is its slab key plus this.
+const GREETING_BASE: usize = usize::MAX / 4;
 
 /// The listener a token names, if it names one of `count` listeners.
 fn listener_index(token: Token, count: usize) -> Option<usize> {
     let index = (usize::MAX - 1).checked_sub(token.0)?;
     (index < count).then_some(index)
+}
+
+/// The port a token names, if it names one of `count` ports.
+fn port_index(token: Token, count: usize) -> Option<usize> {
+    let index = (usize::MAX - 1 - PORT_TOKENS).checked_sub(token.0)?;
+    (index < count).then_some(index)
+}
+
+/// The greeting a token names, if it names one.
+fn greeting_key(token: Token) -> Option<usize> {
+    token.0.checked_sub(GREETING_BASE).filter(|key| *key < PORT_TOKENS)
 }
 
 /// Stops running [`Reactor`]s from another thread (a signal handler, a test).
@@ -163,15 +189,28 @@ impl Slots {
 }
 
 /// Where and how a reactor listens for one listener.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Binding {
     /// The address to bind (port 0: any free port).
     pub address: SocketAddr,
     /// Other workers bind the same address (`SO_REUSEPORT`): the kernel spreads
     /// connections over them.
     pub shared_port: bool,
+    /// The address is a port with a [`Site`] (opened beforehand with
+    /// [`Reactor::open_port`]) that routes connections to the listener: bind nothing.
+    pub routed: bool,
+    /// The upstreams the listener's handlers dial over TLS, ready.
+    pub upstreams: Vec<(SocketAddr, crate::tls::ClientTls)>,
     /// The listener's connection slots, shared with those workers.
     pub slots: Slots,
+}
+
+impl Binding {
+    /// One worker's own socket on `address`, with slots of its own and no TLS
+    /// upstreams.
+    pub fn new(address: SocketAddr) -> Binding {
+        Binding { address, shared_port: false, routed: false, upstreams: Vec::new(), slots: Slots::default() }
+    }
 }
 
 /// A listening socket and where its handlers come from.
@@ -193,6 +232,23 @@ struct Listener {
     /// Accept failed in a way readiness will not report again: try again at this
     /// time, or as soon as a connection closes.
     retry_at: Option<Instant>,
+    /// Its TLS handshakes in flight on this worker (`max-handshakes`).
+    handshakes: usize,
+}
+
+/// A listening socket whose connections are routed by a [`Site`]: read for a PROXY
+/// header and a ClientHello before a listener takes them.
+struct Port {
+    socket: Option<TcpListener>,
+    address: SocketAddr,
+    site: SharedSite,
+    /// As for a listener's: when to try accepting again.
+    retry_at: Option<Instant>,
+    /// Its connections still greeting on this worker.
+    greetings: usize,
+    counts: GateCounts,
+    /// The rate limit on lines about its refusals.
+    throttle: Throttle,
 }
 
 /// The event loop of one worker. Single-threaded: it owns its sockets, buffers and
@@ -203,6 +259,16 @@ pub struct Reactor {
     poll: Poll,
     events: Events,
     listeners: Vec<Listener>,
+    /// Addresses that route; a port stays while the config has listeners there.
+    ports: Vec<Port>,
+    greetings: Slab<greeting::Greeting>,
+    /// Greetings with something to do, served a few per turn.
+    greeting_queue: Vec<usize>,
+    /// Greetings' deadlines: when, which, and its serial.
+    greeting_deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, usize, u64)>>,
+    next_greeting: u64,
+    /// Where to hand a connection whose listener lives on another worker.
+    peers: Vec<Commands>,
     core: Core,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
@@ -252,6 +318,12 @@ impl Reactor {
             poll,
             events: Events::with_capacity(1024),
             listeners: Vec::new(),
+            ports: Vec::new(),
+            greetings: Slab::new(),
+            greeting_queue: Vec::new(),
+            greeting_deadlines: std::collections::BinaryHeap::new(),
+            next_greeting: 0,
+            peers: Vec::new(),
             core: Core {
                 registry,
                 conns: Slab::new(),
@@ -294,12 +366,48 @@ impl Reactor {
         Commands::new(self.commander.clone(), self.waker.clone())
     }
 
+    /// The workers of this one's server, by index: a routed connection whose listener
+    /// lives on another is handed to it.
+    pub(crate) fn set_peers(&mut self, peers: Vec<Commands>) {
+        self.peers = peers;
+    }
+
+    /// Listen on `address` (port 0: any free one) for connections that `site` routes.
+    /// Returns the bound address.
+    pub fn open_port(&mut self, site: SharedSite, address: SocketAddr, shared_port: bool) -> io::Result<SocketAddr> {
+        let index = self.ports.len();
+        let mut socket = bind(address, shared_port)?;
+        let address = socket.local_addr()?;
+        self.poll.registry().register(&mut socket, port_token(index), Interest::READABLE)?;
+        info!(%address, worker = self.index, "listening for routed connections");
+        self.ports.push(Port {
+            socket: Some(socket),
+            address,
+            site,
+            retry_at: None,
+            greetings: 0,
+            counts: GateCounts::default(),
+            throttle: Throttle::new(Instant::now()),
+        });
+        Ok(address)
+    }
+
+    /// Stop listening on the port at `address` (its last listener is gone). Greetings
+    /// under way go on to their routes.
+    pub(crate) fn close_port(&mut self, address: SocketAddr) {
+        for port in self.ports.iter_mut().filter(|p| p.address == address) {
+            if let Some(mut socket) = port.socket.take() {
+                let _ = self.poll.registry().deregister(&mut socket);
+                info!(%address, worker = self.index, "stopped listening for routed connections");
+            }
+        }
+    }
+
     /// Listen on `spec.address`; `factory` makes the handlers of its connections
     /// (when they are needed: the first connection, or each one, per
     /// `spec.instance`). Returns the bound address (useful with port 0).
     pub fn listen(&mut self, spec: &ListenerSpec, factory: Box<dyn HandlerFactory>) -> io::Result<SocketAddr> {
-        let binding = Binding { address: spec.address, shared_port: false, slots: Slots::default() };
-        self.listen_as(spec, binding, factory)
+        self.listen_as(spec, Binding::new(spec.address), factory)
     }
 
     /// [`Reactor::listen`] as one of the workers that serve a listener.
@@ -310,12 +418,18 @@ impl Reactor {
         factory: Box<dyn HandlerFactory>,
     ) -> io::Result<SocketAddr> {
         let index = self.listeners.len();
-        let mut socket = bind(binding.address, binding.shared_port)?;
-        let address = socket.local_addr()?;
-        self.poll.registry().register(&mut socket, listener_token(index), Interest::READABLE)?;
-        info!(listener = %spec.name, %address, worker = self.index, "listening");
+        let (socket, address) = if binding.routed {
+            info!(listener = %spec.name, address = %binding.address, worker = self.index, "listening on an address that routes by server name");
+            (None, binding.address)
+        } else {
+            let mut socket = bind(binding.address, binding.shared_port)?;
+            let address = socket.local_addr()?;
+            self.poll.registry().register(&mut socket, listener_token(index), Interest::READABLE)?;
+            info!(listener = %spec.name, %address, worker = self.index, "listening");
+            (Some(socket), address)
+        };
         self.listeners.push(Listener {
-            socket: Some(socket),
+            socket,
             address,
             next_poll: spec.poll_interval.map(|every| Instant::now() + every),
             factory,
@@ -323,9 +437,11 @@ impl Reactor {
             retired: false,
             shared: None,
             retry_at: None,
+            handshakes: 0,
         });
         self.core.accounts.push(Account {
             spec: spec.clone(),
+            upstreams: binding.upstreams,
             open: binding.slots,
             counts: Counts::default(),
             throttle: Throttle::new(Instant::now()),
@@ -378,6 +494,10 @@ impl Reactor {
         for index in 0..self.listeners.len() {
             self.close_socket(index);
         }
+        let addresses: Vec<SocketAddr> = self.ports.iter().map(|p| p.address).collect();
+        for address in addresses {
+            self.close_port(address);
+        }
     }
 
     /// Close listener `index`'s listening socket, if it has one.
@@ -396,12 +516,16 @@ impl Reactor {
         self.core.now = Instant::now();
         self.obey();
         let mut ready_listeners = Vec::new();
+        let mut ready_ports = Vec::new();
+        let mut ready_greetings = Vec::new();
         for event in self.events.iter() {
             match event.token() {
                 WAKER => {}
                 token if let Some(index) = listener_index(token, self.listeners.len()) => {
                     ready_listeners.push(index);
                 }
+                token if let Some(index) = port_index(token, self.ports.len()) => ready_ports.push(index),
+                token if let Some(key) = greeting_key(token) => ready_greetings.push(key),
                 Token(key) => {
                     let Some(conn) = self.core.conns.get_mut(key) else { continue };
                     conn.on_readiness(event);
@@ -412,9 +536,17 @@ impl Reactor {
         for index in ready_listeners {
             self.accept(index);
         }
+        for key in ready_greetings {
+            self.greeting_ready(key);
+        }
+        for port in ready_ports {
+            self.accept_port(port);
+        }
+        self.serve_greetings();
         self.service_queue();
         let now = Instant::now();
         self.core.now = now;
+        self.expire_greetings(now);
         self.fire_timers(now);
         self.fire_polls(now);
         self.fire_drains(now);
@@ -458,11 +590,12 @@ impl Reactor {
     /// How long the next poll may sleep: not at all with work queued, otherwise until
     /// the next timer, POLL tick, accept retry or report of suppressed lines.
     fn timeout(&self) -> Option<Duration> {
-        if !self.core.queue.is_empty() {
+        if !self.core.queue.is_empty() || !self.greeting_queue.is_empty() {
             return Some(Duration::ZERO);
         }
         let polls = self.listeners.iter().filter_map(|l| l.next_poll);
-        let retries = self.listeners.iter().filter_map(|l| l.retry_at);
+        let retries =
+            self.listeners.iter().filter_map(|l| l.retry_at).chain(self.ports.iter().filter_map(|p| p.retry_at));
         let reports = self.core.accounts.iter().filter_map(|a| a.throttle.next_report());
         let drains = self.draining.iter().filter_map(|&key| self.core.instances.get(key)?.drain_at);
         let next = self
@@ -474,6 +607,7 @@ impl Reactor {
             .chain(retries)
             .chain(reports)
             .chain(drains)
+            .chain(self.next_greeting_deadline())
             .chain(self.closing_at)
             .min()?;
         Some(next.saturating_duration_since(Instant::now()))
@@ -504,6 +638,7 @@ impl Reactor {
     /// connection with its CLOSE event, and return what happened.
     fn shut_down(&mut self) -> Stats {
         self.stop_accepting();
+        self.drop_greetings();
         let open = self.core.conns.len();
         // A handler that dials while it handles its CLOSE is refused from here on (one
         // that dialed on every CLOSE would never let go), so every connection there is
@@ -522,6 +657,9 @@ impl Reactor {
                 warn!(listener = %account.spec.name, suppressed = n, "host lines about connections suppressed by the rate limit");
             }
             stats.push(&account.spec.name, &account.counts);
+        }
+        for port in &self.ports {
+            stats.addresses.push((port.address, port.counts.clone()));
         }
         stats
     }

@@ -89,7 +89,11 @@ impl Server {
             })
             .collect::<io::Result<Vec<_>>>()
             .map_err(ServerError::Reactor)?;
-        let commands = workers.iter().map(Reactor::commands).collect();
+        let commands: Vec<_> = workers.iter().map(Reactor::commands).collect();
+        let mut workers = workers;
+        for worker in &mut workers {
+            worker.set_peers(commands.clone());
+        }
         let stop = workers.iter().map(Reactor::stop_handle).reduce(StopHandle::and).expect("at least one worker");
         let mut server = Server {
             threads: Vec::new(),

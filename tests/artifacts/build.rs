@@ -30,6 +30,7 @@ const PLUGINS: &[&str] = &[
     "fixture-migrate-faults",
     "fixture-foreign-import",
     "fixture-other-wit",
+    "fixture-old-wit",
 ];
 
 /// Directories whose contents feed the plugin builds.

@@ -37,5 +37,8 @@ mod reload;
 mod swap;
 mod swap_more;
 mod timers;
+mod tls;
+mod tls_kit;
 mod watch;
+mod wit_versions;
 mod workers;

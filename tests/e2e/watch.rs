@@ -157,3 +157,16 @@ fn a_file_change_does_nothing_unless_watch_is_on() {
     assert!(!followed, "the unwatched listener's file was followed:\n{log}");
     server.terminate();
 }
+
+#[test]
+fn with_watch_on_a_changed_config_file_is_reloaded_as_by_sighup() {
+    let first = listener("first", plugins::ECHO, "");
+    let server = Server::start(&format!("watch = true\n{first}"));
+    let path = server.config_path();
+    let old = fs::read_to_string(&path).unwrap();
+    replace(&path, format!("{old}\n{}", listener("second", plugins::ECHO, "")).as_bytes());
+    server.wait_for_log(&["config file changed: reloading it"]);
+    server.wait_for_log(&["listener added", "listener=second"]);
+    let mut client = server.connect("first");
+    assert_eq!(client.ask("still here"), "still here", "the listener already there is left alone");
+}

@@ -5,6 +5,8 @@
 //! encoder as constant metrics, one family per kind of count, labelled by listener.
 //! It never keeps or computes a count itself.
 
+use std::net::SocketAddr;
+
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -15,15 +17,19 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::control::ListenerStatus;
 use crate::handler::Event;
 use crate::listener::Limit;
-use crate::reactor::GuestTime;
+use crate::reactor::{GateCounts, GuestTime, Refusal};
 
 /// The exposition's content type (Prometheus text, version 0.0.4).
 pub(super) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-/// The listeners' metrics as Prometheus text.
-pub(super) fn encode(listeners: Vec<ListenerStatus>) -> Result<String, std::fmt::Error> {
+/// The listeners' metrics, and the routing addresses', as Prometheus text.
+pub(super) fn encode(
+    listeners: Vec<ListenerStatus>,
+    addresses: Vec<(SocketAddr, GateCounts)>,
+) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Snapshot(listeners)));
+    registry.register_collector(Box::new(Gates(addresses)));
     let mut text = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)?;
     Ok(text)
@@ -32,6 +38,29 @@ pub(super) fn encode(listeners: Vec<ListenerStatus>) -> Result<String, std::fmt:
 /// The listeners as they were when `/metrics` was asked for.
 #[derive(Debug)]
 struct Snapshot(Vec<ListenerStatus>);
+
+/// The routing addresses' counts as they were when `/metrics` was asked for.
+#[derive(Debug)]
+struct Gates(Vec<(SocketAddr, GateCounts)>);
+
+impl Collector for Gates {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "sandport_address_refused",
+            "Connections to an address that routes, closed before a listener took them, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (address, counts) in &self.0 {
+            let address = address.to_string();
+            for reason in Refusal::ALL {
+                let labels: Labels = vec![("address", address.as_str()), ("reason", reason.key())];
+                ConstCounter::new(counts.refused[reason as usize]).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// A family's label set: the listener, and what the count is of when the family
 /// has more than one per listener.
@@ -110,7 +139,32 @@ impl Collector for Snapshot {
         self.counters(e, "sandport_events", "Events delivered to the plugin, by kind", |l| {
             Event::KINDS.iter().zip(l.counts.events).map(|(kind, n)| (vec![("kind", *kind)], n)).collect()
         })?;
-        self.guest_time(e)?;
+        self.histogram(e, "sandport_guest_time", "Time the plugin took per event", |l| &l.counts.guest_time)?;
+        self.counters(e, "sandport_tls_handshakes", "TLS handshakes ended by the host, by result", |l| {
+            let c = &l.counts;
+            let timeouts = c.hits(Limit::HandshakeTimeout);
+            let results =
+                [("ok", c.handshakes), ("failed", c.handshakes_failed.saturating_sub(timeouts)), ("timeout", timeouts)];
+            results.into_iter().map(|(result, n)| (vec![("result", result)], n)).collect()
+        })?;
+        self.histogram(
+            e,
+            "sandport_tls_handshake_time",
+            "Time from accept to the end of a completed TLS handshake",
+            |l| &l.counts.handshake_time,
+        )?;
+        let mut expiry = e.encode_descriptor(
+            "sandport_tls_certificate_expiry_time",
+            "When the certificate a listener serves expires, in seconds since 1970",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        for listener in &self.0 {
+            let Some(certificate) = &listener.certificate else { continue };
+            let at = certificate.not_after.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs());
+            let labels: Labels = vec![("listener", listener.name.as_str())];
+            ConstGauge::new(at as i64).encode(expiry.encode_family(&labels)?)?;
+        }
         self.counters(e, "sandport_faults", "Plugin faults, by kind: a trap, or the limit that stopped it", |l| {
             let c = &l.counts;
             let by_limits: u64 = c.fault_limits.iter().sum();
@@ -143,16 +197,18 @@ impl Collector for Snapshot {
 }
 
 impl Snapshot {
-    /// `sandport_guest_time_seconds`: how long the plugin took per event.
-    fn guest_time(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut family = encoder.encode_descriptor(
-            "sandport_guest_time",
-            "Time the plugin took per event",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
-        )?;
+    /// A histogram family in seconds, one per listener, from the [`GuestTime`]
+    /// `time` gives for it.
+    fn histogram(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        time: impl Fn(&ListenerStatus) -> &GuestTime,
+    ) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
         for listener in &self.0 {
-            let time = &listener.counts.guest_time;
+            let time = time(listener);
             // Bounds in seconds, then the overflow bucket; the encoder adds them up.
             let bounds = GuestTime::BOUNDS.iter().map(|&micros| micros as f64 / 1e6).chain([f64::INFINITY]);
             let buckets: Vec<(f64, u64)> = bounds.zip(time.buckets).collect();

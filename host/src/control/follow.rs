@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use super::{Control, Source};
 use crate::config::Config;
+use crate::listener::Tls;
 use crate::plugin;
 use crate::watch::{Baseline, Fingerprint, WatchError, Watcher};
 
@@ -70,6 +71,41 @@ impl Control {
             Err(err) => warn!(listener = %listener, file = %shown, "plugin file changed: cannot swap it in: {err}"),
         }
     }
+}
+
+impl Control {
+    /// Reload a listener's certificate whenever its certificate or key file changes:
+    /// a [`Watcher`] over `files` (`(listener, file)`, as [`watched_certificates`]
+    /// lists them) that calls [`Control::reload_certificate`], which refuses what does
+    /// not parse, match or hold valid, and keeps the old certificate serving.
+    pub fn follow_certificates(&self, files: Vec<(String, PathBuf)>) -> Result<Watcher, WatchError> {
+        let fingerprint: Fingerprint = Arc::new(pem_hash);
+        let control = self.clone();
+        Watcher::start(files, fingerprint, None, move |listener, file, _| {
+            info!(listener = %listener, file = %file.display(), "certificate file changed: reloading");
+            let _ = control.reload_certificate(listener);
+        })
+    }
+}
+
+/// The certificate and key files of every listener that ends TLS, watched whatever its
+/// `watch` says: certificates are rotated by other programs (cert-manager, a Secret),
+/// and a rotation nobody picks up ends in an expired certificate.
+pub fn watched_certificates(config: &Config) -> Vec<(String, PathBuf)> {
+    let mut files = Vec::new();
+    for l in &config.listeners {
+        if let Some(Tls::Terminate(t)) = &l.tls {
+            files.push((l.name.clone(), t.certificate.clone()));
+            files.push((l.name.clone(), t.key.clone()));
+        }
+    }
+    files
+}
+
+/// A hash of the PEM file at `path`; `None` if it cannot be read or is empty.
+fn pem_hash(path: &Path) -> Option<String> {
+    let bytes = crate::regular_file::read(path, crate::tls::FILE_CAP).ok().filter(|bytes| !bytes.is_empty())?;
+    Some(plugin::content_hash(&bytes))
 }
 
 /// The files to watch for a configuration: each listener with `watch` on, and its

@@ -15,7 +15,7 @@ use std::sync::mpsc::channel;
 
 use tracing::{info, info_span, warn};
 
-use super::{Control, Record, Route, SwapReport};
+use super::{Control, Record, Route, SwapReport, sites};
 use crate::config::Config;
 use crate::listener::{InstanceMode, ListenerSpec, Workers};
 use crate::plugin::{self, Plugin, PluginError, PluginFactory, Runtime, content_hash};
@@ -30,7 +30,11 @@ pub struct ReloadReport {
     pub removed: Vec<String>,
     /// Listeners whose plugin, limits or settings changed: what became of each swap.
     pub swapped: Vec<SwapReport>,
-    /// Listeners the reload could not add or rebind, and why.
+    /// Listeners whose TLS changed: a certificate rotated, new server names, ALPN or
+    /// client CA.
+    pub tls: Vec<String>,
+    /// Listeners the reload could not add or rebind, or whose new certificate or TLS
+    /// settings were refused (the old ones serve), and why.
     pub failed: Vec<(String, String)>,
     /// Settings that changed in the file but take a restart (e.g. `workers`).
     pub need_restart: Vec<String>,
@@ -50,6 +54,10 @@ pub enum AddError {
         /// Why.
         source: io::Error,
     },
+    /// Its certificate, key or an upstream's CA could not be loaded (the message names
+    /// the file and why).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The server is stopping.
     #[error("the server is stopping")]
     Stopping,
@@ -60,6 +68,7 @@ struct Prepared {
     runtime: Arc<Runtime>,
     plugin: Plugin,
     factory: PluginFactory,
+    tls: sites::Loaded,
 }
 
 impl Control {
@@ -87,7 +96,13 @@ impl Control {
         let gone: Vec<String> = self
             .records()
             .iter()
-            .filter(|r| wanted(r.name()).is_none_or(|l| l.address != r.spec.address || l.instance != r.spec.instance))
+            .filter(|r| {
+                wanted(r.name()).is_none_or(|l| {
+                    l.address != r.spec.address
+                        || l.instance != r.spec.instance
+                        || sites::routed(l) != sites::routed(&r.spec)
+                })
+            })
             .map(|r| r.name().to_owned())
             .collect();
         for name in &gone {
@@ -110,7 +125,23 @@ impl Control {
                 Ok((old, hash, runtime)) => {
                     let bytes = plugin::read_component(&spec.plugin);
                     let same_file = bytes.as_ref().is_ok_and(|b| content_hash(b) == hash);
-                    if old == *spec && same_file {
+                    if sites::tls_part(&old) != sites::tls_part(spec) {
+                        match self.retarget(spec) {
+                            Ok(()) => report.tls.push(name.clone()),
+                            Err(err) => {
+                                warn!(listener = %name, "the listener's new TLS settings are refused, the old ones serve: {err}");
+                                report.failed.push((name.clone(), err.to_string()));
+                                continue;
+                            }
+                        }
+                    } else {
+                        match self.reload_certificate(name) {
+                            Ok(true) => report.tls.push(name.clone()),
+                            Ok(false) => {}
+                            Err(err) => report.failed.push((name.clone(), err.to_string())),
+                        }
+                    }
+                    if sites::without_tls(&old) == sites::without_tls(spec) && same_file {
                         continue;
                     }
                     let span = info_span!("load", listener = %name);
@@ -142,7 +173,12 @@ impl Control {
     /// Stop listening for `name` on its workers and forget its record; its connections
     /// drain.
     fn retire(&self, name: &str) {
-        let Ok(workers) = self.with_record(name, |r| r.workers.clone()) else { return };
+        let Ok((workers, spec)) = self.with_record(name, |r| (r.workers.clone(), r.spec.clone())) else { return };
+        if sites::routed(&spec) {
+            // New connections stop coming first; the others on the address never notice.
+            let records = self.records();
+            self.rebuild_site(&records, &sites::key_of(&spec), Some(name));
+        }
         self.stop_listening(name, workers);
         self.records().retain(|r| r.name() != name);
     }
@@ -189,10 +225,11 @@ impl Control {
                 Arc::new(pooled.with_cache(self.inner.started.cache_dir.as_deref()))
             }
         };
+        let tls = sites::load(spec)?;
         let plugin = info_span!("load", listener = %spec.name).in_scope(|| runtime.load(&spec.plugin))?;
         let factory = plugin.factory(spec, 1);
         factory.instantiate()?;
-        Ok(Prepared { runtime, plugin, factory })
+        Ok(Prepared { runtime, plugin, factory, tls })
     }
 
     /// The last step of starting listener `spec`, the `index`th of the config: bind
@@ -201,7 +238,18 @@ impl Control {
     /// that cannot bind undoes the ones before it.
     fn bind(&self, index: usize, spec: &ListenerSpec, prepared: Prepared) -> Result<(), AddError> {
         let serving = spec.instance.workers(index, self.inner.workers.len());
-        let mut binding = Binding { address: spec.address, shared_port: serving.len() > 1, slots: Slots::default() };
+        let routed = sites::routed(spec);
+        let address = match routed {
+            true => self.open_site(spec).map_err(|source| AddError::Listen { address: spec.address, source })?,
+            false => spec.address,
+        };
+        let mut binding = Binding {
+            address,
+            shared_port: serving.len() > 1,
+            routed,
+            upstreams: prepared.tls.upstreams,
+            slots: Slots::default(),
+        };
         for worker in serving.clone() {
             let (reply, answer) = channel();
             let command = Command::Listen {
@@ -221,9 +269,14 @@ impl Control {
             })?;
         }
         info!(listener = %spec.name, address = %binding.address, "listener added");
-        let record =
+        let mut record =
             Record::new(spec.clone(), binding.address, serving, binding.slots, prepared.runtime, prepared.plugin);
-        self.records().push(record);
+        record.tls = prepared.tls.server;
+        let mut records = self.records();
+        records.push(record);
+        if routed {
+            self.rebuild_site(&records, &sites::key_of(spec), None);
+        }
         Ok(())
     }
 }

@@ -1,11 +1,12 @@
-//! The Rust bindings wasmtime generates from `wit/handler.wit`, and nothing else.
+//! The Rust bindings wasmtime generates from the WIT, and nothing else: the current
+//! contract (`wit/handler.wit`, 0.2.0) at this module's root, and the one before it
+//! (`wit/compat/0.1.0`) in [`v0_1`].
 //!
-//! The `plugin` world's bindings are this module's root: the `host` and `types` traits
-//! the imports implement (see `imports`), and the `handler` export the host calls.
-//! Every import checks that it runs inside an event and traps otherwise, so all are
-//! trappable. The guest's `mbuf` is the host's `state::RecvView`. [`migrating`] holds the
-//! bindings of the `migrate` export alone (see `migrate` for why not those of the
-//! `migrating-plugin` world).
+//! Only their imports are used: the `host` and `types` traits the imports implement
+//! (see `imports`), and what links them. The exports the host calls are found by hand
+//! (see `exports`), so that one type serves a plugin of either version. Every import
+//! checks that it runs inside an event and traps otherwise, so all are trappable. The
+//! guest's `mbuf` is the host's `state::RecvView`.
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -14,18 +15,19 @@ wasmtime::component::bindgen!({
     with: { "sandport:handler/host.mbuf": super::state::RecvView },
 });
 
-/// Bindings of a world that exports only `migrate`, sharing the `types` above.
-pub mod migrating {
+/// Bindings of `sandport:handler@0.1.0`, which plugins built before `tls-info` import.
+///
+/// Its types are 0.2.0's (`with`): 0.2.0 only added to them, and values of the same
+/// shape lift and lower alike whichever interface names them, so each 0.1.0 import
+/// forwards to its 0.2.0 namesake without a conversion.
+pub mod v0_1 {
     wasmtime::component::bindgen!({
-        path: "../wit",
-        inline: "
-            package sandport:host-side;
-
-            world migrate-only {
-                export sandport:handler/migrate@0.1.0;
-            }
-        ",
-        world: "migrate-only",
-        with: { "sandport:handler/types": super::sandport::handler::types },
+        path: "../wit/compat/0.1.0",
+        world: "plugin",
+        imports: { default: trappable },
+        with: {
+            "sandport:handler/types": super::sandport::handler::types,
+            "sandport:handler/host.mbuf": super::super::state::RecvView,
+        },
     });
 }

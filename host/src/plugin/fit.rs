@@ -17,20 +17,19 @@
 //! another name.
 //!
 //! The exports are read from the component's type, and the functions the host calls
-//! are type-checked as at load (see `migrate` and `signature`).
+//! are type-checked as at load (see `exports` and `signature`), at the version of the
+//! contract whose `handler` the component exports. A `sandport:handler` name of a
+//! version the host does not serve is reported as that, with the versions it does.
 
 use std::collections::BTreeSet;
 
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker, LinkerInstance, ResourceType};
 
-use super::migrate::{CALLED, HANDLER};
+use super::exports::{CALLED, version_of};
 use super::one_line;
 use super::output::escape_controls;
-
-/// The WIT package a plugin is built against, and the version this host speaks.
-const PACKAGE: &str = "sandport:handler";
-const VERSION: &str = "0.1.0";
+use super::version::{PACKAGE, WitVersion};
 
 /// Everything about a component that does not fit the world, one problem a line, then
 /// each fix once.
@@ -44,8 +43,8 @@ enum Problem {
     /// An interface (or a bare function) the host does not provide.
     #[error("imports `{0}`, which sandport does not provide")]
     NotProvided(String),
-    /// A `sandport:handler` interface of another version than the host's.
-    #[error("{verb} `{name}`: built for {PACKAGE}@{version}, but this host speaks {PACKAGE}@{VERSION}")]
+    /// A `sandport:handler` interface of a version the host does not serve.
+    #[error("{verb} `{name}`: built for {PACKAGE}@{version}, but {}", speaks())]
     OtherVersion { verb: &'static str, name: String, version: String },
     /// A function or resource that an interface the host provides does not have.
     #[error("imports {}, which this host's `{interface}` does not have", member(.interface, .item))]
@@ -54,7 +53,7 @@ enum Problem {
     #[error("imports {} with another type than this host's", member(.interface, .item))]
     ImportType { interface: String, item: String },
     /// No `handler` export, of any version.
-    #[error("does not export `{HANDLER}` (it exports {0})")]
+    #[error("does not export {handler} (it exports {0})", handler = handler())]
     NoHandler(String),
     /// An exported interface without a function the host calls.
     #[error("exports `{interface}` without {}", member(.interface, .item))]
@@ -135,6 +134,24 @@ impl Fix {
     }
 }
 
+/// `this host speaks sandport:handler@0.2.0 (and loads 0.1.0)`: the version of the
+/// host's WIT, then the earlier ones it serves.
+fn speaks() -> String {
+    format!("this host speaks {PACKAGE}@{} (and loads {})", WitVersion::CURRENT.number(), earlier(|v| v.number()))
+}
+
+/// `` `sandport:handler/handler@0.2.0` or `@0.1.0` ``: the `handler` interface, at
+/// every version the host serves.
+fn handler() -> String {
+    format!("`{}` or {}", WitVersion::CURRENT.handler(), earlier(|v| format!("`@{}`", v.number())))
+}
+
+/// The versions before the current one, each as `show` shows it, joined by `or`.
+fn earlier<S: ToString>(show: impl Fn(WitVersion) -> S) -> String {
+    let earlier = WitVersion::ALL.into_iter().filter(|&version| version != WitVersion::CURRENT);
+    earlier.map(|version| show(version).to_string()).collect::<Vec<_>>().join(" or ")
+}
+
 /// `host.send` for a member of a `sandport:handler` interface; the member and its
 /// interface otherwise.
 fn member(interface: &str, item: &str) -> String {
@@ -148,14 +165,14 @@ fn is_sandport(name: &str) -> bool {
     name.strip_prefix(PACKAGE).is_some_and(|rest| rest.starts_with('/'))
 }
 
-/// The version of a `sandport:handler` interface name, when it is not the host's
-/// (`none` for a name without one).
+/// The version of a `sandport:handler` interface name, when the host does not serve
+/// it (`(no version)` for a name without one).
 fn other_version(name: &str) -> Option<String> {
     if !is_sandport(name) {
         return None;
     }
     match name.split_once('@') {
-        Some((_, version)) if version == VERSION => None,
+        Some((_, version)) if WitVersion::of(version).is_some() => None,
         Some((_, version)) => Some(clean(version)),
         None => Some("(no version)".to_owned()),
     }
@@ -319,7 +336,7 @@ fn check_imports<T: 'static>(linker: &Linker<T>, component: &Component, imports:
 
 /// The exports the host calls that are missing or of another type.
 fn check_exports(component: &Component) -> Vec<Problem> {
-    if component.get_export_index(None, HANDLER).is_none() {
+    let Some(version) = version_of(component) else {
         let engine = component.engine();
         let ty = component.component_type();
         let exports: Vec<_> = ty.exports(engine).collect();
@@ -329,15 +346,16 @@ fn check_exports(component: &Component) -> Vec<Problem> {
         let listed: Vec<String> = exports.iter().map(|(name, export)| describe(name, &export.ty)).collect();
         let listed = if listed.is_empty() { "nothing".to_owned() } else { listed.join(", ") };
         return vec![Problem::NoHandler(listed)];
-    }
+    };
     let mut problems = Vec::new();
     for called in CALLED {
+        let name = (called.interface)(version);
         // `migrate` is optional; the handler export was found above.
-        let Some(interface) = component.get_export_index(None, called.interface) else { continue };
+        let Some(interface) = component.get_export_index(None, name) else { continue };
         if component.get_export_index(Some(&interface), called.name).is_none() {
-            problems.push(Problem::NoExportFunc { interface: called.interface, item: called.name });
-        } else if called.check(component).is_err() {
-            problems.push(Problem::ExportType { interface: called.interface, item: called.name });
+            problems.push(Problem::NoExportFunc { interface: name, item: called.name });
+        } else if called.find(component, version).is_err() {
+            problems.push(Problem::ExportType { interface: name, item: called.name });
         }
     }
     problems
@@ -362,14 +380,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_match_the_wit() {
-        let wit = include_str!("../../../wit/handler.wit");
-        assert!(wit.contains(&format!("\npackage {PACKAGE}@{VERSION};\n")));
-        assert_eq!(HANDLER, format!("{PACKAGE}/handler@{VERSION}"));
-        for called in CALLED {
-            assert!(called.interface.starts_with(PACKAGE) && called.interface.ends_with(VERSION));
+    fn the_called_functions_are_in_every_wit() {
+        let wits = [include_str!("../../../wit/handler.wit"), include_str!("../../../wit/compat/0.1.0/handler.wit")];
+        for (wit, called) in wits.iter().flat_map(|wit| CALLED.iter().map(move |called| (wit, called))) {
             assert!(wit.contains(&format!("    {}: func(", called.name)), "{}", called.name);
         }
+    }
+
+    #[test]
+    fn the_versions_served_are_named() {
+        assert_eq!(speaks(), "this host speaks sandport:handler@0.2.0 (and loads 0.1.0)");
+        assert_eq!(handler(), "`sandport:handler/handler@0.2.0` or `@0.1.0`");
     }
 
     #[test]
@@ -381,8 +402,9 @@ mod tests {
 
     #[test]
     fn only_sandport_interfaces_have_another_version() {
-        assert_eq!(other_version("sandport:handler/host@0.2.0").as_deref(), Some("0.2.0"));
+        assert_eq!(other_version("sandport:handler/host@0.3.0").as_deref(), Some("0.3.0"));
         assert_eq!(other_version("sandport:handler/host").as_deref(), Some("(no version)"));
+        assert_eq!(other_version("sandport:handler/host@0.2.0"), None);
         assert_eq!(other_version("sandport:handler/host@0.1.0"), None);
         assert_eq!(other_version("acme:kv/store@0.2.0"), None);
     }
@@ -390,8 +412,8 @@ mod tests {
     #[test]
     fn each_fix_is_given_once_after_the_problems() {
         let misfit = Misfit(vec![
-            Problem::Missing { interface: "sandport:handler/host@0.1.0".into(), item: "frobnicate".into() },
-            Problem::ImportType { interface: "sandport:handler/host@0.1.0".into(), item: "send".into() },
+            Problem::Missing { interface: "sandport:handler/host@0.2.0".into(), item: "frobnicate".into() },
+            Problem::ImportType { interface: "sandport:handler/host@0.2.0".into(), item: "send".into() },
             Problem::NotProvided("wasi:http/types@0.2.10".into()),
         ])
         .to_string();
@@ -399,7 +421,7 @@ mod tests {
         assert_eq!(lines.len(), 5, "{misfit}");
         assert_eq!(
             lines[0],
-            "  - imports `host.frobnicate`, which this host's `sandport:handler/host@0.1.0` does not have"
+            "  - imports `host.frobnicate`, which this host's `sandport:handler/host@0.2.0` does not have"
         );
         assert_eq!(lines[1], "  - imports `host.send` with another type than this host's");
         assert_eq!(lines[2], "  - imports `wasi:http/types@0.2.10`, which sandport does not provide");

@@ -1,6 +1,10 @@
 //! What a guest can call: the `sandport:handler/host` imports, as implementations of the
 //! generated `host` traits over the instance's [`GuestState`].
 //!
+//! Written once, for the current version of the contract; each import of an earlier
+//! version forwards to its namesake here (see `bindings` for why the types need no
+//! conversion), so a plugin behaves the same whichever WIT it was built against.
+//!
 //! Each import acts on the reactor through the [`Host`](crate::handler::Host) lent for
 //! the call in progress (see `state`), and traps outside one. The linker puts these in
 //! place (see `linker`, which also replaces `send` with a copy-free one). What an import
@@ -12,8 +16,9 @@ use tracing::Level;
 use wasmtime::component::Resource;
 
 use super::bindings::sandport::handler::{host, types};
+use super::bindings::v0_1::sandport::handler::host as host_v0_1;
 use super::state::{GuestState, MAX_VIEWS, RecvView};
-use crate::handler::{CloseMode, ConnId, HostError, SendEvents};
+use crate::handler::{CloseMode, ConnId, HostError, SendEvents, TlsInfo};
 
 impl From<HostError> for types::Error {
     fn from(err: HostError) -> types::Error {
@@ -108,6 +113,16 @@ impl host::Host for GuestState {
         self.host()?.set_send_events(mode);
         Ok(())
     }
+
+    fn tls_info(&mut self, conn: u64) -> wasmtime::Result<Result<Option<types::TlsHandshake>, types::Error>> {
+        let info = self.host()?.tls_info(ConnId(conn));
+        Ok(info.map(|info| info.map(to_wit)).map_err(Into::into))
+    }
+}
+
+fn to_wit(info: TlsInfo) -> types::TlsHandshake {
+    let TlsInfo { server_name, alpn, version, cipher_suite, peer_certificate } = info;
+    types::TlsHandshake { server_name, alpn, version, cipher_suite, peer_certificate }
 }
 
 impl host::HostMbuf for GuestState {
@@ -129,3 +144,38 @@ impl host::HostMbuf for GuestState {
         Ok(())
     }
 }
+
+/// `impl $trait for GuestState`, each function forwarding to its namesake in `$to`.
+macro_rules! forward {
+    ($trait:path => $to:path { $(fn $name:ident(&mut self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)* }) => {
+        impl $trait for GuestState {
+            $(
+                fn $name(&mut self $(, $arg: $ty)*) -> wasmtime::Result<$ret> {
+                    <GuestState as $to>::$name(self $(, $arg)*)
+                }
+            )*
+        }
+    };
+}
+
+forward!(host_v0_1::Host => host::Host {
+    fn send(&mut self, conn: u64, data: Vec<u8>) -> Result<u32, types::Error>;
+    fn send_room(&mut self, conn: u64) -> Result<u32, types::Error>;
+    fn remove(&mut self, conn: u64, n: u32) -> Result<(), types::Error>;
+    fn set_timer(&mut self, conn: u64, id: u64, millis: u64) -> Result<(), types::Error>;
+    fn cancel_timer(&mut self, conn: u64, id: u64) -> Result<bool, types::Error>;
+    fn close(&mut self, conn: u64, mode: types::CloseMode) -> Result<(), types::Error>;
+    fn shutdown(&mut self, conn: u64) -> Result<(), types::Error>;
+    fn connect(&mut self, address: String) -> Result<u64, types::Error>;
+    fn recv_buffer(&mut self, conn: u64) -> Result<Resource<RecvView>, types::Error>;
+    fn config(&mut self, key: String) -> Option<String>;
+    fn log(&mut self, level: types::LogLevel, message: String) -> ();
+    fn set_send_events(&mut self, mode: types::SendEvents) -> ();
+});
+
+forward!(host_v0_1::HostMbuf => host::HostMbuf {
+    fn len(&mut self, rx: Resource<RecvView>) -> u32;
+    fn read(&mut self, rx: Resource<RecvView>, offset: u32, len: u32) -> Vec<u8>;
+    fn find(&mut self, rx: Resource<RecvView>, needle: Vec<u8>, start: u32) -> Option<u32>;
+    fn drop(&mut self, rx: Resource<RecvView>) -> ();
+});

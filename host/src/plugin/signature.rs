@@ -9,8 +9,9 @@
 //! instead, and compares what it finds with a [`Shape`]: the same rules (names of
 //! record fields, variant cases and enum cases; the types, recursively; parameter names
 //! do not matter). A resource the host calls with is the host's own, so it must be the
-//! one the component imports from the host's interface. This module knows nothing of
-//! which functions are called, nor when (see `migrate`).
+//! one the component imports from the host's interface of the version the component
+//! was built against. This module knows nothing of which functions are called, nor
+//! when (see `exports`).
 
 use wasmtime::component::types::{ComponentFunc, ComponentItem};
 use wasmtime::component::{Component, ResourceType, Type};

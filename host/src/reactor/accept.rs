@@ -10,13 +10,19 @@
 //! [`ACCEPT_RETRY`]. Nothing here reads or writes a connection's bytes.
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 use tracing::{debug, error, info, warn};
 
+use mio::net::{TcpListener, TcpStream};
+
 use super::connection::Dial;
 use super::descriptors;
+use super::descriptors::Reserve;
+use super::stats::Refusal;
+use super::transport::Transport;
 use super::{Instance, Reactor};
 use crate::handler::{Event, SendEvents};
 use crate::listener::{InstanceMode, Limit};
@@ -29,29 +35,18 @@ impl Reactor {
     pub(super) fn accept(&mut self, index: usize) {
         loop {
             let Some(socket) = &self.listeners[index].socket else { return };
-            let (stream, peer) = match socket.accept() {
-                Ok(accepted) => accepted,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => continue,
-                Err(e) if descriptors::exhausted(&e) && self.reserve.release() => {
-                    // Free the spare to take the waiting connection and close it at
-                    // once: its peer is told, not left in the backlog.
-                    let shed = socket.accept().map(|(_, peer)| peer);
-                    self.reserve.restore();
-                    match shed {
-                        Ok(peer) => {
-                            let account = &mut self.core.accounts[index];
-                            account.counts.refused += 1;
-                            if account.may_log() {
-                                warn!(listener = %account.spec.name, %peer, "out of file descriptors ({e}): connection refused");
-                            }
-                            continue;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                        Err(e) => return self.starve(index, &e),
+            let (stream, peer) = match take(socket, &mut self.reserve) {
+                Taken::Conn(stream, peer) => (stream, peer),
+                Taken::Empty => return,
+                Taken::Shed(peer, e) => {
+                    let account = &mut self.core.accounts[index];
+                    account.counts.refused += 1;
+                    if account.may_log() {
+                        warn!(listener = %account.spec.name, %peer, "out of file descriptors ({e}): connection refused");
                     }
+                    continue;
                 }
-                Err(e) => return self.starve(index, &e),
+                Taken::Failed(e) => return self.starve(index, &e),
             };
             // Over the limit: accept and close at once, so the peer learns right away
             // and the backlog never fills with connections nobody will serve.
@@ -71,7 +66,7 @@ impl Reactor {
                 account.counts.refused += 1;
                 continue;
             };
-            match self.core.register(instance, stream, peer, Dial::Over) {
+            match self.core.register(instance, (stream, peer, Transport::Plain), Dial::Over) {
                 Ok((key, id)) => {
                     self.core.accounts[index].counts.accepted += 1;
                     let version = self.core.instances[instance].version;
@@ -87,6 +82,33 @@ impl Reactor {
                         warn!(listener = %account.spec.name, %peer, "cannot watch accepted connection: {err}");
                     }
                     self.release_if_idle(instance);
+                }
+            }
+        }
+    }
+
+    /// Accept the connections waiting on port `port` until none is left, each to be
+    /// greeted (see `reactor/greeting.rs`).
+    pub(super) fn accept_port(&mut self, port: usize) {
+        loop {
+            let Some(socket) = &self.ports[port].socket else { return };
+            match take(socket, &mut self.reserve) {
+                Taken::Conn(stream, peer) => self.greet(port, (stream, peer), Vec::new(), self.core.now, false),
+                Taken::Empty => return,
+                Taken::Shed(peer, e) => {
+                    let p = &mut self.ports[port];
+                    p.counts.refused[Refusal::Busy as usize] += 1;
+                    if p.throttle.admit(Instant::now()) {
+                        warn!(address = %p.address, %peer, "out of file descriptors ({e}): connection refused");
+                    }
+                }
+                Taken::Failed(e) => {
+                    let p = &mut self.ports[port];
+                    p.retry_at = Some(Instant::now() + ACCEPT_RETRY);
+                    if p.throttle.admit(Instant::now()) {
+                        warn!(address = %p.address, "accept failed: {e}; retrying when a connection closes, or in {ACCEPT_RETRY:?}");
+                    }
+                    return;
                 }
             }
         }
@@ -112,6 +134,13 @@ impl Reactor {
                 self.listeners[index].retry_at = None;
                 self.reserve.restore();
                 self.accept(index);
+            }
+        }
+        for port in 0..self.ports.len() {
+            if self.ports[port].retry_at.is_some_and(|at| freed || at <= now) {
+                self.ports[port].retry_at = None;
+                self.reserve.restore();
+                self.accept_port(port);
             }
         }
     }
@@ -151,6 +180,41 @@ impl Reactor {
                 }
                 None
             }
+        }
+    }
+}
+
+/// What one accept on a listening socket gave.
+enum Taken {
+    /// A connection.
+    Conn(TcpStream, SocketAddr),
+    /// Out of descriptors: the spare was given up to take this peer's connection and
+    /// close it at once, so it is told.
+    Shed(SocketAddr, io::Error),
+    /// Nothing is waiting.
+    Empty,
+    /// Accept failed, and readiness will not say so again.
+    Failed(io::Error),
+}
+
+/// Accept one connection on `socket`, giving up the `reserve`d descriptor to shed it
+/// when none is left.
+fn take(socket: &TcpListener, reserve: &mut Reserve) -> Taken {
+    loop {
+        match socket.accept() {
+            Ok((stream, peer)) => return Taken::Conn(stream, peer),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Taken::Empty,
+            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+            Err(e) if descriptors::exhausted(&e) && reserve.release() => {
+                let shed = socket.accept().map(|(_, peer)| peer);
+                reserve.restore();
+                return match shed {
+                    Ok(peer) => Taken::Shed(peer, e),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Taken::Empty,
+                    Err(e) => Taken::Failed(e),
+                };
+            }
+            Err(e) => return Taken::Failed(e),
         }
     }
 }

@@ -24,17 +24,34 @@ use mio::Waker;
 use tracing::{debug, info, warn};
 
 use super::connection::Phase;
-use super::{Binding, Counts, Reactor, Scope};
+use mio::net::TcpStream;
+
+use super::{Binding, Counts, GateCounts, Reactor, Scope, SharedSite};
 use crate::handler::{ConnId, HandlerFactory};
 use crate::listener::ListenerSpec;
+use crate::tls::ClientTls;
 
 /// A request to a worker. Each carries the channel its answer goes back on.
 pub(crate) enum Command {
     /// Serve listener `listener`'s new connections with `factory`, version `version`,
     /// under `spec` (whose name is the listener's).
-    Swap { spec: ListenerSpec, version: u64, factory: Box<dyn HandlerFactory>, reply: Sender<Swapped> },
-    /// Every listener's counts, by name.
-    Snapshot { reply: Sender<Vec<(String, Counts)>> },
+    /// The upstreams its handlers dial over TLS come with it.
+    Swap {
+        spec: ListenerSpec,
+        version: u64,
+        factory: Box<dyn HandlerFactory>,
+        upstreams: Vec<(SocketAddr, ClientTls)>,
+        reply: Sender<Swapped>,
+    },
+    /// Every listener's counts, by name, and every routing address's.
+    Snapshot { reply: Sender<Tallies> },
+    /// Listen on a routing address (see [`Reactor::open_port`]).
+    OpenPort { site: SharedSite, address: SocketAddr, shared_port: bool, reply: Sender<io::Result<SocketAddr>> },
+    /// Stop listening on a routing address.
+    ClosePort { address: SocketAddr, reply: Sender<()> },
+    /// A connection accepted on routing address `address` by another worker, whose
+    /// listener lives here; `bytes` came before it was handed over.
+    Adopt { address: SocketAddr, socket: TcpStream, peer: SocketAddr, bytes: Vec<u8>, since: Instant },
     /// Listen for a listener added by a reload.
     Listen {
         spec: ListenerSpec,
@@ -47,6 +64,9 @@ pub(crate) enum Command {
     /// its connections drain.
     Retire { listener: String, reply: Sender<()> },
 }
+
+/// A worker's counts: every listener's by name, and every routing address's.
+pub(crate) type Tallies = (Vec<(String, Counts)>, Vec<(SocketAddr, GateCounts)>);
 
 /// What a swap did on one worker.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -87,13 +107,24 @@ impl Reactor {
     pub(super) fn obey(&mut self) {
         while let Ok(command) = self.commands.try_recv() {
             match command {
-                Command::Swap { spec, version, factory, reply } => {
-                    let swapped = self.swap(spec, version, factory);
+                Command::Swap { spec, version, factory, upstreams, reply } => {
+                    let swapped = self.swap(spec, version, factory, upstreams);
                     let _ = reply.send(swapped);
                 }
                 Command::Snapshot { reply } => {
                     let counts = self.core.accounts.iter().map(|a| (a.spec.name.clone(), a.counts.clone()));
-                    let _ = reply.send(counts.collect());
+                    let gates = self.ports.iter().map(|p| (p.address, p.counts.clone()));
+                    let _ = reply.send((counts.collect(), gates.collect()));
+                }
+                Command::OpenPort { site, address, shared_port, reply } => {
+                    let _ = reply.send(self.open_port(site, address, shared_port));
+                }
+                Command::ClosePort { address, reply } => {
+                    self.close_port(address);
+                    let _ = reply.send(());
+                }
+                Command::Adopt { address, socket, peer, bytes, since } => {
+                    self.adopt(address, socket, peer, bytes, since)
                 }
                 Command::Listen { spec, binding, version, factory, reply } => {
                     let bound = self.listen_as(&spec, binding, factory);
@@ -111,7 +142,7 @@ impl Reactor {
     }
 
     /// The listener named `name` that is still configured.
-    fn listener_named(&self, name: &str) -> Option<usize> {
+    pub(super) fn listener_named(&self, name: &str) -> Option<usize> {
         (0..self.listeners.len()).find(|&i| !self.listeners[i].retired && self.core.accounts[i].spec.name == name)
     }
 
@@ -124,13 +155,20 @@ impl Reactor {
 
     /// Make `factory` (version `version`) serve listener `spec.name`'s new connections;
     /// migrate or drain the connections of the instances it had.
-    fn swap(&mut self, spec: ListenerSpec, version: u64, factory: Box<dyn HandlerFactory>) -> Swapped {
+    fn swap(
+        &mut self,
+        spec: ListenerSpec,
+        version: u64,
+        factory: Box<dyn HandlerFactory>,
+        upstreams: Vec<(SocketAddr, ClientTls)>,
+    ) -> Swapped {
         let Some(index) = self.listener_named(&spec.name) else { return Swapped::default() };
         let listener = &mut self.listeners[index];
         listener.factory = factory;
         listener.version = version;
         listener.shared = None;
         self.core.accounts[index].spec = spec;
+        self.core.accounts[index].upstreams = upstreams;
         let mut swapped = Swapped::default();
         for instance in self.old_instances(index) {
             swapped.migrated += self.migrate(instance);

@@ -17,6 +17,7 @@ use mio::event::Event;
 use mio::net::TcpStream;
 use rustix::net::{RecvFlags, SendFlags};
 
+use super::transport::{self, Transport};
 use crate::handler::ConnId;
 use crate::listener::{Limit, Limits};
 use crate::mbuf::Mbuf;
@@ -109,6 +110,9 @@ pub(super) enum WriteSide {
 pub(super) enum Dial {
     /// Still in progress: readiness will say how it ended. No I/O until then.
     Pending,
+    /// Connected to an upstream over TLS, whose handshake goes on: no data moves, and
+    /// no CONNECT is delivered, until it is done.
+    Handshaking,
     /// Accepted, or the dial ended (connected, or failed and closing).
     Over,
 }
@@ -190,6 +194,8 @@ pub(super) struct Connection {
     pub instance: usize,
     pub socket: TcpStream,
     pub peer: SocketAddr,
+    /// Plain, or through a TLS session the host ends.
+    pub transport: Transport,
     /// Bytes read from the peer, not yet removed by the handler.
     pub rx: Mbuf,
     /// Bytes the handler sent, not yet written to the socket.
@@ -228,8 +234,7 @@ impl Connection {
     pub fn new(
         id: ConnId,
         (listener, instance): (usize, usize),
-        socket: TcpStream,
-        peer: SocketAddr,
+        (socket, peer, transport): (TcpStream, SocketAddr, Transport),
         limits: &Limits,
         dial: Dial,
     ) -> Connection {
@@ -237,7 +242,7 @@ impl Connection {
         // readiness to learn whether the dial worked, which shows as writability.
         let (inbound, outbound, interest) = match dial {
             Dial::Pending => (Inbound::Waiting, Outbound::Blocked, Interest::READABLE | Interest::WRITABLE),
-            Dial::Over => (Inbound::Ready, Outbound::Ready, Interest::READABLE),
+            Dial::Over | Dial::Handshaking => (Inbound::Ready, Outbound::Ready, Interest::READABLE),
         };
         Connection {
             id,
@@ -245,6 +250,7 @@ impl Connection {
             instance,
             socket,
             peer,
+            transport,
             rx: Mbuf::with_limit(limits.recv_buffer),
             tx: Mbuf::with_limit(limits.send_buffer),
             phase: Phase::Open,
@@ -283,6 +289,11 @@ impl Connection {
     /// Write the send buffer until it is empty or the socket would block. Returns the
     /// bytes written; if any, the connection was active at `now`.
     pub fn write_out(&mut self, now: Instant) -> io::Result<usize> {
+        if let Transport::Tls(tls) = &mut self.transport {
+            let taken = transport::write_out(tls, &self.socket, &mut self.tx, &mut self.outbound)?;
+            self.touch(taken, now);
+            return Ok(taken);
+        }
         let mut total = 0;
         while !self.tx.is_empty() {
             match self.tx.drain_to(&mut Direct(&self.socket)) {
@@ -309,6 +320,11 @@ impl Connection {
     /// edge-triggered readiness brings a new event when more arrives. Not when the
     /// last event said the peer closed: that end of stream must be read now.
     pub fn read_in(&mut self, budget: usize, now: Instant) -> io::Result<usize> {
+        if let Transport::Tls(tls) = &mut self.transport {
+            let total = transport::read_in(tls, &self.socket, &mut self.rx, &mut self.inbound, budget)?;
+            self.touch(total, now);
+            return Ok(total);
+        }
         let total =
             self.pull(budget, |c, max| (c.rx.room() > 0).then(|| c.rx.fill_from(&mut Direct(&c.socket), max)))?;
         self.touch(total, now);
@@ -385,7 +401,13 @@ impl Connection {
 
     /// Whether writing could send more bytes now.
     pub fn can_write(&self) -> bool {
-        self.dial == Dial::Over && self.outbound == Outbound::Ready && !self.tx.is_empty()
+        self.dial == Dial::Over && self.outbound == Outbound::Ready && self.has_output()
+    }
+
+    /// Whether bytes wait to go to the socket: the send buffer's, or the TLS
+    /// session's own (records, close_notify).
+    pub fn has_output(&self) -> bool {
+        !self.tx.is_empty() || self.transport.wants_write()
     }
 
     /// Whether nothing can move either way any more: the peer finished sending,
@@ -403,7 +425,7 @@ impl Connection {
     /// The registration its state calls for: WRITABLE only while a dial goes on, or
     /// while there is something to write and the socket last said it would block.
     pub fn wanted_interest(&self) -> Interest {
-        let blocked = self.dial == Dial::Pending || (!self.tx.is_empty() && self.outbound == Outbound::Blocked);
+        let blocked = self.dial == Dial::Pending || (self.has_output() && self.outbound == Outbound::Blocked);
         if blocked { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE }
     }
 }
@@ -412,7 +434,7 @@ impl Connection {
 /// `send` are thread-cancellation points, each wrapped in two atomic updates of the
 /// thread's cancellation state; sandport cancels no thread, and on the hot path (one
 /// of each per request) the wrappers cost about 2% of a request's CPU.
-struct Direct<'a>(&'a TcpStream);
+pub(super) struct Direct<'a>(pub(super) &'a TcpStream);
 
 impl Read for Direct<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

@@ -13,6 +13,7 @@ use tracing::debug;
 use super::connection::{Connection, Dial, Inbound, Phase, SendWanted, WriteSide};
 use super::state::{Account, Core};
 use super::timer::Alarm;
+use super::transport::{Tls, Transport};
 use crate::handler::{CloseMode, ConnId, Host, HostError, SendEvents, TlsInfo};
 use crate::listener::Limit;
 use crate::mbuf::Mbuf;
@@ -150,15 +151,25 @@ impl Host for Scope<'_> {
             return Err(HostError::Failed("the server is stopping".into()));
         }
         let account = self.account();
-        if !account.spec.allow_connect.iter().any(|upstream| upstream.address == address) {
+        let Some(upstream) = account.spec.allow_connect.iter().find(|upstream| upstream.address == address) else {
             return Err(HostError::NotAllowed);
-        }
+        };
+        let transport = match &upstream.tls {
+            None => Transport::Plain,
+            Some(_) => {
+                let client = account.upstreams.iter().find(|(at, _)| *at == address).map(|(_, client)| client);
+                let client =
+                    client.ok_or_else(|| HostError::Failed("the upstream's TLS settings did not load".into()))?;
+                let session = client.connect().map_err(|err| HostError::Failed(err.to_string()))?;
+                Transport::Tls(Box::new(Tls::client(session, client.server_name())))
+            }
+        };
         if !account.open.take(account.spec.limits.max_connections) {
             self.core.hit(self.current, Limit::Connections);
             return Err(HostError::LimitExceeded("connections"));
         }
         let dialed = TcpStream::connect(address)
-            .and_then(|stream| self.core.register(self.instance, stream, address, Dial::Pending));
+            .and_then(|stream| self.core.register(self.instance, (stream, address, transport), Dial::Pending));
         let id = match dialed {
             Ok((_, id)) => id,
             Err(err) => {
@@ -183,7 +194,9 @@ impl Host for Scope<'_> {
     }
 
     fn tls_info(&self, conn: ConnId) -> Result<Option<TlsInfo>, HostError> {
-        let _ = self.key(conn)?;
-        Ok(None)
+        match &self.core.conns[self.key(conn)?].transport {
+            Transport::Tls(tls) => Ok(tls.info()),
+            Transport::Plain => Ok(None),
+        }
     }
 }

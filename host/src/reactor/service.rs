@@ -15,12 +15,13 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use mio::net::TcpStream;
-use mio::{Registry, Token};
+use mio::{Interest, Registry, Token};
 use tracing::{debug, warn};
 
 use super::Reactor;
 use super::connection::{Connection, Dial, Inbound, Outbound, Phase, Queued, SendWanted, WriteSide};
 use super::timer::Alarm;
+use super::transport::{self, Handshake, Transport};
 use crate::handler::{Event, HostError, SendEvents};
 use crate::listener::Limit;
 
@@ -79,18 +80,38 @@ impl Reactor {
         if conn.dial == Dial::Over || conn.phase.is_closing() {
             return NEXT;
         }
-        if conn.outbound == Outbound::Blocked && !conn.inbound.is_ready() {
-            return ControlFlow::Break(());
+        if conn.dial == Dial::Pending {
+            if conn.outbound == Outbound::Blocked && !conn.inbound.is_ready() {
+                return ControlFlow::Break(());
+            }
+            match dial_outcome(&conn.socket) {
+                Ok(true) if matches!(conn.transport, Transport::Tls(_)) => conn.dial = Dial::Handshaking,
+                Ok(true) => {
+                    conn.dial = Dial::Over;
+                    self.dispatch(key, Event::Connect(Ok(())));
+                    return NEXT;
+                }
+                Ok(false) => {
+                    // Spurious readiness: the dial goes on.
+                    (conn.inbound, conn.outbound) = (Inbound::Waiting, Outbound::Blocked);
+                    return ControlFlow::Break(());
+                }
+                Err(err) => return self.closed(key, Some(err)),
+            }
         }
-        match dial_outcome(&conn.socket) {
-            Ok(true) => {
+        let Transport::Tls(tls) = &mut conn.transport else { unreachable!("only a TLS dial shakes hands") };
+        match transport::handshake(tls, &conn.socket) {
+            Ok(Handshake::Done) => {
                 conn.dial = Dial::Over;
+                conn.last_active = self.core.now;
                 self.dispatch(key, Event::Connect(Ok(())));
                 NEXT
             }
-            Ok(false) => {
-                // Spurious readiness: the dial goes on.
-                (conn.inbound, conn.outbound) = (Inbound::Waiting, Outbound::Blocked);
+            Ok(Handshake::Waiting { blocked }) => {
+                conn.inbound = Inbound::Waiting;
+                conn.outbound = if blocked { Outbound::Blocked } else { Outbound::Ready };
+                let wanted = if blocked { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+                reregister(self.poll.registry(), conn, key, wanted);
                 ControlFlow::Break(())
             }
             Err(err) => self.closed(key, Some(err)),
@@ -101,7 +122,7 @@ impl Reactor {
     /// with SEND if it wants to know.
     fn write(&mut self, key: usize) -> Step {
         let conn = &mut self.core.conns[key];
-        if conn.phase.is_closing() || conn.outbound == Outbound::Blocked || conn.tx.is_empty() {
+        if conn.phase.is_closing() || conn.outbound == Outbound::Blocked || !conn.has_output() {
             return NEXT;
         }
         match conn.write_out(self.core.now) {
@@ -125,6 +146,12 @@ impl Reactor {
     fn shut_write_side(&mut self, key: usize) -> Step {
         let conn = &mut self.core.conns[key];
         if conn.write_side == WriteSide::ShutAfterSend && conn.tx.is_empty() && conn.phase == Phase::Open {
+            match conn.transport.say_goodbye(&conn.socket) {
+                // close_notify waits for room: shut once it is out.
+                Ok(false) => return NEXT,
+                Ok(true) => {}
+                Err(err) => return self.closed(key, Some(err)),
+            }
             if let Err(err) = conn.socket.shutdown(Shutdown::Write) {
                 return self.closed(key, Some(err));
             }
@@ -180,7 +207,13 @@ impl Reactor {
         match conn.phase {
             Phase::Closing(_) => return self.close(key, None),
             // A peer that already sent EOF left nothing unread: no need to linger.
-            Phase::Draining(_) if conn.tx.is_empty() && conn.inbound.ended() => return self.close(key, None),
+            Phase::Draining(_) if conn.tx.is_empty() && conn.inbound.ended() => {
+                match conn.transport.say_goodbye(&conn.socket) {
+                    Ok(true) => return self.close(key, None),
+                    Ok(false) => {}
+                    Err(err) => return self.close(key, Some(err)),
+                }
+            }
             Phase::Draining(_) if conn.tx.is_empty() => return self.linger(key),
             Phase::Open if conn.is_spent() => return self.close(key, None),
             _ => {}
@@ -201,7 +234,7 @@ impl Reactor {
     /// dial that never finished gets its failed CONNECT first) and drop the socket.
     pub(super) fn close(&mut self, key: usize, error: Option<io::Error>) {
         let conn = &mut self.core.conns[key];
-        if conn.dial == Dial::Pending {
+        if conn.dial != Dial::Over {
             conn.dial = Dial::Over;
             let why = match &error {
                 Some(err) => HostError::Failed(err.to_string()),
@@ -232,6 +265,12 @@ impl Reactor {
     fn linger(&mut self, key: usize) {
         let conn = &mut self.core.conns[key];
         if conn.write_side != WriteSide::Shut {
+            match conn.transport.say_goodbye(&conn.socket) {
+                // Still draining until close_notify is out.
+                Ok(false) => return update_interest(self.poll.registry(), conn, key),
+                Ok(true) => {}
+                Err(err) => return self.close(key, Some(err)),
+            }
             if let Err(err) = conn.socket.shutdown(Shutdown::Write) {
                 return self.close(key, Some(err));
             }
@@ -281,6 +320,11 @@ fn dial_outcome(socket: &TcpStream) -> io::Result<bool> {
 /// something to write and the socket last said it would block), if that changed.
 fn update_interest(registry: &Registry, conn: &mut Connection, key: usize) {
     let wanted = conn.wanted_interest();
+    reregister(registry, conn, key, wanted);
+}
+
+/// Register for `wanted` readiness, if that is not what the connection has.
+fn reregister(registry: &Registry, conn: &mut Connection, key: usize, wanted: Interest) {
     if wanted == conn.interest {
         return;
     }

@@ -21,10 +21,12 @@ use tracing::{debug, warn};
 
 use super::connection::{Connection, Dial, Queued};
 use super::timer::{Alarm, Due, Timers};
+use super::transport::Transport;
 use super::{Counts, Slots};
 use crate::handler::{ConnId, Handler, SendEvents};
 use crate::listener::{Limit, ListenerSpec};
 use crate::throttle::Throttle;
+use crate::tls::ClientTls;
 
 /// Stale timer entries tolerated before the queue is compacted.
 const TIMER_SLACK: usize = 1024;
@@ -32,6 +34,8 @@ const TIMER_SLACK: usize = 1024;
 /// A listener's rules and books: what handlers' host calls are checked against.
 pub(super) struct Account {
     pub(super) spec: ListenerSpec,
+    /// The upstreams of `spec.allow_connect` that speak TLS, ready to dial.
+    pub(super) upstreams: Vec<(SocketAddr, ClientTls)>,
     /// Connections open now, accepted and dialed (lingering ones included), on every
     /// worker that serves the listener.
     pub(super) open: Slots,
@@ -136,8 +140,7 @@ impl Core {
     pub(super) fn register(
         &mut self,
         instance: usize,
-        stream: TcpStream,
-        peer: SocketAddr,
+        (stream, peer, transport): (TcpStream, SocketAddr, Transport),
         dial: Dial,
     ) -> io::Result<(usize, ConnId)> {
         let listener = self.instances[instance].listener;
@@ -150,7 +153,7 @@ impl Core {
         let key = entry.key();
         let id = ConnId(self.next_id);
         let limits = &account.spec.limits;
-        let mut conn = Connection::new(id, (listener, instance), stream, peer, limits, dial);
+        let mut conn = Connection::new(id, (listener, instance), (stream, peer, transport), limits, dial);
         self.registry.register(&mut conn.socket, Token(key), conn.interest)?;
         self.next_id += self.id_step;
         conn.idle_arming = self.timers.arm(conn.last_active + limits.idle_timeout, key, id, Alarm::Idle);

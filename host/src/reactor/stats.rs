@@ -88,6 +88,13 @@ pub struct Counts {
     /// Host log lines about the listener's connections (refusals, limit hits,
     /// faults) left out by the rate limit. The events are counted above all the same.
     pub suppressed: u64,
+    /// TLS handshakes completed.
+    pub handshakes: u64,
+    /// TLS handshakes that failed after the ClientHello chose the listener (a bad
+    /// client certificate, no common version or cipher, the timeout).
+    pub handshakes_failed: u64,
+    /// How long completed handshakes took, from accept.
+    pub handshake_time: GuestTime,
 }
 
 impl Counts {
@@ -109,6 +116,9 @@ impl Counts {
         self.bytes_out += other.bytes_out;
         self.drained += other.drained;
         self.migrated += other.migrated;
+        self.handshakes += other.handshakes;
+        self.handshakes_failed += other.handshakes_failed;
+        self.handshake_time.add(&other.handshake_time);
         self.guest_time.add(&other.guest_time);
         for (sum, n) in self.limit_hits.iter_mut().zip(other.limit_hits) {
             *sum += n;
@@ -128,6 +138,93 @@ impl Counts {
     }
 }
 
+/// Why a connection to an address that routes was closed before a listener took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Too many connections of the address were still greeting, or no descriptor
+    /// was left.
+    Busy,
+    /// It came from an address the PROXY protocol rule does not name.
+    UntrustedProxy,
+    /// Its PROXY header was malformed or too long.
+    BadProxyHeader,
+    /// Its first bytes were not a ClientHello rustls could read (garbage, a hello
+    /// truncated or too long, a protocol version nobody speaks).
+    BadHello,
+    /// Its hello named a server no listener of the address serves, and none is the
+    /// default: refused with the `unrecognized_name` alert.
+    UnrecognizedName,
+    /// The listener its hello chose is not serving (being removed).
+    NoListener,
+    /// It closed before it said enough to be routed.
+    Abandoned,
+    /// It had not been routed within the handshake timeout.
+    Timeout,
+}
+
+impl Refusal {
+    /// Every reason, in the order the counters are kept.
+    pub const ALL: [Refusal; 8] = [
+        Refusal::Busy,
+        Refusal::UntrustedProxy,
+        Refusal::BadProxyHeader,
+        Refusal::BadHello,
+        Refusal::UnrecognizedName,
+        Refusal::NoListener,
+        Refusal::Abandoned,
+        Refusal::Timeout,
+    ];
+
+    /// Its name in metrics and logs.
+    pub fn key(self) -> &'static str {
+        match self {
+            Refusal::Busy => "busy",
+            Refusal::UntrustedProxy => "untrusted_proxy",
+            Refusal::BadProxyHeader => "bad_proxy_header",
+            Refusal::BadHello => "bad_hello",
+            Refusal::UnrecognizedName => "unrecognized_name",
+            Refusal::NoListener => "no_listener",
+            Refusal::Abandoned => "abandoned",
+            Refusal::Timeout => "timeout",
+        }
+    }
+
+    /// What happened, for the log.
+    pub fn text(self) -> &'static str {
+        match self {
+            Refusal::Busy => "too many connections greeting at once",
+            Refusal::UntrustedProxy => "not from a load balancer the PROXY protocol rule names",
+            Refusal::BadProxyHeader => "a malformed PROXY protocol header",
+            Refusal::BadHello => "not a ClientHello that could be read",
+            Refusal::UnrecognizedName => "a server name nobody serves here (unrecognized_name)",
+            Refusal::NoListener => "its listener is not serving",
+            Refusal::Abandoned => "the client left before it was routed",
+            Refusal::Timeout => "not routed within the handshake timeout",
+        }
+    }
+}
+
+/// What happened at an address that routes, before its connections reached a
+/// listener.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GateCounts {
+    /// Connections closed before a listener took them, indexed by [`Refusal`] (in
+    /// [`Refusal::ALL`]'s order).
+    pub refused: [u64; Refusal::ALL.len()],
+    /// Connections handed to the worker that serves their listener.
+    pub handed_on: u64,
+}
+
+impl GateCounts {
+    /// Add `other`'s counts to these.
+    pub fn add(&mut self, other: &GateCounts) {
+        for (sum, n) in self.refused.iter_mut().zip(other.refused) {
+            *sum += n;
+        }
+        self.handed_on += other.handed_on;
+    }
+}
+
 /// What happened while the reactor ran: per listener, and in total.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Stats {
@@ -137,6 +234,9 @@ pub struct Stats {
     pub listeners: Vec<(String, Counts)>,
     /// Connections still open when the reactor was asked to stop (each got its CLOSE).
     pub open: u64,
+    /// Each address that routes, and what happened there before a listener took a
+    /// connection.
+    pub addresses: Vec<(std::net::SocketAddr, GateCounts)>,
 }
 
 impl Stats {
@@ -154,6 +254,12 @@ impl Stats {
     pub fn merge(mut self, other: Stats) -> Stats {
         self.open += other.open;
         self.total.add(&other.total);
+        for (address, counts) in other.addresses {
+            match self.addresses.iter_mut().find(|(mine, _)| *mine == address) {
+                Some((_, mine)) => mine.add(&counts),
+                None => self.addresses.push((address, counts)),
+            }
+        }
         for (name, counts) in other.listeners {
             match self.listeners.iter_mut().find(|(mine, _)| *mine == name) {
                 Some((_, mine)) => mine.add(&counts),
@@ -171,6 +277,8 @@ impl Stats {
                 suppressed = c.suppressed,
                 migrated = c.migrated,
                 drained = c.drained,
+                handshakes = c.handshakes,
+                handshakes_failed = c.handshakes_failed,
                 accepted = c.accepted,
                 dialed = c.dialed,
                 refused = c.refused,
@@ -180,6 +288,11 @@ impl Stats {
                 limit_hits = %c.hits_text(),
                 "listener totals"
             );
+        }
+        for (address, c) in &self.addresses {
+            let refused = Refusal::ALL.iter().filter(|r| c.refused[**r as usize] > 0);
+            let refused: Vec<String> = refused.map(|r| format!("{}:{}", r.key(), c.refused[*r as usize])).collect();
+            info!(%address, handed_on = c.handed_on, refused = %refused.join(","), "address totals");
         }
         let total = &self.total;
         let open = self.open;

@@ -3,54 +3,57 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Imported Functions from `sandport:handler/host@0.1.0`
+// Imported Functions from `sandport:handler/host@0.2.0`
 
-__attribute__((__import_module__("sandport:handler/host@0.1.0"), __import_name__("[method]mbuf.len")))
+__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("[method]mbuf.len")))
 extern int32_t __wasm_import_sandport_handler_host_method_mbuf_len(int32_t);
 
-__attribute__((__import_module__("sandport:handler/host@0.1.0"), __import_name__("[method]mbuf.read")))
+__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("[method]mbuf.read")))
 extern void __wasm_import_sandport_handler_host_method_mbuf_read(int32_t, int32_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.1.0"), __import_name__("[method]mbuf.find")))
+__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("[method]mbuf.find")))
 extern void __wasm_import_sandport_handler_host_method_mbuf_find(int32_t, uint8_t *, size_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.1.0"), __import_name__("recv-buffer")))
+__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("recv-buffer")))
 extern void __wasm_import_sandport_handler_host_recv_buffer(int64_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.1.0"), __import_name__("send")))
+__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("send")))
 extern void __wasm_import_sandport_handler_host_send(int64_t, uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.1.0"), __import_name__("send-room")))
+__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("send-room")))
 extern void __wasm_import_sandport_handler_host_send_room(int64_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.1.0"), __import_name__("remove")))
+__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("remove")))
 extern void __wasm_import_sandport_handler_host_remove(int64_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.1.0"), __import_name__("set-timer")))
+__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("set-timer")))
 extern void __wasm_import_sandport_handler_host_set_timer(int64_t, int64_t, int64_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.1.0"), __import_name__("cancel-timer")))
+__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("cancel-timer")))
 extern void __wasm_import_sandport_handler_host_cancel_timer(int64_t, int64_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.1.0"), __import_name__("close")))
+__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("close")))
 extern void __wasm_import_sandport_handler_host_close(int64_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.1.0"), __import_name__("shutdown")))
+__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("shutdown")))
 extern void __wasm_import_sandport_handler_host_shutdown(int64_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.1.0"), __import_name__("connect")))
+__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("connect")))
 extern void __wasm_import_sandport_handler_host_connect(uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.1.0"), __import_name__("config")))
+__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("config")))
 extern void __wasm_import_sandport_handler_host_config(uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.1.0"), __import_name__("log")))
+__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("log")))
 extern void __wasm_import_sandport_handler_host_log(int32_t, uint8_t *, size_t);
 
-__attribute__((__import_module__("sandport:handler/host@0.1.0"), __import_name__("set-send-events")))
+__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("set-send-events")))
 extern void __wasm_import_sandport_handler_host_set_send_events(int32_t);
 
-// Exported Functions from `sandport:handler/handler@0.1.0`
+__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("tls-info")))
+extern void __wasm_import_sandport_handler_host_tls_info(int64_t, uint8_t *);
+
+// Exported Functions from `sandport:handler/handler@0.2.0`
 
 
 // Canonical ABI intrinsics
@@ -81,6 +84,36 @@ void sandport_handler_types_error_free(sandport_handler_types_error_t *ptr) {
       break;
     }
   }
+}
+
+void plugin_option_string_free(plugin_option_string_t *ptr) {
+  if (ptr->is_some) {
+    plugin_string_free(&ptr->val);
+  }
+}
+
+void plugin_list_u8_free(plugin_list_u8_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    uint8_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+    }
+    free(list_ptr);
+  }
+}
+
+void plugin_option_list_u8_free(plugin_option_list_u8_t *ptr) {
+  if (ptr->is_some) {
+    plugin_list_u8_free(&ptr->val);
+  }
+}
+
+void sandport_handler_types_tls_handshake_free(sandport_handler_types_tls_handshake_t *ptr) {
+  plugin_option_string_free(&ptr->server_name);
+  plugin_option_list_u8_free(&ptr->alpn);
+  plugin_string_free(&ptr->version);
+  plugin_string_free(&ptr->cipher_suite);
+  plugin_option_list_u8_free(&ptr->peer_certificate);
 }
 
 void sandport_handler_types_result_void_error_free(sandport_handler_types_result_void_error_t *ptr) {
@@ -116,7 +149,11 @@ void sandport_handler_host_error_free(sandport_handler_host_error_t *ptr) {
   sandport_handler_types_error_free(ptr);
 }
 
-__attribute__((__import_module__("sandport:handler/host@0.1.0"), __import_name__("[resource-drop]mbuf")))
+void sandport_handler_host_tls_handshake_free(sandport_handler_host_tls_handshake_t *ptr) {
+  sandport_handler_types_tls_handshake_free(ptr);
+}
+
+__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("[resource-drop]mbuf")))
 extern void __wasm_import_sandport_handler_host_mbuf_drop(int32_t handle);
 
 void sandport_handler_host_mbuf_drop_own(sandport_handler_host_own_mbuf_t handle) {
@@ -125,16 +162,6 @@ void sandport_handler_host_mbuf_drop_own(sandport_handler_host_own_mbuf_t handle
 
 sandport_handler_host_borrow_mbuf_t sandport_handler_host_borrow_mbuf(sandport_handler_host_own_mbuf_t arg) {
   return (sandport_handler_host_borrow_mbuf_t) { arg.__handle };
-}
-
-void plugin_list_u8_free(plugin_list_u8_t *ptr) {
-  size_t list_len = ptr->len;
-  if (list_len > 0) {
-    uint8_t *list_ptr = ptr->ptr;
-    for (size_t i = 0; i < list_len; i++) {
-    }
-    free(list_ptr);
-  }
 }
 
 void plugin_option_u32_free(plugin_option_u32_t *ptr) {
@@ -177,9 +204,17 @@ void sandport_handler_host_result_conn_error_free(sandport_handler_host_result_c
   }
 }
 
-void plugin_option_string_free(plugin_option_string_t *ptr) {
+void sandport_handler_host_option_tls_handshake_free(sandport_handler_host_option_tls_handshake_t *ptr) {
   if (ptr->is_some) {
-    plugin_string_free(&ptr->val);
+    sandport_handler_host_tls_handshake_free(&ptr->val);
+  }
+}
+
+void sandport_handler_host_result_option_tls_handshake_error_free(sandport_handler_host_result_option_tls_handshake_error_t *ptr) {
+  if (!ptr->is_err) {
+    sandport_handler_host_option_tls_handshake_free(&ptr->val.ok);
+  } else {
+    sandport_handler_host_error_free(&ptr->val.err);
   }
 }
 
@@ -710,7 +745,112 @@ void sandport_handler_host_set_send_events(sandport_handler_host_send_events_t m
   __wasm_import_sandport_handler_host_set_send_events((int32_t) mode);
 }
 
-__attribute__((__export_name__("sandport:handler/handler@0.1.0#handle")))
+bool sandport_handler_host_tls_info(sandport_handler_host_conn_t conn, sandport_handler_host_option_tls_handshake_t *ret, sandport_handler_host_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(15*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_sandport_handler_host_tls_info((int64_t) (conn), ptr);
+  sandport_handler_host_result_option_tls_handshake_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      sandport_handler_host_option_tls_handshake_t option2;
+      switch ((int32_t) *((uint8_t*) (ptr + sizeof(void*)))) {
+        case 0: {
+          option2.is_some = false;
+          break;
+        }
+        case 1: {
+          option2.is_some = true;
+          plugin_option_string_t option;
+          switch ((int32_t) *((uint8_t*) (ptr + (2*sizeof(void*))))) {
+            case 0: {
+              option.is_some = false;
+              break;
+            }
+            case 1: {
+              option.is_some = true;
+              option.val = (plugin_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (3*sizeof(void*))))), (*((size_t*) (ptr + (4*sizeof(void*))))) };
+              break;
+            }
+          }
+          plugin_option_list_u8_t option0;
+          switch ((int32_t) *((uint8_t*) (ptr + (5*sizeof(void*))))) {
+            case 0: {
+              option0.is_some = false;
+              break;
+            }
+            case 1: {
+              option0.is_some = true;
+              option0.val = (plugin_list_u8_t) { (uint8_t*)(*((uint8_t **) (ptr + (6*sizeof(void*))))), (*((size_t*) (ptr + (7*sizeof(void*))))) };
+              break;
+            }
+          }
+          plugin_option_list_u8_t option1;
+          switch ((int32_t) *((uint8_t*) (ptr + (12*sizeof(void*))))) {
+            case 0: {
+              option1.is_some = false;
+              break;
+            }
+            case 1: {
+              option1.is_some = true;
+              option1.val = (plugin_list_u8_t) { (uint8_t*)(*((uint8_t **) (ptr + (13*sizeof(void*))))), (*((size_t*) (ptr + (14*sizeof(void*))))) };
+              break;
+            }
+          }
+
+          option2.val = (sandport_handler_types_tls_handshake_t) {
+            (plugin_option_string_t) option,
+            (plugin_option_list_u8_t) option0,
+            (plugin_string_t) (plugin_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (8*sizeof(void*))))), (*((size_t*) (ptr + (9*sizeof(void*))))) },
+            (plugin_string_t) (plugin_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (10*sizeof(void*))))), (*((size_t*) (ptr + (11*sizeof(void*))))) },
+            (plugin_option_list_u8_t) option1,
+          };
+          break;
+        }
+      }
+
+      result.val.ok = option2;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      sandport_handler_types_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          break;
+        }
+        case 3: {
+          variant.val.invalid = (plugin_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 4: {
+          variant.val.failed = (plugin_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+__attribute__((__export_name__("sandport:handler/handler@0.2.0#handle")))
 void __wasm_export_exports_sandport_handler_handler_handle(int64_t arg, int32_t arg0, int64_t arg1, size_t arg2, uint8_t * arg3, size_t arg4, int32_t arg5) {
   int32_t borrow = 0;
   sandport_handler_types_event_t variant6;

@@ -87,6 +87,38 @@ typedef uint8_t sandport_handler_types_send_events_t;
 #define SANDPORT_HANDLER_TYPES_SEND_EVENTS_WHEN_BLOCKED 1
 
 typedef struct {
+  bool is_some;
+  plugin_string_t val;
+} plugin_option_string_t;
+
+typedef struct {
+  uint8_t *ptr;
+  size_t len;
+} plugin_list_u8_t;
+
+typedef struct {
+  bool is_some;
+  plugin_list_u8_t val;
+} plugin_option_list_u8_t;
+
+// What the TLS handshake of a connection said: what `host.tls-info` returns
+// (which takes the name `tls-info`: types and functions share one namespace).
+typedef struct sandport_handler_types_tls_handshake_t {
+  // The server name the client asked for (SNI), if it sent one; on a dialed
+  // connection, the name the upstream's certificate was checked against.
+  plugin_option_string_t   server_name;
+  // The application protocol agreed by ALPN, if any (`h2`, `http/1.1`).
+  plugin_option_list_u8_t   alpn;
+  // The protocol version: `TLSv1_2` or `TLSv1_3`.
+  plugin_string_t   version;
+  // The cipher suite, by its IANA name (`TLS13_AES_128_GCM_SHA256`).
+  plugin_string_t   cipher_suite;
+  // The peer's certificate (DER), the leaf of its chain: the client's on an
+  // accepted connection when it sent one, the upstream's on a dialed one.
+  plugin_option_list_u8_t   peer_certificate;
+} sandport_handler_types_tls_handshake_t;
+
+typedef struct {
   bool is_err;
   union {
     sandport_handler_types_error_t err;
@@ -141,6 +173,8 @@ typedef sandport_handler_types_log_level_t sandport_handler_host_log_level_t;
 
 typedef sandport_handler_types_send_events_t sandport_handler_host_send_events_t;
 
+typedef sandport_handler_types_tls_handshake_t sandport_handler_host_tls_handshake_t;
+
 typedef struct sandport_handler_host_own_mbuf_t {
   int32_t __handle;
 } sandport_handler_host_own_mbuf_t;
@@ -148,11 +182,6 @@ typedef struct sandport_handler_host_own_mbuf_t {
 typedef struct sandport_handler_host_borrow_mbuf_t {
   int32_t __handle;
 } sandport_handler_host_borrow_mbuf_t;
-
-typedef struct {
-  uint8_t *ptr;
-  size_t len;
-} plugin_list_u8_t;
 
 typedef struct {
   bool is_some;
@@ -200,8 +229,16 @@ typedef struct {
 
 typedef struct {
   bool is_some;
-  plugin_string_t val;
-} plugin_option_string_t;
+  sandport_handler_host_tls_handshake_t val;
+} sandport_handler_host_option_tls_handshake_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    sandport_handler_host_option_tls_handshake_t ok;
+    sandport_handler_host_error_t err;
+  } val;
+} sandport_handler_host_result_option_tls_handshake_error_t;
 
 typedef sandport_handler_types_conn_t exports_sandport_handler_handler_conn_t;
 
@@ -209,7 +246,7 @@ typedef sandport_handler_types_event_t exports_sandport_handler_handler_event_t;
 
 typedef sandport_handler_host_borrow_mbuf_t exports_sandport_handler_handler_borrow_mbuf_t;
 
-// Imported Functions from `sandport:handler/host@0.1.0`
+// Imported Functions from `sandport:handler/host@0.2.0`
 // Bytes currently buffered.
 extern uint32_t sandport_handler_host_method_mbuf_len(sandport_handler_host_borrow_mbuf_t self);
 // Copy out up to `len` bytes starting at `offset` (fewer near the end;
@@ -277,8 +314,19 @@ extern void sandport_handler_host_log(sandport_handler_host_log_level_t level, p
 // its first event. A `send` larger than the whole send buffer never fits and
 // brings no event in either mode.
 extern void sandport_handler_host_set_send_events(sandport_handler_host_send_events_t mode);
+// What the TLS handshake of `conn` (any connection of this instance) said, if the
+// host ended TLS on it: an accepted connection of a listener with a certificate,
+// or one dialed to an upstream the listener's `allow-connect` marks as TLS.
+// `none` on a plaintext connection, and on one whose TLS the host passes through
+// (the handler then sees the encrypted bytes themselves). `closed` for a
+// connection that is not this instance's.
+// 
+// Why an import and not part of `accept`: the handler sees plaintext either way,
+// so most never ask, and a certificate is copied into the guest only for one that
+// does.
+extern bool sandport_handler_host_tls_info(sandport_handler_host_conn_t conn, sandport_handler_host_option_tls_handshake_t *ret, sandport_handler_host_error_t *err);
 
-// Exported Functions from `sandport:handler/handler@0.1.0`
+// Exported Functions from `sandport:handler/handler@0.2.0`
 void exports_sandport_handler_handler_handle(exports_sandport_handler_handler_conn_t conn, exports_sandport_handler_handler_event_t *ev, exports_sandport_handler_handler_borrow_mbuf_t rx);
 
 // Helper Functions
@@ -287,17 +335,25 @@ void sandport_handler_types_socket_address_free(sandport_handler_types_socket_ad
 
 void sandport_handler_types_error_free(sandport_handler_types_error_t *ptr);
 
+void plugin_option_string_free(plugin_option_string_t *ptr);
+
+void plugin_list_u8_free(plugin_list_u8_t *ptr);
+
+void plugin_option_list_u8_free(plugin_option_list_u8_t *ptr);
+
+void sandport_handler_types_tls_handshake_free(sandport_handler_types_tls_handshake_t *ptr);
+
 void sandport_handler_types_result_void_error_free(sandport_handler_types_result_void_error_t *ptr);
 
 void sandport_handler_types_event_free(sandport_handler_types_event_t *ptr);
 
 void sandport_handler_host_error_free(sandport_handler_host_error_t *ptr);
 
+void sandport_handler_host_tls_handshake_free(sandport_handler_host_tls_handshake_t *ptr);
+
 extern void sandport_handler_host_mbuf_drop_own(sandport_handler_host_own_mbuf_t handle);
 
 extern sandport_handler_host_borrow_mbuf_t sandport_handler_host_borrow_mbuf(sandport_handler_host_own_mbuf_t handle);
-
-void plugin_list_u8_free(plugin_list_u8_t *ptr);
 
 void plugin_option_u32_free(plugin_option_u32_t *ptr);
 
@@ -311,7 +367,9 @@ void sandport_handler_host_result_bool_error_free(sandport_handler_host_result_b
 
 void sandport_handler_host_result_conn_error_free(sandport_handler_host_result_conn_error_t *ptr);
 
-void plugin_option_string_free(plugin_option_string_t *ptr);
+void sandport_handler_host_option_tls_handshake_free(sandport_handler_host_option_tls_handshake_t *ptr);
+
+void sandport_handler_host_result_option_tls_handshake_error_free(sandport_handler_host_result_option_tls_handshake_error_t *ptr);
 
 void exports_sandport_handler_handler_event_free(exports_sandport_handler_handler_event_t *ptr);
 

@@ -4,6 +4,9 @@
 //! The host calls `handle` once per event of a connection (see `wit/handler.wit`) and
 //! owns the bytes: `rx` is a view of the connection's receive buffer, and the `host`
 //! functions append to its send buffer, consume received bytes, arm timers, close.
+//! On a listener that serves TLS the plugin still sees plaintext; `host::tls_info(conn)`
+//! says what the handshake said (server name, ALPN protocol, version, cipher suite, the
+//! client's certificate), and `None` on a plaintext connection.
 //!
 //! Configuration, from the listener's `[listener.config]` table: `greeting` (a line
 //! sent on accept) and `fault-trigger` (bytes that make the plugin trap, to see that a
