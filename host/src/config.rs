@@ -364,10 +364,9 @@ fn check_shared_addresses(listeners: &[ListenerSpec]) -> Result<(), String> {
         let first = sharing[0];
         for l in sharing {
             if l.tls.is_none() {
-                let other = sharing.iter().find(|o| o.name != l.name).expect("shared by two");
                 return Err(format!(
                     "listeners `{}` and `{}` both use address {address}: an address is shared only by TLS listeners chosen by server name ([listener.tls] and server-names)",
-                    other.name, l.name
+                    sharing[0].name, sharing[1].name
                 ));
             }
             if l.server_names.is_empty() && !l.default_server {
@@ -771,7 +770,7 @@ mod tests {
             ),
             (
                 "[[listener]]\nname='a'\naddress='127.0.0.1:1'\nplugin='a.wasm'\n[[listener]]\nname='b'\naddress='127.0.0.1:1'\nplugin='a.wasm'",
-                "127.0.0.1:1 is used twice",
+                "listeners `a` and `b` both use address 127.0.0.1:1",
             ),
             (
                 "[[listener]]\nname='a'\naddress='127.0.0.1:1'\nplugin='a.wasm'\n[listener.limits]\nmemory='lots'",
