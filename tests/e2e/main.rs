@@ -39,5 +39,6 @@ mod swap_more;
 mod timers;
 mod tls;
 mod tls_kit;
+mod tls_terminate;
 mod watch;
 mod workers;
