@@ -33,11 +33,18 @@ fn serve(pki: &mut Pki, name: &str, plugin: &str, tls: &str, extra: &str) -> Ser
     Server::start(&tls_listener(plugin, &pair, tls, extra))
 }
 
+/// A hello that asks for `name` and offers nothing else.
 fn hello(name: &str) -> Hello<'_> {
     Hello { name, ..Hello::default() }
 }
 
 /// `openssl s_client` against `addr` asking for `name`, trusting `ca`, with `args`.
+///
+/// What the server sends back is in its output, but not always at the start of a line:
+/// s_client writes it at once, between pieces of its own buffered report (a session
+/// ticket's dump may be cut mid-line), so tests look for `text\n`, not `\ntext\n`.
+/// Without `-quiet` it closes at the end of its input; with it, it would wait for the
+/// server's idle timeout.
 fn openssl(addr: SocketAddr, ca: &Path, name: &str, args: &[&str], input: &[u8]) -> String {
     let mut all = vec!["-servername", name, "-CAfile", ca.to_str().unwrap()];
     all.extend_from_slice(args);
@@ -146,6 +153,7 @@ fn alpn_agrees_from_the_listener_list_and_none_without_one() {
     let server = Server::start(&config);
     let (alpn, none) = (server.addr("alpn"), server.addr("none"));
 
+    // The listener's order decides among the protocols a client offers.
     for (offered, agreed) in [(&["http/1.1"][..], "http/1.1"), (&["http/1.1", "h2"], "h2"), (&["h2"], "h2")] {
         let mut client = TlsClient::connect(alpn, &pki.ca, Hello { name: "alpn.test", alpn: offered, identity: None });
         assert_eq!(client.session().alpn_protocol(), Some(agreed.as_bytes()), "offered {offered:?}");
