@@ -39,6 +39,7 @@ mod swap_more;
 mod timers;
 mod tls;
 mod tls_kit;
+mod tls_terminate;
 mod watch;
 mod wit_versions;
 mod workers;

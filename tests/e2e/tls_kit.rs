@@ -222,3 +222,23 @@ pub fn s_client(addr: SocketAddr, args: &[&str], input: &[u8]) -> String {
     let output = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
 }
+
+impl Pki {
+    /// A server certificate for `names` with an RSA 2048 key. rcgen's ring backend
+    /// cannot generate RSA keys, but it signs with one: `openssl genrsa` makes the key.
+    pub fn rsa_server(&mut self, names: &[&str]) -> Pair {
+        self.made += 1;
+        let pair = Pair {
+            cert: self.dir.path().join(format!("cert-{}.pem", self.made)),
+            key: self.dir.path().join(format!("key-{}.pem", self.made)),
+        };
+        let genrsa = Command::new("openssl").args(["genrsa", "-out"]).arg(&pair.key).arg("2048").output().unwrap();
+        assert!(genrsa.status.success(), "openssl genrsa: {}", String::from_utf8_lossy(&genrsa.stderr));
+        let key = KeyPair::from_pem(&std::fs::read_to_string(&pair.key).unwrap()).unwrap();
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        std::fs::write(&pair.cert, params.signed_by(&key, &self.issuer).unwrap().pem()).unwrap();
+        pair
+    }
+}
