@@ -278,7 +278,11 @@ fn on_signals(mut signals: Signals, config_file: Option<PathBuf>, starting: &Sta
 /// each event's fields (listener, conn, ...) at the top level. `RUST_LOG` filters.
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A log line that cannot be written (stderr closed: whoever read it is gone) is
+    // lost, not reported on that same stderr, whose failing `eprintln!` would panic the
+    // thread that logged: the signal thread's panic would leave SIGTERM unanswered.
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).log_internal_errors(false);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),

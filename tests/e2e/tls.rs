@@ -34,7 +34,7 @@ fn two_tenants_share_a_port_each_chosen_by_its_server_name() {
     assert_eq!(web.line(), "HTTP/1.1 200 OK\r");
 
     let out =
-        s_client(addr, &["-servername", "echo.test", "-CAfile", pki.ca.to_str().unwrap(), "-quiet"], b"from openssl\n");
+        s_client(addr, &["-servername", "echo.test", "-CAfile", pki.ca.to_str().unwrap()], b"from openssl\n");
     assert!(out.contains("from openssl"), "{out}");
 
     let curl = std::process::Command::new("curl")
