@@ -723,7 +723,8 @@ fn a_client_certificate_from_another_ca_is_refused() {
         "",
     );
     let identity = identity.unwrap();
-    let stranger = Pki::new("a stranger's CA").client("mallory");
+    let mut strangers = Pki::new("a stranger's CA");
+    let stranger = strangers.client("mallory");
     let during = hood.beside(|| {
         let hello = |identity| Hello { name: VICTIM, alpn: &[], identity };
         let answer = try_exchange(hood.port, &hood.pki.ca, hello(Some(&identity)), "known");
