@@ -256,28 +256,41 @@ impl Reactor {
     /// The ClientHello: read until rustls has it whole, then route by its server name.
     fn read_hello(&mut self, key: usize) -> Next {
         let greeting = &mut self.greetings[key];
+        if !self.ports[greeting.port].site.load().reads_hello {
+            // Plaintext handed over by the worker that read its PROXY header.
+            return self.route(key, None, None);
+        }
         let read = read_more(&greeting.socket, &mut greeting.bytes, MAX_HELLO);
         let Stage::Hello { acceptor, fed } = &mut greeting.stage else { unreachable!("reading the hello") };
-        while *fed < greeting.bytes.len() {
-            match acceptor.read_tls(&mut &greeting.bytes[*fed..]) {
-                Ok(0) => break,
-                Ok(n) => *fed += n,
-                Err(_) => return self.refuse(key, Refusal::BadHello),
+        loop {
+            // The acceptor buffers one record's worth until `accept` has seen a hello
+            // that spans records; only then does it take up to 64 KiB. So feed and
+            // accept in turn, while it takes more.
+            let before = *fed;
+            while *fed < greeting.bytes.len() {
+                match acceptor.read_tls(&mut &greeting.bytes[*fed..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => *fed += n,
+                }
             }
-        }
-        match acceptor.accept() {
-            Ok(Some(accepted)) => {
-                let name = accepted.client_hello().server_name().map(str::to_owned);
-                self.route(key, name, Some(accepted))
-            }
-            Ok(None) => match read {
-                Ok(Got::More) => Next::Wait,
-                Ok(Got::Full) => self.refuse(key, Refusal::BadHello),
-                Ok(Got::Ended) | Err(_) => self.refuse(key, Refusal::Abandoned),
-            },
-            Err((_, mut alert)) => {
-                let _ = alert.write_all(&mut Direct(&greeting.socket));
-                self.refuse(key, Refusal::BadHello)
+            match acceptor.accept() {
+                Ok(Some(accepted)) => {
+                    let name = accepted.client_hello().server_name().map(str::to_owned);
+                    return self.route(key, name, Some(accepted));
+                }
+                Ok(None) if *fed < greeting.bytes.len() && *fed > before => {}
+                Ok(None) if *fed < greeting.bytes.len() => return self.refuse(key, Refusal::BadHello),
+                Ok(None) => {
+                    return match read {
+                        Ok(Got::More) => Next::Wait,
+                        Ok(Got::Full) => self.refuse(key, Refusal::BadHello),
+                        Ok(Got::Ended) | Err(_) => self.refuse(key, Refusal::Abandoned),
+                    };
+                }
+                Err((_, mut alert)) => {
+                    let _ = alert.write_all(&mut Direct(&greeting.socket));
+                    return self.refuse(key, Refusal::BadHello);
+                }
             }
         }
     }
