@@ -275,9 +275,12 @@ fn on_signals(mut signals: Signals, config_file: Option<PathBuf>, starting: &Sta
 }
 
 /// Log to stderr, as text (coloured on a terminal) or as one JSON object a line with
-/// each event's fields (listener, conn, ...) at the top level. `RUST_LOG` filters.
+/// each event's fields (listener, conn, ...) at the top level. `RUST_LOG` filters;
+/// by default rustls says only errors: its warnings are about one peer's connection
+/// (a refused renegotiation), outside the rate limit on lines about connections, and
+/// the host counts those peers itself.
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rustls=error"));
     // A log line that cannot be written (stderr closed: whoever read it is gone) is
     // lost, not reported on that same stderr, whose failing `eprintln!` would panic the
     // thread that logged: the signal thread's panic would leave SIGTERM unanswered.
