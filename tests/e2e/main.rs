@@ -39,6 +39,8 @@ mod swap_more;
 mod timers;
 mod tls;
 mod tls_kit;
+mod tls_rotation;
+mod tls_routing;
 mod tls_terminate;
 mod watch;
 mod wit_versions;
