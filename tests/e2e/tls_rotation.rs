@@ -130,7 +130,9 @@ fn the_admin_api_rotates_for_new_handshakes_and_refuses_what_cannot_serve() {
     let unparsable = |files: &Pair| fs::write(&files.cert, &pem[..pem.len() / 2]).unwrap();
     let mismatched = |files: &Pair| fs::copy(&third.cert, &files.cert).map(drop).unwrap();
     let outdated = |files: &Pair| install(&expired, files);
-    let bad: [(&str, &dyn Fn(&Pair), &str); 3] = [
+    // What is wrong, how to write it over the files, and the reason it is refused for.
+    type Spoiled<'a> = (&'a str, &'a dyn Fn(&Pair), &'a str);
+    let bad: [Spoiled; 3] = [
         ("a certificate cut in half", &unparsable, "malformed PEM"),
         ("a certificate for another key", &mismatched, "does not match certificate"),
         ("an expired certificate", &outdated, "expired on"),

@@ -133,9 +133,9 @@ fn exact_names_beat_wildcards_of_one_label_and_the_default_takes_the_rest() {
     }
 
     let ca = pki.ca.to_str().unwrap();
-    let out = s_client(addr, &["-noservername", "-CAfile", ca, "-quiet"], b"config who\n");
+    let out = s_client(addr, &["-noservername", "-CAfile", ca], b"config who\n");
     assert!(out.contains("config fallback"), "openssl without a server name reaches the default:\n{out}");
-    let out = s_client(addr, &["-servername", "c.tenant.test", "-CAfile", ca, "-quiet"], b"config who\n");
+    let out = s_client(addr, &["-servername", "c.tenant.test", "-CAfile", ca], b"config who\n");
     assert!(out.contains("config wild"), "openssl naming c.tenant.test reaches the wildcard:\n{out}");
 }
 
@@ -179,14 +179,27 @@ fn without_a_default_an_unknown_name_gets_unrecognized_name_and_is_counted() {
 
 #[test]
 fn each_tenant_has_its_own_connection_limit_counters_and_handshake_metrics() {
+    own_limit_counters_and_handshake_metrics(1, "shared");
+}
+
+#[test]
+fn each_tenant_has_its_own_connection_limit_counters_and_handshake_metrics_across_two_workers() {
+    own_limit_counters_and_handshake_metrics(2, "per-worker");
+}
+
+/// Two echo tenants on one port, `small` of `max-connections = 2`, on `workers`
+/// workers in `instance` mode: the limit is small's alone (across its workers), and
+/// so are its counters and handshake metrics.
+fn own_limit_counters_and_handshake_metrics(workers: usize, instance: &str) {
     let mut pki = Pki::new("routing CA");
     let (small, big) = (pki.server(&["small.test"]), pki.server(&["big.test"]));
     let address = free_address().to_string();
-    let small_settings = format!("{}\n[listener.limits]\nmax-connections = 2", server_names(&["small.test"]));
-    let config = "workers = 1\n".to_owned()
+    let keys = |name: &str| format!("{}\ninstance = \"{instance}\"", server_names(&[name]));
+    let small_settings = format!("{}\n[listener.limits]\nmax-connections = 2", keys("small.test"));
+    let config = format!("workers = {workers}\n")
         + &admin_table("127.0.0.1:0", None)
         + &tenant("small", &address, plugins::ECHO, &small, &small_settings)
-        + &tenant("big", &address, plugins::ECHO, &big, &server_names(&["big.test"]));
+        + &tenant("big", &address, plugins::ECHO, &big, &keys("big.test"));
     let server = Server::start(&config);
     let (addr, admin) = (server.addr("small"), admin_of(&server));
     let metric =
@@ -321,6 +334,11 @@ fn config_errors_on_a_shared_address_name_both_listeners() {
         &["first", "second", "two.test"],
     );
     refuses(
+        &(with("first", &["one.test", "*.two.test"], "") + &with("second", &["*.Two.TEST."], "")),
+        "one wildcard on two listeners, written differently",
+        &["first", "second", "*.two.test"],
+    );
+    refuses(
         &(with("first", &["one.test"], "default = true") + &with("second", &["two.test"], "default = true")),
         "two defaults",
         &["first", "second", "default"],
@@ -353,17 +371,19 @@ fn sighup_adds_removes_and_changes_tenants_while_another_tenants_connection_goes
     let keep = pki.server(&["keep.test"]);
     let gone = pki.server(&["gone.test"]);
     let changed = pki.server(&["before.test", "after.test"]);
-    let added = pki.server(&["added.test"]);
+    let added = pki.server(&["added.test", "nobody.test"]);
     let address = free_address().to_string();
     let before = "workers = 1\n".to_owned()
         + &probe_tenant("keep", &address, &keep, &["keep.test"], "")
         + &probe_tenant("gone", &address, &gone, &["gone.test"], "")
         + &probe_tenant("changed", &address, &changed, &["before.test"], "");
     let changed_after = format!("{}\n[listener.config]\nwho = \"after\"", server_names(&["after.test"]));
-    let after = "workers = 1\n".to_owned()
-        + &probe_tenant("keep", &address, &keep, &["keep.test"], "")
-        + &tenant("changed", &address, plugins::FIXTURE_PROBE, &changed, &changed_after)
-        + &probe_tenant("added", &address, &added, &["added.test"], "");
+    let after = |added_keys: &str| {
+        "workers = 1\n".to_owned()
+            + &probe_tenant("keep", &address, &keep, &["keep.test"], "")
+            + &tenant("changed", &address, plugins::FIXTURE_PROBE, &changed, &changed_after)
+            + &probe_tenant("added", &address, &added, &["added.test"], added_keys)
+    };
     let server = Server::start(&before);
     let addr = server.addr("keep");
 
@@ -373,7 +393,7 @@ fn sighup_adds_removes_and_changes_tenants_while_another_tenants_connection_goes
     assert_eq!(leaving.ask("config who"), "config gone");
     assert_eq!(who_serves(addr, &pki.ca, "before.test").0, "changed");
 
-    server.reload(&after);
+    server.reload(&after(""));
     assert_eq!(kept.ask("config who"), "config keep", "the untouched tenant's open connection goes on");
     assert_eq!(kept.ask("echo across the reload"), "across the reload");
     assert_eq!(leaving.ask("config who"), "config gone", "a removed tenant's open connection drains");
@@ -384,6 +404,15 @@ fn sighup_adds_removes_and_changes_tenants_while_another_tenants_connection_goes
         let err = refused_handshake(addr, &pki.ca, name);
         assert!(err.contains("UnrecognisedName"), "{name} is no longer served: {err}");
     }
+    assert_eq!(kept.ask("config who"), "config keep");
+
+    // Only its TLS changes: the added tenant becomes the default, with no new
+    // version of its plugin (its one instance counts on).
+    let mut newcomer = TlsClient::connect(addr, &pki.ca, hello("added.test"));
+    assert_eq!(newcomer.ask("count"), "count 1");
+    server.reload(&after("default = true"));
+    assert_eq!(who_serves(addr, &pki.ca, "nobody.test").0, "added", "the new default takes unknown names");
+    assert_eq!(newcomer.ask("count"), "count 2", "the default's instance is the one it was");
     assert_eq!(kept.ask("config who"), "config keep");
     let log = server.log();
     let swapped = log.lines().filter(|l| l.contains("listener=keep") && l.contains("took over")).count();
