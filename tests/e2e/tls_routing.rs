@@ -77,6 +77,19 @@ impl Scrape {
     }
 }
 
+impl Scrape {
+    /// The lowest bucket of `family` (a histogram) for `listener`: its bound in
+    /// seconds, and its count.
+    pub(crate) fn first_bucket(&self, family: &str, listener: &str) -> (f64, f64) {
+        let prefix = format!("{family}_bucket{{listener=\"{listener}\",le=\"");
+        let buckets = self.samples.iter().filter_map(|(key, value)| {
+            let bound = key.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+            Some((bound.parse::<f64>().ok()?, *value))
+        });
+        buckets.min_by(|a, b| a.0.total_cmp(&b.0)).unwrap_or_else(|| panic!("no {prefix}... in:\n{}", self.text))
+    }
+}
+
 /// Wait until `/metrics` shows counter `key` at `value` (the server counts a moment
 /// after the client is done); fails if it passes it or stays below.
 pub(crate) fn wait_for_sample(admin: SocketAddr, key: &str, value: f64) -> Scrape {
@@ -257,7 +270,8 @@ fn own_limit_counters_and_handshake_metrics(workers: usize, instance: &str) {
         let all = metric("tls_handshake_time_seconds_bucket", listener, "le=\"+Inf\"");
         assert_eq!(scrape.get(&all), 3.0, "{all}");
         let sum = scrape.get(&format!("sandport_tls_handshake_time_seconds_sum{{listener=\"{listener}\"}}"));
-        assert!(sum > 0.0, "{listener}: a handshake takes some time");
+        let histogram: Vec<&str> = scrape.text.lines().filter(|l| l.contains("handshake_time")).collect();
+        assert!(sum > 0.0, "{listener}: a handshake takes some time:\n{}", histogram.join("\n"));
     }
 }
 
