@@ -41,6 +41,8 @@ mod tls;
 mod tls_hostile;
 mod tls_kit;
 mod tls_proxying;
+mod tls_rotation;
+mod tls_routing;
 mod tls_terminate;
 mod watch;
 mod wit_versions;

@@ -242,3 +242,22 @@ impl Pki {
         pair
     }
 }
+
+impl Pki {
+    /// A server certificate for `names` that expires at `not_after` (to the second):
+    /// what a test of the expiry metric compares with.
+    pub fn server_until(&mut self, names: &[&str], not_after: time::OffsetDateTime) -> Pair {
+        self.sign(names, ExtendedKeyUsagePurpose::ServerAuth, |params| params.not_after = not_after)
+    }
+}
+
+/// The leaf certificate of `pair`'s chain, DER: what a client that got it served sees.
+pub fn leaf(pair: &Pair) -> CertificateDer<'static> {
+    CertificateDer::pem_file_iter(&pair.cert).unwrap().next().expect("a certificate in the file").unwrap()
+}
+
+/// The leaf certificate the server served to `client`, DER.
+pub fn served(client: &TlsClient) -> CertificateDer<'static> {
+    let chain = client.session().peer_certificates().expect("a server certificate");
+    chain[0].clone().into_owned()
+}

@@ -360,7 +360,9 @@ impl Reactor {
                 };
                 let counts = &mut self.core.accounts[listener].counts;
                 counts.handshakes += 1;
-                counts.handshake_time.record(self.core.now.saturating_duration_since(greeting.since));
+                // The clock, not the turn's `now`: a handshake whose client answered
+                // within the turn it was accepted in would otherwise take no time.
+                counts.handshake_time.record(greeting.since.elapsed());
                 greeting.bytes = Vec::new();
                 self.arrive(listener, greeting, Transport::Tls(tls));
                 Next::Gone
