@@ -33,8 +33,7 @@ fn two_tenants_share_a_port_each_chosen_by_its_server_name() {
     web.write(b"GET / HTTP/1.1\r\nHost: hello.test\r\n\r\n");
     assert_eq!(web.line(), "HTTP/1.1 200 OK\r");
 
-    let out =
-        s_client(addr, &["-servername", "echo.test", "-CAfile", pki.ca.to_str().unwrap()], b"from openssl\n");
+    let out = s_client(addr, &["-servername", "echo.test", "-CAfile", pki.ca.to_str().unwrap()], b"from openssl\n");
     assert!(out.contains("from openssl"), "{out}");
 
     let curl = std::process::Command::new("curl")

@@ -93,7 +93,7 @@ impl Reactor {
         loop {
             let Some(socket) = &self.ports[port].socket else { return };
             match take(socket, &mut self.reserve) {
-                Taken::Conn(stream, peer) => self.greet(port, (stream, peer), Vec::new(), self.core.now, false),
+                Taken::Conn(stream, peer) => self.greet(port, (stream, peer), Vec::new(), Instant::now(), false),
                 Taken::Empty => return,
                 Taken::Shed(peer, e) => {
                     let p = &mut self.ports[port];
