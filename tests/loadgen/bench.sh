@@ -25,7 +25,10 @@
 # SECTIONS, which of the three to run (default "http echo burn"), and BASELINE, the
 # `sandport` binary of another build (say the commit before a change): each WORKERS
 # entry then runs on it too, as NAME-baseline, with the same config and plugins, so
-# that a change to the host is measured against the host before it in the same run.
+# that a change to the host is measured against the host before it in the same run, and
+# BASELINE_WASM, the folder of the plugins that build speaks (its own
+# target/wasm32-wasip2/plugin, when the contract's version moved since; default: this
+# tree's).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -68,16 +71,18 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 read -ra WORKERS_LIST <<<"${WORKERS:-default}"
 INSTANCE_LINE=${INSTANCE:+instance = \"$INSTANCE\"}
 SANDPORTS=()
-declare -A BASE BINARY WORKERS_OF
+declare -A BASE BINARY WORKERS_OF PLUGINS_OF
 for workers in "${WORKERS_LIST[@]}"; do
     if [[ $workers == default ]]; then name=sandport; else name=sandport-w$workers; fi
     SANDPORTS+=("$name")
     BINARY[$name]=$ROOT/target/release/sandport
     WORKERS_OF[$name]=$workers
+    PLUGINS_OF[$name]=$WASM
     if [[ -n ${BASELINE:-} ]]; then
         SANDPORTS+=("$name-baseline")
         BINARY[$name-baseline]=$(realpath "$BASELINE")
         WORKERS_OF[$name-baseline]=$workers
+        PLUGINS_OF[$name-baseline]=${BASELINE_WASM:-$WASM}
     fi
 done
 for i in "${!SANDPORTS[@]}"; do
@@ -92,13 +97,13 @@ for i in "${!SANDPORTS[@]}"; do
 [[listener]]
 name = "echo"
 address = "127.0.0.1:$((BASE[$name] + ECHO_OFFSET))"
-plugin = "$WASM/echo.wasm"
+plugin = "${PLUGINS_OF[$name]}/echo.wasm"
 $INSTANCE_LINE
 
 [[listener]]
 name = "http-hello"
 address = "127.0.0.1:$((BASE[$name] + HTTP_OFFSET))"
-plugin = "$WASM/http_hello.wasm"
+plugin = "${PLUGINS_OF[$name]}/http_hello.wasm"
 $INSTANCE_LINE
 EOF
         for listener in "burn-0 $BURN0_OFFSET 0" "burn-$BURN_US $BURN_OFFSET $BURN_US"; do
@@ -108,7 +113,7 @@ EOF
 [[listener]]
 name = "$listener_name"
 address = "127.0.0.1:$((BASE[$name] + offset))"
-plugin = "$WASM/fixture_burn.wasm"
+plugin = "${PLUGINS_OF[$name]}/fixture_burn.wasm"
 $INSTANCE_LINE
 
 [listener.config]
