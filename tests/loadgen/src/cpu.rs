@@ -1,5 +1,5 @@
-//! The CPU time a server spends: which processes a target is, and how much CPU they
-//! have used, read from `/proc` (Linux only).
+//! The CPU time a server spends: which processes a target is, and how much CPU (and
+//! resident memory) they use, read from `/proc` (Linux only).
 //!
 //! On a machine where the client and the server share the cores, request rates
 //! squeeze toward each other; the server's CPU time per request separates servers
@@ -16,6 +16,8 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+/// `AT_PAGESZ` in the auxiliary vector: the unit of the sizes in `/proc/*/statm`.
+const AT_PAGESZ: usize = 6;
 /// `AT_CLKTCK` in the auxiliary vector: the unit of the CPU times in `/proc/*/stat`.
 const AT_CLKTCK: usize = 17;
 /// The `st` of a listening socket in `/proc/net/tcp`.
@@ -58,17 +60,45 @@ impl ServerProcesses {
         let ticks = self.pids.iter().map(|&pid| cpu_ticks(pid).ok()).sum::<Option<u64>>()?;
         Some(Duration::from_secs_f64(ticks as f64 / clock_ticks_per_sec() as f64))
     }
+
+    /// The memory these processes hold resident (RSS) now, in bytes, or `None` if
+    /// there are none or one of them cannot be read.
+    pub fn resident_bytes(&self) -> Option<u64> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        self.pids.iter().map(|&pid| resident_bytes(pid).ok()).sum()
+    }
 }
 
-/// The clock ticks per second of `/proc/*/stat` (`getconf CLK_TCK`), from the
-/// auxiliary vector the kernel gave this process; 100, Linux's value everywhere,
-/// if it cannot be read.
+/// The clock ticks per second of `/proc/*/stat` (`getconf CLK_TCK`); 100, Linux's
+/// value everywhere, if it cannot be read.
 fn clock_ticks_per_sec() -> u64 {
-    let Ok(auxv) = fs::read("/proc/self/auxv") else { return 100 };
+    auxv(AT_CLKTCK).unwrap_or(100)
+}
+
+/// The bytes of a page, the unit of `/proc/*/statm`; 4096 if it cannot be read.
+fn page_size() -> u64 {
+    auxv(AT_PAGESZ).unwrap_or(4096)
+}
+
+/// The value of `key` in the auxiliary vector the kernel gave this process.
+fn auxv(key: usize) -> Option<u64> {
+    let auxv = fs::read("/proc/self/auxv").ok()?;
     const WORD: usize = size_of::<usize>();
     let words: Vec<usize> =
         auxv.chunks_exact(WORD).map(|w| usize::from_ne_bytes(w.try_into().expect("chunks of a word"))).collect();
-    words.chunks_exact(2).find(|pair| pair[0] == AT_CLKTCK && pair[1] > 0).map_or(100, |pair| pair[1] as u64)
+    words.chunks_exact(2).find(|pair| pair[0] == key && pair[1] > 0).map(|pair| pair[1] as u64)
+}
+
+/// The resident memory of process `pid` in bytes: the second field of
+/// `/proc/PID/statm`, in pages.
+fn resident_bytes(pid: u32) -> io::Result<u64> {
+    let statm = fs::read_to_string(format!("/proc/{pid}/statm"))?;
+    let pages = statm.split_ascii_whitespace().nth(1).and_then(|pages| pages.parse::<u64>().ok());
+    let pages =
+        pages.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("unexpected /proc/{pid}/statm")))?;
+    Ok(pages * page_size())
 }
 
 /// `utime + stime` of process `pid`, in clock ticks: every thread's, the exited
@@ -192,6 +222,18 @@ mod tests {
         }
         assert_eq!(ServerProcesses::default().cpu_time(), None);
         assert!(clock_ticks_per_sec() > 0);
+    }
+
+    #[test]
+    fn this_process_holds_memory() {
+        let me = ServerProcesses::given(vec![std::process::id()]);
+        let before = me.resident_bytes().unwrap();
+        let touched = std::hint::black_box(vec![1u8; 64 << 20]);
+        let after = me.resident_bytes().unwrap();
+        assert!(after >= before + (32 << 20), "{before} -> {after}");
+        drop(touched);
+        assert_eq!(ServerProcesses::default().resident_bytes(), None);
+        assert_eq!(page_size() % 4096, 0);
     }
 
     #[test]

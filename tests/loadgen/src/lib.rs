@@ -1,5 +1,6 @@
-//! A load generator for whole servers: it drives running servers over real TCP and
-//! reports throughput and latency.
+//! A load generator for whole servers: it drives running servers over real TCP, in
+//! plaintext or TLS, and reports throughput and latency, or, holding connections
+//! open, the memory each costs.
 //!
 //! The `sandport-loadgen` binary is a thin command line over [`run`]; tests and
 //! benches can call it directly:
@@ -25,6 +26,11 @@
 //! a fresh one, connected without blocking the thread, sends the next: throughput
 //! then includes connection setup and teardown, and latency counts from the connect.
 //!
+//! A target given as `NAME=tls://ADDR` is driven over TLS (see [`tls`]), every
+//! connection with a rustls client session: with [`LoadSpec::reconnect`] every batch
+//! pays for a handshake, full or (with [`LoadSpec::resume`]) resumed, and
+//! [`Target::server_names`] spreads them over the names one port serves.
+//!
 //! Each round connects, runs [`LoadSpec::warmup`] unmeasured, then measures for
 //! [`LoadSpec::duration`]. With several targets the rounds alternate (t1, t2, t1,
 //! t2, ...), so that slow drifts of a shared, noisy machine hit every target alike;
@@ -41,18 +47,32 @@
 //! by default, every other process that holds a socket listening on the target's
 //! address (see [`cpu`]). The clock tick of `/proc` is 10 ms, so a round should
 //! last seconds for this figure to be precise to a percent.
+//!
+//! # Memory per connection
+//!
+//! [`hold()`] opens the connections, makes one exchange on each and holds them idle,
+//! and reports the growth of the server's resident memory per connection (see there
+//! for how, and why one round per fresh server).
 
 mod client;
+mod conn;
 pub mod cpu;
+mod hold;
 pub mod http;
+mod memory;
 mod report;
 mod spec;
 pub mod stats;
+mod stream;
+pub mod tls;
 
 use anyhow::{Context, Result};
 
+pub use hold::{hold, hold_with_progress};
+pub use memory::{HoldRound, HoldTarget, MemoryReport};
 pub use report::{Latency, Report, RoundReport, TargetReport};
 pub use spec::{LoadSpec, Mode, Target};
+pub use tls::{ServerNames, TlsVersion};
 
 use report::TargetRounds;
 
@@ -72,7 +92,7 @@ pub fn run_with_progress(spec: &LoadSpec, mut progress: impl FnMut(&Target, usiz
         spec.targets.iter().map(|target| TargetRounds::new(target.clone(), target.server())).collect();
     for round in 0..spec.rounds {
         for (target, rounds) in spec.targets.iter().zip(&mut targets) {
-            let result = client::run_round(spec, target.addr, rounds.server())
+            let result = client::run_round(spec, target, rounds.server())
                 .with_context(|| format!("round {} of target `{}`", round + 1, target.name))?;
             progress(target, round, rounds.push(&result, spec.duration));
         }

@@ -5,15 +5,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use sandport_loadgen::{LoadSpec, Mode, Target};
+use sandport_loadgen::{LoadSpec, Mode, ServerNames, Target, TlsVersion};
 
-/// Load-test running echo or HTTP servers and compare them.
+/// Load-test running echo or HTTP servers, in plaintext or TLS, and compare them.
 ///
 /// With several targets the rounds alternate between them and the last two columns
 /// are each target's throughput and server CPU time per request relative to the
 /// first target's: on a noisy machine only such same-run ratios are meaningful. The
 /// server CPU time is read from /proc (Linux), for the processes listening on the
-/// target's address unless --pid names them.
+/// target's address unless --pid names them. With --hold, the connections are held
+/// open instead, and the report is the server's memory per connection.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
@@ -21,10 +22,25 @@ struct Cli {
     #[arg(value_enum)]
     mode: Mode,
 
-    /// A server to drive, as NAME=ADDR (or just ADDR). Repeat to compare servers;
-    /// the first is the baseline.
+    /// A server to drive, as NAME=ADDR (or just ADDR); NAME=tls://ADDR for one that
+    /// speaks TLS. Repeat to compare servers; the first is the baseline.
     #[arg(long = "target", value_name = "NAME=ADDR", required = true)]
     targets: Vec<Target>,
+
+    /// The server name (SNI) the TLS connections of target NAME ask for, or a range
+    /// of them that they take in turn: `t{0..9999}.example.com` (quote it from the
+    /// shell). [default: none is sent]
+    #[arg(long = "server-name", value_name = "NAME=SNI")]
+    server_names: Vec<String>,
+
+    /// The only TLS version the TLS connections offer [default: 1.3 and 1.2].
+    #[arg(long, value_enum)]
+    tls_version: Option<TlsVersion>,
+
+    /// TLS connections resume the sessions of earlier ones (tickets, or session
+    /// ids); without it every handshake is a full one.
+    #[arg(long)]
+    resume: bool,
 
     /// A process of the server of target NAME, whose CPU time (user and system)
     /// counts as the server's; repeat for a server of several processes.
@@ -41,7 +57,8 @@ struct Cli {
     #[arg(long)]
     threads: Option<usize>,
 
-    /// Seconds each round measures.
+    /// Seconds each round measures (with --hold: holds the connections before the
+    /// server's memory is read).
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = seconds)]
     duration: Duration,
 
@@ -60,8 +77,15 @@ struct Cli {
     /// Close each connection once its batch is answered and open a fresh one, so that
     /// every exchange (with the default --pipeline) pays for connection setup and
     /// teardown.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "hold")]
     reconnect: bool,
+
+    /// Open --connections connections (32 at a time per thread), make one exchange on
+    /// each, hold them idle for --duration, and report how much the server's resident
+    /// memory grew per connection. Memory a server frees stays with its allocator, so
+    /// run one round per fresh server.
+    #[arg(long)]
+    hold: bool,
 
     /// Rounds per target.
     #[arg(long, value_name = "R", default_value_t = LoadSpec::DEFAULT_ROUNDS)]
@@ -85,20 +109,41 @@ fn seconds(s: &str) -> Result<Duration, String> {
 /// Gives each `NAME=PID` of `pids` to the target called NAME.
 fn assign_pids(targets: &mut [Target], pids: &[String]) -> Result<(), String> {
     for given in pids {
-        let (name, pid) = given.split_once('=').ok_or_else(|| format!("`--pid {given}`: expected NAME=PID"))?;
-        let pid: u32 = pid.parse().map_err(|e| format!("`--pid {given}`: {e}"))?;
-        let target = targets
-            .iter_mut()
-            .find(|t| t.name == name)
-            .ok_or_else(|| format!("`--pid {given}`: no target is named `{name}`"))?;
-        target.pids.push(pid);
+        let (target, pid) = for_target(targets, "pid", given)?;
+        target.pids.push(pid.parse().map_err(|e| format!("`--pid {given}`: {e}"))?);
     }
     Ok(())
 }
 
+/// Gives each `NAME=SNI` of `names` to the target called NAME.
+fn assign_server_names(targets: &mut [Target], names: &[String]) -> Result<(), String> {
+    for given in names {
+        let (target, names) = for_target(targets, "server-name", given)?;
+        let names: ServerNames = names.parse().map_err(|e| format!("`--server-name {given}`: {e}"))?;
+        target.server_names = Some(names);
+    }
+    Ok(())
+}
+
+/// The target that `NAME=VALUE`, given to `--option`, names, and the value.
+fn for_target<'a, 'v>(
+    targets: &'a mut [Target],
+    option: &str,
+    given: &'v str,
+) -> Result<(&'a mut Target, &'v str), String> {
+    let (name, value) = given.split_once('=').ok_or_else(|| format!("`--{option} {given}`: expected NAME=VALUE"))?;
+    let target = targets
+        .iter_mut()
+        .find(|t| t.name == name)
+        .ok_or_else(|| format!("`--{option} {given}`: no target is named `{name}`"))?;
+    Ok((target, value))
+}
+
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
-    if let Err(e) = assign_pids(&mut cli.targets, &cli.pids) {
+    let assigned = assign_pids(&mut cli.targets, &cli.pids)
+        .and_then(|()| assign_server_names(&mut cli.targets, &cli.server_names));
+    if let Err(e) = assigned {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
@@ -112,8 +157,13 @@ fn main() -> ExitCode {
         reconnect: cli.reconnect,
         rounds: cli.rounds,
         timeout: cli.timeout,
+        tls_version: cli.tls_version,
+        resume: cli.resume,
         ..LoadSpec::new(cli.mode, cli.targets)
     };
+    if cli.hold {
+        return hold(&spec, cli.json);
+    }
     let progress = |target: &Target, round: usize, report: &sandport_loadgen::RoundReport| {
         let cpu = report.cpu_per_request_us.map_or("n/a".to_owned(), |us| format!("{us:.2} µs"));
         eprintln!(
@@ -144,6 +194,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs `spec` holding connections, and prints the memory report.
+fn hold(spec: &LoadSpec, json: bool) -> ExitCode {
+    let progress = |target: &Target, round: usize, report: &sandport_loadgen::HoldRound| {
+        let kib = report.per_connection.map_or("n/a".to_owned(), |bytes| format!("{:.1} KiB", bytes / 1024.0));
+        eprintln!(
+            "round {}/{} {}: {} held (opened in {:.2}s, {}), {kib} server memory per connection, {} errors",
+            round + 1,
+            spec.rounds,
+            target.name,
+            report.held,
+            report.opened_secs,
+            report.open_latency,
+            report.errors
+        );
+    };
+    match sandport_loadgen::hold_with_progress(spec, progress) {
+        Ok(report) if json => {
+            eprint!("{report}");
+            println!("{}", serde_json::to_string_pretty(&report).expect("a report serialises"));
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,7 +236,18 @@ mod tests {
         assign_pids(&mut targets, &["b=7".into(), "b=8".into()]).unwrap();
         assert_eq!((&targets[0].pids[..], &targets[1].pids[..]), (&[][..], &[7, 8][..]));
         assert!(assign_pids(&mut targets, &["c=1".into()]).unwrap_err().contains("no target is named `c`"));
-        assert!(assign_pids(&mut targets, &["a".into()]).unwrap_err().contains("expected NAME=PID"));
+        assert!(assign_pids(&mut targets, &["a".into()]).unwrap_err().contains("expected NAME=VALUE"));
         assert!(assign_pids(&mut targets, &["a=-1".into()]).is_err());
+    }
+
+    #[test]
+    fn server_names_go_to_their_targets() {
+        let mut targets: Vec<Target> = vec!["a=tls://127.0.0.1:1".parse().unwrap(), "b=127.0.0.1:2".parse().unwrap()];
+        assign_server_names(&mut targets, &["a=t{1..3}.example".into()]).unwrap();
+        assert_eq!(targets[0].server_names.as_ref().unwrap().count(), 3);
+        assert_eq!(targets[1].server_names, None);
+        let error = assign_server_names(&mut targets, &["a=t{3..1}.example".into()]).unwrap_err();
+        assert!(error.contains("`--server-name a=t{3..1}.example`: server name"), "{error}");
+        assert!(assign_server_names(&mut targets, &["c=x.example".into()]).unwrap_err().contains("no target"));
     }
 }

@@ -10,6 +10,7 @@ use crate::client::RoundResult;
 use crate::cpu::ServerProcesses;
 use crate::spec::{LoadSpec, Mode, Target};
 use crate::stats::{Histogram, median};
+use crate::tls::TlsVersion;
 
 /// Latency percentiles of the responses counted in a measurement: the time from
 /// sending a batch (with [`LoadSpec::reconnect`], from opening its connection) to
@@ -92,6 +93,11 @@ pub struct TargetReport {
     pub name: String,
     /// The target's address.
     pub addr: SocketAddr,
+    /// Whether its connections spoke TLS.
+    pub tls: bool,
+    /// The server names they asked for (`t{0..9999}.example` for a range).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_names: Option<String>,
     /// The median over the rounds of requests per second.
     pub requests_per_sec: f64,
     /// The median over the rounds of megabytes of responses per second.
@@ -137,6 +143,10 @@ pub struct Report {
     pub pipeline: usize,
     /// Whether every batch ran on a fresh connection, closed once it was answered.
     pub reconnect: bool,
+    /// The TLS version the TLS targets' connections offered; `None` (`null`): 1.3 and 1.2.
+    pub tls_version: Option<TlsVersion>,
+    /// Whether TLS connections resumed earlier sessions.
+    pub resume: bool,
     /// Bytes per echo message; `None` in HTTP mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<usize>,
@@ -195,6 +205,8 @@ impl TargetRounds {
         TargetReport {
             name: self.target.name,
             addr: self.target.addr,
+            tls: self.target.tls,
+            server_names: self.target.server_names.as_ref().map(ToString::to_string),
             requests_per_sec,
             mb_per_sec: median(&throughputs),
             ratio: if baseline > 0.0 { requests_per_sec / baseline } else { f64::NAN },
@@ -221,6 +233,8 @@ impl Report {
             threads: spec.thread_count(),
             pipeline: spec.pipeline,
             reconnect: spec.reconnect,
+            tls_version: spec.tls_version,
+            resume: spec.resume,
             size: (spec.mode == Mode::Echo).then_some(spec.size),
             duration: spec.duration,
             warmup: spec.warmup,
@@ -244,6 +258,15 @@ impl fmt::Display for Report {
         if self.reconnect {
             write!(f, ", a fresh connection per batch")?;
         }
+        if self.targets.iter().any(|t| t.tls) {
+            let version = match self.tls_version {
+                None => "TLS",
+                Some(TlsVersion::Tls12) => "TLS 1.2",
+                Some(TlsVersion::Tls13) => "TLS 1.3",
+            };
+            let handshakes = if self.resume { "resumed sessions" } else { "full handshakes" };
+            write!(f, ", {version} with {handshakes}")?;
+        }
         writeln!(
             f,
             "; {} rounds of {}s after {}s warm-up",
@@ -253,7 +276,8 @@ impl fmt::Display for Report {
         )?;
 
         let name_width = self.targets.iter().map(|t| t.name.len()).max().unwrap_or(0).max(6);
-        let addr_width = self.targets.iter().map(|t| t.addr.to_string().len()).max().unwrap_or(0).max(7);
+        let address = |t: &TargetReport| if t.tls { format!("tls://{}", t.addr) } else { t.addr.to_string() };
+        let addr_width = self.targets.iter().map(|t| address(t).len()).max().unwrap_or(0).max(7);
         let baseline = self.targets.first().map_or("", |t| &t.name);
         let vs = format!("vs {baseline}");
         let vs_width = vs.len().max(6);
@@ -268,7 +292,7 @@ impl fmt::Display for Report {
                 f,
                 "{:name_width$}  {:addr_width$}  {:>10.0}  {:>8}  {:>8.2}  {:>8}  {:>8}  {:>8}  {:>6}  {:>vs_width$}  {}",
                 t.name,
-                t.addr.to_string(),
+                address(t),
                 t.requests_per_sec,
                 cpu_us(t.cpu_per_request_us),
                 t.mb_per_sec,
@@ -279,6 +303,11 @@ impl fmt::Display for Report {
                 ratio(Some(t.ratio)),
                 ratio(t.cpu_ratio),
             )?;
+        }
+        for t in &self.targets {
+            if let Some(names) = &t.server_names {
+                writeln!(f, "{}: server names {names}", t.name)?;
+            }
         }
         for t in &self.targets {
             if let Some(error) = &t.first_error {
@@ -426,6 +455,24 @@ mod tests {
             settings.starts_with("http: 16 connections") && settings.contains(", a fresh connection per batch;"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn tls_is_reported() {
+        let mut edge: Target = "edge=tls://127.0.0.1:8443".parse().unwrap();
+        edge.server_names = Some("t{0..9}.example".parse().unwrap());
+        let spec = LoadSpec { tls_version: Some(TlsVersion::Tls12), resume: true, ..LoadSpec::new(Mode::Http, vec![]) };
+        let mut base = TargetRounds::new(edge, ServerProcesses::default());
+        base.push(&round(10, 100), spec.duration);
+        let report = Report::new(&spec, vec![base]);
+        let table = report.to_string();
+        assert!(table.lines().next().unwrap().contains(", TLS 1.2 with resumed sessions;"), "{table}");
+        assert!(table.lines().nth(2).unwrap().starts_with("edge    tls://127.0.0.1:8443 "), "{table}");
+        assert!(table.contains("\nedge: server names t{0..9}.example\n"), "{table}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!((&json["tls_version"], &json["resume"]), (&serde_json::json!("1.2"), &serde_json::json!(true)));
+        assert_eq!(json["targets"][0]["tls"], true);
+        assert_eq!(json["targets"][0]["server_names"], "t{0..9}.example");
     }
 
     #[test]

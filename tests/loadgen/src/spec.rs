@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde::Serialize;
 
 use crate::cpu::ServerProcesses;
+use crate::tls::{ServerNames, TlsVersion};
 
 /// What each connection does, over and over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -33,12 +34,21 @@ pub struct Target {
     /// The processes whose CPU time is the server's; empty to use those that hold a
     /// socket listening on `addr` (see [`ServerProcesses::listening_on`]).
     pub pids: Vec<u32>,
+    /// Whether the connections speak TLS (see [`crate::tls`]).
+    pub tls: bool,
+    /// The server names the TLS connections ask for, in turn; `None` to send none.
+    pub server_names: Option<ServerNames>,
 }
 
 impl Target {
-    /// A target whose server processes are found from its listening socket.
+    /// A plaintext target whose server processes are found from its listening socket.
     pub fn new(name: impl Into<String>, addr: SocketAddr) -> Self {
-        Target { name: name.into(), addr, pids: Vec::new() }
+        Target { name: name.into(), addr, pids: Vec::new(), tls: false, server_names: None }
+    }
+
+    /// The address as the report shows it: `tls://` in front of a TLS target's.
+    pub fn address(&self) -> String {
+        if self.tls { format!("tls://{}", self.addr) } else { self.addr.to_string() }
     }
 
     /// The processes whose CPU time counts as this target's: [`Target::pids`], or
@@ -56,16 +66,21 @@ impl FromStr for Target {
     type Err = anyhow::Error;
 
     /// Parses `NAME=ADDR`, or a bare `ADDR` that then also serves as the name. `ADDR`
-    /// may be a host name (`localhost:7000`); its first address is used.
+    /// may be a host name (`localhost:7000`); its first address is used. `tls://` in
+    /// front of `ADDR` makes a TLS target.
     fn from_str(s: &str) -> Result<Self> {
         let (name, addr) = s.split_once('=').unwrap_or((s, s));
         ensure!(!name.is_empty(), "empty target name in `{s}`");
+        let (tls, addr) = match addr.strip_prefix("tls://") {
+            Some(addr) => (true, addr),
+            None => (false, addr),
+        };
         let addr = addr
             .to_socket_addrs()
             .with_context(|| format!("bad target address `{addr}` (expected HOST:PORT)"))?
             .next()
             .with_context(|| format!("`{addr}` resolves to no address"))?;
-        Ok(Target::new(name, addr))
+        Ok(Target { tls, ..Target::new(name, addr) })
     }
 }
 
@@ -98,6 +113,11 @@ pub struct LoadSpec {
     /// How long a connection may wait for progress (connecting, writing, or the next
     /// byte of a response) before it counts an error and reconnects.
     pub timeout: Duration,
+    /// The TLS version TLS targets' connections offer; `None`: 1.3 and 1.2.
+    pub tls_version: Option<TlsVersion>,
+    /// Whether TLS connections resume the sessions of earlier ones (tickets, or
+    /// session ids); otherwise every handshake is a full one.
+    pub resume: bool,
 }
 
 impl LoadSpec {
@@ -130,6 +150,8 @@ impl LoadSpec {
             reconnect: false,
             rounds: Self::DEFAULT_ROUNDS,
             timeout: Self::DEFAULT_TIMEOUT,
+            tls_version: None,
+            resume: false,
         }
     }
 
@@ -147,6 +169,9 @@ impl LoadSpec {
         for (i, target) in self.targets.iter().enumerate() {
             if self.targets[..i].iter().any(|t| t.name == target.name) {
                 bail!("two targets are named `{}`", target.name);
+            }
+            if target.server_names.is_some() && !target.tls {
+                bail!("target `{}` has server names but is not TLS (tls://ADDR)", target.name);
             }
         }
         ensure!(self.connections > 0, "connections must be at least 1");
@@ -174,6 +199,11 @@ mod tests {
         assert_eq!(t.name, "127.0.0.1:7100");
         assert_eq!(t.addr.port(), 7100);
 
+        let t: Target = "edge=tls://127.0.0.1:8443".parse().unwrap();
+        assert!(t.tls && t.server_names.is_none());
+        assert_eq!((t.addr.port(), t.address()), (8443, "tls://127.0.0.1:8443".to_owned()));
+        assert!(!"a=127.0.0.1:1".parse::<Target>().unwrap().tls);
+
         assert!("=127.0.0.1:1".parse::<Target>().is_err());
         assert!("x=nonsense".parse::<Target>().is_err());
     }
@@ -190,6 +220,11 @@ mod tests {
         let no_pipeline = LoadSpec { pipeline: 0, ..spec.clone() };
         assert!(no_pipeline.validate().is_err());
         assert!(LoadSpec { reconnect: true, pipeline: 4, ..spec.clone() }.validate().is_ok());
+        let mut named = target("n");
+        named.server_names = Some("a.example".parse().unwrap());
+        assert!(LoadSpec::new(Mode::Echo, vec![named.clone()]).validate().is_err());
+        named.tls = true;
+        assert!(LoadSpec::new(Mode::Echo, vec![named]).validate().is_ok());
         let empty_messages = LoadSpec { size: 0, ..spec };
         assert!(empty_messages.validate().is_err());
         assert!(LoadSpec { mode: Mode::Http, ..empty_messages }.validate().is_ok());

@@ -1,0 +1,116 @@
+//! A connection's byte stream, plaintext or TLS, over a non-blocking socket.
+//!
+//! [`Stream`] reads and writes like the socket does (`WouldBlock` when it must wait),
+//! whichever it is, so that the connection logic is the same for both. It owns the
+//! TLS records' way to and from the socket; it never registers the socket with a poll
+//! or decides when to read: the connection does, asking [`Stream::pending`] whether it
+//! must wait for the socket to become writable.
+
+use std::io::{self, Read, Write};
+
+use mio::net::TcpStream;
+use rustls::ClientConnection;
+
+use crate::tls::Connector;
+
+/// A socket, with a TLS session over it or not.
+pub(crate) struct Stream {
+    socket: TcpStream,
+    tls: Option<Box<ClientConnection>>,
+}
+
+impl Stream {
+    /// A stream over `socket`: plaintext, or TLS with a fresh session from `tls`, whose
+    /// handshake goes on as the stream is read and written (what is written before it
+    /// ends waits in the session).
+    pub(crate) fn new(socket: TcpStream, tls: Option<&Connector>) -> io::Result<Stream> {
+        let tls = tls.map(|connector| connector.session().map(Box::new)).transpose()?;
+        Ok(Stream { socket, tls })
+    }
+
+    /// The socket, to register with a poll or to ask about the connect.
+    pub(crate) fn socket(&mut self) -> &mut TcpStream {
+        &mut self.socket
+    }
+
+    /// Whether TLS records wait for the socket to take them.
+    pub(crate) fn pending(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+    }
+
+    /// Writes waiting TLS records until the socket would block.
+    pub(crate) fn flush_records(&mut self) -> io::Result<()> {
+        match &mut self.tls {
+            Some(tls) => write_records(tls, &mut self.socket),
+            None => Ok(()),
+        }
+    }
+
+    /// Ends a TLS session as a well-behaved client does, with a `close_notify` alert,
+    /// as far as the socket takes it now; the socket closes when the stream drops.
+    pub(crate) fn close(&mut self) {
+        if let Some(tls) = &mut self.tls {
+            tls.send_close_notify();
+            let _ = write_records(tls, &mut self.socket);
+        }
+    }
+}
+
+/// Writes `tls`'s waiting records to `socket` until it would block.
+fn write_records(tls: &mut ClientConnection, socket: &mut TcpStream) -> io::Result<()> {
+    while tls.wants_write() {
+        match tls.write_tls(socket) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl Read for Stream {
+    /// Reads plaintext: what the session has decrypted, else records from the socket
+    /// until some plaintext comes or the socket would block. Handshake messages the
+    /// records carry are answered on the way. `Ok(0)` is the end of the stream (a
+    /// TLS session's `close_notify`, or the socket's end after it).
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(tls) = &mut self.tls else {
+            return self.socket.read(buf);
+        };
+        loop {
+            match tls.reader().read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return done,
+            }
+            if tls.read_tls(&mut self.socket)? == 0 {
+                // The socket's end: the reader now says whether a close_notify came first.
+                continue;
+            }
+            if let Err(e) = tls.process_new_packets() {
+                // rustls queued an alert that tells the server why.
+                let _ = write_records(tls, &mut self.socket);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            write_records(tls, &mut self.socket)?;
+        }
+    }
+}
+
+impl Write for Stream {
+    /// Writes plaintext: into the session (which holds it while the handshake lasts,
+    /// up to its buffer limit), then as records to the socket as far as it takes them.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(tls) = &mut self.tls else {
+            return self.socket.write(buf);
+        };
+        write_records(tls, &mut self.socket)?;
+        let n = tls.writer().write(buf)?;
+        write_records(tls, &mut self.socket)?;
+        if n == 0 && !buf.is_empty() { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(n) }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_records()
+    }
+}
