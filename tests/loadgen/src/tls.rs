@@ -21,10 +21,14 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail, ensure};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ClientConnection, Resumption};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::crypto::ring::kx_group;
+use rustls::crypto::{CryptoProvider, SupportedKxGroup, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use serde::Serialize;
+
+/// The key exchange groups offered, in the order of OpenSSL's clients.
+const KX_GROUPS: &[&dyn SupportedKxGroup] = &[kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1];
 
 /// The TLS version a client offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -46,10 +50,13 @@ pub enum TlsVersion {
 /// server without them); otherwise every handshake is a full one.
 pub(crate) fn client_config(version: Option<TlsVersion>, resume: bool) -> Result<Arc<ClientConfig>> {
     // The host's provider. rustls 0.23.48 deprecates ring's for want of post-quantum
-    // key exchange; the peers measured here (OpenSSL 3.0) have none either, so every
-    // handshake agrees on X25519 whichever server it is.
+    // key exchange (OpenSSL 3.0, the peers' library here, has none either), and puts
+    // P-384 first among its groups; the client sends its first group's key share, and
+    // a server takes it, so the key exchange is the client's choice: X25519 first, as
+    // OpenSSL's clients (wrk, curl, s_time) and browsers offer it.
     #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider =
+        Arc::new(CryptoProvider { kx_groups: KX_GROUPS.to_vec(), ..rustls::crypto::ring::default_provider() });
     let versions: &[&rustls::SupportedProtocolVersion] = match version {
         None => &[&rustls::version::TLS13, &rustls::version::TLS12],
         Some(TlsVersion::Tls12) => &[&rustls::version::TLS12],

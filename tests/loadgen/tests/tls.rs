@@ -21,6 +21,7 @@ struct Seen {
     resumed: u64,
     names: HashSet<String>,
     versions: HashSet<String>,
+    groups: HashSet<String>,
 }
 
 type Handler = fn(&mut StreamOwned<ServerConnection, TcpStream>) -> io::Result<()>;
@@ -72,6 +73,9 @@ fn serve_tls(handle: Handler) -> (SocketAddr, Arc<Mutex<Seen>>) {
                     }
                     seen.names.extend(tls.conn.server_name().map(str::to_owned));
                     seen.versions.insert(format!("{:?}", tls.conn.protocol_version().unwrap()));
+                    if let Some(group) = tls.conn.negotiated_key_exchange_group() {
+                        seen.groups.insert(format!("{:?}", group.name()));
+                    }
                 }
                 handle(&mut tls)
             });
@@ -160,6 +164,8 @@ fn large_echo_over_tls_beside_plaintext() {
     assert_eq!((seen.full, seen.resumed), (4, 0), "{seen:?}");
     assert!(seen.names.is_empty(), "{seen:?}");
     assert_eq!(seen.versions, HashSet::from(["TLSv1_3".to_owned()]));
+    // OpenSSL's and browsers' first choice, not ring's (P-384).
+    assert_eq!(seen.groups, HashSet::from(["X25519".to_owned()]));
     assert!(report.to_string().contains("tls://"), "{report}");
 }
 
