@@ -1,4 +1,4 @@
-//! The results of holding connections open ([`crate::hold`]), as data, as a table and
+//! The results of holding connections open ([`crate::hold()`]), as data, as a table and
 //! as JSON.
 
 use std::fmt;
@@ -89,7 +89,7 @@ pub struct HoldTarget {
     pub rounds: Vec<HoldRound>,
 }
 
-/// The result of [`crate::hold`]: the settings it ran with and one entry per target.
+/// The result of [`crate::hold()`]: the settings it ran with and one entry per target.
 #[derive(Clone, Debug, Serialize)]
 pub struct MemoryReport {
     /// The exchange each connection made before it went idle.

@@ -9,7 +9,7 @@
 //! self-signed certificates, as `wrk` and `openssl s_time` do, and a chain check costs
 //! the client CPU the servers then compete for.
 //!
-//! This module never touches a socket; [`stream`](crate::stream) moves the bytes.
+//! This module never touches a socket: the connections move the bytes.
 
 use std::cell::Cell;
 use std::fmt;
