@@ -339,9 +339,9 @@ if wanted idle; then
         # The medians over the rounds: per connection, and TLS above plaintext.
         jq -rs '
             def median: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
-            [.[].targets[0].per_connection] as $plain | [.[].targets[1].per_connection] as $tls
+            length as $rounds | [.[].targets[0].per_connection] as $plain | [.[].targets[1].per_connection] as $tls
             | [.[].targets[1].above_first] as $above | [.[].targets[].errors] | add as $errors
-            | "median of \(length) rounds: plaintext \($plain | median / 1024 * 10 | round / 10) KiB, TLS \($tls | median / 1024 * 10 | round / 10) KiB per connection; TLS above plaintext \($above | median / 1024 * 10 | round / 10) KiB (rounds: \($above | map(. / 1024 * 10 | round / 10) | join(", ")) KiB); \($errors) errors"
+            | "median of \($rounds) rounds: plaintext \($plain | median / 1024 * 10 | round / 10) KiB, TLS \($tls | median / 1024 * 10 | round / 10) KiB per connection; TLS above plaintext \($above | median / 1024 * 10 | round / 10) KiB (rounds: \($above | map(. / 1024 * 10 | round / 10) | join(", ")) KiB); \($errors) errors"
         ' "$OUT"/idle-w"$workers"-*.json | tee "$OUT/idle-w$workers-summary.txt"
     done
 fi
