@@ -2,7 +2,7 @@
 //! server names the connections ask for.
 //!
 //! The client is the host's TLS stack with the host's crypto provider (rustls with
-//! ring), so that the client side of a TLS benchmark is the same code against every
+//! aws-lc-rs), so that the client side of a TLS benchmark is the same code against every
 //! server it drives. Every handshake checks that the server holds the key of the
 //! certificate it presents (its signature over the handshake), but not who issued the
 //! certificate or the names it carries: a benchmark drives its own servers with
@@ -21,13 +21,17 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail, ensure};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ClientConnection, Resumption};
-use rustls::crypto::ring::kx_group;
+use rustls::crypto::aws_lc_rs::{self, kx_group};
 use rustls::crypto::{CryptoProvider, SupportedKxGroup, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use serde::Serialize;
 
-/// The key exchange groups offered, in the order of OpenSSL's clients.
+/// The key exchange groups offered, in the order of OpenSSL 3.0's clients (wrk, curl and
+/// `openssl s_time` here): X25519 first. A client sends its first group's key share and
+/// a server takes it if it can, so this order, not the server's, picks the exchange;
+/// the provider's default would send the post-quantum hybrid, which OpenSSL 3.0 servers
+/// answer with a second round trip.
 const KX_GROUPS: &[&dyn SupportedKxGroup] = &[kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1];
 
 /// The TLS version a client offers.
@@ -49,14 +53,7 @@ pub enum TlsVersion {
 /// connection's first resumes (rustls's defaults: tickets, or session ids for a TLS 1.2
 /// server without them); otherwise every handshake is a full one.
 pub(crate) fn client_config(version: Option<TlsVersion>, resume: bool) -> Result<Arc<ClientConfig>> {
-    // The host's provider. rustls 0.23.48 deprecates ring's for want of post-quantum
-    // key exchange (OpenSSL 3.0, the peers' library here, has none either), and puts
-    // P-384 first among its groups; the client sends its first group's key share, and
-    // a server takes it, so the key exchange is the client's choice: X25519 first, as
-    // OpenSSL's clients (wrk, curl, s_time) and browsers offer it.
-    #[allow(deprecated)]
-    let provider =
-        Arc::new(CryptoProvider { kx_groups: KX_GROUPS.to_vec(), ..rustls::crypto::ring::default_provider() });
+    let provider = Arc::new(CryptoProvider { kx_groups: KX_GROUPS.to_vec(), ..aws_lc_rs::default_provider() });
     let versions: &[&rustls::SupportedProtocolVersion] = match version {
         None => &[&rustls::version::TLS13, &rustls::version::TLS12],
         Some(TlsVersion::Tls12) => &[&rustls::version::TLS12],

@@ -32,8 +32,7 @@ fn server_config() -> Arc<ServerConfig> {
     Arc::clone(CONFIG.get_or_init(|| {
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()));
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -41,7 +40,7 @@ fn server_config() -> Arc<ServerConfig> {
             .with_single_cert(vec![certified.cert.der().clone()], key)
             .unwrap();
         config.session_storage = ServerSessionMemoryCache::new(1024);
-        config.ticketer = rustls::crypto::ring::Ticketer::new().unwrap();
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().unwrap();
         Arc::new(config)
     }))
 }
@@ -164,7 +163,7 @@ fn large_echo_over_tls_beside_plaintext() {
     assert_eq!((seen.full, seen.resumed), (4, 0), "{seen:?}");
     assert!(seen.names.is_empty(), "{seen:?}");
     assert_eq!(seen.versions, HashSet::from(["TLSv1_3".to_owned()]));
-    // OpenSSL's and browsers' first choice, not ring's (P-384).
+    // OpenSSL 3.0's first choice, not the provider's (the post-quantum hybrid).
     assert_eq!(seen.groups, HashSet::from(["X25519".to_owned()]));
     assert!(report.to_string().contains("tls://"), "{report}");
 }
