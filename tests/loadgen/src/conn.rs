@@ -1,5 +1,6 @@
 //! One connection of a client thread: its batch in flight, its stream (plaintext or
-//! TLS), and how it recovers from a failure.
+//! TLS), and how it recovers from a failure. It never polls and never decides when a
+//! round starts or ends: its thread's loop calls it with the events and the ticks.
 //!
 //! A connection is driven by its thread's event loop (mio, edge-triggered): it reads
 //! while it is still writing, since with a large message or a deep pipeline the
