@@ -448,6 +448,13 @@ impl Write for Direct<'_> {
         Ok(rustix::net::send(self.0, buf, SendFlags::NOSIGNAL)?)
     }
 
+    /// One `sendmsg` for all the pieces: rustls writes a TLS flight (a handshake's
+    /// four records, say) as pieces, which would otherwise take a system call each.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let mut control = rustix::net::SendAncillaryBuffer::default();
+        Ok(rustix::net::sendmsg(self.0, bufs, &mut control, SendFlags::NOSIGNAL)?)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
