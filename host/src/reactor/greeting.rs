@@ -1,7 +1,8 @@
-//! A connection on its way to a listener: accepted on an address with a [`Site`], it
-//! sends a PROXY header if the site asks for one, then a ClientHello, which names the
-//! listener that will serve it; a terminating listener's handshake follows. Only then
-//! does it become a connection of that listener, with its ACCEPT.
+//! A connection on its way to a listener: accepted on an address with a
+//! [`Site`](super::Site), it sends a PROXY header if the site asks for one, then a
+//! ClientHello, which names the listener that will serve it; a terminating listener's
+//! handshake follows. Only then does it become a connection of that listener, with its
+//! ACCEPT.
 //!
 //! Nothing of a tenant runs before that: no instance starts, no slot of its
 //! `max-connections` is taken before the ClientHello chose it, and its handshake is
@@ -24,7 +25,7 @@ use tracing::{debug, warn};
 
 use super::command::Command;
 use super::connection::{Dial, Direct};
-use super::site::{Handling, Site, Target};
+use super::site::Handling;
 use super::stats::Refusal;
 use super::transport::{self, Handshake, Tls, Transport};
 use super::{GREETING_BASE, Reactor};
@@ -103,11 +104,11 @@ impl Reactor {
     ) {
         let site = self.ports[port].site.load_full();
         if self.ports[port].greetings >= GREETINGS_PER_PORT {
-            return self.refuse_early(port, peer, Refusal::Busy);
+            return self.count_refusal(port, peer, Refusal::Busy);
         }
         let stage = if !site.proxy_protocol.is_empty() && !adopted {
             if !proxy_header::trusted(peer.ip(), &site.proxy_protocol) {
-                return self.refuse_early(port, peer, Refusal::UntrustedProxy);
+                return self.count_refusal(port, peer, Refusal::UntrustedProxy);
             }
             Stage::Proxy
         } else {
@@ -301,7 +302,7 @@ impl Reactor {
     fn route(&mut self, key: usize, name: Option<String>, accepted: Option<rustls::server::Accepted>) -> Next {
         let greeting = &self.greetings[key];
         let site = self.ports[greeting.port].site.load_full();
-        let Some(route) = route_of(&site, name.as_deref()) else {
+        let Some(route) = site.router.route(name.as_deref()) else {
             // unrecognized_name, fatal: what a server that knows no such name says.
             const UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 112];
             let _ = Direct(&greeting.socket).write(&UNRECOGNIZED_NAME);
@@ -463,11 +464,8 @@ impl Reactor {
         Next::Gone
     }
 
-    /// A connection refused at accept, before it became a greeting.
-    fn refuse_early(&mut self, port: usize, peer: SocketAddr, why: Refusal) {
-        self.count_refusal(port, peer, why);
-    }
-
+    /// Count (and log, within the port's rate limit) a connection closed before a
+    /// listener took it.
     fn count_refusal(&mut self, port: usize, peer: SocketAddr, why: Refusal) {
         let port = &mut self.ports[port];
         port.counts.refused[why as usize] += 1;
@@ -512,11 +510,6 @@ impl Reactor {
             self.drop_greeting(key);
         }
     }
-}
-
-/// The route for server name `name` (none sent: `None`).
-fn route_of<'a>(site: &'a Site, name: Option<&str>) -> Option<&'a Target> {
-    site.router.route(name)
 }
 
 /// How a read of a greeting's bytes ended.
