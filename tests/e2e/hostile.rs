@@ -125,8 +125,9 @@ fn hoarding_stays_within_the_per_instance_bound() {
 /// not wall time, so that other work on the machine does not count; the best of five
 /// rounds, alternated.
 /// Why "a few": fresh pages for large buffers cost page faults that 1 MiB buffers,
-/// reused from the allocator's free lists, do not (measured here: up to 7 times for a
-/// 16 MiB send, 2 for stdout and log; a quadratic stdout splitter made it 16).
+/// reused from the allocator's free lists, do not (measured here: 4 to 13 times for a
+/// 16 MiB send, so send and scan are held to doubling, below; 2 for stdout and log; a
+/// quadratic stdout splitter made it 16).
 #[test]
 fn host_work_is_linear_in_what_the_guest_passes() {
     let limits = "[listener.limits]\nrecv-buffer = \"40 MiB\"\nsend-buffer = \"40 MiB\"\nevent-timeout-ms = 5000\n\
@@ -150,14 +151,24 @@ fn host_work_is_linear_in_what_the_guest_passes() {
     for command in ["time-stdout", "time-log", "time-send", "time-scan"] {
         // Pieces and whole in alternate rounds, so that what the rest of the suite does
         // meanwhile (it runs beside this test) weighs on both alike; the best of five.
+        //
+        // A send or a scan of 16 MiB fills a fresh buffer (the send buffer is given back
+        // when it empties), whose page faults cost 5 to 13 times sixteen 1 MiB ones on
+        // these machines, too close to a quadratic path's 16 to tell them apart: those
+        // are held to doubling instead, 16 MiB against 32 at once (linear: about 2,
+        // quadratic: 4).
+        let fresh = matches!(command, "time-send" | "time-scan");
+        let ((small, times), big, bound) = if fresh { ((16, 1), 32, 3.0) } else { ((1, 16), 16, 12.0) };
         let (mut pieces, mut whole) = (u64::MAX, u64::MAX);
         for _ in 0..5 {
-            pieces = pieces.min(cost(command, 1, 16));
-            whole = whole.min(cost(command, 16, 1));
+            pieces = pieces.min(cost(command, small, times));
+            whole = whole.min(cost(command, big, 1));
         }
         let ratio = whole as f64 / pieces as f64;
-        println!("{command}: 16 x 1 MiB {pieces} ns of loop CPU, 1 x 16 MiB {whole} ns, ratio {ratio:.2}");
-        assert!(ratio < 12.0, "{command}: 16 MiB at once cost {ratio:.1} times as much as in 1 MiB pieces");
+        println!(
+            "{command}: {times} x {small} MiB {pieces} ns of loop CPU, 1 x {big} MiB {whole} ns, ratio {ratio:.2}"
+        );
+        assert!(ratio < bound, "{command}: {big} MiB at once cost {ratio:.1} times as much as {times} x {small} MiB");
     }
     drop(client);
     let (status, log) = server.terminate();
