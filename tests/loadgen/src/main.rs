@@ -177,21 +177,7 @@ fn main() -> ExitCode {
             report.errors
         );
     };
-    match sandport_loadgen::run_with_progress(&spec, progress) {
-        Ok(report) if cli.json => {
-            eprint!("{report}");
-            println!("{}", serde_json::to_string_pretty(&report).expect("a report serialises"));
-            ExitCode::SUCCESS
-        }
-        Ok(report) => {
-            print!("{report}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    finish(sandport_loadgen::run_with_progress(&spec, progress), cli.json)
 }
 
 /// Runs `spec` holding connections, and prints the memory report.
@@ -209,7 +195,13 @@ fn hold(spec: &LoadSpec, json: bool) -> ExitCode {
             report.errors
         );
     };
-    match sandport_loadgen::hold_with_progress(spec, progress) {
+    finish(sandport_loadgen::hold_with_progress(spec, progress), json)
+}
+
+/// Print a run's report (as a table, or with `json` as JSON on stdout and the table
+/// on stderr) or its error, and the exit code that goes with it.
+fn finish<R: std::fmt::Display + serde::Serialize>(result: anyhow::Result<R>, json: bool) -> ExitCode {
+    match result {
         Ok(report) if json => {
             eprint!("{report}");
             println!("{}", serde_json::to_string_pretty(&report).expect("a report serialises"));
