@@ -297,11 +297,15 @@ fn a_full_recv_buffer_pauses_reading_and_loses_nothing() {
     let written = AtomicUsize::new(0);
     std::thread::scope(|s| {
         let written = &written;
-        s.spawn(move || {
+        // The writer hands its connection back rather than dropping it: its end of
+        // stream would reach the probe, which closes at RECV 0, while the last bytes
+        // may still wait in the receive buffer.
+        let writer = s.spawn(move || {
             for piece in pattern(TOTAL, 5).chunks(16 << 10) {
                 held.write(piece);
                 written.fetch_add(piece.len(), Ordering::SeqCst);
             }
+            held
         });
         let stalled = stalls_at(written);
         assert!(stalled < TOTAL, "the server read on with its receive buffer full");
@@ -320,6 +324,7 @@ fn a_full_recv_buffer_pauses_reading_and_loses_nothing() {
             assert!(Instant::now() < deadline, "only {drained} of {TOTAL} bytes arrived");
         }
         assert_eq!(drained, TOTAL);
+        drop(writer.join().unwrap());
     });
 }
 
