@@ -364,6 +364,16 @@ fn listener_json(listener: &ListenerStatus) -> Value {
                 "sha256": c.fingerprint(),
             })),
         },
+        "artifact": listener.artifact.as_ref().map(|a| json!({
+            "reference": a.reference,
+            "digest": a.digest,
+            "refused": a.refused,
+            "refused_why": a.refused_why,
+            "last_error": a.last_error,
+            "checked": a.checked.map(unix_seconds),
+            "pulls": a.pulls,
+            "failed_pulls": a.failed_pulls,
+        })),
     })
 }
 

@@ -18,10 +18,24 @@
 //! address = "127.0.0.1:9901"                          # beyond loopback a token is required
 //! token-env = "SANDPORT_ADMIN_TOKEN"                  # or token = "..."
 //!
+//! [oci]                                               # plugins pulled from OCI registries
+//! store = "/var/lib/sandport/oci"                     # by digest; default: <cache-dir>/oci
+//! insecure = ["127.0.0.1:5000"]                       # plain HTTP, for these registries only
+//! docker-config = "/etc/sandport/docker/config.json"  # default: $DOCKER_CONFIG, ~/.docker
+//! timeout-ms = 30000                                  # one registry request
+//! start-timeout-ms = 60000                            # a start retries a registry this long
+//!
+//! [oci.auth."registry.example.com"]                   # beats the Docker config
+//! username = "bot"
+//! password-env = "REGISTRY_PASSWORD"                  # or password-file; or token-env, token-file
+//!
 //! [[listener]]
 //! name = "echo"
 //! address = "127.0.0.1:7000"
-//! plugin = "target/wasm32-wasip2/plugin/echo.wasm"   # relative to this file
+//! plugin = "target/wasm32-wasip2/plugin/echo.wasm"   # relative to this file; or
+//!                                                     # "oci://HOST[:PORT]/REPO:TAG" (or @sha256:...)
+//! follow-ms = 30000                                   # oci: look at the tag this often
+//! offline = "fail"                                    # oci: "last-pulled" serves the stored one
 //! poll-interval-ms = 1000                             # optional: POLL events
 //! instance = "shared"                                 # or "per-worker", "per-connection"
 //! allow-connect = ["127.0.0.1:9000"]                  # outbound `connect` targets
@@ -46,7 +60,7 @@
 //! upstream = "127.0.0.1:9000"
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,9 +69,10 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::listener::{
-    ClientAuth, DEFAULT_DRAIN_TIMEOUT, InstanceMode, Limits, ListenerSpec, Rollback, Termination, Tls, Upstream,
+    Artifact, ClientAuth, Offline, DEFAULT_DRAIN_TIMEOUT, InstanceMode, Limits, ListenerSpec, Rollback, Termination, Tls, Upstream,
     UpstreamTls,
 };
+use crate::oci;
 use crate::regular_file::{self, ReadError};
 
 /// The largest config file read: a file of ten thousand listeners fits many times, a
@@ -114,7 +129,28 @@ pub struct Config {
     /// The top-level `watch`: besides being each listener's default, it has the
     /// config file itself followed (a change reloads it, as SIGHUP does).
     pub watch: bool,
+    /// How plugins are pulled from OCI registries (`[oci]`); present when the file
+    /// has the table or a listener's plugin is an `oci://` reference.
+    pub oci: Option<OciConfig>,
 }
+
+/// The `[oci]` table: the registry client's settings, and how long a start waits for
+/// a registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OciConfig {
+    /// Where components are stored by digest, how registries are reached and with what
+    /// credentials.
+    pub settings: oci::Settings,
+    /// At start, how long a listener whose registry fails keeps retrying before the
+    /// server gives up (`start-timeout-ms`), unless it may serve its last pull.
+    pub start_timeout: Duration,
+}
+
+/// How long one registry request may take, by default.
+pub const DEFAULT_OCI_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a start retries a registry, by default.
+pub const DEFAULT_OCI_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What is wrong with a configuration. The message names the file and the place.
 #[derive(Debug, thiserror::Error)]
@@ -162,8 +198,35 @@ struct FileToml {
     log_format: LogFormat,
     shutdown_grace_ms: Option<u64>,
     admin: Option<AdminToml>,
+    oci: Option<OciToml>,
     #[serde(default)]
     listener: Vec<ListenerToml>,
+}
+
+/// `[oci]`: where pulled plugins are kept and how registries are reached.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct OciToml {
+    store: Option<PathBuf>,
+    #[serde(default)]
+    insecure: Vec<String>,
+    docker_config: Option<PathBuf>,
+    timeout_ms: Option<u64>,
+    start_timeout_ms: Option<u64>,
+    #[serde(default)]
+    auth: BTreeMap<String, AuthToml>,
+}
+
+/// `[oci.auth."REGISTRY"]`: a user and password, or a bearer token, each given in the
+/// environment or in a file (never in the config itself, which is often world-readable).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct AuthToml {
+    username: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 /// `cache-dir = "path"`, or `cache-dir = false` for none.
@@ -187,7 +250,9 @@ struct AdminToml {
 struct ListenerToml {
     name: String,
     address: String,
-    plugin: PathBuf,
+    plugin: String,
+    follow_ms: Option<u64>,
+    offline: Option<Offline>,
     poll_interval_ms: Option<u64>,
     #[serde(default)]
     instance: InstanceMode,
@@ -308,6 +373,11 @@ impl Config {
             config.shutdown_grace = Duration::from_millis(ms);
         }
         config.admin = file.admin.map(|admin| admin.validate()).transpose().map_err(invalid)?;
+        let pulls = config.listeners.iter().any(|l| l.artifact.is_some());
+        if file.oci.is_some() || pulls {
+            let oci = file.oci.unwrap_or_default().validate(base, config.cache_dir.as_deref()).map_err(invalid)?;
+            config.oci = Some(oci);
+        }
         Ok(config)
     }
 
@@ -348,6 +418,7 @@ impl Config {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             admin: None,
             watch: false,
+            oci: None,
         })
     }
 }
@@ -536,9 +607,11 @@ impl ListenerToml {
                 })
             }
         };
+        let (plugin, artifact) = plugin_source(&name, &self.plugin, base, self.follow_ms, self.offline)?;
         Ok(ListenerSpec {
             address: parse_address(&name, &self.address)?,
-            plugin: base.join(self.plugin),
+            plugin,
+            artifact,
             settings,
             watch: self.watch.unwrap_or(watch),
             poll_interval,
@@ -553,6 +626,90 @@ impl ListenerToml {
             rollback,
             name,
         })
+    }
+}
+
+/// A listener's `plugin`: a file, resolved against `base`, or an `oci://` reference
+/// (whose file is known once pulled), with `follow-ms` and `offline`, which only a
+/// reference takes.
+fn plugin_source(
+    name: &str,
+    plugin: &str,
+    base: &Path,
+    follow_ms: Option<u64>,
+    offline: Option<Offline>,
+) -> Result<(PathBuf, Option<Artifact>), String> {
+    if !plugin.starts_with(oci::SCHEME) {
+        if let Some(key) = [("follow-ms", follow_ms.is_some()), ("offline", offline.is_some())].iter().find(|k| k.1) {
+            return Err(format!("listener `{name}`: {} is for a plugin pulled from a registry (oci://...)", key.0));
+        }
+        return Ok((base.join(plugin), None));
+    }
+    let reference: oci::Reference = plugin.parse().map_err(|err| format!("listener `{name}`: {err}"))?;
+    let follow = match follow_ms {
+        Some(0) => return Err(format!("listener `{name}`: follow-ms must be greater than 0")),
+        Some(_) if reference.is_pinned() => {
+            return Err(format!(
+                "listener `{name}`: follow-ms follows a tag, but `{reference}` names a digest, which never moves"
+            ));
+        }
+        ms => ms.map(Duration::from_millis),
+    };
+    Ok((PathBuf::new(), Some(Artifact { reference, follow, offline: offline.unwrap_or_default() })))
+}
+
+impl OciToml {
+    fn validate(self, base: &Path, cache_dir: Option<&Path>) -> Result<OciConfig, String> {
+        let store = match (self.store, cache_dir) {
+            (Some(store), _) => base.join(store),
+            (None, Some(cache)) => cache.join("oci"),
+            (None, None) => {
+                return Err(
+                    "oci: plugins pulled from a registry are kept in a store: set oci.store (there is no cache-dir to put it in)"
+                        .into(),
+                );
+            }
+        };
+        let millis = |key: &str, value: Option<u64>, default: Duration| match value {
+            Some(0) => Err(format!("oci.{key} must be greater than 0")),
+            Some(ms) => Ok(Duration::from_millis(ms)),
+            None => Ok(default),
+        };
+        let auth = self
+            .auth
+            .into_iter()
+            .map(|(registry, auth)| Ok((registry.clone(), auth.validate(&registry, base)?)))
+            .collect::<Result<_, String>>()?;
+        Ok(OciConfig {
+            settings: oci::Settings {
+                store,
+                insecure: self.insecure,
+                docker_config: self.docker_config.map(|file| base.join(file)),
+                auth,
+                timeout: millis("timeout-ms", self.timeout_ms, DEFAULT_OCI_TIMEOUT)?,
+            },
+            start_timeout: millis("start-timeout-ms", self.start_timeout_ms, DEFAULT_OCI_START_TIMEOUT)?,
+        })
+    }
+}
+
+impl AuthToml {
+    fn validate(self, registry: &str, base: &Path) -> Result<oci::Auth, String> {
+        let secret = |env: Option<String>, file: Option<PathBuf>, what: &str| match (env, file) {
+            (Some(var), None) => Ok(Some(oci::Secret::Env(var))),
+            (None, Some(file)) => Ok(Some(oci::Secret::File(base.join(file)))),
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => Err(format!("oci.auth.\"{registry}\": give {what}-env or {what}-file, not both")),
+        };
+        let password = secret(self.password_env, self.password_file, "password")?;
+        let token = secret(self.token_env, self.token_file, "token")?;
+        match (self.username, password, token) {
+            (Some(username), Some(password), None) => Ok(oci::Auth::Basic { username, password }),
+            (None, None, Some(token)) => Ok(oci::Auth::Bearer(token)),
+            _ => Err(format!(
+                "oci.auth.\"{registry}\": give username with password-env or password-file, or token-env or token-file"
+            )),
+        }
     }
 }
 

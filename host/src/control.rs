@@ -13,6 +13,7 @@
 //! before it takes over. It never touches a socket or a guest: serving is the
 //! workers' job (see `reactor`), compiling the plugin module's.
 
+mod artifacts;
 mod follow;
 mod preflight;
 mod reload;
@@ -32,6 +33,8 @@ use crate::listener::{InstanceMode, Limits, ListenerSpec, Workers};
 use crate::plugin::{Plugin, PluginError, PluginFactory, Runtime};
 use crate::reactor::{Command, Commands, Counts, FaultNotice, GateCounts, Slots, Swapped, Tallies};
 
+pub use artifacts::ArtifactStatus;
+pub(crate) use artifacts::Artifacts;
 pub use follow::{watched, watched_certificates};
 pub use preflight::PreflightError;
 pub(crate) use preflight::preflight;
@@ -103,6 +106,8 @@ pub struct ListenerStatus {
     pub tls: &'static str,
     /// The certificate it serves, if it ends TLS.
     pub certificate: Option<crate::tls::Certificate>,
+    /// Where its plugin is pulled from, if from a registry, and what was pulled.
+    pub artifact: Option<ArtifactStatus>,
 }
 
 /// What became of a swap or a rollback.
@@ -179,6 +184,8 @@ struct Inner {
     running: AtomicBool,
     /// The addresses that route, and the rule each follows.
     sites: Mutex<std::collections::HashMap<sites::SiteKey, sites::SiteEntry>>,
+    /// The registry client, if a listener's plugin may come from one.
+    artifacts: Option<Artifacts>,
 }
 
 /// What the control surface knows of one listener.
@@ -277,6 +284,7 @@ impl Control {
         runtime: Runtime,
         workers: Vec<Commands>,
         faults: Receiver<FaultNotice>,
+        artifacts: Option<Artifacts>,
     ) -> Control {
         let control = Control {
             inner: Arc::new(Inner {
@@ -287,6 +295,7 @@ impl Control {
                 swapping: Mutex::new(()),
                 running: AtomicBool::new(false),
                 sites: Mutex::new(std::collections::HashMap::new()),
+                artifacts,
             }),
         };
         let watcher = control.clone();
@@ -352,6 +361,9 @@ impl Control {
                         Some(crate::listener::Tls::Passthrough) => "passthrough",
                     },
                     certificate: r.tls.as_ref().map(crate::tls::ServerTls::certificate),
+                    artifact: r.spec.artifact.as_ref().zip(self.inner.artifacts.as_ref()).map(|(artifact, artifacts)| {
+                        artifacts.status(r.name(), artifact, &r.current().hash)
+                    }),
                 }
             })
             .collect();
@@ -389,6 +401,9 @@ impl Control {
     /// The server's workers started (true) or stopped (false) serving.
     pub(crate) fn set_running(&self, running: bool) {
         self.inner.running.store(running, Ordering::SeqCst);
+        if !running && let Some(artifacts) = &self.inner.artifacts {
+            artifacts.stop_following();
+        }
     }
 
     fn records(&self) -> MutexGuard<'_, Vec<Record>> {

@@ -17,6 +17,7 @@ pub mod control;
 pub mod handler;
 pub mod listener;
 pub mod mbuf;
+pub mod oci;
 pub mod plugin;
 pub mod reactor;
 pub mod regular_file;

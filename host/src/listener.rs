@@ -218,8 +218,12 @@ pub struct ListenerSpec {
     /// Address to listen on, IPv4 or IPv6. Port 0 picks a free port.
     pub address: SocketAddr,
     /// The plugin component, resolved against the config file's folder; empty for a
-    /// native handler.
+    /// native handler. For a plugin pulled from a registry, the component file in the
+    /// store, set once it has been pulled (empty until then).
     pub plugin: PathBuf,
+    /// Where the plugin comes from when it is pulled from an OCI registry
+    /// (`plugin = "oci://..."`).
+    pub artifact: Option<Artifact>,
     /// The plugin's settings (`[listener.config]`), as text: strings as they are,
     /// numbers and booleans as written. Handlers read them through the `config` import.
     pub settings: BTreeMap<String, String>,
@@ -252,6 +256,30 @@ pub struct ListenerSpec {
     /// When a new version rolls itself back (`rollback-faults`,
     /// `rollback-window-ms`); `None`: never.
     pub rollback: Option<Rollback>,
+}
+
+/// A listener's plugin as an OCI artifact: the reference, and how closely to follow it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    /// `oci://HOST[:PORT]/REPOSITORY:TAG`, or `...@sha256:DIGEST`.
+    pub reference: crate::oci::Reference,
+    /// How often the tag is looked at (`follow-ms`); a new digest goes through the
+    /// swap pipeline. `None`: pulled once, at start or by a reload.
+    pub follow: Option<Duration>,
+    /// What a start does when the registry cannot be reached (`offline`).
+    pub offline: Offline,
+}
+
+/// What a start does when the registry cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Offline {
+    /// The listener cannot start, and neither can the server (`"fail"`, the default).
+    #[default]
+    Fail,
+    /// The version last pulled for this reference serves, with a warning, while the
+    /// pull is retried (`"last-pulled"`).
+    LastPulled,
 }
 
 /// How a listener speaks TLS.
@@ -343,6 +371,7 @@ impl ListenerSpec {
             name: name.to_owned(),
             address,
             plugin: PathBuf::new(),
+            artifact: None,
             settings: BTreeMap::new(),
             watch: false,
             poll_interval: None,

@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::control::{AddError, Control};
+use crate::control::{AddError, Artifacts, Control};
 use crate::plugin::{PluginError, Runtime};
 use crate::reactor::descriptors;
 use crate::reactor::{Reactor, Stats, StopHandle};
@@ -47,6 +47,9 @@ pub enum ServerError {
     /// The plugin engine could not start.
     #[error(transparent)]
     Runtime(PluginError),
+    /// The registry client of `[oci]` could not be made.
+    #[error("cannot set up the registry client: {0}")]
+    Registry(crate::oci::OciError),
     /// An event loop could not be created or started.
     #[error("cannot start the event loops: {0}")]
     Reactor(io::Error),
@@ -78,6 +81,7 @@ impl Server {
     pub fn new(config: &Config) -> Result<Server, ServerError> {
         check_descriptors(config);
         let runtime = Runtime::new().map_err(ServerError::Runtime)?.with_cache(config.cache_dir.as_deref());
+        let artifacts = config.oci.as_ref().map(Artifacts::new).transpose().map_err(ServerError::Registry)?;
         let (faults, fault_notices) = channel();
         let count = config.workers;
         let workers = (0..count)
@@ -98,7 +102,7 @@ impl Server {
         let mut server = Server {
             threads: Vec::new(),
             stop: stop.clone(),
-            control: Control::new(config, runtime, commands, fault_notices),
+            control: Control::new(config, runtime, commands, fault_notices, artifacts),
         };
         for (index, mut worker) in workers.into_iter().enumerate() {
             let stop = stop.clone();

@@ -165,6 +165,34 @@ impl Collector for Snapshot {
             let labels: Labels = vec![("listener", listener.name.as_str())];
             ConstGauge::new(at as i64).encode(expiry.encode_family(&labels)?)?;
         }
+        let mut artifact = e.encode_descriptor(
+            "sandport_plugin_artifact",
+            "The registry reference a listener's plugin is pulled from, and the digest serving (1)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for listener in &self.0 {
+            let Some(a) = &listener.artifact else { continue };
+            let digest = a.digest.as_deref().unwrap_or("");
+            let labels: Labels =
+                vec![("listener", listener.name.as_str()), ("reference", a.reference.as_str()), ("digest", digest)];
+            ConstGauge::new(1).encode(artifact.encode_family(&labels)?)?;
+        }
+        let mut refused = e.encode_descriptor(
+            "sandport_plugin_artifact_refused",
+            "A digest the followed tag points at that was refused or rolled back, not taken again until the tag moves (1)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for listener in &self.0 {
+            let Some(digest) = listener.artifact.as_ref().and_then(|a| a.refused.as_deref()) else { continue };
+            let labels: Labels = vec![("listener", listener.name.as_str()), ("digest", digest)];
+            ConstGauge::new(1).encode(refused.encode_family(&labels)?)?;
+        }
+        self.counters(e, "sandport_plugin_pulls", "Pulls and looks at a followed tag, by result", |l| {
+            let Some(a) = &l.artifact else { return Vec::new() };
+            vec![(vec![("result", "ok")], a.pulls), (vec![("result", "failed")], a.failed_pulls)]
+        })?;
         self.counters(e, "sandport_faults", "Plugin faults, by kind: a trap, or the limit that stopped it", |l| {
             let c = &l.counts;
             let by_limits: u64 = c.fault_limits.iter().sum();

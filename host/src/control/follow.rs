@@ -108,10 +108,12 @@ fn pem_hash(path: &Path) -> Option<String> {
     Some(plugin::content_hash(&bytes))
 }
 
-/// The files to watch for a configuration: each listener with `watch` on, and its
-/// plugin file, in config order (what [`Control::follow`] and [`Watcher::set`] take).
+/// The files to watch for a configuration: each listener with `watch` on whose plugin
+/// is a local file, and that file, in config order (what [`Control::follow`] and [`Watcher::set`] take).
 pub fn watched(config: &Config) -> Vec<(String, PathBuf)> {
-    config.listeners.iter().filter(|l| l.watch).map(|l| (l.name.clone(), l.plugin.clone())).collect()
+    // A pulled plugin's file is the store's, and never changes: its tag is followed.
+    let files = config.listeners.iter().filter(|l| l.watch && l.artifact.is_none());
+    files.map(|l| (l.name.clone(), l.plugin.clone())).collect()
 }
 
 /// The content hash of the plugin file at `path`, as its version would be known;

@@ -58,6 +58,10 @@ pub enum AddError {
     /// the file and why).
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// Its plugin could not be pulled from its registry (the message names the
+    /// reference and why).
+    #[error(transparent)]
+    Pull(#[from] crate::oci::OciError),
     /// The server is stopping.
     #[error("the server is stopping")]
     Stopping,
@@ -65,6 +69,8 @@ pub enum AddError {
 
 /// A listener ready to bind: its engine, its plugin and the factory of its instances.
 struct Prepared {
+    /// The listener's spec, with its plugin file once pulled from a registry.
+    spec: ListenerSpec,
     runtime: Arc<Runtime>,
     plugin: Plugin,
     factory: PluginFactory,
@@ -113,16 +119,29 @@ impl Control {
         }
         for (index, spec) in config.listeners.iter().enumerate() {
             let name = &spec.name;
-            let current = self.with_record(name, |r| (r.spec.clone(), r.current().hash.clone(), r.runtime.clone()));
+            let current = self.with_record(name, |r| {
+                (r.spec.clone(), r.current().hash.clone(), r.current().path.clone(), r.runtime.clone())
+            });
             match current {
-                Err(_) => match self.prepare(spec).and_then(|prepared| self.bind(index, spec, prepared)) {
+                Err(_) => match self.prepare(spec).and_then(|prepared| self.bind(index, prepared)) {
                     Ok(()) => report.added.push(name.clone()),
                     Err(err) => {
                         warn!(listener = %name, "cannot add the listener: {err}");
                         report.failed.push((name.clone(), err.to_string()));
                     }
                 },
-                Ok((old, hash, runtime)) => {
+                Ok((old, hash, serving, runtime)) => {
+                    let spec = &match self.refetch(spec, &old, serving.as_deref().unwrap_or(&old.plugin)) {
+                        Ok(spec) => spec,
+                        Err(err) => {
+                            warn!(listener = %name, "the listener's new plugin reference is refused, the old one serves: {err}");
+                            report.failed.push((name.clone(), err.to_string()));
+                            continue;
+                        }
+                    };
+                    if old.artifact != spec.artifact {
+                        self.track(spec);
+                    }
                     let bytes = plugin::read_component(&spec.plugin);
                     let same_file = bytes.as_ref().is_ok_and(|b| content_hash(b) == hash);
                     if sites::tls_part(&old) != sites::tls_part(spec) {
@@ -181,6 +200,9 @@ impl Control {
         }
         self.stop_listening(name, workers);
         self.records().retain(|r| r.name() != name);
+        if let Some(artifacts) = &self.inner.artifacts {
+            artifacts.forget(name);
+        }
     }
 
     /// Tell `workers` to stop listening for `name`, and wait until they have.
@@ -202,21 +224,38 @@ impl Control {
     /// fails is the error, with its listener's name; those bound before it are left to
     /// the caller to stop with the workers.
     pub(crate) fn start(&self, listeners: &[ListenerSpec]) -> Result<(), (String, AddError)> {
-        let prepared: Vec<_> = std::thread::scope(|scope| {
-            let preparing: Vec<_> = listeners.iter().map(|spec| scope.spawn(|| self.prepare(spec))).collect();
-            let joined = preparing.into_iter().map(|thread| thread.join());
-            joined.map(|prepared| prepared.unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+        let bound = std::thread::scope(|scope| {
+            let (done, prepared) = channel();
+            for (index, spec) in listeners.iter().enumerate() {
+                let done = done.clone();
+                scope.spawn(move || done.send((index, self.prepare(spec))));
+            }
+            drop(done);
+            // Bound as each is ready, so that a listener waiting for its registry keeps
+            // no other from serving; the first failure is the error all the same.
+            let mut failed = None;
+            for (index, prepared) in prepared {
+                let spec = &listeners[index];
+                let bound = prepared.and_then(|prepared| self.bind(index, prepared));
+                if let Err(err) = bound {
+                    failed = failed.or(Some((index, spec.name.clone(), err)));
+                }
+            }
+            failed
         });
-        for (index, (spec, prepared)) in listeners.iter().zip(prepared).enumerate() {
-            prepared.and_then(|prepared| self.bind(index, spec, prepared)).map_err(|err| (spec.name.clone(), err))?;
+        let order = |r: &Record| listeners.iter().position(|l| l.name == r.name());
+        self.records().sort_by_key(order);
+        match bound {
+            Some((_, name, err)) => Err((name, err)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// The first steps of starting listener `spec`, which touch no worker: the engine
     /// its instance mode takes, its plugin read and compiled (or taken from the cache),
     /// and one instance started to see that it can be.
     fn prepare(&self, spec: &ListenerSpec) -> Result<Prepared, AddError> {
+        let spec = &self.fetch(spec)?;
         let runtime = match spec.instance {
             InstanceMode::Shared | InstanceMode::PerWorker => self.inner.runtime.clone(),
             InstanceMode::PerConnection => {
@@ -229,14 +268,15 @@ impl Control {
         let plugin = info_span!("load", listener = %spec.name).in_scope(|| runtime.load(&spec.plugin))?;
         let factory = plugin.factory(spec, 1);
         factory.instantiate()?;
-        Ok(Prepared { runtime, plugin, factory, tls })
+        Ok(Prepared { spec: spec.clone(), runtime, plugin, factory, tls })
     }
 
     /// The last step of starting listener `spec`, the `index`th of the config: bind
     /// its socket on every worker its instance mode places it on (the first picks the
     /// port when the config says 0; the others share it), and record it. A worker
     /// that cannot bind undoes the ones before it.
-    fn bind(&self, index: usize, spec: &ListenerSpec, prepared: Prepared) -> Result<(), AddError> {
+    fn bind(&self, index: usize, prepared: Prepared) -> Result<(), AddError> {
+        let spec = &prepared.spec;
         let serving = spec.instance.workers(index, self.inner.workers.len());
         let routed = sites::routed(spec);
         let address = match routed {
@@ -277,6 +317,8 @@ impl Control {
         if routed {
             self.rebuild_site(&records, &sites::key_of(spec), None);
         }
+        drop(records);
+        self.track(spec);
         Ok(())
     }
 }
