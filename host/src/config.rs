@@ -69,8 +69,8 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::listener::{
-    Artifact, ClientAuth, Offline, DEFAULT_DRAIN_TIMEOUT, InstanceMode, Limits, ListenerSpec, Rollback, Termination, Tls, Upstream,
-    UpstreamTls,
+    Artifact, ClientAuth, DEFAULT_DRAIN_TIMEOUT, InstanceMode, Limits, ListenerSpec, Offline, Rollback, Termination,
+    Tls, Upstream, UpstreamTls,
 };
 use crate::oci;
 use crate::regular_file::{self, ReadError};
@@ -1121,5 +1121,65 @@ mod tests {
         let proxies = tls_listener("a", at, &["a.test"], "proxy-protocol = [\"10.0.0.1\"]")
             + &tls_listener("b", at, &["b.test"], "");
         assert!(invalid(&proxies).contains("but not proxy-protocol"));
+    }
+
+    #[test]
+    fn a_plugin_from_a_registry_takes_follow_ms_offline_and_the_oci_table() {
+        let tagged = "oci://registry.test:5000/tenants/echo:stable";
+        let listener = |plugin: &str, extra: &str| {
+            format!("[[listener]]\nname = \"e\"\naddress = \"127.0.0.1:7000\"\nplugin = \"{plugin}\"\n{extra}")
+        };
+        let config = parse(&format!(
+            "cache-dir = \"/var/cache/sp\"\n{}",
+            listener(tagged, "follow-ms = 2000\noffline = \"last-pulled\"")
+        ))
+        .unwrap();
+        let artifact = config.listeners[0].artifact.clone().expect("an artifact");
+        assert_eq!(artifact.reference.to_string(), tagged);
+        assert_eq!(artifact.follow, Some(Duration::from_millis(2000)));
+        assert_eq!(artifact.offline, Offline::LastPulled);
+        let oci = config.oci.expect("[oci] is implied by an oci:// plugin");
+        assert_eq!(oci.settings.store, Path::new("/var/cache/sp/oci"), "the store defaults to beside the cache");
+        assert_eq!(oci.settings.timeout, DEFAULT_OCI_TIMEOUT);
+        assert_eq!(oci.start_timeout, DEFAULT_OCI_START_TIMEOUT);
+
+        let table = "[oci]\nstore = \"store\"\ninsecure = [\"127.0.0.1:5000\"]\ndocker-config = \"docker.json\"\ntimeout-ms = 500\nstart-timeout-ms = 900\n\n[oci.auth.\"registry.test:5000\"]\nusername = \"bot\"\npassword-file = \"secret\"\n\n[oci.auth.\"ghcr.test\"]\ntoken-env = \"GHCR_TOKEN\"\n";
+        let config = parse(&format!("{table}\n{}", listener(tagged, ""))).unwrap();
+        let oci = config.oci.unwrap();
+        assert_eq!(oci.settings.store, Path::new("/etc/sandport/store"));
+        assert_eq!(oci.settings.insecure, ["127.0.0.1:5000"]);
+        assert_eq!(oci.settings.docker_config.as_deref(), Some(Path::new("/etc/sandport/docker.json")));
+        assert_eq!((oci.settings.timeout, oci.start_timeout), (Duration::from_millis(500), Duration::from_millis(900)));
+        assert_eq!(
+            oci.settings.auth["registry.test:5000"],
+            oci::Auth::Basic { username: "bot".into(), password: oci::Secret::File("/etc/sandport/secret".into()) }
+        );
+        assert_eq!(oci.settings.auth["ghcr.test"], oci::Auth::Bearer(oci::Secret::Env("GHCR_TOKEN".into())));
+        assert_eq!(config.listeners[0].artifact.as_ref().unwrap().offline, Offline::Fail);
+
+        let local = parse(&listener("echo.wasm", "")).unwrap();
+        assert!(local.oci.is_none() && local.listeners[0].artifact.is_none());
+        for (text, wanted) in [
+            (listener("echo.wasm", "follow-ms = 100"), "follow-ms is for a plugin pulled from a registry"),
+            (listener("echo.wasm", "offline = \"last-pulled\""), "offline is for a plugin pulled from a registry"),
+            (listener(tagged, "follow-ms = 0"), "follow-ms must be greater than 0"),
+            (
+                listener(&format!("oci://registry.test/echo@sha256:{}", "ab".repeat(32)), "follow-ms = 100"),
+                "names a digest, which never moves",
+            ),
+            (format!("cache-dir = false\n{}", listener(tagged, "")), "set oci.store"),
+            (format!("[oci]\ntimeout-ms = 0\n{}", listener(tagged, "")), "oci.timeout-ms must be greater than 0"),
+            (
+                format!("[oci.auth.\"r\"]\nusername = \"u\"\n{}", listener(tagged, "")),
+                "give username with password-env or password-file",
+            ),
+            (
+                format!("[oci.auth.\"r\"]\ntoken-env = \"T\"\ntoken-file = \"t\"\n{}", listener(tagged, "")),
+                "give token-env or token-file, not both",
+            ),
+        ] {
+            let message = parse(&text).unwrap_err().to_string();
+            assert!(message.contains(wanted), "{text}\n=> {message}");
+        }
     }
 }

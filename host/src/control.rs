@@ -361,9 +361,9 @@ impl Control {
                         Some(crate::listener::Tls::Passthrough) => "passthrough",
                     },
                     certificate: r.tls.as_ref().map(crate::tls::ServerTls::certificate),
-                    artifact: r.spec.artifact.as_ref().zip(self.inner.artifacts.as_ref()).map(|(artifact, artifacts)| {
-                        artifacts.status(r.name(), artifact, &r.current().hash)
-                    }),
+                    artifact: r.spec.artifact.as_ref().zip(self.inner.artifacts.as_ref()).map(
+                        |(artifact, artifacts)| artifacts.status(r.name(), artifact, &r.current().hash, r.rollbacks),
+                    ),
                 }
             })
             .collect();

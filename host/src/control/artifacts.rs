@@ -44,9 +44,7 @@ struct Track {
     digests: HashMap<String, String>,
     /// The digest last handed to the swap pipeline (or served at start): a tag that
     /// still points at it is not taken again, whatever became of it.
-    taken: Option<String>,
-    /// Why `taken` was refused, if the swap refused it.
-    refused_why: Option<String>,
+    taken: Option<Taken>,
     /// The last pull or look that failed, and why.
     last_error: Option<String>,
     /// When the registry last answered.
@@ -55,6 +53,25 @@ struct Track {
     failed_pulls: u64,
     /// Dropped to stop the listener's follower.
     follower: Option<Sender<()>>,
+}
+
+/// A digest handed to the swap pipeline, and what became of it there.
+struct Taken {
+    digest: String,
+    /// Why the pipeline refused it, if it did.
+    refused: Option<String>,
+    /// The listener's rollbacks when it was taken: one more, and it was rolled back.
+    rollbacks: u64,
+}
+
+/// How long a pull may keep trying a registry that fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Patience {
+    /// At start: with backoff, for `start-timeout-ms`.
+    Start,
+    /// A reload adding a listener: once, so that other listeners' changes wait for no
+    /// registry.
+    Once,
 }
 
 /// A listener's artifact as `/listeners` and the metrics show it.
@@ -114,20 +131,22 @@ impl Artifacts {
     }
 
     /// What `/listeners` shows of `listener`'s artifact, `hash` being the content hash
-    /// of the version serving.
-    pub(crate) fn status(&self, listener: &str, artifact: &Artifact, hash: &str) -> ArtifactStatus {
+    /// of the version serving and `rollbacks` the listener's rollbacks so far.
+    pub(crate) fn status(&self, listener: &str, artifact: &Artifact, hash: &str, rollbacks: u64) -> ArtifactStatus {
         let tracks = self.tracks();
         let track = tracks.get(listener);
         let digest = track.and_then(|t| t.digests.get(hash).cloned());
-        let refused = track.and_then(|t| t.taken.clone()).filter(|taken| digest.as_ref() != Some(taken));
-        let refused_why = refused.as_ref().map(|_| {
-            track.and_then(|t| t.refused_why.clone()).unwrap_or_else(|| "rolled back after it took over".into())
+        let taken = track.and_then(|t| t.taken.as_ref()).filter(|taken| digest.as_ref() != Some(&taken.digest));
+        let why = taken.and_then(|taken| match &taken.refused {
+            Some(why) => Some(why.clone()),
+            None => (rollbacks > taken.rollbacks).then(|| "rolled back: it faulted after it took over".to_owned()),
         });
+        let refused = taken.filter(|_| why.is_some()).map(|taken| taken.digest.clone());
         ArtifactStatus {
             reference: artifact.reference.to_string(),
             digest,
             refused,
-            refused_why,
+            refused_why: why,
             last_error: track.and_then(|t| t.last_error.clone()),
             checked: track.and_then(|t| t.checked),
             pulls: track.map_or(0, |t| t.pulls),
@@ -151,7 +170,7 @@ impl Control {
     /// retries a failing registry with backoff for `start-timeout-ms`; a listener with
     /// `offline = "last-pulled"` serves the version pulled last instead, at once, with
     /// a warning, and its follower goes on trying.
-    pub(super) fn fetch(&self, spec: &ListenerSpec) -> Result<ListenerSpec, AddError> {
+    pub(super) fn fetch(&self, spec: &ListenerSpec, patience: Patience) -> Result<ListenerSpec, AddError> {
         let (Some(artifact), Some(artifacts)) = (&spec.artifact, &self.inner.artifacts) else {
             return Ok(spec.clone());
         };
@@ -181,7 +200,7 @@ impl Control {
                 );
                 return Ok(with_plugin(spec, &stored));
             }
-            if Instant::now() + wait > deadline {
+            if patience == Patience::Once || Instant::now() + wait > deadline {
                 return Err(AddError::Pull(err));
             }
             warn!(listener = %name, reference = %reference, "cannot pull the plugin, trying again in {wait:?}: {err}");
@@ -193,10 +212,18 @@ impl Control {
     /// `spec`, re-read by a reload, with the file of the version its listener serves if
     /// its artifact did not change (the follower takes a moved tag), else pulled anew
     /// (once: a reload does not wait for a registry).
-    pub(super) fn refetch(&self, spec: &ListenerSpec, old: &ListenerSpec, serving: &Path) -> Result<ListenerSpec, AddError> {
+    pub(super) fn refetch(
+        &self,
+        spec: &ListenerSpec,
+        old: &ListenerSpec,
+        serving: &Path,
+    ) -> Result<ListenerSpec, AddError> {
         match (&spec.artifact, &self.inner.artifacts) {
-            (Some(artifact), Some(artifacts)) if old.artifact.as_ref().map(|a| &a.reference) != Some(&artifact.reference) => {
-                let pulled = artifacts.client.pull(&artifact.reference).inspect_err(|err| artifacts.failed(&spec.name, err))?;
+            (Some(artifact), Some(artifacts))
+                if old.artifact.as_ref().map(|a| &a.reference) != Some(&artifact.reference) =>
+            {
+                let pulled =
+                    artifacts.client.pull(&artifact.reference).inspect_err(|err| artifacts.failed(&spec.name, err))?;
                 artifacts.pulled(&spec.name, &pulled);
                 Ok(with_plugin(spec, &pulled))
             }
@@ -211,11 +238,15 @@ impl Control {
     pub(super) fn track(&self, spec: &ListenerSpec) {
         let (Some(artifact), Some(artifacts)) = (&spec.artifact, &self.inner.artifacts) else { return };
         let (stop, stopped) = channel();
+        // Looked up before the tracks are locked: the status locks the records first.
+        let (hash, rollbacks) =
+            self.with_record(&spec.name, |r| (r.current().hash.clone(), r.rollbacks)).unwrap_or_default();
         let behind = {
             let mut tracks = artifacts.tracks();
             let track = tracks.entry(spec.name.clone()).or_default();
-            let hash = self.serving(&spec.name).map(|v| v.hash).unwrap_or_default();
-            track.taken = track.digests.get(&hash).cloned().or(track.taken.take());
+            if let Some(digest) = track.digests.get(&hash) {
+                track.taken = Some(Taken { digest: digest.clone(), refused: None, rollbacks });
+            }
             track.follower = None;
             let behind = track.last_error.is_some();
             if artifact.follow.is_some() || behind {
@@ -256,7 +287,7 @@ impl Control {
             let looked = artifacts.client.resolve(reference).and_then(|digest| {
                 let tracks = artifacts.tracks();
                 let track = tracks.get(name);
-                if track.is_some_and(|t| t.taken.as_deref() == Some(digest.as_str())) {
+                if track.and_then(|t| t.taken.as_ref()).is_some_and(|taken| taken.digest == digest) {
                     return Ok(None);
                 }
                 drop(tracks);
@@ -315,10 +346,10 @@ impl Control {
         if let Some(why) = &why {
             warn!(listener = %name, reference = %reference, digest = %digest, "the tag's new digest is refused, and not taken again until the tag moves: {why}");
         }
+        let rollbacks = self.with_record(name, |r| r.rollbacks).unwrap_or_default();
         let mut tracks = artifacts.tracks();
         let track = tracks.entry(name.to_owned()).or_default();
-        track.taken = Some(digest.clone());
-        track.refused_why = why;
+        track.taken = Some(Taken { digest: digest.clone(), refused: why, rollbacks });
     }
 }
 

@@ -15,6 +15,7 @@ use std::sync::mpsc::channel;
 
 use tracing::{info, info_span, warn};
 
+use super::artifacts::Patience;
 use super::{Control, Record, Route, SwapReport, sites};
 use crate::config::Config;
 use crate::listener::{InstanceMode, ListenerSpec, Workers};
@@ -123,7 +124,7 @@ impl Control {
                 (r.spec.clone(), r.current().hash.clone(), r.current().path.clone(), r.runtime.clone())
             });
             match current {
-                Err(_) => match self.prepare(spec).and_then(|prepared| self.bind(index, prepared)) {
+                Err(_) => match self.prepare(spec, Patience::Once).and_then(|prepared| self.bind(index, prepared)) {
                     Ok(()) => report.added.push(name.clone()),
                     Err(err) => {
                         warn!(listener = %name, "cannot add the listener: {err}");
@@ -228,7 +229,10 @@ impl Control {
             let (done, prepared) = channel();
             for (index, spec) in listeners.iter().enumerate() {
                 let done = done.clone();
-                scope.spawn(move || done.send((index, self.prepare(spec))));
+                scope.spawn(move || {
+                    // Only a failed start drops the receiver early, and then it is moot.
+                    let _ = done.send((index, self.prepare(spec, Patience::Start)));
+                });
             }
             drop(done);
             // Bound as each is ready, so that a listener waiting for its registry keeps
@@ -254,8 +258,8 @@ impl Control {
     /// The first steps of starting listener `spec`, which touch no worker: the engine
     /// its instance mode takes, its plugin read and compiled (or taken from the cache),
     /// and one instance started to see that it can be.
-    fn prepare(&self, spec: &ListenerSpec) -> Result<Prepared, AddError> {
-        let spec = &self.fetch(spec)?;
+    fn prepare(&self, spec: &ListenerSpec, patience: Patience) -> Result<Prepared, AddError> {
+        let spec = &self.fetch(spec, patience)?;
         let runtime = match spec.instance {
             InstanceMode::Shared | InstanceMode::PerWorker => self.inner.runtime.clone(),
             InstanceMode::PerConnection => {
