@@ -394,9 +394,16 @@ impl Config {
                 .find(free)
                 .expect("some numbered name is free");
             let address = parse_address(&name, address).map_err(invalid)?;
-            listeners.push(ListenerSpec { plugin: plugin.clone(), ..ListenerSpec::new(&name, address) });
+            let text = plugin.to_string_lossy();
+            let (plugin, artifact) = plugin_source(&name, &text, Path::new(""), None, None).map_err(invalid)?;
+            listeners.push(ListenerSpec { plugin, artifact, ..ListenerSpec::new(&name, address) });
         }
-        Config::new(listeners).map_err(invalid)
+        let mut config = Config::new(listeners).map_err(invalid)?;
+        if config.listeners.iter().any(|l| l.artifact.is_some()) {
+            let oci = OciToml::default().validate(Path::new(""), config.cache_dir.as_deref()).map_err(invalid)?;
+            config.oci = Some(oci);
+        }
+        Ok(config)
     }
 
     fn new(listeners: Vec<ListenerSpec>) -> Result<Config, String> {
