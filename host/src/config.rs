@@ -665,6 +665,16 @@ fn plugin_source(
     Ok((PathBuf::new(), Some(Artifact { reference, follow, offline: offline.unwrap_or_default() })))
 }
 
+impl OciConfig {
+    /// The `[oci]` settings of a config without the table: the store under the
+    /// default cache folder, every registry over HTTPS, the Docker config's credentials.
+    pub fn defaults() -> Result<OciConfig, ConfigError> {
+        OciToml::default()
+            .validate(Path::new(""), default_cache_dir().as_deref())
+            .map_err(|message| ConfigError::Invalid { path: "command line".into(), message })
+    }
+}
+
 impl OciToml {
     fn validate(self, base: &Path, cache_dir: Option<&Path>) -> Result<OciConfig, String> {
         let store = match (self.store, cache_dir) {

@@ -1,4 +1,5 @@
-//! The `sandport` command: serve plugins, check or precompile one, or ask a running
+//! The `sandport` command: serve plugins, check or precompile one, push one to or pull
+//! one from an OCI registry, or ask a running
 //! server's admin API for its listeners and to swap or roll back their plugins.
 
 use std::io::{IsTerminal, Write};
@@ -13,6 +14,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use sandport::admin;
 use sandport::config::{self, Config, DEFAULT_ADMIN_ADDRESS, LogFormat};
+use sandport::oci;
 use sandport::control::{Control, watched, watched_certificates};
 use sandport::plugin::Runtime;
 use sandport::reactor::StopHandle;
@@ -81,6 +83,33 @@ enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Publish a component to an OCI registry in the CNCF wasm layout; prints the
+    /// manifest digest.
+    Push {
+        /// The component to publish (checked to be a component first).
+        file: PathBuf,
+        /// Where: `oci://HOST[:PORT]/REPOSITORY:TAG`.
+        reference: String,
+        /// The `org.opencontainers.image.source` annotation: where its source lives.
+        #[arg(long, value_name = "URL")]
+        source: Option<String>,
+        /// The `org.opencontainers.image.version` annotation.
+        #[arg(long = "plugin-version", value_name = "VERSION")]
+        version: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Fetch a component from an OCI registry into the store, verify its digests and
+    /// check that it implements the handler world.
+    Pull {
+        /// What: `oci://HOST[:PORT]/REPOSITORY:TAG` or `...@sha256:DIGEST`.
+        reference: String,
+        /// Also copy the component here.
+        #[arg(short, long, value_name = "OUT.wasm")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
     /// Show a running server's listeners (through its admin API).
     Status {
         #[command(flatten)]
@@ -115,6 +144,78 @@ struct AdminArgs {
     token: Option<String>,
 }
 
+/// How `push` and `pull` reach a registry: the `[oci]` table of a config file, or the
+/// defaults, with these flags on top.
+#[derive(Args)]
+struct RegistryArgs {
+    /// Take the `[oci]` table (store, insecure, credentials) from this config file.
+    #[arg(long, value_name = "FILE.toml")]
+    config: Option<PathBuf>,
+    /// Talk plain HTTP to the reference's registry (a registry on loopback, say).
+    #[arg(long)]
+    insecure: bool,
+    /// Where pulled components are kept [default: the config's, else <cache>/oci].
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// A Docker `config.json` with credentials [default: $DOCKER_CONFIG/config.json,
+    /// else ~/.docker/config.json].
+    #[arg(long, value_name = "FILE")]
+    docker_config: Option<PathBuf>,
+    /// Log in as this user, with --password-env or --password-file.
+    #[arg(long, requires = "password")]
+    username: Option<String>,
+    /// The environment variable holding the password.
+    #[arg(long, value_name = "VAR", group = "password")]
+    password_env: Option<String>,
+    /// The file holding the password.
+    #[arg(long, value_name = "FILE", group = "password")]
+    password_file: Option<PathBuf>,
+    /// The environment variable holding a bearer token.
+    #[arg(long, value_name = "VAR", conflicts_with_all = ["username", "token_file"])]
+    token_env: Option<String>,
+    /// The file holding a bearer token.
+    #[arg(long, value_name = "FILE", conflicts_with = "username")]
+    token_file: Option<PathBuf>,
+    /// How long one registry request may take.
+    #[arg(long, value_name = "MS")]
+    timeout_ms: Option<u64>,
+}
+
+impl RegistryArgs {
+    /// A client for `reference`'s registry, and the reference parsed.
+    fn client(self, reference: &str) -> anyhow::Result<(oci::Client, oci::Reference)> {
+        let reference: oci::Reference = reference.parse()?;
+        let mut settings = match &self.config {
+            Some(file) => Config::from_file(file)?
+                .oci
+                .with_context(|| format!("{}: has no [oci] table", file.display()))?
+                .settings,
+            None => config::OciConfig::defaults()?.settings,
+        };
+        let registry = reference.registry().to_owned();
+        if self.insecure && !settings.insecure.contains(&registry) {
+            settings.insecure.push(registry.clone());
+        }
+        if let Some(store) = self.store {
+            settings.store = store;
+        }
+        if self.docker_config.is_some() {
+            settings.docker_config = self.docker_config;
+        }
+        let secret = |env: Option<String>, file: Option<PathBuf>| env.map(oci::Secret::Env).or(file.map(oci::Secret::File));
+        if let Some(username) = self.username {
+            let password = secret(self.password_env, self.password_file).context("--username needs a password")?;
+            settings.auth.insert(registry, oci::Auth::Basic { username, password });
+        } else if let Some(token) = secret(self.token_env, self.token_file) {
+            settings.auth.insert(registry, oci::Auth::Bearer(token));
+        }
+        if let Some(ms) = self.timeout_ms {
+            settings.timeout = Duration::from_millis(ms);
+        }
+        Ok((oci::Client::new(settings)?, reference))
+    }
+}
+
 /// The environment variable the client subcommands take the token from.
 const TOKEN_ENV: &str = "SANDPORT_ADMIN_TOKEN";
 
@@ -125,6 +226,14 @@ fn main() -> ExitCode {
         Command::Check { file } => {
             init_logging(LogFormat::Text);
             check(file)
+        }
+        Command::Push { file, reference, source, version, registry } => {
+            init_logging(LogFormat::Text);
+            push(&file, &reference, oci::Annotations { source, version }, registry)
+        }
+        Command::Pull { reference, output, registry } => {
+            init_logging(LogFormat::Text);
+            pull(&reference, output, registry)
         }
         Command::Status { admin } => AdminClient::new(admin).status(),
         Command::Swap { name, file, admin } => AdminClient::new(admin).swap(&name, &file),
@@ -327,6 +436,38 @@ fn check(file: PathBuf) -> anyhow::Result<()> {
     println!("exports:");
     for name in plugin.exports() {
         println!("  {name}");
+    }
+    Ok(())
+}
+
+fn push(file: &Path, reference: &str, annotations: oci::Annotations, registry: RegistryArgs) -> anyhow::Result<()> {
+    let (client, reference) = registry.client(reference)?;
+    // A component that would not load is refused here, not on every node that pulls it.
+    let plugin = Runtime::new()?.load(file)?;
+    let digest = client.push(file, &reference, &annotations)?;
+    eprintln!(
+        "{}: pushed to {reference} (sandport:handler/plugin@{})",
+        file.display(),
+        plugin.wit_version()
+    );
+    println!("{digest}");
+    Ok(())
+}
+
+fn pull(reference: &str, output: Option<PathBuf>, registry: RegistryArgs) -> anyhow::Result<()> {
+    let (client, reference) = registry.client(reference)?;
+    let pulled = client.pull(&reference)?;
+    let plugin = Runtime::new()?
+        .with_cache(config::default_cache_dir().as_deref())
+        .load(&pulled.path)
+        .with_context(|| format!("{reference} ({}): pulled, but it is not a plugin", pulled.digest))?;
+    println!("{reference}: {}", pulled.digest);
+    println!("  layer {} ({})", pulled.layer, pulled.media_type);
+    println!("  stored at {}", pulled.path.display());
+    println!("  implements sandport:handler/plugin@{}", plugin.wit_version());
+    if let Some(output) = output {
+        std::fs::copy(&pulled.path, &output).with_context(|| format!("{}: cannot write", output.display()))?;
+        println!("  copied to {}", output.display());
     }
     Ok(())
 }

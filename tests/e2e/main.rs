@@ -19,6 +19,7 @@ mod connect;
 mod descriptors;
 mod echo;
 mod faults;
+mod fleet;
 mod host_log;
 mod hostile;
 mod http;
