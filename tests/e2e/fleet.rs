@@ -17,7 +17,7 @@ use crate::registry::Registry;
 use crate::swap::echoes;
 
 /// How often the nodes look at the tag.
-const FOLLOW: Duration = Duration::from_millis(1500);
+const FOLLOW: Duration = Duration::from_secs(3);
 
 /// The repository and tag the fleet follows.
 const TAG: &str = "fleet/app:stable";

@@ -427,8 +427,15 @@ pub fn wait_exit(child: &mut Child) -> ExitStatus {
 /// Fails the test if it panics, or (after killing it) if it runs longer than
 /// [`PATIENCE`].
 pub fn run_sandport<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (ExitStatus, String, String) {
-    let mut child =
-        sandport().args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut command = sandport();
+    command.args(args);
+    run_to_end(command)
+}
+
+/// Run a `sandport` command (made with [`sandport`], with arguments and environment of
+/// its own) to completion, as [`run_sandport`] does.
+pub fn run_to_end(mut command: Command) -> (ExitStatus, String, String) {
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let slurp = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
