@@ -14,8 +14,8 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use sandport::admin;
 use sandport::config::{self, Config, DEFAULT_ADMIN_ADDRESS, LogFormat};
-use sandport::oci;
 use sandport::control::{Control, watched, watched_certificates};
+use sandport::oci;
 use sandport::plugin::Runtime;
 use sandport::reactor::StopHandle;
 use sandport::scaffold;
@@ -186,10 +186,12 @@ impl RegistryArgs {
     fn client(self, reference: &str) -> anyhow::Result<(oci::Client, oci::Reference)> {
         let reference: oci::Reference = reference.parse()?;
         let mut settings = match &self.config {
-            Some(file) => Config::from_file(file)?
-                .oci
-                .with_context(|| format!("{}: has no [oci] table", file.display()))?
-                .settings,
+            Some(file) => {
+                Config::from_file(file)?
+                    .oci
+                    .with_context(|| format!("{}: has no [oci] table", file.display()))?
+                    .settings
+            }
             None => config::OciConfig::defaults()?.settings,
         };
         let registry = reference.registry().to_owned();
@@ -202,7 +204,8 @@ impl RegistryArgs {
         if self.docker_config.is_some() {
             settings.docker_config = self.docker_config;
         }
-        let secret = |env: Option<String>, file: Option<PathBuf>| env.map(oci::Secret::Env).or(file.map(oci::Secret::File));
+        let secret =
+            |env: Option<String>, file: Option<PathBuf>| env.map(oci::Secret::Env).or(file.map(oci::Secret::File));
         if let Some(username) = self.username {
             let password = secret(self.password_env, self.password_file).context("--username needs a password")?;
             settings.auth.insert(registry, oci::Auth::Basic { username, password });
@@ -445,11 +448,7 @@ fn push(file: &Path, reference: &str, annotations: oci::Annotations, registry: R
     // A component that would not load is refused here, not on every node that pulls it.
     let plugin = Runtime::new()?.load(file)?;
     let digest = client.push(file, &reference, &annotations)?;
-    eprintln!(
-        "{}: pushed to {reference} (sandport:handler/plugin@{})",
-        file.display(),
-        plugin.wit_version()
-    );
+    eprintln!("{}: pushed to {reference} (sandport:handler/plugin@{})", file.display(), plugin.wit_version());
     println!("{digest}");
     Ok(())
 }

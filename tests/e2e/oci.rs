@@ -4,15 +4,16 @@
 //! password file), the store that spares a second download, and registries that are
 //! plain HTTP without being named insecure, or that never answer.
 
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, ExitStatus};
+use std::process::{Command, ExitStatus, Stdio};
 
 use sandport_test_artifacts::ECHO;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use crate::harness::{PATIENCE, Server, listener, run_to_end, sandport};
+use crate::harness::{Client, PATIENCE, Server, config_file, listener, run_to_end, sandport, wait_exit};
 use crate::registry::token::TokenServer;
 use crate::registry::{Access, PASSWORD, Registry, USERNAME};
 use crate::swap::echoes;
@@ -81,7 +82,8 @@ fn registry_harness_starts_each_kind() {
 fn a_pushed_plugin_is_the_cncf_wasm_layout_to_skopeo_and_oras() {
     let registry = Registry::start();
     let reference = registry.reference(TAG);
-    let digest = push(&reference, &["--insecure", "--source", "https://example.test/echo", "--plugin-version", "1.0"], &[]);
+    let digest =
+        push(&reference, &["--insecure", "--source", "https://example.test/echo", "--plugin-version", "1.0"], &[]);
 
     let image = format!("docker://{}/{TAG}", registry.address());
     let raw = run_tool("skopeo", &["inspect", "--raw", "--tls-verify=false", &image]);
@@ -220,8 +222,7 @@ fn basic_auth_from_flags_a_docker_config_or_a_password_file() {
     let dir = tempfile::tempdir().unwrap();
     let docker_config = dir.path().join("config.json");
     let auth = base64_encode(&format!("{USERNAME}:{PASSWORD}"));
-    std::fs::write(&docker_config, format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.address()))
-        .unwrap();
+    std::fs::write(&docker_config, format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.address())).unwrap();
     let (status, stdout, stderr) = pull(
         &reference,
         &dir.path().join("store"),
@@ -300,6 +301,27 @@ fn a_registry_that_never_answers_times_out_and_delays_only_its_own_listener() {
     assert!(!status.success());
     assert!(stderr.contains(&reference), "{stderr}");
     assert!(started.elapsed() < PATIENCE, "the timeout ended it");
+
+    // At start, a listener with a local plugin serves while one from that registry waits
+    // for its pull, until the start gives up naming the listener and the reference.
+    let config = format!(
+        "workers = 1\n[oci]\nstore = \"{}\"\ninsecure = [\"{}\"]\ntimeout-ms = 500\nstart-timeout-ms = 3000\n\n{}{}",
+        store.path().display(),
+        silent.local_addr().unwrap(),
+        listener("local", ECHO, ""),
+        listener("remote", &reference, "")
+    );
+    let (_dir, path) = config_file(&config);
+    let mut child =
+        sandport().args(["serve", "--config", path.to_str().unwrap()]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines().map(Result::unwrap);
+    let listening = lines.by_ref().find(|line| line.contains("listening listener=local")).expect("local listens");
+    let address = listening.split("address=").nth(1).unwrap().split(' ').next().unwrap();
+    echoes(&mut Client::connect(address.parse().unwrap()), 1000);
+    let rest: Vec<String> = lines.collect();
+    assert!(!wait_exit(&mut child).success(), "started without its registry");
+    let error = rest.iter().find(|line| line.starts_with("error:")).expect("an error line");
+    assert!(error.contains("listener `remote`") && error.contains(&reference), "{error}");
 
     // A server whose reload adds a listener from that registry: the pull waits on its
     // own thread while the listener already serving goes on echoing.

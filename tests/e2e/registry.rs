@@ -159,11 +159,6 @@ impl Registry {
     pub fn requests(&self, needle: &str) -> usize {
         self.log().lines().filter(|line| line.contains(needle) && line.contains("HTTP/1.1\" ")).count()
     }
-
-    /// The folder the registry's files live in (config, log, storage).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
 }
 
 impl Drop for Registry {
