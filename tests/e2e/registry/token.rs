@@ -131,8 +131,10 @@ fn answer(stream: TcpStream, signer: &Signer, issued: &AtomicUsize) -> std::io::
     let target = request_line.split(' ').nth(1).unwrap_or("");
     let scope = target
         .split_once('?')
-        .map(|(_, query)| query.split('&').filter_map(|pair| pair.strip_prefix("scope=")).map(unescape).collect())
-        .unwrap_or_else(Vec::<String>::new)
+        .map(|(_, query)| {
+            query.split('&').filter_map(|pair| pair.strip_prefix("scope=")).map(unescape).collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
         .join(" ");
     let mut stream = stream;
     if !authorized {
