@@ -105,10 +105,19 @@ fn a_pushed_version_reaches_all_three_nodes_and_kept_connections_lose_nothing() 
 
         let second = push(FIXTURE_OLD_WIT, &reference);
         let pushed = Instant::now();
-        for node in &nodes {
-            let took_over = node.wait_for("the tag's new digest took over", 1);
-            let after = took_over - pushed;
-            assert!(after < FOLLOW * 2, "a node took the new version {after:?} after the push, more than two polls");
+        // Each node is watched on a thread of its own, so that the moment one is seen
+        // to find the new version is not the moment another was done with.
+        let seen: Vec<Instant> = std::thread::scope(|watchers| {
+            let finding = |node: &'_ Node| node.wait_for("the tag moved: swapping its new digest in", 1);
+            let waiting: Vec<_> = nodes.iter().map(|node| watchers.spawn(move || finding(node))).collect();
+            waiting.into_iter().map(|watcher| watcher.join().unwrap()).collect()
+        });
+        for (node, seen) in nodes.iter().zip(seen) {
+            // Found at the first or second look after the push; how long the compile and
+            // pre-flight then take is the machine's (BENCHMARKS.md has the figure).
+            let after = seen - pushed;
+            assert!(after < FOLLOW * 2, "a node saw the new version {after:?} after the push, more than two polls");
+            node.wait_for("the tag's new digest took over", 1);
             assert_eq!(node.artifact()["digest"], second.as_str());
             assert_eq!(node.admin.listeners()[0]["version"], 2);
             let mut fresh = node.server.connect("app");

@@ -459,8 +459,29 @@ pub fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-/// An address of 127.0.0.1 that was free a moment ago.
+/// An address of 127.0.0.1 that was free a moment ago, for a test that must name its
+/// port (listeners sharing one address, a port reused after a restart).
+///
+/// Its port lies below the kernel's ephemeral range, which `bind(0)` and every
+/// outgoing connection of the suite draw from: a port from that range could be taken
+/// by another test's client or server between this call and the bind it is for. The
+/// ports below are handed out in turn, from a point that depends on the process, so
+/// two tests never get the same one.
 pub fn free_address() -> SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, span) = (10_000, ephemeral_start.saturating_sub(10_000).max(1_000));
+    let _ = NEXT.compare_exchange(0, std::process::id() % span + 1, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..span {
+        let port = low + NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            return listener.local_addr().unwrap();
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 

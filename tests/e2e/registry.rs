@@ -9,7 +9,7 @@
 pub mod token;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,9 +69,9 @@ impl Registry {
                 )
             }
         };
-        // A port the kernel just gave out and took back: another process could take it
-        // before the registry does, which then fails to start and the test says so.
-        let address = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        // Free a moment ago: should something take it before the registry does, the
+        // registry fails to start and the test says so.
+        let address = crate::harness::free_address();
         let config = format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\nhttp:\n  addr: {address}\n{auth}",
             storage = dir.path().join("storage").display(),
