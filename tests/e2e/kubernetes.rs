@@ -1,0 +1,118 @@
+//! What running under Kubernetes relies on: a config mounted from a ConfigMap (the
+//! kubelet's `..data` symlink flipped to a new folder) is seen and reloaded, and the
+//! manifests of `deploy/kubernetes` validate against the pinned Kubernetes schema,
+//! with `preStop` and the grace period in step with the ConfigMap's
+//! `shutdown-grace-ms`; a broken copy of them fails.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::{Server, listener, plugins};
+
+/// The folder the kubelet mounts a ConfigMap as: `..<timestamp>/` holds the files,
+/// `..data` points to it, and each key is a symlink through `..data`.
+struct ConfigMapFolder {
+    dir: tempfile::TempDir,
+    version: usize,
+}
+
+impl ConfigMapFolder {
+    fn new(config: &str) -> ConfigMapFolder {
+        let mut folder = ConfigMapFolder { dir: tempfile::tempdir().unwrap(), version: 0 };
+        folder.publish(config);
+        symlink("..data/sandport.toml", folder.config()).unwrap();
+        folder
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("sandport.toml")
+    }
+
+    /// What the kubelet does on an update: write a new timestamped folder, point a
+    /// new symlink at it and rename that over `..data` (one atomic flip), then remove
+    /// the old folder.
+    fn publish(&mut self, config: &str) {
+        self.version += 1;
+        let name = format!("..2026_12_07_12_00_0{}.{}", self.version, 100 + self.version);
+        let fresh = self.dir.path().join(&name);
+        std::fs::create_dir(&fresh).unwrap();
+        std::fs::write(fresh.join("sandport.toml"), format!("watch = true\nshutdown-grace-ms = 0\n{config}")).unwrap();
+        let staged = self.dir.path().join("..data_tmp");
+        symlink(&name, &staged).unwrap();
+        let data = self.dir.path().join("..data");
+        let old = std::fs::read_link(&data).ok();
+        std::fs::rename(&staged, &data).unwrap();
+        if let Some(old) = old {
+            std::fs::remove_dir_all(self.dir.path().join(old)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_configmap_update_is_reloaded() {
+    let echo = listener("echo", plugins::ECHO, "");
+    let mut folder = ConfigMapFolder::new(&echo);
+    let path = folder.config();
+    let server = Server::start_args(&["serve", "--config", path.to_str().unwrap()], 1);
+    assert_eq!(server.connect("echo").ask("before"), "before");
+
+    // A listener added, and the echo's plugin changed, in one flip.
+    let probe = listener("echo", plugins::FIXTURE_PROBE, "");
+    folder.publish(&format!("{probe}{}", listener("added", plugins::ECHO, "")));
+    let log = server.wait_for_log(&["config reloaded"]);
+    let added = log
+        .lines()
+        .filter(|line| line.contains(" listening ") && line.contains("listener=added"))
+        .find_map(|line| line.split_whitespace().find_map(|word| word.strip_prefix("address=")))
+        .unwrap_or_else(|| panic!("`added` never listened:\n{log}"));
+    let mut client = crate::harness::Client::connect(added.trim_matches('"').parse().unwrap());
+    assert_eq!(client.ask("the new listener"), "the new listener");
+    assert_eq!(server.connect("echo").ask("echo after"), "after", "the probe serves new connections");
+}
+
+/// `deploy/kubernetes` of this checkout.
+fn manifests() -> PathBuf {
+    Path::new(plugins::WORKSPACE).join("deploy/kubernetes")
+}
+
+/// Run `validate.sh` of the manifests in `dir`: (success, everything it said).
+fn validate(dir: &Path) -> (bool, String) {
+    let output = Command::new("bash").arg(dir.join("validate.sh")).output().unwrap();
+    let said = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), said)
+}
+
+/// A copy of the manifests in a temporary folder, with `from` replaced by `to` in
+/// `file` (which must hold it).
+fn broken_copy(file: &str, from: &str, to: &str) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    let status = Command::new("cp").arg("-r").arg(manifests()).arg(copy.path()).status().unwrap();
+    assert!(status.success());
+    let path = copy.path().join("kubernetes").join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{file} has no `{from}`");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    copy
+}
+
+#[test]
+fn the_manifests_validate_and_broken_ones_do_not() {
+    let (ok, said) = validate(&manifests());
+    assert!(ok, "{said}");
+    for overlay in ["base", "overlays/daemonset", "overlays/hostnetwork"] {
+        assert!(said.contains(&format!("{overlay}: ok")), "{overlay} not validated:\n{said}");
+    }
+
+    // Not a schema's shape: a port that is text.
+    let copy = broken_copy("base/deployment.yaml", "containerPort: 7000", "containerPort: seven-thousand");
+    let (ok, said) = validate(&copy.path().join("kubernetes"));
+    assert!(!ok, "{said}");
+    assert!(said.contains("base: INVALID"), "{said}");
+
+    // A grace period shorter than the config's shutdown-grace-ms plus the preStop.
+    let copy = broken_copy("base/configmap.yaml", "shutdown-grace-ms = 20000", "shutdown-grace-ms = 60000");
+    let (ok, said) = validate(&copy.path().join("kubernetes"));
+    assert!(!ok, "{said}");
+    assert!(said.contains("terminationGracePeriodSeconds"), "{said}");
+}
