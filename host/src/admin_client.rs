@@ -129,8 +129,16 @@ impl AdminClient {
         outcome: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
         path: &str,
     ) -> anyhow::Result<Answer> {
-        let no_api = || format!("no admin API at {}: is the server running with an [admin] table?", self.address);
-        let mut response = outcome.with_context(no_api)?;
+        let mut response = match outcome {
+            Ok(response) => response,
+            Err(ureq::Error::Io(err)) if err.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => {
+                bail!("the admin API at {}: TLS failed: {err} (is --admin-ca the CA of its certificate?)", self.address)
+            }
+            Err(err) => {
+                let no_api = format!("no admin API at {}: is the server running with an [admin] table?", self.address);
+                return Err(anyhow::Error::new(err).context(no_api));
+            }
+        };
         let status = response.status().as_u16();
         if status == 401 {
             bail!("the admin API at {} wants its token: give --token or set {TOKEN_ENV}", self.address);

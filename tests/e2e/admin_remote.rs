@@ -31,9 +31,10 @@ fn logged(server: &Server, needle: &str, key: &str) -> String {
 fn plain_get(address: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(address).unwrap();
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    // A TLS server may close (or reset) the connection before the request is out.
+    let _ = write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let mut answer = Vec::new();
-    // A TLS server closes (or resets) the connection: what came before is the answer.
+    // What came before a close (or reset) is the answer.
     let _ = stream.read_to_end(&mut answer);
     String::from_utf8_lossy(&answer).lines().next().unwrap_or("").to_owned()
 }
@@ -76,7 +77,8 @@ fn https_admin_with_its_own_certificate_and_a_plain_health_address() {
     assert!(!ok && stderr.contains("wants its token"), "{stderr}");
     // Without the CA, the certificate leads nowhere the client trusts.
     let (ok, _, stderr) = status(&["--admin", &url, "--token", "s3cret"]);
-    assert!(!ok && (stderr.contains("UnknownIssuer") || stderr.contains("no system root certificates")), "{stderr}");
+    let untrusted = stderr.contains("TLS failed: invalid peer certificate: UnknownIssuer");
+    assert!(!ok && (untrusted || stderr.contains("no system root certificates")), "{stderr}");
     // Plain HTTP to the HTTPS port gets no HTTP answer, health checks included.
     let plain = plain_get(&format!("127.0.0.1:{port}"), "/healthz");
     assert!(!plain.starts_with("HTTP/"), "{plain}");
@@ -103,7 +105,10 @@ fn https_admin_with_its_own_certificate_and_a_plain_health_address() {
     let (ok, _, stderr) = status(&["--admin", &url, "--admin-ca", second_ca.to_str().unwrap(), "--token", "s3cret"]);
     assert!(ok, "{stderr}");
     let (ok, _, stderr) = status(&["--admin", &url, "--admin-ca", ca, "--token", "s3cret"]);
-    assert!(!ok && stderr.contains("UnknownIssuer"), "the old CA no longer leads to the served certificate: {stderr}");
+    assert!(
+        !ok && stderr.contains("TLS failed: invalid peer certificate"),
+        "the old CA is not the new one's: {stderr}"
+    );
 }
 
 #[test]

@@ -60,7 +60,8 @@ fn a_configmap_update_is_reloaded() {
     // A listener added, and the echo's plugin changed, in one flip.
     let probe = listener("echo", plugins::FIXTURE_PROBE, "");
     folder.publish(&format!("{probe}{}", listener("added", plugins::ECHO, "")));
-    let log = server.wait_for_log(&["config reloaded"]);
+    server.wait_for_log(&["config reloaded"]);
+    let log = server.log();
     let added = log
         .lines()
         .filter(|line| line.contains(" listening ") && line.contains("listener=added"))
@@ -115,4 +116,25 @@ fn the_manifests_validate_and_broken_ones_do_not() {
     let (ok, said) = validate(&copy.path().join("kubernetes"));
     assert!(!ok, "{said}");
     assert!(said.contains("terminationGracePeriodSeconds"), "{said}");
+}
+
+#[test]
+fn the_configmap_holds_a_config_sandport_takes() {
+    let yaml = std::fs::read_to_string(manifests().join("base/configmap.yaml")).unwrap();
+    let (_, block) = yaml.split_once("  sandport.toml: |\n").expect("a sandport.toml key");
+    let toml: String = block.lines().map(|line| format!("{}\n", line.strip_prefix("    ").unwrap_or(line))).collect();
+    // The token comes from a Secret in the pod; here a literal one stands in for it.
+    let toml = toml.replace("token-env = \"SANDPORT_ADMIN_TOKEN\"", "token = \"stand-in\"");
+    let config = sandport::config::Config::from_toml(&toml, Path::new("/etc/sandport/config/sandport.toml"))
+        .unwrap_or_else(|err| panic!("{err}\n{toml}"));
+    let names: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["echo", "http-hello", "hello-tls"]);
+    assert!(config.watch, "the ConfigMap is followed");
+    let admin = config.admin.expect("an admin API");
+    assert!(admin.health_address.is_some(), "the kubelet probes a plain health address");
+    assert!(
+        matches!(admin.listen, sandport::config::AdminListen::Tcp { tls: Some(_), .. }),
+        "beyond loopback the admin API is HTTPS"
+    );
+    assert_eq!(config.cache_dir.as_deref(), Some(Path::new("/var/cache/sandport")), "on the emptyDir");
 }
