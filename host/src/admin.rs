@@ -1,12 +1,12 @@
 //! The admin API: an HTTP server on its own address and thread that shows the
 //! listeners, swaps and rolls back their plugins, and exports Prometheus metrics.
-//! It listens in plain HTTP on loopback, in HTTPS with a certificate of its own
-//! (followed on disk, so a renewed one serves new handshakes), or on a Unix socket
-//! ([`endpoint`]); a separate plain address may answer the health checks alone, for
-//! probes that carry neither token nor CA.
+//! It listens in plain HTTP on loopback, in HTTPS with a certificate of its own, or
+//! on a Unix socket (`admin/endpoint.rs`); a separate plain address may answer the
+//! health checks alone, for probes that carry neither token nor CA.
 //!
-//! It owns the HTTP surface only: routing, the bearer token, the JSON shapes and the
-//! mapping of outcomes to status codes. Everything it shows or does goes through a
+//! It owns the HTTP surface only: routing, the bearer token, the JSON shapes, the
+//! mapping of outcomes to status codes, and following its own certificate files (a
+//! renewed pair serves new handshakes). Everything it shows or does goes through a
 //! [`Control`] handle, on tokio's blocking pool, so a slow compile or a slow count
 //! never holds up the HTTP thread, let alone an event loop. It must never touch a
 //! socket, buffer or guest of the workers.
