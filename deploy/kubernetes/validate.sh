@@ -8,6 +8,7 @@
 #
 #   deploy/kubernetes/validate.sh                 # Kubernetes 1.34.0
 #   KUBERNETES_VERSION=1.35.0 deploy/kubernetes/validate.sh
+#   KUBECTL= deploy/kubernetes/validate.sh        # without kubectl, as on a CI machine
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 exec python3 "$here/manifests.py" "$here" --kubernetes-version "${KUBERNETES_VERSION:-1.34.0}"

@@ -1,8 +1,9 @@
 //! The admin API fit to cross a network: HTTPS with a certificate of its own (the
 //! client trusts its CA, the token is still required, plain HTTP gets no answer, a
-//! renewed certificate serves new handshakes), a Unix socket only its owner may open,
-//! a plain health address that answers the probes and nothing else, and the refusal
-//! to start a plain-HTTP admin API beyond loopback.
+//! renewed certificate serves new handshakes), a Unix socket only its owner may open
+//! (one left behind by a server that is gone is replaced), a plain health address that
+//! answers the probes and nothing else, and the refusal to start a plain-HTTP admin API
+//! beyond loopback.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -115,6 +116,9 @@ fn https_admin_with_its_own_certificate_and_a_plain_health_address() {
 fn admin_on_a_unix_socket() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("admin.sock");
+    // Left behind by a server that is gone (killed): nobody answers on it, so it is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
     let server = Server::start(&format!(
         "[admin]\nlisten = \"unix:{}\"\n\n{}",
         socket.display(),

@@ -79,7 +79,18 @@ fn manifests() -> PathBuf {
 
 /// Run `validate.sh` of the manifests in `dir`: (success, everything it said).
 fn validate(dir: &Path) -> (bool, String) {
-    let output = Command::new("bash").arg(dir.join("validate.sh")).output().unwrap();
+    validate_with(dir, None)
+}
+
+/// Run `validate.sh` of the manifests in `dir`, with `KUBECTL` set to `kubectl` if
+/// given (empty: render without kubectl).
+fn validate_with(dir: &Path, kubectl: Option<&str>) -> (bool, String) {
+    let mut command = Command::new("bash");
+    command.arg(dir.join("validate.sh"));
+    if let Some(kubectl) = kubectl {
+        command.env("KUBECTL", kubectl);
+    }
+    let output = command.output().unwrap();
     let said = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
     (output.status.success(), said)
 }
@@ -104,6 +115,9 @@ fn the_manifests_validate_and_broken_ones_do_not() {
     for overlay in ["base", "overlays/daemonset", "overlays/hostnetwork"] {
         assert!(said.contains(&format!("{overlay}: ok")), "{overlay} not validated:\n{said}");
     }
+    // As on a machine without kubectl: the offline renderer alone.
+    let (ok, said) = validate_with(&manifests(), Some(""));
+    assert!(ok && said.matches("rendered by the offline renderer)").count() == 3, "{said}");
 
     // Not a schema's shape: a port that is text.
     let copy = broken_copy("base/deployment.yaml", "containerPort: 7000", "containerPort: seven-thousand");
