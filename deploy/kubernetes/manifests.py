@@ -11,7 +11,10 @@ It owns three checks, and nothing else (validate.sh calls it):
 - every object is valid for the pinned Kubernetes version, strictly (an unknown field
   is an error), by the `kubernetes-validate` package;
 - each workload's grace period covers its preStop sleep, the ConfigMap's
-  shutdown-grace-ms and a margin, and its probes point at the health port.
+  shutdown-grace-ms and a margin, its probes point at the health port, no mount uses
+  subPath, and the config's cache-dir is a folder inside an emptyDir, not the
+  emptyDir's own top (which the kubelet makes writable by all, so that sandport would
+  not trust the compiled code in it).
 
 It never talks to a cluster.
 """
@@ -121,14 +124,25 @@ def by_identity(objects):
     return {(obj["kind"], obj["metadata"]["name"]): obj for obj in objects}
 
 
-def shutdown_grace_seconds(objects, name):
-    """shutdown-grace-ms of the sandport.toml in the ConfigMap `name`, in seconds."""
+def config_text(objects, name):
+    """The sandport.toml of the ConfigMap `name`."""
     configs = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == name]
     if not configs:
         raise ValueError(f"no ConfigMap {name} among the objects")
-    match = re.search(r"^shutdown-grace-ms\s*=\s*(\d+)", configs[0]["data"]["sandport.toml"], re.MULTILINE)
-    # sandport's default, when the file does not say.
-    return math.ceil(int(match.group(1)) / 1000) if match else 5
+    return configs[0]["data"]["sandport.toml"]
+
+
+def top_level(text, key):
+    """A top-level key's value as written (before the first table), or None."""
+    head = re.split(r"^\[", text, maxsplit=1, flags=re.MULTILINE)[0]
+    match = re.search(rf"^{re.escape(key)}\s*=\s*([^#\n]+)", head, re.MULTILINE)
+    return match.group(1).strip() if match else None
+
+
+def shutdown_grace_seconds(text):
+    """shutdown-grace-ms of a sandport.toml, in whole seconds (sandport's default: 5)."""
+    value = top_level(text, "shutdown-grace-ms")
+    return math.ceil(int(value) / 1000) if value else 5
 
 
 def check_workload(obj, objects):
@@ -138,7 +152,10 @@ def check_workload(obj, objects):
     config = next((v["configMap"]["name"] for v in pod.get("volumes", []) if "configMap" in v), None)
     if config is None:
         return [f"{obj['kind']} {obj['metadata']['name']}: no ConfigMap volume (mounted as a folder)"]
-    grace = shutdown_grace_seconds(objects, config)
+    text = config_text(objects, config)
+    grace = shutdown_grace_seconds(text)
+    cache_dir = (top_level(text, "cache-dir") or "").strip('"')
+    empty_dirs = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
     period = pod.get("terminationGracePeriodSeconds", 30)
     for container in pod["containers"]:
         pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
@@ -151,6 +168,11 @@ def check_workload(obj, objects):
         for mount in container.get("volumeMounts", []):
             if "subPath" in mount or "subPathExpr" in mount:
                 problems.append(f"{container['name']}: mount {mount['name']} uses subPath, which never refreshes")
+            if mount["name"] in empty_dirs and os.path.normpath(mount["mountPath"]) == os.path.normpath(cache_dir):
+                problems.append(
+                    f"{container['name']}: cache-dir {cache_dir} is the top of emptyDir {mount['name']}, which is "
+                    "writable by all: sandport would not trust compiled code there; name a folder inside it"
+                )
         for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
             get = container.get(probe, {}).get("httpGet", {})
             if get.get("path") != path:

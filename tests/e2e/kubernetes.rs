@@ -2,7 +2,8 @@
 //! kubelet's `..data` symlink flipped to a new folder) is seen and reloaded, and the
 //! manifests of `deploy/kubernetes` validate against the pinned Kubernetes schema,
 //! with `preStop` and the grace period in step with the ConfigMap's
-//! `shutdown-grace-ms`; a broken copy of them fails.
+//! `shutdown-grace-ms` and the compiled cache where sandport trusts it; broken copies
+//! of them fail; the ConfigMap's config is one sandport takes.
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -130,6 +131,12 @@ fn the_manifests_validate_and_broken_ones_do_not() {
     let (ok, said) = validate(&copy.path().join("kubernetes"));
     assert!(!ok, "{said}");
     assert!(said.contains("terminationGracePeriodSeconds"), "{said}");
+
+    // The compiled cache at the emptyDir's top, which the kubelet makes writable by all.
+    let (from, to) = ("cache-dir = \"/var/cache/sandport/compiled\"", "cache-dir = \"/var/cache/sandport\"");
+    let copy = broken_copy("base/configmap.yaml", from, to);
+    let (ok, said) = validate(&copy.path().join("kubernetes"));
+    assert!(!ok && said.contains("sandport would not trust compiled code there"), "{said}");
 }
 
 #[test]
@@ -150,5 +157,6 @@ fn the_configmap_holds_a_config_sandport_takes() {
         matches!(admin.listen, sandport::config::AdminListen::Tcp { tls: Some(_), .. }),
         "beyond loopback the admin API is HTTPS"
     );
-    assert_eq!(config.cache_dir.as_deref(), Some(Path::new("/var/cache/sandport")), "on the emptyDir");
+    let cache = Path::new("/var/cache/sandport/compiled");
+    assert_eq!(config.cache_dir.as_deref(), Some(cache), "a folder of its own on the emptyDir");
 }
