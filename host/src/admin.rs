@@ -1,7 +1,7 @@
 //! The admin API: an HTTP server on its own address and thread that shows the
 //! listeners, swaps and rolls back their plugins, and exports Prometheus metrics.
 //! It listens in plain HTTP on loopback, in HTTPS with a certificate of its own, or
-//! on a Unix socket (`admin/endpoint.rs`); a separate plain address may answer the
+//! on a Unix socket ([`endpoint`]); a separate plain address may answer the
 //! health checks alone, for probes that carry neither token nor CA.
 //!
 //! It owns the HTTP surface only: routing, the bearer token, the JSON shapes, the
@@ -17,7 +17,7 @@
 //! ([`UPLOAD_TIMEOUT`]), so a slow or huge upload delays only itself.
 
 pub mod connections;
-mod endpoint;
+pub mod endpoint;
 mod metrics;
 
 use std::path::PathBuf;
