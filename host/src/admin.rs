@@ -1,8 +1,12 @@
 //! The admin API: an HTTP server on its own address and thread that shows the
 //! listeners, swaps and rolls back their plugins, and exports Prometheus metrics.
+//! It listens in plain HTTP on loopback, in HTTPS with a certificate of its own, or
+//! on a Unix socket ([`endpoint`]); a separate plain address may answer the
+//! health checks alone, for probes that carry neither token nor CA.
 //!
-//! It owns the HTTP surface only: routing, the bearer token, the JSON shapes and the
-//! mapping of outcomes to status codes. Everything it shows or does goes through a
+//! It owns the HTTP surface only: routing, the bearer token, the JSON shapes, the
+//! mapping of outcomes to status codes, and following its own certificate files (a
+//! renewed pair serves new handshakes). Everything it shows or does goes through a
 //! [`Control`] handle, on tokio's blocking pool, so a slow compile or a slow count
 //! never holds up the HTTP thread, let alone an event loop. It must never touch a
 //! socket, buffer or guest of the workers.
@@ -13,9 +17,9 @@
 //! ([`UPLOAD_TIMEOUT`]), so a slow or huge upload delays only itself.
 
 pub mod connections;
+pub mod endpoint;
 mod metrics;
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -32,12 +36,14 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
-use tokio::sync::{Semaphore, oneshot};
-use tracing::{error, info};
+use tokio::sync::{Semaphore, watch};
+use tracing::{error, info, warn};
 
-use crate::config::AdminConfig;
-use crate::control::{Control, ControlError, ListenerStatus, Source, SwapReport, Version};
-use crate::listener::{InstanceMode, Limit, Limits};
+use crate::config::{AdminConfig, AdminListen};
+use crate::control::{Control, ControlError, ListenerStatus, Source, SwapReport, Version, pem_hash};
+use crate::listener::{InstanceMode, Limit, Limits, Termination};
+use crate::tls::ServerTls;
+use endpoint::Endpoint;
 
 /// The largest component an upload may carry: as large as a plugin file may be.
 pub const MAX_UPLOAD: usize = crate::plugin::MAX_COMPONENT;
@@ -54,14 +60,18 @@ pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Why the admin API could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    /// Its address cannot be bound (busy, or not this machine's).
+    /// Its address cannot be bound (busy, or not this machine's), or its socket file
+    /// cannot be made.
     #[error("admin API: cannot listen on {address}: {source}")]
     Bind {
-        /// The configured address.
-        address: SocketAddr,
+        /// The configured address (`IP:PORT` or `unix:/path`).
+        address: String,
         /// Why.
         source: std::io::Error,
     },
+    /// Its own certificate or key was refused.
+    #[error("admin API: {0}")]
+    Tls(crate::tls::TlsError),
     /// Its runtime or thread could not be started.
     #[error("admin API: cannot start: {0}")]
     Start(std::io::Error),
@@ -69,15 +79,18 @@ pub enum AdminError {
 
 /// The running admin API. Dropping it (or [`AdminHandle::stop`]) stops it.
 pub struct AdminHandle {
-    address: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
+    address: String,
+    stop: Option<watch::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    /// Follows the HTTPS certificate and key files, if there are any.
+    _certificate: Option<crate::watch::Watcher>,
 }
 
 impl AdminHandle {
-    /// The address it is bound to (the configured one, with the port it got).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.address
+    /// Where it is bound, as a client names it: `IP:PORT` (with the port it got),
+    /// `https://IP:PORT` or `unix:/path`.
+    pub fn local_addr(&self) -> &str {
+        &self.address
     }
 
     /// Stop serving: requests under way are finished, then the thread exits.
@@ -87,7 +100,7 @@ impl AdminHandle {
 
     fn shut_down(&mut self) {
         if let Some(stop) = self.stop.take() {
-            // The thread may have ended already (its server failed): nothing to tell.
+            // The servers may have ended already (they failed): nothing to tell.
             let _ = stop.send(());
         }
         if let Some(thread) = self.thread.take()
@@ -104,33 +117,71 @@ impl Drop for AdminHandle {
     }
 }
 
-/// Bind the admin API's address and serve it on a thread of its own until the
-/// returned handle is stopped or dropped.
+/// Bind the admin API's address (and its health address, if any) and serve them on a
+/// thread of their own until the returned handle is stopped or dropped.
 pub fn serve(config: &AdminConfig, control: Control) -> Result<AdminHandle, AdminError> {
-    let address = config.address;
-    let bind = |source| AdminError::Bind { address, source };
-    let listener = TcpListener::bind(address).map_err(bind)?;
-    listener.set_nonblocking(true).map_err(bind)?;
-    let bound = listener.local_addr().map_err(bind)?;
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build().map_err(AdminError::Start)?;
-    let listener = {
-        let _context = runtime.enter();
-        tokio::net::TcpListener::from_std(listener).map_err(bind)?
+    let tls = match &config.listen {
+        AdminListen::Tcp { tls: Some(files), .. } => {
+            Some(endpoint::server_tls(&files.certificate, &files.key).map_err(AdminError::Tls)?)
+        }
+        _ => None,
     };
-    let app = router(Api { control, token: config.token.clone(), uploads: Arc::new(Semaphore::new(UPLOADS)) });
-    let (stop, stopped) = oneshot::channel::<()>();
+    let named = match &config.listen {
+        AdminListen::Tcp { address, .. } => address.to_string(),
+        AdminListen::Unix(path) => format!("unix:{}", path.display()),
+    };
+    let (api, health) = {
+        let _context = runtime.enter();
+        let bind = |address: String| move |source| AdminError::Bind { address, source };
+        let api = Endpoint::bind(&config.listen, tls.as_ref().map(|(tls, _)| tls)).map_err(bind(named.clone()))?;
+        let health = config.health_address.map(|address| Endpoint::tcp(address).map_err(bind(address.to_string())));
+        (api, health.transpose()?)
+    };
+    let address = api.describe().map_err(|source| AdminError::Bind { address: named, source })?;
+    let health_address = health.as_ref().map(Endpoint::describe).transpose().map_err(AdminError::Start)?;
+    let shared = Api { control, token: config.token.clone(), uploads: Arc::new(Semaphore::new(UPLOADS)) };
+    let (stop, stopped) = watch::channel(());
+    let (app, probes) = (router(shared.clone()), health_routes().with_state(shared));
+    let health_stopped = stopped.clone();
     let thread = std::thread::Builder::new()
         .name("sandport-admin".into())
         .spawn(move || {
-            runtime.block_on(connections::serve(listener, app, stopped));
+            runtime.block_on(async move {
+                let health = async move {
+                    if let Some(health) = health {
+                        connections::serve(health, probes, health_stopped).await;
+                    }
+                };
+                tokio::join!(connections::serve(api, app, stopped), health);
+            });
             // A control call still running on the blocking pool (a compile) would keep
             // the process from exiting: it is left to end with the process.
             runtime.shutdown_background();
         })
         .map_err(AdminError::Start)?;
-    info!(address = %bound, "admin API listening");
-    Ok(AdminHandle { address: bound, stop: Some(stop), thread: Some(thread) })
+    info!(address = %address, "admin API listening");
+    if let Some(health) = &health_address {
+        info!(health = %health, "admin health checks listening");
+    }
+    let certificate = tls.and_then(|(tls, termination)| follow_certificate(tls, termination));
+    Ok(AdminHandle { address, stop: Some(stop), thread: Some(thread), _certificate: certificate })
+}
+
+/// Follow the HTTPS certificate and key files: a renewed pair (a Secret's update, a
+/// `cert-manager` renewal) serves new handshakes, and one refused leaves the old
+/// serving. Not following them is not fatal: the API still serves the one it has.
+fn follow_certificate(tls: ServerTls, termination: Termination) -> Option<crate::watch::Watcher> {
+    let files =
+        vec![("admin".to_owned(), termination.certificate.clone()), ("admin".to_owned(), termination.key.clone())];
+    let reload = move |_: &str, file: &std::path::Path, _: &str| match tls.reload(&termination) {
+        Ok(certificate) => info!(file = %file.display(), "admin API certificate reloaded: {certificate}"),
+        Err(err) => warn!("admin API certificate not reloaded, the old one keeps serving: {err}"),
+    };
+    crate::watch::Watcher::start(files, Arc::new(pem_hash), None, reload)
+        .inspect_err(|err| warn!("{err}; the admin API's certificate files are not followed"))
+        .ok()
 }
 
 /// What every request handler shares.
@@ -151,8 +202,12 @@ fn router(api: Api) -> Router {
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
     // Health checks stay open: probes and load balancers carry no token.
-    let open = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz));
-    guarded.merge(open).with_state(api)
+    guarded.merge(health_routes()).with_state(api)
+}
+
+/// `/healthz` and `/readyz` alone: what the health address serves.
+fn health_routes() -> Router<Api> {
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
 }
 
 /// Requests without the configured bearer token get 401.

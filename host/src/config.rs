@@ -15,7 +15,10 @@
 //! shutdown-grace-ms = 5000                            # SIGTERM: let connections finish
 //!
 //! [admin]                                             # the admin API; off without this table
-//! address = "127.0.0.1:9901"                          # beyond loopback a token is required
+//! listen = "127.0.0.1:9901"                           # or "unix:/run/sandport/admin.sock" (mode 0600)
+//! tls-cert = "/etc/sandport/admin/tls.crt"            # HTTPS with a certificate of its own: required
+//! tls-key = "/etc/sandport/admin/tls.key"             #   (with a token) when `listen` is beyond loopback
+//! health-address = "0.0.0.0:9902"                    # plain HTTP, /healthz and /readyz only
 //! token-env = "SANDPORT_ADMIN_TOKEN"                  # or token = "..."
 //!
 //! [oci]                                               # plugins pulled from OCI registries
@@ -90,17 +93,48 @@ pub enum LogFormat {
     Json,
 }
 
-/// The admin API (`[admin]`): where it listens and the token it requires.
+/// The admin API (`[admin]`): where it listens, how, and the token it requires.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
-    /// Its own listen address (`address`, default [`DEFAULT_ADMIN_ADDRESS`]).
-    pub address: SocketAddr,
+    /// Where the API listens (`listen`, or its old name `address`; default
+    /// [`DEFAULT_ADMIN_ADDRESS`]).
+    pub listen: AdminListen,
+    /// A plain-HTTP address that answers `/healthz` and `/readyz` and nothing else
+    /// (`health-address`): for probes that carry no token and no CA, such as the
+    /// kubelet's, while the API itself is HTTPS or a Unix socket.
+    pub health_address: Option<SocketAddr>,
     /// The bearer token every request must carry (`token`, or the environment
-    /// variable named by `token-env`). Required unless `address` is a loopback one.
+    /// variable named by `token-env`). Required unless the API listens on a loopback
+    /// address or a Unix socket.
     pub token: Option<String>,
 }
 
-/// Where the admin API listens unless `[admin] address` says otherwise, and where the
+/// Where and how the admin API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    /// A TCP address: plain HTTP on loopback only; beyond it, HTTPS.
+    Tcp {
+        /// The address.
+        address: SocketAddr,
+        /// Its own certificate and key (`tls-cert`, `tls-key`), for HTTPS.
+        tls: Option<AdminTls>,
+    },
+    /// A Unix socket (`unix:/path`), made mode 0600: whoever may open it may
+    /// administer, so the file's owner is the access control.
+    Unix(PathBuf),
+}
+
+/// The admin API's own certificate chain and key, PEM files (a Kubernetes
+/// `kubernetes.io/tls` Secret's `tls.crt` and `tls.key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTls {
+    /// The certificate chain, leaf first.
+    pub certificate: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
+}
+
+/// Where the admin API listens unless `[admin] listen` says otherwise, and where the
 /// client subcommands look for it.
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
 
@@ -240,7 +274,11 @@ enum CacheDirToml {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct AdminToml {
-    address: Option<String>,
+    #[serde(alias = "address")]
+    listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    health_address: Option<String>,
     token: Option<String>,
     token_env: Option<String>,
 }
@@ -372,7 +410,7 @@ impl Config {
         if let Some(ms) = file.shutdown_grace_ms {
             config.shutdown_grace = Duration::from_millis(ms);
         }
-        config.admin = file.admin.map(|admin| admin.validate()).transpose().map_err(invalid)?;
+        config.admin = file.admin.map(|admin| admin.validate(base)).transpose().map_err(invalid)?;
         let pulls = config.listeners.iter().any(|l| l.artifact.is_some());
         if file.oci.is_some() || pulls {
             let oci = file.oci.unwrap_or_default().validate(base, config.cache_dir.as_deref()).map_err(invalid)?;
@@ -490,12 +528,38 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 }
 
 impl AdminToml {
-    fn validate(self) -> Result<AdminConfig, String> {
-        let text = self.address.as_deref().unwrap_or(DEFAULT_ADMIN_ADDRESS);
-        let address: SocketAddr = text
-            .trim()
-            .parse()
-            .map_err(|_| format!("admin.address `{text}` is not IP:PORT (e.g. {DEFAULT_ADMIN_ADDRESS})"))?;
+    fn validate(self, base: &Path) -> Result<AdminConfig, String> {
+        let text = self.listen.as_deref().unwrap_or(DEFAULT_ADMIN_ADDRESS).trim();
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(certificate), Some(key)) => {
+                Some(AdminTls { certificate: base.join(certificate), key: base.join(key) })
+            }
+            (None, None) => None,
+            _ => return Err("admin: give tls-cert and tls-key together".into()),
+        };
+        let listen = match text.strip_prefix("unix:") {
+            Some("") => return Err("admin.listen `unix:` names no socket: give unix:/path/to/admin.sock".into()),
+            Some(_) if tls.is_some() => {
+                return Err("admin: tls-cert and tls-key are for a TCP address, not a unix: socket".into());
+            }
+            Some(path) => AdminListen::Unix(base.join(path)),
+            None => {
+                let address = text.parse().map_err(|_| {
+                    format!(
+                        "admin.listen `{text}` is neither IP:PORT (e.g. {DEFAULT_ADMIN_ADDRESS}) nor unix:/path/to/admin.sock"
+                    )
+                })?;
+                AdminListen::Tcp { address, tls }
+            }
+        };
+        let health_address = self
+            .health_address
+            .map(|text| {
+                text.trim()
+                    .parse()
+                    .map_err(|_| format!("admin.health-address `{text}` is not IP:PORT (e.g. 0.0.0.0:9902)"))
+            })
+            .transpose()?;
         let token =
             match (self.token, self.token_env) {
                 (Some(_), Some(_)) => return Err("admin: give token or token-env, not both".into()),
@@ -508,12 +572,24 @@ impl AdminToml {
         if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             return Err("admin: the token is empty".into());
         }
-        if token.is_none() && !address.ip().is_loopback() {
-            return Err(format!(
-                "admin.address {address} is reachable beyond this machine: set admin.token or admin.token-env"
-            ));
+        if let AdminListen::Tcp { address, tls } = &listen
+            && !address.ip().is_loopback()
+        {
+            // A bearer token sent in plain HTTP can be read by anyone on the way.
+            if tls.is_none() {
+                return Err(format!(
+                    "admin.listen {address} is reachable beyond this machine over plain HTTP, where the token \
+                     would cross the network in the clear: give admin.tls-cert and admin.tls-key (HTTPS), or \
+                     listen on a loopback address or a unix:/path socket"
+                ));
+            }
+            if token.is_none() {
+                return Err(format!(
+                    "admin.listen {address} is reachable beyond this machine: set admin.token or admin.token-env"
+                ));
+            }
         }
-        Ok(AdminConfig { address, token })
+        Ok(AdminConfig { listen, health_address, token })
     }
 }
 
@@ -979,7 +1055,10 @@ mod tests {
             log-format = "json"
             shutdown-grace-ms = 250
             [admin]
-            address = "0.0.0.0:9000"
+            listen = "0.0.0.0:9000"
+            tls-cert = "admin/tls.crt"
+            tls-key = "admin/tls.key"
+            health-address = "0.0.0.0:9001"
             token = "secret"
             [[listener]]
             name = "a"
@@ -1000,7 +1079,13 @@ mod tests {
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.shutdown_grace, Duration::from_millis(250));
         let admin = config.admin.as_ref().unwrap();
-        assert_eq!((admin.address, admin.token.as_deref()), ("0.0.0.0:9000".parse().unwrap(), Some("secret")));
+        let tls =
+            AdminTls { certificate: "/etc/sandport/admin/tls.crt".into(), key: "/etc/sandport/admin/tls.key".into() };
+        assert_eq!(admin.listen, AdminListen::Tcp { address: "0.0.0.0:9000".parse().unwrap(), tls: Some(tls) });
+        assert_eq!(
+            (admin.health_address, admin.token.as_deref()),
+            (Some("0.0.0.0:9001".parse().unwrap()), Some("secret"))
+        );
         let (a, b) = (&config.listeners[0], &config.listeners[1]);
         assert!(a.watch && !b.watch, "the top-level watch is a default a listener overrides");
         assert_eq!(a.drain_timeout, Duration::from_millis(700));
@@ -1014,9 +1099,25 @@ mod tests {
         assert_eq!(quiet.log_format, LogFormat::Text);
         assert_eq!(quiet.admin, None);
         let loopback = parse(&format!("[admin]\n{listener}")).unwrap().admin.unwrap();
-        assert_eq!((loopback.address.to_string().as_str(), loopback.token), (DEFAULT_ADMIN_ADDRESS, None));
-        let open = parse(&format!("[admin]\naddress = \"0.0.0.0:9901\"\n{listener}")).unwrap_err().to_string();
+        let default = AdminListen::Tcp { address: DEFAULT_ADMIN_ADDRESS.parse().unwrap(), tls: None };
+        assert_eq!((loopback.listen, loopback.health_address, loopback.token), (default, None, None));
+        let old_name = parse(&format!("[admin]\naddress = \"127.0.0.2:9\"\n{listener}")).unwrap().admin.unwrap();
+        assert_eq!(old_name.listen, AdminListen::Tcp { address: "127.0.0.2:9".parse().unwrap(), tls: None });
+        let socket = parse(&format!("[admin]\nlisten = \"unix:run/admin.sock\"\n{listener}")).unwrap().admin.unwrap();
+        assert_eq!((socket.listen, socket.token), (AdminListen::Unix("/etc/sandport/run/admin.sock".into()), None));
+        let admin = |keys: &str| parse(&format!("[admin]\n{keys}\n{listener}")).unwrap_err().to_string();
+        let plain = admin("listen = \"0.0.0.0:9901\"\ntoken = \"t\"");
+        assert!(plain.contains("over plain HTTP, where the token would cross the network in the clear"), "{plain}");
+        let open = admin("listen = \"0.0.0.0:9901\"\ntls-cert = \"c\"\ntls-key = \"k\"");
         assert!(open.contains("set admin.token or admin.token-env"), "{open}");
+        let half = admin("tls-cert = \"c\"");
+        assert!(half.contains("give tls-cert and tls-key together"), "{half}");
+        let unix_tls = admin("listen = \"unix:/a.sock\"\ntls-cert = \"c\"\ntls-key = \"k\"");
+        assert!(unix_tls.contains("not a unix: socket"), "{unix_tls}");
+        let nothing = admin("listen = \"unix:\"");
+        assert!(nothing.contains("names no socket"), "{nothing}");
+        let bad_health = admin("health-address = \"healthy\"");
+        assert!(bad_health.contains("admin.health-address `healthy` is not IP:PORT"), "{bad_health}");
         let unset =
             parse(&format!("[admin]\ntoken-env = \"SANDPORT_NO_SUCH_VARIABLE\"\n{listener}")).unwrap_err().to_string();
         assert!(unset.contains("`SANDPORT_NO_SUCH_VARIABLE` is not set"), "{unset}");

@@ -35,7 +35,7 @@ use crate::reactor::{Command, Commands, Counts, FaultNotice, GateCounts, Slots, 
 
 pub use artifacts::ArtifactStatus;
 pub(crate) use artifacts::Artifacts;
-pub use follow::{watched, watched_certificates};
+pub use follow::{pem_hash, watched, watched_certificates};
 pub use preflight::PreflightError;
 pub(crate) use preflight::preflight;
 pub use reload::{AddError, ReloadReport};

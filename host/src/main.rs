@@ -1,6 +1,6 @@
 //! The `sandport` command: serve plugins, check or precompile one, push one to or pull
-//! one from an OCI registry, or ask a running
-//! server's admin API for its listeners and to swap or roll back their plugins.
+//! one from an OCI registry, or ask a running server's admin API for its listeners and
+//! to swap or roll back their plugins.
 
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use sandport::admin;
-use sandport::config::{self, Config, DEFAULT_ADMIN_ADDRESS, LogFormat};
+use sandport::config::{self, Config, LogFormat};
 use sandport::control::{Control, watched, watched_certificates};
 use sandport::oci;
 use sandport::plugin::Runtime;
@@ -25,6 +25,10 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
+
+use admin_client::{AdminArgs, AdminClient};
+
+mod admin_client;
 
 /// A WebAssembly plugin host for sandboxed connection handlers.
 #[derive(Parser)]
@@ -133,17 +137,6 @@ enum Command {
     },
 }
 
-/// Where the admin API is and how to get in.
-#[derive(Args)]
-struct AdminArgs {
-    /// The admin API's address.
-    #[arg(long = "admin", value_name = "ADDR", default_value = DEFAULT_ADMIN_ADDRESS)]
-    address: String,
-    /// Its bearer token [default: $SANDPORT_ADMIN_TOKEN].
-    #[arg(long)]
-    token: Option<String>,
-}
-
 /// How `push` and `pull` reach a registry: the `[oci]` table of a config file, or the
 /// defaults, with these flags on top.
 #[derive(Args)]
@@ -219,9 +212,6 @@ impl RegistryArgs {
     }
 }
 
-/// The environment variable the client subcommands take the token from.
-const TOKEN_ENV: &str = "SANDPORT_ADMIN_TOKEN";
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -238,9 +228,9 @@ fn main() -> ExitCode {
             init_logging(LogFormat::Text);
             pull(&reference, output, registry)
         }
-        Command::Status { admin } => AdminClient::new(admin).status(),
-        Command::Swap { name, file, admin } => AdminClient::new(admin).swap(&name, &file),
-        Command::Rollback { name, admin } => AdminClient::new(admin).rollback(&name),
+        Command::Status { admin } => AdminClient::new(admin).and_then(|client| client.status()),
+        Command::Swap { name, file, admin } => AdminClient::new(admin).and_then(|client| client.swap(&name, &file)),
+        Command::Rollback { name, admin } => AdminClient::new(admin).and_then(|client| client.rollback(&name)),
         Command::Compile { file, output } => {
             init_logging(LogFormat::Text);
             compile(file, output)
@@ -492,133 +482,4 @@ fn compile(file: PathBuf, output: Option<PathBuf>) -> anyhow::Result<()> {
     temporary.persist(&output).with_context(|| format!("{}: cannot write", output.display()))?;
     println!("{}: compiled to {} ({} bytes)", file.display(), output.display(), precompiled.len());
     Ok(())
-}
-
-/// The client side of the admin API, for the `status`, `swap` and `rollback`
-/// subcommands.
-struct AdminClient {
-    address: String,
-    token: Option<String>,
-    agent: ureq::Agent,
-}
-
-impl AdminClient {
-    fn new(args: AdminArgs) -> AdminClient {
-        let config = ureq::Agent::config_builder()
-            // Every answer is read: a refusal's body says why.
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(5)))
-            .build();
-        let token = args.token.or_else(|| std::env::var(TOKEN_ENV).ok()).filter(|token| !token.is_empty());
-        AdminClient { address: args.address, token, agent: config.into() }
-    }
-
-    fn status(&self) -> anyhow::Result<()> {
-        let answer = self.answer(self.authorize(self.agent.get(self.url("/listeners"))).call(), "/listeners")?;
-        let listeners = answer.ok()?;
-        let listeners = listeners.as_array().context("the admin API's /listeners is not a list")?;
-        for l in listeners {
-            let hash = l["hash"].as_str().unwrap_or("");
-            let connections = &l["connections"];
-            let total = connections["accepted"].as_u64().unwrap_or(0) + connections["dialed"].as_u64().unwrap_or(0);
-            println!(
-                "{name}  {address}  v{version} {hash}  {instance}  open {open}/{total}  swaps {swaps}",
-                name = text(&l["name"]),
-                address = text(&l["address"]),
-                version = l["version"],
-                hash = &hash[..hash.len().min(12)],
-                instance = text(&l["instance"]),
-                open = l["open"],
-                swaps = l["swaps"],
-            );
-        }
-        Ok(())
-    }
-
-    fn swap(&self, name: &str, file: &Path) -> anyhow::Result<()> {
-        let bytes = sandport::plugin::read_component(file)?;
-        let path = format!("/listeners/{name}/plugin");
-        let request = self.authorize(self.agent.put(self.url(&path))).header("Content-Type", "application/wasm");
-        self.answer(request.send(&bytes[..]), &path)?.report(name)
-    }
-
-    fn rollback(&self, name: &str) -> anyhow::Result<()> {
-        let path = format!("/listeners/{name}/rollback");
-        self.answer(self.authorize(self.agent.post(self.url(&path))).send_empty(), &path)?.report(name)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.address)
-    }
-
-    fn authorize<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        match &self.token {
-            Some(token) => request.header("Authorization", format!("Bearer {token}")),
-            None => request,
-        }
-    }
-
-    /// The JSON answer to a request sent to `path`.
-    fn answer(
-        &self,
-        outcome: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-        path: &str,
-    ) -> anyhow::Result<Answer> {
-        let no_api = || format!("no admin API at {}: is the server running with an [admin] table?", self.address);
-        let mut response = outcome.with_context(no_api)?;
-        let status = response.status().as_u16();
-        if status == 401 {
-            bail!("the admin API at {} wants its token: give --token or set {TOKEN_ENV}", self.address);
-        }
-        let body = response
-            .body_mut()
-            .read_json()
-            .with_context(|| format!("{}{path}: the answer ({status}) is not JSON", self.address))?;
-        Ok(Answer { status, body })
-    }
-}
-
-/// A status code and the JSON that came with it.
-struct Answer {
-    status: u16,
-    body: serde_json::Value,
-}
-
-impl Answer {
-    /// The body of a 200, or the error the API gave.
-    fn ok(self) -> anyhow::Result<serde_json::Value> {
-        match self.status {
-            200 => Ok(self.body),
-            _ => Err(self.error()),
-        }
-    }
-
-    /// The error the API gave, with its status.
-    fn error(&self) -> anyhow::Error {
-        anyhow!("the admin API answered {}: {}", self.status, text(&self.body["error"]))
-    }
-
-    /// Print what became of a swap or rollback; an error when it did not take over.
-    fn report(self, name: &str) -> anyhow::Result<()> {
-        let serving = &self.body["serving"];
-        let hash = serving["hash"].as_str().unwrap_or("");
-        let version = format!("version {} ({})", serving["number"], &hash[..hash.len().min(12)]);
-        match self.status {
-            200 => {
-                let (migrated, draining) = (&self.body["migrated"], &self.body["draining"]);
-                println!("{name}: {version} took over; {migrated} connections migrated, {draining} draining");
-                Ok(())
-            }
-            422 => bail!("{name}: refused: {}; {version} still serving", text(&self.body["refused"])),
-            _ => Err(self.error()),
-        }
-    }
-}
-
-/// A JSON string as text (other values as JSON).
-fn text(value: &serde_json::Value) -> String {
-    match value {
-        serde_json::Value::String(text) => text.clone(),
-        other => other.to_string(),
-    }
 }

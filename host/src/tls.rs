@@ -29,6 +29,9 @@ use std::path::PathBuf;
 pub use certificate::Certificate;
 pub use client::{ClientTls, system_roots};
 pub use info::{info, server_info};
+/// The crypto provider every TLS configuration of sandport is built with, for a
+/// client (the admin subcommands) that must make its own.
+pub use provider::get as crypto_provider;
 pub use router::{Name, Router};
 pub use server::ServerTls;
 

@@ -20,7 +20,7 @@ use crate::harness::{
 /// An `[admin]` table (top-level keys must come before it).
 pub(crate) fn admin_table(address: &str, token: Option<&str>) -> String {
     let token = token.map(|token| format!("token = \"{token}\"\n")).unwrap_or_default();
-    format!("[admin]\naddress = \"{address}\"\n{token}\n")
+    format!("[admin]\nlisten = \"{address}\"\n{token}\n")
 }
 
 /// A server with an admin API on a free port of 127.0.0.1 and these listeners.
@@ -54,8 +54,6 @@ impl Admin {
     /// The admin API the server says it listens on (`admin API listening address=...`).
     pub(crate) fn of(server: &Server, token: Option<&str>) -> Admin {
         let address = admin_address(server);
-        // Bound to every interface: reach it through loopback.
-        let address = SocketAddr::from(([127, 0, 0, 1], address.port()));
         let config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(PATIENCE)).build();
         Admin { address, token: token.map(str::to_owned), agent: config.into() }
     }
@@ -206,7 +204,7 @@ fn metrics_move_by_exactly_the_traffic() {
 
 #[test]
 fn the_token_guards_everything_but_health_checks() {
-    let server = Server::start(&(admin_table("0.0.0.0:0", Some("s3cret")) + &listener("echo", plugins::ECHO, "")));
+    let server = Server::start(&(admin_table("127.0.0.1:0", Some("s3cret")) + &listener("echo", plugins::ECHO, "")));
     let without = Admin::of(&server, None);
     let wrong = Admin::of(&server, Some("s3cre"));
     let with = Admin::of(&server, Some("s3cret"));

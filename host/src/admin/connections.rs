@@ -6,7 +6,8 @@
 //! them for good. So it accepts at most [`MAX_CONNECTIONS`] at once (the next waits in
 //! the kernel's backlog until one closes), closes a connection whose request headers
 //! take longer than [`HEADER_TIMEOUT`] (which also ends a kept-alive connection left
-//! idle), and on stop lets the requests under way finish for up to a second.
+//! idle, and bounds a TLS handshake), and on stop lets the requests under way finish
+//! for up to a second.
 //!
 //! It owns the accept loop only; what a request means is the router's.
 
@@ -17,9 +18,10 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, watch};
 use tracing::warn;
+
+use super::endpoint::Endpoint;
 
 /// Connections the admin API holds at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -36,39 +38,43 @@ const DRAIN: Duration = Duration::from_secs(1);
 /// After an accept fails (descriptors ran out), how long to wait before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serve `app` on `listener` until `stop` fires (or its sender is dropped), then let
+/// Serve `app` on `endpoint` until `stop` changes (or its sender is dropped), then let
 /// the requests under way finish.
-pub async fn serve(listener: TcpListener, app: Router, mut stop: oneshot::Receiver<()>) {
+pub async fn serve(endpoint: Endpoint, app: Router, mut stop: watch::Receiver<()>) {
     let slots = std::sync::Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let graceful = GracefulShutdown::new();
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-            _ = &mut stop => break,
+            _ = stop.changed() => break,
         };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+        let accepted = tokio::select! {
+            accepted = endpoint.accept() => match accepted {
+                Ok(accepted) => accepted,
                 Err(err) => {
                     warn!("admin API: cannot accept a connection: {err}");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
-            _ = &mut stop => break,
+            _ = stop.changed() => break,
         };
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let connection = graceful.watch(connection);
+        let (app, graceful) = (app.clone(), graceful.watcher());
         tokio::spawn(async move {
-            // An error here is the client's (gone, or too slow): nothing to report.
-            let _ = connection.await;
+            // An error here is the client's (gone, too slow, or a failed handshake):
+            // nothing to report.
+            let Ok(Ok(stream)) = tokio::time::timeout(HEADER_TIMEOUT, accepted.open()).await else {
+                return;
+            };
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+            let _ = graceful.watch(connection).await;
             drop(slot);
         });
     }
-    drop(listener);
+    drop(endpoint);
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         warn!("admin API: requests still under way {DRAIN:?} after the stop were cut off");
     }

@@ -102,8 +102,9 @@ pub fn watched_certificates(config: &Config) -> Vec<(String, PathBuf)> {
     files
 }
 
-/// A hash of the PEM file at `path`; `None` if it cannot be read or is empty.
-fn pem_hash(path: &Path) -> Option<String> {
+/// A hash of the PEM file at `path`; `None` if it cannot be read or is empty: what
+/// tells one content of a certificate or key file from another, for a [`Watcher`].
+pub fn pem_hash(path: &Path) -> Option<String> {
     let bytes = crate::regular_file::read(path, crate::tls::FILE_CAP).ok().filter(|bytes| !bytes.is_empty())?;
     Some(plugin::content_hash(&bytes))
 }

@@ -18,7 +18,7 @@ use rustls::server::ProducesTickets;
 
 /// The provider every configuration of this module is built with: aws-lc-rs's
 /// defaults, but with the key exchanges in the order an edge server wants them.
-pub(crate) fn get() -> Arc<CryptoProvider> {
+pub fn get() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     let provider = PROVIDER.get_or_init(|| {
         // The default puts P-384 before X25519; P-384 costs about six times as much
