@@ -22,6 +22,7 @@ mod faults;
 mod host_log;
 mod hostile;
 mod http;
+mod image;
 mod instances;
 mod isolation;
 mod limits;
