@@ -28,12 +28,10 @@ command -v musl-gcc >/dev/null || die "musl-gcc is missing (Debian: apt-get inst
 rustup target list --installed 2>/dev/null | grep -qx "$triple" || die "rustup target add $triple"
 
 # aws-lc-sys builds C: with musl's gcc wrapper it compiles against musl's headers and
-# links into the static binary. The release profile's line tables are stripped: they
-# would double the binary and the image, and a panic's backtrace still names functions.
+# links into the static binary.
 export CC_x86_64_unknown_linux_musl=${CC_x86_64_unknown_linux_musl:-musl-gcc}
 start=$(date +%s)
-cargo build --release --locked --target "$triple" -p sandport --bin sandport \
-    --target-dir "$target_dir" --config 'profile.release.strip="debuginfo"'
+cargo build --release --locked --target "$triple" -p sandport --bin sandport --target-dir "$target_dir"
 echo "image.sh: the static sandport built in $(($(date +%s) - start)) s"
 bin=$target_dir/$triple/release/sandport
 readelf --program-headers "$bin" | grep -q INTERP && die "$bin is not static (it names an interpreter)"
@@ -48,8 +46,14 @@ fi
 
 context=$target_dir/context
 rm -rf "$context"
-mkdir -p "$context/rootfs/plugins" "$context/rootfs/etc/sandport" "$context/rootfs/tmp" "$context/cache/sandport"
-install -m 0755 "$bin" "$context/rootfs/sandport"
+# /var/cache comes with rootfs/, owned by root; only its sandport folder is the user's.
+mkdir -p "$context/rootfs/plugins" "$context/rootfs/etc/sandport" "$context/rootfs/tmp" "$context/rootfs/var/cache" \
+    "$context/cache/sandport"
+# Stripped: the release profile's line tables (150 MB) and the symbol table (8 MB) are
+# left out of the image; the unstripped binary beside the build (same code) reads a
+# backtrace's addresses.
+strip --strip-all -o "$context/rootfs/sandport" "$bin"
+chmod 0755 "$context/rootfs/sandport"
 for plugin in echo chat http_hello tcp_proxy; do
     install -m 0644 "$plugins/$plugin.wasm" "$context/rootfs/plugins/$plugin.wasm"
 done
