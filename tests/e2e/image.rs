@@ -90,7 +90,13 @@ fn unpack(image: &Image) -> tempfile::TempDir {
     let archive = tempfile::tempdir().unwrap();
     let tar = archive.path().join("rootfs.tar");
     run(Command::new("podman").arg("export").arg("--output").arg(&tar).arg(&container.id));
-    run(Command::new("tar").arg("--extract").arg("--same-owner").arg("--file").arg(&tar).arg("--directory").arg(rootfs.path()));
+    run(Command::new("tar")
+        .arg("--extract")
+        .arg("--same-owner")
+        .arg("--file")
+        .arg(&tar)
+        .arg("--directory")
+        .arg(rootfs.path()));
     rootfs
 }
 
@@ -181,7 +187,8 @@ fn the_image_is_small_has_no_shell_and_serves_its_plugins_as_its_user() {
         .map(|(key, value)| (key.to_owned(), value.to_owned()))
         .collect();
     assert!(env.iter().any(|(key, value)| key == "XDG_CACHE_HOME" && value == "/var/cache"), "{env:?}");
-    let served = on_free_ports(&std::fs::read_to_string(rootfs.path().join(config_path.trim_start_matches('/'))).unwrap());
+    let served =
+        on_free_ports(&std::fs::read_to_string(rootfs.path().join(config_path.trim_start_matches('/'))).unwrap());
     std::fs::write(rootfs.path().join("tmp/sandport.toml"), &served).unwrap();
 
     let cache = rootfs.path().join("var/cache/sandport");
