@@ -30,6 +30,14 @@ use admin_client::{AdminArgs, AdminClient};
 
 mod admin_client;
 
+/// The allocator of the static (musl) build, the one the container image carries:
+/// with musl's own malloc a fresh connection cost 1.16-1.30x the server CPU it costs
+/// with glibc's, with mimalloc 0.90-0.99x (BENCHMARKS.md, "Container image"). glibc
+/// builds keep glibc's.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A WebAssembly plugin host for sandboxed connection handlers.
 #[derive(Parser)]
 #[command(version, about)]

@@ -132,6 +132,13 @@ impl Server {
         Server::spawn(sandport().args(args), listeners, tempfile::tempdir().unwrap())
     }
 
+    /// Start a server from a command of the test's own making (another binary than
+    /// [`sandport`]'s, or the binary run through a wrapper that `exec`s it, so that the
+    /// process started is the server), expecting `listeners` listeners.
+    pub fn start_command(command: &mut Command, listeners: usize) -> Server {
+        Server::spawn(command, listeners, tempfile::tempdir().unwrap())
+    }
+
     fn spawn(command: &mut Command, listeners: usize, dir: tempfile::TempDir) -> Server {
         let mut child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
