@@ -97,7 +97,7 @@ impl Admin {
     }
 
     /// Every sample of `/metrics`, by name and labels (`name{label="value"}`).
-    fn metrics(&self) -> Metrics {
+    pub(crate) fn metrics(&self) -> Metrics {
         let answer = self.get("/metrics");
         assert_eq!(answer.status, 200, "{}", answer.body);
         assert!(answer.content_type.starts_with("text/plain; version=0.0.4"), "{}", answer.content_type);
@@ -123,13 +123,13 @@ impl Admin {
     }
 }
 
-struct Metrics {
+pub(crate) struct Metrics {
     samples: HashMap<String, f64>,
     text: String,
 }
 
 impl Metrics {
-    fn get(&self, key: &str) -> f64 {
+    pub(crate) fn get(&self, key: &str) -> f64 {
         *self.samples.get(key).unwrap_or_else(|| panic!("no sample {key} in:\n{}", self.text))
     }
 }

@@ -180,6 +180,16 @@ fn a_version_refused_or_rolled_back_by_every_node_is_not_taken_again() {
         assert_eq!(log.matches("swapping its new digest in").count(), 2, "{log}");
         let pulls = node.artifact()["pulls"].as_u64().unwrap();
         assert!(pulls >= 3, "the node went on looking at the tag: {pulls} answers");
+        // What an operator alerts on: the digest serving and the one refused.
+        let metrics = node.admin.metrics();
+        let serving =
+            format!("sandport_plugin_artifact{{listener=\"app\",reference=\"{reference}\",digest=\"{first}\"}}");
+        assert_eq!(metrics.get(&serving), 1.0);
+        assert_eq!(
+            metrics.get(&format!("sandport_plugin_artifact_refused{{listener=\"app\",digest=\"{prober}\"}}")),
+            1.0
+        );
+        assert!(metrics.get("sandport_plugin_pulls_total{listener=\"app\",result=\"ok\"}") >= 3.0);
     }
 }
 
