@@ -174,6 +174,8 @@ fn racing_swaps_and_a_sighup_are_numbered_in_order() {
         })
         .collect();
     server.wait_for_log(&["config reloaded", "swapped=1"]);
+    // A swap's answer can come before its log line has been read from the server.
+    server.wait_for_count("took over listener=svc", SWAPS + 1);
 
     // Versions 2 to 2 + SWAPS, one each: the swaps' and the reload's.
     let log = server.log();
