@@ -1,0 +1,245 @@
+//! RESP on the wire: commands in (arrays of bulk strings, or inline lines), replies out.
+//!
+//! It owns the wire format and its bounds only. It never executes a command and never
+//! touches a connection: a parse looks at the bytes from the start of one command and
+//! says whether the command is whole (its arguments are slices of those bytes, not
+//! copies), how many bytes it needs at least, or why the stream cannot be a command.
+
+/// What the bytes at the start of a buffer hold.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parse<'a> {
+    /// A whole command: its arguments (none for a blank inline line) and its length.
+    Command {
+        /// The command name and its arguments, as they came.
+        args: Vec<&'a [u8]>,
+        /// The bytes it took, to remove from the receive buffer.
+        len: usize,
+    },
+    /// Not a whole command yet: nothing can complete before this many bytes are there.
+    Incomplete(usize),
+}
+
+/// A stream that is not RESP (or exceeds its bounds): answered with `-ERR Protocol
+/// error: ...` and closed, as Redis does, because nothing after it can be framed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ProtocolError(pub String);
+
+/// The longest inline command, as Redis bounds it (`PROTO_INLINE_MAX_SIZE`).
+const MAX_INLINE: usize = 64 * 1024;
+
+/// The longest `*N` or `$N` header line: a 64-bit count and its sign fit, and a
+/// client that sends an endless header is caught early.
+const MAX_HEADER: usize = 32;
+
+/// The fewest bytes an argument of a multibulk can take (`$0\r\n\r\n`): how a count
+/// that could not fit in `max_command` is refused before anything is allocated for it.
+const MIN_ARGUMENT: usize = 6;
+
+/// Parse the command at the start of `buf`; no command may take more than
+/// `max_command` bytes.
+pub fn parse(buf: &[u8], max_command: usize) -> Result<Parse<'_>, ProtocolError> {
+    match buf.first() {
+        None => Ok(Parse::Incomplete(1)),
+        Some(b'*') => parse_multibulk(buf, max_command),
+        Some(_) => parse_inline(buf),
+    }
+}
+
+/// `*N\r\n` then N times `$LEN\r\nBYTES\r\n`.
+fn parse_multibulk(buf: &[u8], max_command: usize) -> Result<Parse<'_>, ProtocolError> {
+    let Some((count, mut at)) = header(buf, 0, "multibulk")? else { return Ok(Parse::Incomplete(buf.len() + 1)) };
+    let count = match count {
+        // Redis takes `*0` and `*-1` as nothing to run.
+        ..=0 => return Ok(Parse::Command { args: Vec::new(), len: at }),
+        n if (n as u64).saturating_mul(MIN_ARGUMENT as u64) > max_command as u64 => {
+            return Err(error("invalid multibulk length"));
+        }
+        n => n as usize,
+    };
+    let mut args = Vec::with_capacity(count.min(16));
+    for _ in 0..count {
+        match buf.get(at) {
+            None => return Ok(Parse::Incomplete(buf.len() + 1)),
+            Some(b'$') => {}
+            Some(&other) => return Err(error(&format!("expected '$', got '{}'", char::from(other)))),
+        }
+        let Some((len, start)) = header(buf, at, "bulk")? else { return Ok(Parse::Incomplete(buf.len() + 1)) };
+        let len = usize::try_from(len).map_err(|_| error("invalid bulk length"))?;
+        let end =
+            start.checked_add(len).filter(|&end| end + 2 <= max_command).ok_or_else(|| error("invalid bulk length"))?;
+        if buf.len() < end + 2 {
+            return Ok(Parse::Incomplete(end + 2));
+        }
+        args.push(&buf[start..end]);
+        // Like Redis, the CRLF after the bytes is skipped, not checked.
+        at = end + 2;
+    }
+    Ok(Parse::Command { args, len: at })
+}
+
+/// A header line at `at` (`*N\r\n` or `$N\r\n`): its number and where the next
+/// line starts, or `None` while the line is not whole.
+fn header(buf: &[u8], at: usize, what: &str) -> Result<Option<(i64, usize)>, ProtocolError> {
+    let line = &buf[at + 1..];
+    let Some(cr) = line.iter().take(MAX_HEADER + 1).position(|&b| b == b'\r') else {
+        return if line.len() > MAX_HEADER { Err(error(&format!("too big {what} count string"))) } else { Ok(None) };
+    };
+    if line.len() < cr + 2 {
+        return Ok(None);
+    }
+    let number = integer(&line[..cr]).ok_or_else(|| error(&format!("invalid {what} length")))?;
+    Ok(Some((number, at + 1 + cr + 2)))
+}
+
+/// A line of words separated by spaces or tabs, ended by `\n` (a `\r` before it is
+/// dropped): what `telnet` or `nc` send.
+fn parse_inline(buf: &[u8]) -> Result<Parse<'_>, ProtocolError> {
+    let Some(newline) = buf.iter().take(MAX_INLINE + 1).position(|&b| b == b'\n') else {
+        return if buf.len() > MAX_INLINE {
+            Err(error("too big inline request"))
+        } else {
+            Ok(Parse::Incomplete(buf.len() + 1))
+        };
+    };
+    let line = &buf[..newline];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let args = line.split(|&b| b == b' ' || b == b'\t').filter(|word| !word.is_empty()).collect();
+    Ok(Parse::Command { args, len: newline + 1 })
+}
+
+fn error(what: &str) -> ProtocolError {
+    ProtocolError(format!("Protocol error: {what}"))
+}
+
+/// A decimal 64-bit integer written the way Redis writes one: an optional `-`, no
+/// `+`, no leading zeros, no spaces (so `"007"` and `" 7"` are not integers, as in
+/// Redis's `string2ll`).
+pub fn integer(text: &[u8]) -> Option<i64> {
+    let digits = text.strip_prefix(b"-").unwrap_or(text);
+    let canonical = match digits {
+        [b'0'] => text.len() == 1,
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    if !canonical {
+        return None;
+    }
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+/// `+TEXT\r\n`.
+pub fn simple(out: &mut Vec<u8>, text: &str) {
+    line(out, b'+', text.as_bytes());
+}
+
+/// `-MESSAGE\r\n`; a CR or LF in the message (a client's argument echoed in it)
+/// becomes a space, so the reply stays one line.
+pub fn error_reply(out: &mut Vec<u8>, message: &str) {
+    let clean: Vec<u8> = message.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }).collect();
+    line(out, b'-', &clean);
+}
+
+/// `:N\r\n`.
+pub fn integer_reply(out: &mut Vec<u8>, n: i64) {
+    line(out, b':', n.to_string().as_bytes());
+}
+
+/// `$LEN\r\nBYTES\r\n`, or the null bulk `$-1\r\n`.
+pub fn bulk(out: &mut Vec<u8>, value: Option<&[u8]>) {
+    match value {
+        Some(bytes) => {
+            line(out, b'$', bytes.len().to_string().as_bytes());
+            out.extend_from_slice(bytes);
+            out.extend_from_slice(b"\r\n");
+        }
+        None => out.extend_from_slice(b"$-1\r\n"),
+    }
+}
+
+/// `*N\r\n`: the header of an array whose N elements follow.
+pub fn array(out: &mut Vec<u8>, n: usize) {
+    line(out, b'*', n.to_string().as_bytes());
+}
+
+fn line(out: &mut Vec<u8>, kind: u8, text: &[u8]) {
+    out.push(kind);
+    out.extend_from_slice(text);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 1024;
+
+    fn command(buf: &[u8]) -> (Vec<&[u8]>, usize) {
+        match parse(buf, MAX) {
+            Ok(Parse::Command { args, len }) => (args, len),
+            other => panic!("expected a command, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_multibulk_command_is_sliced_in_place() {
+        let (args, len) = command(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n");
+        assert_eq!(args, [&b"GET"[..], b"k"]);
+        assert_eq!(len, 20);
+    }
+
+    #[test]
+    fn every_prefix_of_a_command_is_incomplete_and_asks_for_more() {
+        let whole = b"*2\r\n$4\r\nECHO\r\n$5\r\nhello\r\n";
+        for cut in 0..whole.len() {
+            match parse(&whole[..cut], MAX) {
+                Ok(Parse::Incomplete(need)) => assert!(need > cut && need <= whole.len(), "cut {cut}: need {need}"),
+                other => panic!("cut {cut}: {other:?}"),
+            }
+        }
+        // Once the header of a bulk is in, the need is exact: no reading before it is all there.
+        assert_eq!(parse(&whole[..20], MAX), Ok(Parse::Incomplete(whole.len())));
+    }
+
+    #[test]
+    fn inline_commands_split_on_blanks() {
+        let (args, len) = command(b"SET  k\tv\r\nPING\n");
+        assert_eq!(args, [&b"SET"[..], b"k", b"v"]);
+        assert_eq!(len, 10);
+        assert_eq!(command(b"\r\n"), (vec![], 2));
+    }
+
+    #[test]
+    fn bounds_and_garbage_are_protocol_errors() {
+        let message = |buf: &[u8]| parse(buf, MAX).unwrap_err().0;
+        assert_eq!(message(b"*x\r\n"), "Protocol error: invalid multibulk length");
+        assert_eq!(message(b"*1000\r\n"), "Protocol error: invalid multibulk length");
+        assert_eq!(message(b"*1\r\n$1025\r\n"), "Protocol error: invalid bulk length");
+        assert_eq!(message(b"*1\r\n$-3\r\n"), "Protocol error: invalid bulk length");
+        assert_eq!(message(b"*2\r\n$1015\r\n"), "Protocol error: invalid bulk length");
+        assert_eq!(message(b"*1\r\n:1\r\n"), "Protocol error: expected '$', got ':'");
+        assert_eq!(message(&[b'*'; 40]), "Protocol error: too big multibulk count string");
+        assert_eq!(message(&vec![b'a'; MAX_INLINE + 1]), "Protocol error: too big inline request");
+    }
+
+    #[test]
+    fn integers_are_read_as_strictly_as_redis_reads_them() {
+        assert_eq!(integer(b"-42"), Some(-42));
+        assert_eq!(integer(b"0"), Some(0));
+        assert_eq!(integer(b"9223372036854775807"), Some(i64::MAX));
+        for bad in [&b""[..], b"-", b"+1", b"01", b"-0", b" 1", b"1.5", b"9223372036854775808"] {
+            assert_eq!(integer(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn replies_are_framed() {
+        let mut out = Vec::new();
+        simple(&mut out, "OK");
+        error_reply(&mut out, "ERR a\r\nb");
+        integer_reply(&mut out, -1);
+        bulk(&mut out, Some(b"v"));
+        bulk(&mut out, None);
+        array(&mut out, 2);
+        assert_eq!(out, b"+OK\r\n-ERR a  b\r\n:-1\r\n$1\r\nv\r\n$-1\r\n*2\r\n");
+    }
+}
