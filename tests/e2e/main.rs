@@ -27,6 +27,7 @@ mod http;
 mod image;
 mod instances;
 mod isolation;
+mod kv;
 mod kubernetes;
 mod limits;
 mod linger;
