@@ -44,8 +44,8 @@ impl Kv {
     /// Run the command `args` (name first; never empty) at `now` (milliseconds) and
     /// append its reply to `out`.
     pub fn execute(&mut self, args: &[&[u8]], now: u64, out: &mut Vec<u8>) -> After {
-        let name = String::from_utf8_lossy(args[0]).to_ascii_lowercase();
-        let Some(&(_, arity)) = COMMANDS.iter().find(|(known, _)| *known == name) else {
+        let Some(&(name, arity)) = COMMANDS.iter().find(|(known, _)| known.as_bytes().eq_ignore_ascii_case(args[0]))
+        else {
             resp::error_reply(out, &unknown(args));
             return After::Continue;
         };
@@ -54,7 +54,7 @@ impl Kv {
             resp::error_reply(out, &format!("ERR wrong number of arguments for '{name}' command"));
             return After::Continue;
         }
-        let reply = match name.as_str() {
+        let reply = match name {
             "ping" => ping(args, out),
             "echo" => {
                 resp::bulk(out, Some(args[1]));
@@ -147,7 +147,7 @@ impl Kv {
             return Ok(());
         }
         self.admit(self.store.growth(key, value.len(), deadline.is_some()))?;
-        self.store.set(key, value.to_vec(), deadline);
+        self.store.set(key, value, deadline);
         resp::simple(out, "OK");
         Ok(())
     }
@@ -161,15 +161,14 @@ impl Kv {
         out: &mut Vec<u8>,
     ) -> Result<(), &'static str> {
         let by = by?;
-        let current = match self.store.get(key, now) {
-            Some(value) => integer(value).ok_or(NOT_AN_INTEGER)?,
-            None => 0,
+        let (current, deadline) = match self.store.get_with_deadline(key, now) {
+            Some((value, deadline)) => (integer(value).ok_or(NOT_AN_INTEGER)?, deadline),
+            None => (0, None),
         };
         let sum = current.checked_add(by).ok_or(OVERFLOW)?;
-        let value = sum.to_string().into_bytes();
-        let with_deadline = self.store.deadline(key, now).flatten().is_some();
-        self.admit(self.store.growth(key, value.len(), with_deadline))?;
-        self.store.replace_value(key, value, now);
+        let value = sum.to_string();
+        self.admit(self.store.growth(key, value.len(), deadline.is_some()))?;
+        self.store.set(key, value.as_bytes(), deadline);
         resp::integer_reply(out, sum);
         Ok(())
     }
@@ -182,7 +181,7 @@ impl Kv {
         let pairs = args[1..].chunks_exact(2);
         self.admit(pairs.clone().map(|pair| self.store.growth(pair[0], pair[1].len(), false)).sum())?;
         for pair in pairs {
-            self.store.set(pair[0], pair[1].to_vec(), None);
+            self.store.set(pair[0], pair[1], None);
         }
         resp::simple(out, "OK");
         Ok(())

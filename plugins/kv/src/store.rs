@@ -59,19 +59,35 @@ impl Store {
     }
 
     /// Store `value` under `key` with `deadline`, replacing any value and deadline.
-    pub fn set(&mut self, key: &[u8], value: Vec<u8>, deadline: Option<u64>) {
-        self.remove_entry(key);
+    pub fn set(&mut self, key: &[u8], value: &[u8], deadline: Option<u64>) {
+        // Overwriting in place (the common case of a cache) spares a copy of the key
+        // and, for a value of about the same size, its allocation.
+        if let Some(entry) = self.entries.get_mut(key) {
+            let old = cost(key.len(), entry.value.len(), entry.deadline.is_some());
+            if entry.deadline != deadline {
+                if let Some(at) = entry.deadline {
+                    self.deadlines.remove(&(at, key.to_vec()));
+                }
+                if let Some(at) = deadline {
+                    self.deadlines.insert((at, key.to_vec()));
+                }
+                entry.deadline = deadline;
+            }
+            replace(&mut entry.value, value);
+            self.used = self.used - old + cost(key.len(), value.len(), deadline.is_some());
+            return;
+        }
         self.used += cost(key.len(), value.len(), deadline.is_some());
         if let Some(at) = deadline {
             self.deadlines.insert((at, key.to_vec()));
         }
-        self.entries.insert(key.to_vec(), Entry { value, deadline });
+        self.entries.insert(key.to_vec(), Entry { value: value.to_vec(), deadline });
     }
 
-    /// Replace the value of `key` and keep its deadline (what INCR does).
-    pub fn replace_value(&mut self, key: &[u8], value: Vec<u8>, now: u64) {
-        let deadline = self.deadline(key, now).flatten();
-        self.set(key, value, deadline);
+    /// The value of `key` and its deadline, unless it is missing or expired.
+    pub fn get_with_deadline(&mut self, key: &[u8], now: u64) -> Option<(&[u8], Option<u64>)> {
+        self.expire_if_due(key, now);
+        self.entries.get(key).map(|entry| (entry.value.as_slice(), entry.deadline))
     }
 
     /// Give `key` a new deadline; false when it is missing.
@@ -153,6 +169,18 @@ impl Store {
     }
 }
 
+/// Put `new` in `value`, in the allocation it has when that fits without slack the
+/// count would miss (it counts lengths, not capacities).
+fn replace(value: &mut Vec<u8>, new: &[u8]) {
+    let capacity = value.capacity();
+    if capacity >= new.len() && capacity - new.len() <= new.len() / 8 + 16 {
+        value.clear();
+        value.extend_from_slice(new);
+    } else {
+        *value = new.to_vec();
+    }
+}
+
 /// What an entry is counted as.
 fn cost(key_len: usize, value_len: usize, with_deadline: bool) -> usize {
     let deadline = if with_deadline { key_len + DEADLINE_OVERHEAD } else { 0 };
@@ -166,8 +194,8 @@ mod tests {
     #[test]
     fn an_expired_key_is_gone_when_seen_and_its_bytes_with_it() {
         let mut store = Store::default();
-        store.set(b"k", b"v".to_vec(), Some(100));
-        store.set(b"forever", b"v".to_vec(), None);
+        store.set(b"k", b"v", Some(100));
+        store.set(b"forever", b"v", None);
         assert_eq!(store.get(b"k", 99), Some(&b"v"[..]));
         assert_eq!(store.deadline(b"k", 99), Some(Some(100)));
         assert_eq!(store.get(b"k", 100), None);
@@ -180,7 +208,7 @@ mod tests {
     fn the_sweep_takes_only_what_is_due_within_its_budget() {
         let mut store = Store::default();
         for i in 0..5u64 {
-            store.set(format!("k{i}").as_bytes(), vec![0; 10], Some(10 + i));
+            store.set(format!("k{i}").as_bytes(), &[0; 10], Some(10 + i));
         }
         assert_eq!(store.sweep(12, 2), 2);
         assert_eq!(store.sweep(12, 100), 1);
@@ -193,13 +221,15 @@ mod tests {
     fn growth_counts_only_what_a_write_adds() {
         let mut store = Store::default();
         assert_eq!(store.growth(b"k", 10, false), cost(1, 10, false));
-        store.set(b"k", vec![0; 10], None);
+        store.set(b"k", &[0; 10], None);
         assert_eq!(store.growth(b"k", 4, false), 0);
         assert_eq!(store.growth(b"k", 12, false), 2);
         assert!(store.expire_at(b"k", 50, 0));
-        store.replace_value(b"k", vec![1; 3], 0);
-        assert_eq!(store.deadline(b"k", 0), Some(Some(50)));
+        store.set(b"k", &[1; 3], Some(50));
+        assert_eq!(store.get_with_deadline(b"k", 0), Some((&[1u8; 3][..], Some(50))));
         assert_eq!(store.used(), cost(1, 3, true));
+        store.set(b"k", &[2; 1000], None);
+        assert_eq!((store.used(), store.has_deadlines()), (cost(1, 1000, false), false));
         assert!(store.remove(b"k", 0));
         assert_eq!(store.used(), 0);
     }
