@@ -166,9 +166,10 @@ impl Kv {
             None => (0, None),
         };
         let sum = current.checked_add(by).ok_or(OVERFLOW)?;
-        let value = sum.to_string();
+        let mut digits = [0; 20];
+        let value = resp::decimal(&mut digits, sum);
         self.admit(self.store.growth(key, value.len(), deadline.is_some()))?;
-        self.store.set(key, value.as_bytes(), deadline);
+        self.store.set(key, value, deadline);
         resp::integer_reply(out, sum);
         Ok(())
     }

@@ -141,14 +141,14 @@ pub fn error_reply(out: &mut Vec<u8>, message: &str) {
 
 /// `:N\r\n`.
 pub fn integer_reply(out: &mut Vec<u8>, n: i64) {
-    line(out, b':', n.to_string().as_bytes());
+    line(out, b':', decimal(&mut [0; 20], n));
 }
 
 /// `$LEN\r\nBYTES\r\n`, or the null bulk `$-1\r\n`.
 pub fn bulk(out: &mut Vec<u8>, value: Option<&[u8]>) {
     match value {
         Some(bytes) => {
-            line(out, b'$', bytes.len().to_string().as_bytes());
+            line(out, b'$', decimal(&mut [0; 20], bytes.len() as i64));
             out.extend_from_slice(bytes);
             out.extend_from_slice(b"\r\n");
         }
@@ -158,7 +158,27 @@ pub fn bulk(out: &mut Vec<u8>, value: Option<&[u8]>) {
 
 /// `*N\r\n`: the header of an array whose N elements follow.
 pub fn array(out: &mut Vec<u8>, n: usize) {
-    line(out, b'*', n.to_string().as_bytes());
+    line(out, b'*', decimal(&mut [0; 20], n as i64));
+}
+
+/// `n` in decimal, written at the end of `buf`: without the allocation and the
+/// formatting machinery of `to_string`, which showed in every INCR and GET.
+pub fn decimal(buf: &mut [u8; 20], n: i64) -> &[u8] {
+    let mut rest = n.unsigned_abs();
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    &buf[at..]
 }
 
 fn line(out: &mut Vec<u8>, kind: u8, text: &[u8]) {
@@ -228,6 +248,13 @@ mod tests {
         assert_eq!(integer(b"9223372036854775807"), Some(i64::MAX));
         for bad in [&b""[..], b"-", b"+1", b"01", b"-0", b" 1", b"1.5", b"9223372036854775808"] {
             assert_eq!(integer(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn decimals_match_to_string() {
+        for n in [0, 7, -7, 10, 1234567890, i64::MAX, i64::MIN] {
+            assert_eq!(decimal(&mut [0; 20], n), n.to_string().as_bytes());
         }
     }
 
