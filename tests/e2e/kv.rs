@@ -197,6 +197,16 @@ fn pipelined_commands_are_answered_in_order_however_they_arrive() {
     assert_eq!(String::from_utf8_lossy(&client.bytes(reply.len())), String::from_utf8_lossy(reply));
     exchange(&mut client, &command(&[b"GET", b"big"]), format!("$3000\r\n{}\r\n", "x".repeat(3000)).as_bytes());
 
+    // A command of many arguments in 3-byte pieces: each piece is looked at from
+    // where the last stopped, and the whole runs once.
+    let pairs: Vec<Vec<u8>> =
+        (0..300).flat_map(|i| [format!("m{i}").into_bytes(), format!("{i}").into_bytes()]).collect();
+    let mset = command(&[&[&b"MSET"[..]], &pairs.iter().map(Vec::as_slice).collect::<Vec<_>>()[..]].concat());
+    for piece in mset.chunks(3) {
+        client.write(piece);
+    }
+    exchange(&mut client, b"MGET m0 m299\r\n", b"+OK\r\n*2\r\n$1\r\n0\r\n$3\r\n299\r\n");
+
     // redis-cli --pipe: its own count of the replies.
     let mut pipe = Command::new("redis-cli")
         .args(["-p", &server.addr("kv").port().to_string(), "--pipe"])

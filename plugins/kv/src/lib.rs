@@ -8,8 +8,8 @@
 //! closed, as Redis does (`resp`).
 //!
 //! This module owns the connections: it reads whole commands out of the receive buffer
-//! (a partial one stays there, and is not read again until the bytes it needs have
-//! arrived), answers every complete command in order (pipelining), and holds replies
+//! (a partial one stays there, is not read again until the bytes it needs have
+//! arrived, and then only from where the last look stopped), answers every complete command in order (pipelining), and holds replies
 //! the send buffer has no room for, reading no further commands from that client until
 //! they are out. It never parses RESP or touches keys itself.
 //!
@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use sandport_guest::{Conn, ConnMap, Error, Handler, Peer, RecvBuf, SendEvents, config, log};
 
 use crate::commands::{After, Kv};
-use crate::resp::{Parse, ProtocolError};
+use crate::resp::{Parse, Partial, ProtocolError, Resume, Scan};
 
 const DEFAULT_MAXMEMORY: usize = 32 << 20;
 const DEFAULT_MAX_COMMAND: usize = 512 << 10;
@@ -81,6 +81,8 @@ struct Session {
     pending: Vec<u8>,
     /// Bytes the receive buffer must hold before the command at its start can be whole.
     need: usize,
+    /// How far that partial command was checked: the next look starts there.
+    resume: Option<Resume>,
     /// The client half-closed: close once its last command is answered.
     eof: bool,
     /// QUIT or a protocol error: read nothing more, close once `pending` is out.
@@ -153,9 +155,25 @@ fn serve_session(kv: &mut Kv, max_command: usize, conn: Conn, rx: RecvBuf<'_>, s
             Ok(room) => room as usize,
             Err(_) => return Stop::Closing,
         };
-        let buf = rx.read(0, available.min(READ_CHUNK.max(session.need)));
-        let now = now();
         let mut out = Vec::new();
+        if let Some(from) = session.resume.take() {
+            // A partial command waited for more: look only at what is new since.
+            let start = from.offset();
+            let tail = rx.read(start, (available - start).min(READ_CHUNK.max(session.need - start)));
+            match resp::resume(&tail, from, max_command) {
+                Ok(Scan::Whole(len)) => session.need = len,
+                Ok(Scan::Incomplete(partial)) => {
+                    wait_for(session, partial);
+                    continue;
+                }
+                Err(ProtocolError(message)) => {
+                    resp::error_reply(&mut out, &format!("ERR {message}"));
+                    session.quit = true;
+                }
+            }
+        }
+        let buf = if session.quit { Vec::new() } else { rx.read(0, available.min(READ_CHUNK.max(session.need))) };
+        let now = now();
         let mut at = 0;
         session.need = 0;
         while at < buf.len() && out.len() < room {
@@ -167,8 +185,8 @@ fn serve_session(kv: &mut Kv, max_command: usize, conn: Conn, rx: RecvBuf<'_>, s
                         break;
                     }
                 }
-                Ok(Parse::Incomplete(need)) => {
-                    session.need = need;
+                Ok(Parse::Incomplete(partial)) => {
+                    wait_for(session, partial);
                     break;
                 }
                 Err(ProtocolError(message)) => {
@@ -193,6 +211,12 @@ fn serve_session(kv: &mut Kv, max_command: usize, conn: Conn, rx: RecvBuf<'_>, s
             Err(_) => return Stop::Closing,
         }
     }
+}
+
+/// Remember a partial command at the start of the receive buffer.
+fn wait_for(session: &mut Session, partial: Partial) {
+    session.need = partial.need;
+    session.resume = partial.resume;
 }
 
 /// Send `pending` as far as the send buffer takes it: true when all of it went.

@@ -15,8 +15,56 @@ pub enum Parse<'a> {
         /// The bytes it took, to remove from the receive buffer.
         len: usize,
     },
-    /// Not a whole command yet: nothing can complete before this many bytes are there.
-    Incomplete(usize),
+    /// Not a whole command yet.
+    Incomplete(Partial),
+}
+
+/// How far a partial command got: what it needs, and where to look again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Partial {
+    /// Nothing can complete before this many bytes are there.
+    pub need: usize,
+    /// Where the next look may start ([`resume`]), or `None`: from the start (only
+    /// while the first line, at most a few dozen bytes, is not whole).
+    pub resume: Option<Resume>,
+}
+
+/// The part of a partial command already checked, so that a command arriving a few
+/// bytes at a time is not read again from its start at every arrival (which would make
+/// a 512 KiB command sent byte by byte cost the host 128 GB of copies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// A multibulk whose arguments before byte `at` are whole; `args_left` follow.
+    Bulks {
+        /// The offset, in the command, of the first argument not yet whole.
+        at: usize,
+        /// How many arguments are missing.
+        args_left: usize,
+    },
+    /// An inline command with no newline in its first `scanned` bytes.
+    Line {
+        /// Bytes known to hold no newline.
+        scanned: usize,
+    },
+}
+
+impl Resume {
+    /// The offset, in the command, where the next look starts.
+    pub fn offset(self) -> usize {
+        match self {
+            Resume::Bulks { at, .. } => at,
+            Resume::Line { scanned } => scanned,
+        }
+    }
+}
+
+/// What looking again at a partial command found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Scan {
+    /// The command is whole, this long: parse it from its start.
+    Whole(usize),
+    /// Still partial.
+    Incomplete(Partial),
 }
 
 /// A stream that is not RESP (or exceeds its bounds): answered with `-ERR Protocol
@@ -39,15 +87,29 @@ const MIN_ARGUMENT: usize = 6;
 /// `max_command` bytes.
 pub fn parse(buf: &[u8], max_command: usize) -> Result<Parse<'_>, ProtocolError> {
     match buf.first() {
-        None => Ok(Parse::Incomplete(1)),
+        None => Ok(Parse::Incomplete(Partial { need: 1, resume: None })),
         Some(b'*') => parse_multibulk(buf, max_command),
-        Some(_) => parse_inline(buf),
+        Some(_) => parse_inline(buf, 0),
     }
+}
+
+/// Look again at a partial command: `tail` is its bytes from `from.offset()` on.
+pub fn resume(tail: &[u8], from: Resume, max_command: usize) -> Result<Scan, ProtocolError> {
+    let parsed = match from {
+        Resume::Bulks { at, args_left } => bulks(tail, at, 0, args_left, max_command)?,
+        Resume::Line { scanned } => parse_inline(tail, scanned)?,
+    };
+    Ok(match parsed {
+        Parse::Command { len, .. } => Scan::Whole(len),
+        Parse::Incomplete(partial) => Scan::Incomplete(partial),
+    })
 }
 
 /// `*N\r\n` then N times `$LEN\r\nBYTES\r\n`.
 fn parse_multibulk(buf: &[u8], max_command: usize) -> Result<Parse<'_>, ProtocolError> {
-    let Some((count, mut at)) = header(buf, 0, "multibulk")? else { return Ok(Parse::Incomplete(buf.len() + 1)) };
+    let Some((count, at)) = header(buf, 0, "multibulk")? else {
+        return Ok(Parse::Incomplete(Partial { need: buf.len() + 1, resume: None }));
+    };
     let count = match count {
         // Redis takes `*0` and `*-1` as nothing to run.
         ..=0 => return Ok(Parse::Command { args: Vec::new(), len: at }),
@@ -56,25 +118,37 @@ fn parse_multibulk(buf: &[u8], max_command: usize) -> Result<Parse<'_>, Protocol
         }
         n => n as usize,
     };
+    bulks(buf, 0, at, count, max_command)
+}
+
+/// `count` bulk strings from `buf[at..]`, where `buf` starts `base` bytes into the
+/// command (offsets in what it returns are the command's).
+fn bulks(buf: &[u8], base: usize, mut at: usize, count: usize, max_command: usize) -> Result<Parse<'_>, ProtocolError> {
     let mut args = Vec::with_capacity(count.min(16));
-    for _ in 0..count {
+    for done in 0..count {
+        let partial = |need: usize| {
+            let resume = Resume::Bulks { at: base + at, args_left: count - done };
+            Ok(Parse::Incomplete(Partial { need: base + need, resume: Some(resume) }))
+        };
         match buf.get(at) {
-            None => return Ok(Parse::Incomplete(buf.len() + 1)),
+            None => return partial(buf.len() + 1),
             Some(b'$') => {}
             Some(&other) => return Err(error(&format!("expected '$', got '{}'", char::from(other)))),
         }
-        let Some((len, start)) = header(buf, at, "bulk")? else { return Ok(Parse::Incomplete(buf.len() + 1)) };
+        let Some((len, start)) = header(buf, at, "bulk")? else { return partial(buf.len() + 1) };
         let len = usize::try_from(len).map_err(|_| error("invalid bulk length"))?;
-        let end =
-            start.checked_add(len).filter(|&end| end + 2 <= max_command).ok_or_else(|| error("invalid bulk length"))?;
+        let end = start
+            .checked_add(len)
+            .filter(|&end| base + end + 2 <= max_command)
+            .ok_or_else(|| error("invalid bulk length"))?;
         if buf.len() < end + 2 {
-            return Ok(Parse::Incomplete(end + 2));
+            return partial(end + 2);
         }
         args.push(&buf[start..end]);
         // Like Redis, the CRLF after the bytes is skipped, not checked.
         at = end + 2;
     }
-    Ok(Parse::Command { args, len: at })
+    Ok(Parse::Command { args, len: base + at })
 }
 
 /// A header line at `at` (`*N\r\n` or `$N\r\n`): its number and where the next
@@ -92,19 +166,21 @@ fn header(buf: &[u8], at: usize, what: &str) -> Result<Option<(i64, usize)>, Pro
 }
 
 /// A line of words separated by spaces or tabs, ended by `\n` (a `\r` before it is
-/// dropped): what `telnet` or `nc` send.
-fn parse_inline(buf: &[u8]) -> Result<Parse<'_>, ProtocolError> {
-    let Some(newline) = buf.iter().take(MAX_INLINE + 1).position(|&b| b == b'\n') else {
-        return if buf.len() > MAX_INLINE {
-            Err(error("too big inline request"))
-        } else {
-            Ok(Parse::Incomplete(buf.len() + 1))
-        };
+/// dropped): what `telnet` or `nc` send. `buf` starts `base` bytes into the line, none
+/// of which was a newline.
+fn parse_inline(buf: &[u8], base: usize) -> Result<Parse<'_>, ProtocolError> {
+    let room = (MAX_INLINE + 1).saturating_sub(base);
+    let Some(newline) = buf.iter().take(room).position(|&b| b == b'\n') else {
+        if base + buf.len() > MAX_INLINE {
+            return Err(error("too big inline request"));
+        }
+        let resume = Resume::Line { scanned: base + buf.len() };
+        return Ok(Parse::Incomplete(Partial { need: base + buf.len() + 1, resume: Some(resume) }));
     };
     let line = &buf[..newline];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let args = line.split(|&b| b == b' ' || b == b'\t').filter(|word| !word.is_empty()).collect();
-    Ok(Parse::Command { args, len: newline + 1 })
+    Ok(Parse::Command { args, len: base + newline + 1 })
 }
 
 fn error(what: &str) -> ProtocolError {
@@ -212,12 +288,52 @@ mod tests {
         let whole = b"*2\r\n$4\r\nECHO\r\n$5\r\nhello\r\n";
         for cut in 0..whole.len() {
             match parse(&whole[..cut], MAX) {
-                Ok(Parse::Incomplete(need)) => assert!(need > cut && need <= whole.len(), "cut {cut}: need {need}"),
+                Ok(Parse::Incomplete(partial)) => {
+                    assert!(partial.need > cut && partial.need <= whole.len(), "cut {cut}: {partial:?}")
+                }
                 other => panic!("cut {cut}: {other:?}"),
             }
         }
         // Once the header of a bulk is in, the need is exact: no reading before it is all there.
-        assert_eq!(parse(&whole[..20], MAX), Ok(Parse::Incomplete(whole.len())));
+        let at_hello = Partial { need: whole.len(), resume: Some(Resume::Bulks { at: 14, args_left: 1 }) };
+        assert_eq!(parse(&whole[..20], MAX), Ok(Parse::Incomplete(at_hello)));
+    }
+
+    #[test]
+    fn a_command_arriving_byte_by_byte_is_looked_at_from_where_it_stopped() {
+        for whole in [&b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\n0123456789\r\n"[..], b"SET k 0123456789\r\n"] {
+            let mut from: Option<Resume> = None;
+            let mut looked_at = 0;
+            let mut need = 1;
+            for have in 1..=whole.len() {
+                // As the plugin does: no look before the bytes a partial command needs.
+                if have < need {
+                    continue;
+                }
+                let start = from.map_or(0, Resume::offset);
+                looked_at += have - start;
+                let scan = match from {
+                    None => match parse(&whole[..have], MAX).unwrap() {
+                        Parse::Command { len, .. } => Scan::Whole(len),
+                        Parse::Incomplete(partial) => Scan::Incomplete(partial),
+                    },
+                    Some(from) => resume(&whole[start..have], from, MAX).unwrap(),
+                };
+                match scan {
+                    Scan::Whole(len) => {
+                        assert_eq!((have, len), (whole.len(), whole.len()));
+                        break;
+                    }
+                    Scan::Incomplete(partial) => {
+                        assert!(have < whole.len() && partial.need > have, "{have}: {partial:?}");
+                        from = partial.resume.or(from);
+                        need = partial.need;
+                    }
+                }
+            }
+            // Each byte is looked at a few times (a header until it is whole), not once per arrival.
+            assert!(looked_at < 4 * whole.len(), "{looked_at} bytes looked at for {}", whole.len());
+        }
     }
 
     #[test]
