@@ -8,10 +8,11 @@
 //! closed, as Redis does (`resp`).
 //!
 //! This module owns the connections: it reads whole commands out of the receive buffer
-//! (a partial one stays there, is not read again until the bytes it needs have
-//! arrived, and then only from where the last look stopped), answers every complete command in order (pipelining), and holds replies
-//! the send buffer has no room for, reading no further commands from that client until
-//! they are out. It never parses RESP or touches keys itself.
+//! (a partial one stays there, is not read again until the bytes it needs have arrived,
+//! and then only from where the last look stopped), answers every complete command in
+//! order (pipelining), and holds replies the send buffer has no room for, reading no
+//! further commands from that client until they are out. It never parses RESP or
+//! touches keys itself.
 //!
 //! One key space per plugin instance. Under the listener's default `instance = "shared"`
 //! every client of the listener sees the same keys; under `per-worker` each worker's
@@ -47,7 +48,9 @@ use sandport_guest::{Conn, ConnMap, Error, Handler, Peer, RecvBuf, SendEvents, c
 use crate::commands::{After, Kv};
 use crate::resp::{Parse, Partial, ProtocolError, Resume, Scan};
 
+/// `maxmemory` when the configuration has none: half of the default `memory` limit.
 const DEFAULT_MAXMEMORY: usize = 32 << 20;
+/// `max-command` when the configuration has none: half of the default `recv-buffer`.
 const DEFAULT_MAX_COMMAND: usize = 512 << 10;
 
 /// Bytes read from the receive buffer at once, unless one command needs more: enough
@@ -68,6 +71,7 @@ const SWEEP_BUDGET: usize = 2000;
 struct Server {
     /// Made at the first event, from the listener's configuration.
     kv: Option<Kv>,
+    /// The longest command, from the configuration (read with `kv`).
     max_command: usize,
     sessions: ConnMap<Session>,
     /// The connection whose timer runs the sweep, if one is armed.
@@ -101,6 +105,7 @@ enum Stop {
 }
 
 impl Server {
+    /// The key space, made with the configuration's settings at the first call.
     fn kv(&mut self) -> &mut Kv {
         if self.kv.is_none() {
             self.max_command = size("max-command", DEFAULT_MAX_COMMAND);
@@ -136,6 +141,7 @@ impl Server {
     }
 }
 
+/// Serve one connection: its pending replies first, then its whole commands.
 fn serve_session(kv: &mut Kv, max_command: usize, conn: Conn, rx: RecvBuf<'_>, session: &mut Session) -> Stop {
     match flush(conn, &mut session.pending) {
         Ok(true) => {}
