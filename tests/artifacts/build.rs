@@ -19,6 +19,7 @@ const PLUGINS: &[&str] = &[
     "chat",
     "http-hello",
     "tcp-proxy",
+    "kv",
     "fixture-probe",
     "fixture-wrong-world",
     "fixture-wants-wasi",

@@ -28,6 +28,7 @@ mod image;
 mod instances;
 mod isolation;
 mod kubernetes;
+mod kv;
 mod limits;
 mod linger;
 mod load;

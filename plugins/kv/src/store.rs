@@ -1,0 +1,236 @@
+//! The key space: string values under byte-string keys, each with an optional
+//! deadline, and the count of the bytes they hold.
+//!
+//! It owns the keys, values and deadlines and keeps `used` exact by its own estimate
+//! of what each entry costs. It never refuses anything: whether a write fits under
+//! `maxmemory` is the caller's question ([`Store::growth`] answers how much a write
+//! would add). It never reads a clock either: every call that may find a key expired
+//! is given `now`, in milliseconds of the caller's clock, and an expired key is gone
+//! the moment it is seen (lazy expiry); [`Store::sweep`] collects the ones nobody asks
+//! for.
+
+use std::collections::{BTreeSet, HashMap};
+
+/// What an entry costs beyond its key and value bytes: its slot in the hash table at
+/// its emptiest (the table doubles when 7/8 full, so right after a resize a slot of
+/// 41 bytes on wasm32 is half-used, and the old table lives on during the move), and
+/// the allocator's header and rounding for the key and the value. An estimate, on the
+/// high side, so that `maxmemory` bounds what the instance's linear memory holds.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// What a deadline costs beyond its copy of the key: its share of a B-tree node and
+/// the allocator's rounding.
+const DEADLINE_OVERHEAD: usize = 48;
+
+/// A value and when it expires.
+struct Entry {
+    value: Vec<u8>,
+    /// Milliseconds of the caller's clock; `None`: never.
+    deadline: Option<u64>,
+}
+
+/// Every key of one key space.
+#[derive(Default)]
+pub struct Store {
+    entries: HashMap<Vec<u8>, Entry>,
+    /// The keys that have a deadline, soonest first: what the sweep walks.
+    deadlines: BTreeSet<(u64, Vec<u8>)>,
+    /// Bytes held, by [`cost`].
+    used: usize,
+}
+
+impl Store {
+    /// The value of `key`, unless it is missing or expired.
+    pub fn get(&mut self, key: &[u8], now: u64) -> Option<&[u8]> {
+        self.expire_if_due(key, now);
+        self.entries.get(key).map(|entry| entry.value.as_slice())
+    }
+
+    /// Whether `key` holds a value that has not expired.
+    pub fn contains(&mut self, key: &[u8], now: u64) -> bool {
+        self.get(key, now).is_some()
+    }
+
+    /// The deadline of `key`: `None` when it is missing, `Some(None)` when it never
+    /// expires.
+    pub fn deadline(&mut self, key: &[u8], now: u64) -> Option<Option<u64>> {
+        self.expire_if_due(key, now);
+        self.entries.get(key).map(|entry| entry.deadline)
+    }
+
+    /// Store `value` under `key` with `deadline`, replacing any value and deadline.
+    pub fn set(&mut self, key: &[u8], value: &[u8], deadline: Option<u64>) {
+        // Overwriting in place (the common case of a cache) spares a copy of the key
+        // and, for a value of about the same size, its allocation.
+        if let Some(entry) = self.entries.get_mut(key) {
+            let old = cost(key.len(), entry.value.len(), entry.deadline.is_some());
+            if entry.deadline != deadline {
+                if let Some(at) = entry.deadline {
+                    self.deadlines.remove(&(at, key.to_vec()));
+                }
+                if let Some(at) = deadline {
+                    self.deadlines.insert((at, key.to_vec()));
+                }
+                entry.deadline = deadline;
+            }
+            replace(&mut entry.value, value);
+            self.used = self.used - old + cost(key.len(), value.len(), deadline.is_some());
+            return;
+        }
+        self.used += cost(key.len(), value.len(), deadline.is_some());
+        if let Some(at) = deadline {
+            self.deadlines.insert((at, key.to_vec()));
+        }
+        self.entries.insert(key.to_vec(), Entry { value: value.to_vec(), deadline });
+    }
+
+    /// The value of `key` and its deadline, unless it is missing or expired.
+    pub fn get_with_deadline(&mut self, key: &[u8], now: u64) -> Option<(&[u8], Option<u64>)> {
+        self.expire_if_due(key, now);
+        self.entries.get(key).map(|entry| (entry.value.as_slice(), entry.deadline))
+    }
+
+    /// Give `key` a new deadline; false when it is missing.
+    pub fn expire_at(&mut self, key: &[u8], deadline: u64, now: u64) -> bool {
+        self.expire_if_due(key, now);
+        let Some(entry) = self.entries.get_mut(key) else { return false };
+        let old_cost = cost(key.len(), entry.value.len(), entry.deadline.is_some());
+        if let Some(old) = entry.deadline.replace(deadline) {
+            self.deadlines.remove(&(old, key.to_vec()));
+        }
+        self.deadlines.insert((deadline, key.to_vec()));
+        self.used = self.used - old_cost + cost(key.len(), entry.value.len(), true);
+        true
+    }
+
+    /// Remove `key`; true when it held a value that had not expired.
+    pub fn remove(&mut self, key: &[u8], now: u64) -> bool {
+        self.expire_if_due(key, now);
+        self.remove_entry(key)
+    }
+
+    /// How many bytes storing `value_len` bytes under `key` (with a deadline or not)
+    /// would add to [`used`](Store::used); 0 when it would free some.
+    pub fn growth(&self, key: &[u8], value_len: usize, with_deadline: bool) -> usize {
+        let old = self.entries.get(key).map_or(0, |entry| cost(key.len(), entry.value.len(), entry.deadline.is_some()));
+        cost(key.len(), value_len, with_deadline).saturating_sub(old)
+    }
+
+    /// Keys held, counting expired ones not collected yet (as Redis's DBSIZE does).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Bytes held, by the store's estimate.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    /// Whether any key has a deadline: whether a sweep has anything to look for.
+    pub fn has_deadlines(&self) -> bool {
+        !self.deadlines.is_empty()
+    }
+
+    /// Remove every key.
+    pub fn clear(&mut self) {
+        *self = Store::default();
+    }
+
+    /// Remove up to `budget` keys whose deadline has passed, soonest first; returns how
+    /// many it removed (`budget` means there may be more).
+    pub fn sweep(&mut self, now: u64, budget: usize) -> usize {
+        let mut removed = 0;
+        while removed < budget {
+            let Some((at, key)) = self.deadlines.first() else { break };
+            if *at > now {
+                break;
+            }
+            let key = key.clone();
+            self.remove_entry(&key);
+            removed += 1;
+        }
+        removed
+    }
+
+    fn expire_if_due(&mut self, key: &[u8], now: u64) {
+        let due = self.entries.get(key).and_then(|entry| entry.deadline).is_some_and(|at| at <= now);
+        if due {
+            self.remove_entry(key);
+        }
+    }
+
+    fn remove_entry(&mut self, key: &[u8]) -> bool {
+        let Some(entry) = self.entries.remove(key) else { return false };
+        if let Some(at) = entry.deadline {
+            self.deadlines.remove(&(at, key.to_vec()));
+        }
+        self.used -= cost(key.len(), entry.value.len(), entry.deadline.is_some());
+        true
+    }
+}
+
+/// Put `new` in `value`, in the allocation it has when that fits without slack the
+/// count would miss (it counts lengths, not capacities).
+fn replace(value: &mut Vec<u8>, new: &[u8]) {
+    let capacity = value.capacity();
+    if capacity >= new.len() && capacity - new.len() <= new.len() / 8 + 16 {
+        value.clear();
+        value.extend_from_slice(new);
+    } else {
+        *value = new.to_vec();
+    }
+}
+
+/// What an entry is counted as.
+fn cost(key_len: usize, value_len: usize, with_deadline: bool) -> usize {
+    let deadline = if with_deadline { key_len + DEADLINE_OVERHEAD } else { 0 };
+    key_len + value_len + ENTRY_OVERHEAD + deadline
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expired_key_is_gone_when_seen_and_its_bytes_with_it() {
+        let mut store = Store::default();
+        store.set(b"k", b"v", Some(100));
+        store.set(b"forever", b"v", None);
+        assert_eq!(store.get(b"k", 99), Some(&b"v"[..]));
+        assert_eq!(store.deadline(b"k", 99), Some(Some(100)));
+        assert_eq!(store.get(b"k", 100), None);
+        assert_eq!(store.deadline(b"forever", 100), Some(None));
+        assert_eq!(store.used(), cost(7, 1, false));
+        assert!(!store.has_deadlines());
+    }
+
+    #[test]
+    fn the_sweep_takes_only_what_is_due_within_its_budget() {
+        let mut store = Store::default();
+        for i in 0..5u64 {
+            store.set(format!("k{i}").as_bytes(), &[0; 10], Some(10 + i));
+        }
+        assert_eq!(store.sweep(12, 2), 2);
+        assert_eq!(store.sweep(12, 100), 1);
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.sweep(1000, 100), 2);
+        assert_eq!((store.len(), store.used()), (0, 0));
+    }
+
+    #[test]
+    fn growth_counts_only_what_a_write_adds() {
+        let mut store = Store::default();
+        assert_eq!(store.growth(b"k", 10, false), cost(1, 10, false));
+        store.set(b"k", &[0; 10], None);
+        assert_eq!(store.growth(b"k", 4, false), 0);
+        assert_eq!(store.growth(b"k", 12, false), 2);
+        assert!(store.expire_at(b"k", 50, 0));
+        store.set(b"k", &[1; 3], Some(50));
+        assert_eq!(store.get_with_deadline(b"k", 0), Some((&[1u8; 3][..], Some(50))));
+        assert_eq!(store.used(), cost(1, 3, true));
+        store.set(b"k", &[2; 1000], None);
+        assert_eq!((store.used(), store.has_deadlines()), (cost(1, 1000, false), false));
+        assert!(store.remove(b"k", 0));
+        assert_eq!(store.used(), 0);
+    }
+}
