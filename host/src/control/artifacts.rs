@@ -112,11 +112,14 @@ impl Artifacts {
         self.tracks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Note a pull of `listener`'s artifact, and give its component file.
-    fn pulled(&self, listener: &str, pulled: &Pulled) {
+    /// Note that the registry answered a pull or a look at `listener`'s tag, and which
+    /// manifest digest the component `pulled` (if any) came in.
+    fn answered(&self, listener: &str, pulled: Option<&Pulled>) {
         let mut tracks = self.tracks();
         let track = tracks.entry(listener.to_owned()).or_default();
-        track.digests.insert(pulled.layer.trim_start_matches("sha256:").to_owned(), pulled.digest.clone());
+        if let Some(pulled) = pulled {
+            track.digests.insert(pulled.layer.trim_start_matches("sha256:").to_owned(), pulled.digest.clone());
+        }
         track.pulls += 1;
         track.last_error = None;
         track.checked = Some(SystemTime::now());
@@ -181,7 +184,7 @@ impl Control {
         loop {
             let err = match artifacts.client.pull(reference) {
                 Ok(pulled) => {
-                    artifacts.pulled(name, &pulled);
+                    artifacts.answered(name, Some(&pulled));
                     info!(listener = %name, reference = %reference, digest = %pulled.digest, "plugin pulled");
                     return Ok(with_plugin(spec, &pulled));
                 }
@@ -191,7 +194,7 @@ impl Control {
             if artifact.offline == Offline::LastPulled
                 && let Some(stored) = artifacts.client.store().last_pulled(reference)
             {
-                artifacts.pulled(name, &stored);
+                artifacts.answered(name, Some(&stored));
                 warn!(
                     listener = %name,
                     reference = %reference,
@@ -210,31 +213,25 @@ impl Control {
     }
 
     /// `spec`, re-read by a reload, with the file of the version its listener serves if
-    /// its artifact did not change (the follower takes a moved tag), else pulled anew
-    /// (once: a reload does not wait for a registry).
+    /// its artifact did not change (the follower takes a moved tag), else
+    /// [fetched](Self::fetch) anew, once: a reload does not wait for a registry.
     pub(super) fn refetch(
         &self,
         spec: &ListenerSpec,
         old: &ListenerSpec,
         serving: &Path,
     ) -> Result<ListenerSpec, AddError> {
-        match (&spec.artifact, &self.inner.artifacts) {
-            (Some(artifact), Some(artifacts))
-                if old.artifact.as_ref().map(|a| &a.reference) != Some(&artifact.reference) =>
-            {
-                let pulled =
-                    artifacts.client.pull(&artifact.reference).inspect_err(|err| artifacts.failed(&spec.name, err))?;
-                artifacts.pulled(&spec.name, &pulled);
-                Ok(with_plugin(spec, &pulled))
+        match &spec.artifact {
+            Some(artifact) if old.artifact.as_ref().map(|a| &a.reference) == Some(&artifact.reference) => {
+                Ok(ListenerSpec { plugin: serving.to_owned(), ..spec.clone() })
             }
-            (Some(_), _) => Ok(ListenerSpec { plugin: serving.to_owned(), ..spec.clone() }),
-            (None, _) => Ok(spec.clone()),
+            _ => self.fetch(spec, Patience::Once),
         }
     }
 
     /// Start following `spec`'s tag if it asks to (`follow-ms`), or if it serves a
     /// stored version because its registry failed at start; a follower already running
-    /// for it stops first. `served` is the digest it serves now.
+    /// for it stops first.
     pub(super) fn track(&self, spec: &ListenerSpec) {
         let (Some(artifact), Some(artifacts)) = (&spec.artifact, &self.inner.artifacts) else { return };
         let (stop, stopped) = channel();
@@ -309,14 +306,10 @@ impl Control {
                 info!(listener = %name, reference = %reference, "the registry answers again");
             }
             (failing, retry) = (false, FIRST_RETRY);
-            {
-                let mut tracks = artifacts.tracks();
-                let track = tracks.entry(name.to_owned()).or_default();
-                (track.last_error, track.checked) = (None, Some(SystemTime::now()));
+            artifacts.answered(name, pulled.as_ref());
+            if let Some(pulled) = pulled {
+                self.take(name, &pulled);
             }
-            let Some(pulled) = pulled else { continue };
-            artifacts.pulled(name, &pulled);
-            self.take(name, &pulled);
         }
     }
 
