@@ -443,8 +443,9 @@ fn check(file: PathBuf) -> anyhow::Result<()> {
 
 fn push(file: &Path, reference: &str, annotations: oci::Annotations, registry: RegistryArgs) -> anyhow::Result<()> {
     let (client, reference) = registry.client(reference)?;
-    // A component that would not load is refused here, not on every node that pulls it.
-    let plugin = Runtime::new()?.load(file)?;
+    // A component that would not load is refused here, not on every node that pulls it;
+    // compiled through the default cache, as `check` does.
+    let plugin = Runtime::new()?.with_cache(config::default_cache_dir().as_deref()).load(file)?;
     let digest = client.push(file, &reference, &annotations)?;
     eprintln!("{}: pushed to {reference} (sandport:handler/plugin@{})", file.display(), plugin.wit_version());
     println!("{digest}");

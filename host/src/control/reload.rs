@@ -99,6 +99,10 @@ impl Control {
         if config.admin != started.admin {
             report.need_restart.push("admin".into());
         }
+        // The registry client is made once, at start, from these settings.
+        if config.oci != started.oci {
+            report.need_restart.push("oci".into());
+        }
         let wanted = |name: &str| config.listeners.iter().find(|l| l.name == name);
         let gone: Vec<String> = self
             .records()

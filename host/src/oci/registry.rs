@@ -21,7 +21,6 @@ use sha2::{Digest as _, Sha256};
 
 use super::auth::{Credentials, credentials};
 use super::media::{self, Misfit, Part};
-use super::store::hex;
 use super::{Annotations, MAX_LAYER, MAX_MANIFEST, OciError, Pulled, Reference, Settings, Store};
 
 /// The start of every component: magic, then the component-model version and layer.
@@ -209,7 +208,7 @@ pub(super) async fn pull(settings: &Settings, store: &Store, reference: &Referen
     }
     // Hashed here whatever the registry's header says: the digest recorded is the one of
     // the bytes read.
-    let digest = format!("sha256:{}", hex(&Sha256::digest(&body)));
+    let digest = format!("sha256:{:x}", Sha256::digest(&body));
     if let Some(expected) = reference.digest()
         && expected != digest
     {
@@ -365,7 +364,7 @@ pub(super) async fn push(
         registry: reference.registry().to_owned(),
         why: format!("cannot write the manifest: {err}"),
     })?;
-    let digest = format!("sha256:{}", hex(&Sha256::digest(&body)));
+    let digest = format!("sha256:{:x}", Sha256::digest(&body));
     let content_type = hyper::header::HeaderValue::from_static(WASM_MANIFEST_MEDIA_TYPE);
     remote.timed(remote.client.push_manifest_raw(&remote.target, body, content_type)).await?;
     Ok(digest)

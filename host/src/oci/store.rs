@@ -112,7 +112,7 @@ impl Store {
     }
 
     fn record_path(&self, reference: &Reference) -> PathBuf {
-        let name = hex(&Sha256::digest(reference.to_string().as_bytes()));
+        let name = format!("{:x}", Sha256::digest(reference.to_string().as_bytes()));
         self.root.join("pulls").join(format!("{name}.json"))
     }
 
@@ -144,7 +144,7 @@ impl NewBlob {
 
     /// The digest of the bytes written, `sha256:...`.
     pub(super) fn digest(&self) -> String {
-        format!("sha256:{}", hex(&self.hasher.clone().finalize()))
+        format!("sha256:{:x}", self.hasher.clone().finalize())
     }
 
     /// Move it into place under its digest; returns the path.
@@ -171,12 +171,7 @@ fn hash_file(path: &Path) -> std::io::Result<String> {
             n => hasher.update(&buffer[..n]),
         }
     }
-    Ok(format!("sha256:{}", hex(&hasher.finalize())))
-}
-
-/// Lower-case hex of `bytes`.
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    Ok(format!("sha256:{:x}", hasher.finalize()))
 }
 
 #[cfg(test)]
