@@ -32,7 +32,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::BytesMut;
+use http_body::{Body as _, Frame};
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
@@ -56,6 +58,14 @@ pub const UPLOADS: usize = 2;
 
 /// How long a swap's body may take to arrive.
 pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How much of a body past its cap is read and dropped so that its client hears the
+/// 413 rather than a reset; a body declared longer than its cap and this is refused
+/// at once.
+const OVERRUN: usize = 1 << 20;
+
+/// How long the rest of a body past its cap is read for.
+const OVERRUN_TIME: Duration = Duration::from_secs(2);
 
 /// Why the admin API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -295,13 +305,44 @@ async fn swap(State(api): State<Api>, Path(name): Path<String>, headers: HeaderM
 
 /// A request body of at most `limit` bytes that arrives within [`UPLOAD_TIMEOUT`], or
 /// the answer that says why not (413, 408, 400).
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
-    match tokio::time::timeout(UPLOAD_TIMEOUT, Limited::new(body, limit).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(err)) if err.is::<LengthLimitError>() => {
-            Err(error_response(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {limit} bytes")))
+///
+/// A body over the cap is not kept, but what follows it is read and dropped, up to
+/// [`OVERRUN`] bytes or for [`OVERRUN_TIME`], before the 413 goes out: a client that
+/// writes its whole body before it reads (most do) would otherwise find the
+/// connection reset under the unread bytes and never see the answer.
+async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Response> {
+    let too_large = || error_response(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {limit} bytes"));
+    let declared = body.size_hint().exact().and_then(|length| usize::try_from(length).ok());
+    if declared.is_some_and(|length| length > limit.saturating_add(OVERRUN)) {
+        return Err(too_large());
+    }
+    let deadline = tokio::time::Instant::now() + UPLOAD_TIMEOUT;
+    let mut kept = BytesMut::new();
+    while let Some(frame) = next_frame(&mut body, deadline).await? {
+        let Ok(data) = frame.into_data() else { continue };
+        if kept.len() + data.len() > limit {
+            let overrun = tokio::time::Instant::now() + OVERRUN_TIME;
+            let mut dropped = kept.len() + data.len() - limit;
+            while dropped <= OVERRUN {
+                match next_frame(&mut body, overrun.min(deadline)).await {
+                    Ok(Some(frame)) => dropped += frame.data_ref().map_or(0, Bytes::len),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            return Err(too_large());
         }
-        Ok(Err(err)) => Err(error_response(StatusCode::BAD_REQUEST, format!("cannot read the body: {err}"))),
+        kept.extend_from_slice(&data);
+    }
+    Ok(kept.freeze())
+}
+
+/// The body's next frame, or the answer that says why there is none by `deadline`
+/// (`Ok(None)` at its end).
+async fn next_frame(body: &mut Body, deadline: tokio::time::Instant) -> Result<Option<Frame<Bytes>>, Response> {
+    match tokio::time::timeout_at(deadline, body.frame()).await {
+        Ok(None) => Ok(None),
+        Ok(Some(Ok(frame))) => Ok(Some(frame)),
+        Ok(Some(Err(err))) => Err(error_response(StatusCode::BAD_REQUEST, format!("cannot read the body: {err}"))),
         Err(_) => Err(error_response(
             StatusCode::REQUEST_TIMEOUT,
             format!("the body did not arrive within {UPLOAD_TIMEOUT:?}"),
