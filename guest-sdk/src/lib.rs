@@ -337,8 +337,8 @@ macro_rules! export {
 
 /// Like [`export!`], for a handler that also implements [`Migrate`]: the plugin exports
 /// the `migrate` interface too (the WIT world `migrating-plugin`), so when it is swapped
-/// for a version that migrates as well, its open connections move to the new version
-/// instead of draining. Use it instead of `export!`, never both.
+/// for a version that migrates as well, its state and its open connections move to the
+/// new version instead of draining. Use it instead of `export!`, never both.
 ///
 /// ```no_run
 /// use sandport_guest::{Conn, Handler, Migrate};
@@ -368,6 +368,20 @@ macro_rules! export_migrating {
             $crate::__export_handler!($handler => $make);
 
             impl $crate::__private::MigrateGuest for SandportExport {
+                fn hand_over_instance() -> ::std::vec::Vec<u8> {
+                    HANDLER.with_borrow_mut(|handler| {
+                        let handler = handler.get_or_insert_with(|| $crate::__private::begin::<$handler>($make));
+                        $crate::Migrate::hand_over_instance(handler)
+                    })
+                }
+
+                fn take_over_instance(state: ::std::vec::Vec<u8>) {
+                    HANDLER.with_borrow_mut(|handler| {
+                        let handler = handler.get_or_insert_with(|| $crate::__private::begin::<$handler>($make));
+                        $crate::Migrate::take_over_instance(handler, &state);
+                    });
+                }
+
                 fn hand_over(conn: u64) -> ::std::vec::Vec<u8> {
                     HANDLER.with_borrow_mut(|handler| {
                         let handler = handler.get_or_insert_with(|| $crate::__private::begin::<$handler>($make));

@@ -23,40 +23,51 @@ pub mod bindings {
             package sandport:guest-sdk;
 
             world migrate-only {
-                export sandport:handler/migrate@0.2.0;
+                export sandport:handler/migrate@0.3.0;
             }
         ",
         world: "migrate-only",
         pub_export_macro: true,
         default_bindings_module: "$crate::migrate_bindings",
         with: {
-            "sandport:handler/types@0.2.0": crate::bindings::sandport::handler::types,
+            "sandport:handler/types@0.3.0": crate::bindings::sandport::handler::types,
         },
     });
 }
 
-/// A [`Handler`] that moves its connections to a new version of the plugin without
-/// a disconnect. Export it with [`export_migrating!`](crate::export_migrating).
+/// A [`Handler`] that moves its state and its connections to a new version of the
+/// plugin without a disconnect. Export it with
+/// [`export_migrating!`](crate::export_migrating).
 ///
 /// When the operator swaps the plugin and both versions migrate, the host asks the old
-/// instance to [`hand_over`](Migrate::hand_over) each open connection and gives the
-/// bytes to the new instance's [`take_over`](Migrate::take_over); the socket and its
-/// buffers never leave the host, so the client notices nothing but what the new version
-/// does differently. The state format is the plugin's own: keep it readable by the
-/// next version (a version byte in front is cheap insurance). At most 1 MiB per
-/// connection: more is a fault, as a trap would be.
+/// instance for its own state ([`hand_over_instance`](Migrate::hand_over_instance)) and
+/// gives it to the new one ([`take_over_instance`](Migrate::take_over_instance)), then
+/// does the same for each open connection ([`hand_over`](Migrate::hand_over),
+/// [`take_over`](Migrate::take_over)). The socket and its buffers never leave the host,
+/// so the client notices nothing but what the new version does differently.
 ///
-/// A connection may have a different [`Conn`] id in the new instance: keep what other
-/// code shows to people (a nickname, say) in the state rather than deriving it from
-/// the id.
+/// A migration is all or nothing: only when every call has returned does the new
+/// version take over, and the old instance is then dropped. If any call traps or runs
+/// over the event deadline, or a state is over its bound (1 MiB per connection, the
+/// listener's `migrate-state` limit for the instance's), the new version is refused and
+/// the old instance serves on as if nothing had happened. So the `hand_over` side only
+/// reads: it must leave the handler able to go on. Whatever either side does to a
+/// connection meanwhile (a send, a timer, a close) reaches it only if the migration
+/// commits.
+///
+/// The state format is the plugin's own: keep it readable by the next version (a
+/// version byte in front is cheap insurance). A connection may have a different
+/// [`Conn`] id in the new instance: keep what other code shows to people (a nickname,
+/// say) in the state rather than deriving it from the id.
 ///
 /// ```no_run
 /// use sandport_guest::{Conn, ConnMap, Handler, Migrate, Peer};
 ///
-/// /// Counts each client's lines, and keeps counting across versions.
+/// /// Counts each client's lines and everyone's, and keeps counting across versions.
 /// #[derive(Default)]
 /// struct Counter {
 ///     lines: ConnMap<u64>,
+///     total: u64,
 /// }
 ///
 /// impl Handler for Counter {
@@ -67,8 +78,16 @@ pub mod bindings {
 /// }
 ///
 /// impl Migrate for Counter {
+///     fn hand_over_instance(&mut self) -> Vec<u8> {
+///         self.total.to_le_bytes().to_vec()
+///     }
+///
+///     fn take_over_instance(&mut self, state: &[u8]) {
+///         self.total = <[u8; 8]>::try_from(state).map_or(0, u64::from_le_bytes);
+///     }
+///
 ///     fn hand_over(&mut self, conn: Conn) -> Vec<u8> {
-///         let lines = self.lines.remove(conn).unwrap_or(0);
+///         let lines = self.lines.get(conn).copied().unwrap_or(0);
 ///         lines.to_le_bytes().to_vec()
 ///     }
 ///
@@ -89,18 +108,33 @@ pub mod bindings {
 /// sandport_guest::export_migrating!(Counter);
 /// ```
 pub trait Migrate: Handler {
-    /// The old version's side: return what the next version needs to serve `conn`, and
-    /// forget it. Called between events; host calls work as in any event (send a
-    /// notice, read the receive buffer, whose unread bytes stay for the new version).
-    /// Afterwards this handler hears nothing more of `conn`, not even
-    /// [`on_close`](Handler::on_close), and `conn` names nothing here: forget it as if
-    /// it had closed, without telling the others it left.
+    /// The old version's side, first: return this handler's own state that the next
+    /// version needs (not the connections', which [`hand_over`](Migrate::hand_over)
+    /// carries), without changing it. Called once per migration, even when no
+    /// connection is open. The default carries nothing.
+    fn hand_over_instance(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// The new version's side, first: start from `state`, what the old version's
+    /// [`hand_over_instance`](Migrate::hand_over_instance) returned, before anything
+    /// else reaches this handler. The default ignores it.
+    fn take_over_instance(&mut self, state: &[u8]) {
+        let _ = state;
+    }
+
+    /// The old version's side: return what the next version needs to serve `conn`,
+    /// and keep serving it: if the migration is called off, its next event comes here;
+    /// if it commits, this handler is dropped and never hears of `conn` again. Called
+    /// between events, after [`hand_over_instance`](Migrate::hand_over_instance); host
+    /// calls work as in any event, but reach the connection only if the migration
+    /// commits.
     fn hand_over(&mut self, conn: Conn) -> Vec<u8>;
 
     /// The new version's side: serve `conn` from now on, starting from `state` (what
     /// the old version's [`hand_over`](Migrate::hand_over) returned). Comes instead of
     /// [`on_accept`](Handler::on_accept), before any other event of `conn`. Host calls
-    /// work as in any event: send a notice, re-arm timers (the old version's may not
-    /// survive the move).
+    /// work as in any event (send a notice, re-arm timers: the old version's may not
+    /// survive the move) and take effect when the migration commits.
     fn take_over(&mut self, conn: Conn, state: &[u8]);
 }

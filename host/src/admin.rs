@@ -504,6 +504,7 @@ fn limits_json(limits: &Limits) -> Value {
             Limit::Linger => millis(limits.linger),
             Limit::HandshakeTimeout => millis(limits.handshake_timeout),
             Limit::Handshakes => limits.max_handshakes as u64,
+            Limit::MigrateState => limits.migrate_state as u64,
         }
     };
     Value::Object(Limit::ALL.iter().map(|limit| (limit.key().to_owned(), json!(value(*limit)))).collect())

@@ -367,6 +367,7 @@ struct LimitsToml {
     linger_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
     max_handshakes: Option<u64>,
+    migrate_state: Option<ByteSize>,
 }
 
 impl Config {
@@ -631,6 +632,7 @@ impl ListenerToml {
             linger: millis("linger-ms", l.linger_ms, defaults.linger)?,
             handshake_timeout: millis("handshake-timeout-ms", l.handshake_timeout_ms, defaults.handshake_timeout)?,
             max_handshakes: positive("max-handshakes", l.max_handshakes, defaults.max_handshakes as u64)? as usize,
+            migrate_state: bytes("migrate-state", l.migrate_state, defaults.migrate_state)?,
         };
         for (key, value) in [("recv-buffer", limits.recv_buffer), ("send-buffer", limits.send_buffer)] {
             if value > u32::MAX as usize {

@@ -140,6 +140,10 @@ pub enum Refusal {
     /// The CA of an upstream it dials over TLS could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// Moving the old version's state and connections to it was called off: a call
+    /// faulted or a state was over its bound.
+    #[error("its migration was called off, the old version serves every connection on: {0}")]
+    Migration(String),
 }
 
 /// A control request that names nothing to act on.
@@ -467,7 +471,13 @@ impl Control {
         if let Err(reason) = preflight(&spec, factory.clone()) {
             return self.refuse(&name, reason.into());
         }
-        let swapped = self.tell_workers(workers, &spec, &factory, number, &upstreams)?;
+        let answers = self.tell_workers(workers, &spec, &factory, number, &upstreams)?;
+        if let Some(reason) = answers.iter().find_map(|(_, swapped)| swapped.refused.clone()) {
+            let took_over = answers.iter().filter(|(_, swapped)| swapped.refused.is_none()).map(|(worker, _)| *worker);
+            self.put_back(&name, took_over.collect())?;
+            return self.refuse(&name, Refusal::Migration(reason));
+        }
+        let swapped = answers.into_iter().fold(Swapped::default(), |all, (_, swapped)| all.and(swapped));
         let version = Version {
             number,
             hash: plugin.hash().to_owned(),
@@ -510,15 +520,15 @@ impl Control {
         Ok(report)
     }
 
-    /// Hand version `number` (made by `factory`) to `workers` and add up what they did.
+    /// Hand version `number` (made by `factory`) to `workers`; what each did.
     fn tell_workers(
         &self,
-        workers: Workers,
+        workers: impl IntoIterator<Item = usize>,
         spec: &ListenerSpec,
         factory: &PluginFactory,
         number: u64,
         upstreams: &[(SocketAddr, crate::tls::ClientTls)],
-    ) -> Result<Swapped, ControlError> {
+    ) -> Result<Vec<(usize, Swapped)>, ControlError> {
         let mut answers = Vec::new();
         for worker in workers {
             let (reply, answer) = channel();
@@ -532,13 +542,37 @@ impl Control {
             if !self.inner.workers[worker].send(command) {
                 return Err(ControlError::Stopping);
             }
-            answers.push(answer);
+            answers.push((worker, answer));
         }
-        let mut swapped = Swapped::default();
-        for answer in answers {
-            swapped = swapped.and(answer.recv().map_err(|_| ControlError::Stopping)?);
+        answers
+            .into_iter()
+            .map(|(worker, answer)| answer.recv().map(|swapped| (worker, swapped)).map_err(|_| ControlError::Stopping))
+            .collect()
+    }
+
+    /// A new version took over on `workers` but was refused on another: put the
+    /// current version back on those (their connections migrate back, or drain), so
+    /// that every worker serves one version.
+    fn put_back(&self, listener: &str, workers: Vec<usize>) -> Result<(), ControlError> {
+        if workers.is_empty() {
+            return Ok(());
         }
-        Ok(swapped)
+        let current = self.with_record(listener, |r| {
+            let entry = r.history.last().expect("a listener has a version");
+            entry.plugin.clone().map(|plugin| (plugin, r.spec.clone(), entry.version.number))
+        })?;
+        let Some((plugin, spec, number)) = current else {
+            warn!(listener = %listener, "the version serving elsewhere is no longer held: workers {workers:?} keep the new one");
+            return Ok(());
+        };
+        let upstreams = sites::upstreams(&spec).unwrap_or_default();
+        let answers = self.tell_workers(workers, &spec, &plugin.factory(&spec, number), number, &upstreams)?;
+        for (worker, swapped) in answers {
+            if let Some(reason) = swapped.refused {
+                warn!(listener = %listener, worker, "the version before could not be put back: {reason}");
+            }
+        }
+        Ok(())
     }
 
     /// Record and report a version that did not take over.

@@ -240,8 +240,34 @@ pub trait Handler: Send {
         false
     }
 
+    /// Whether this handler keeps serving a connection it handed over until the
+    /// migration commits, so that calling a migration off needs nothing of it. True for
+    /// plugins of the WIT 0.3.0 and later; a plugin built before forgets a connection it
+    /// hands over, and a migration called off gives the connection back to it through
+    /// its own [`Handler::take_over`].
+    fn keeps_what_it_hands_over(&self) -> bool {
+        true
+    }
+
+    /// The old version's side of a live migration, first: the handler's own state to
+    /// carry over (not its connections'), without changing it; `None` when the handler
+    /// has no such state to give. More than `limit` bytes is a fault.
+    fn hand_over_instance(&mut self, host: &mut dyn Host, limit: usize) -> Result<Option<Vec<u8>>, Fault> {
+        let _ = (host, limit);
+        Ok(None)
+    }
+
+    /// The new version's side, first: start from `state`, which the old version's
+    /// [`Handler::hand_over_instance`] returned, before any other call. False when the
+    /// handler takes no such state (it was not given to it).
+    fn take_over_instance(&mut self, host: &mut dyn Host, state: Vec<u8>) -> Result<bool, Fault> {
+        let _ = (host, state);
+        Ok(false)
+    }
+
     /// The old version's side of a live migration: the state of `conn` to carry over.
-    /// Afterwards this handler no longer serves `conn` (it gets no CLOSE for it).
+    /// The handler keeps serving `conn` until the migration commits (see
+    /// [`Handler::keeps_what_it_hands_over`]); then it is dropped.
     fn hand_over(&mut self, host: &mut dyn Host, conn: ConnId) -> Result<Vec<u8>, Fault> {
         let _ = (host, conn);
         Err(Fault { reason: "this handler does not migrate connections".into(), limit: None })
@@ -249,7 +275,7 @@ pub trait Handler: Send {
 
     /// The new version's side: serve `conn` from now on, starting from `state`, which
     /// the old version's [`Handler::hand_over`] returned. The connection's next event
-    /// comes to this handler.
+    /// comes to this handler if the migration commits.
     fn take_over(&mut self, host: &mut dyn Host, conn: ConnId, state: Vec<u8>) -> Result<(), Fault> {
         let _ = (host, conn, state);
         Err(Fault { reason: "this handler does not migrate connections".into(), limit: None })

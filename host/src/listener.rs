@@ -54,6 +54,10 @@ pub struct Limits {
     /// TLS handshakes in flight at once (`max-handshakes`), per worker; beyond it a
     /// new connection is closed at once.
     pub max_handshakes: usize,
+    /// Bytes of its own state an instance may hand over to the next version in a live
+    /// migration (`migrate-state`); more refuses the new version. The new instance
+    /// receives them in its own memory, beside what it builds from them.
+    pub migrate_state: usize,
 }
 
 impl Default for Limits {
@@ -71,6 +75,7 @@ impl Default for Limits {
             linger: Duration::from_millis(5000),
             handshake_timeout: Duration::from_secs(10),
             max_handshakes: 256,
+            migrate_state: 32 << 20,
         }
     }
 }
@@ -103,11 +108,13 @@ pub enum Limit {
     HandshakeTimeout,
     /// `max-handshakes`: a connection was refused.
     Handshakes,
+    /// `migrate-state`: a new version was refused.
+    MigrateState,
 }
 
 impl Limit {
     /// Every limit, in the order [`Limit::index`] numbers them.
-    pub const ALL: [Limit; 12] = [
+    pub const ALL: [Limit; 13] = [
         Limit::Memory,
         Limit::EventTime,
         Limit::EventWallTime,
@@ -120,6 +127,7 @@ impl Limit {
         Limit::Linger,
         Limit::HandshakeTimeout,
         Limit::Handshakes,
+        Limit::MigrateState,
     ];
 
     /// Position in [`Limit::ALL`], for per-limit counters.
@@ -146,6 +154,7 @@ impl Limit {
             Limit::Linger => "linger-ms",
             Limit::HandshakeTimeout => "handshake-timeout-ms",
             Limit::Handshakes => "max-handshakes",
+            Limit::MigrateState => "migrate-state",
         }
     }
 
@@ -162,6 +171,7 @@ impl Limit {
             Limit::Linger => "the closing connection was closed with input unread",
             Limit::HandshakeTimeout => "the connection was closed during its handshake",
             Limit::Handshakes => "the connection was refused",
+            Limit::MigrateState => "the new version was refused",
         }
     }
 }

@@ -137,6 +137,18 @@ impl Mbuf {
         Ok(())
     }
 
+    /// Keep only the first `len` bytes, dropping those appended after them (say by a
+    /// migration that was called off); nothing changes when it holds `len` or fewer.
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.len() {
+            let drop = self.len() - len;
+            self.tail -= drop;
+            if self.is_empty() {
+                self.clear();
+            }
+        }
+    }
+
     /// Discard everything.
     pub fn clear(&mut self) {
         let len = self.len();
@@ -191,6 +203,21 @@ impl Mbuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncate_drops_what_came_after() {
+        let mut buf = Mbuf::with_limit(16);
+        buf.append(b"abcdef").unwrap();
+        buf.remove(2).unwrap();
+        buf.truncate(10);
+        assert_eq!(buf.as_slice(), b"cdef");
+        buf.truncate(2);
+        assert_eq!(buf.as_slice(), b"cd");
+        buf.truncate(0);
+        assert!(buf.is_empty());
+        buf.append(b"xy").unwrap();
+        assert_eq!(buf.as_slice(), b"xy");
+    }
 
     #[test]
     fn append_is_all_or_nothing() {

@@ -454,6 +454,18 @@ impl Handler for PluginHandler {
         self.migrate.is_some()
     }
 
+    fn keeps_what_it_hands_over(&self) -> bool {
+        self.tenant.plugin.inner.linked.exports.version().hands_over_all_or_nothing()
+    }
+
+    fn hand_over_instance(&mut self, host: &mut dyn Host, limit: usize) -> Result<Option<Vec<u8>>, Fault> {
+        migrate::hand_over_instance(self, host, limit)
+    }
+
+    fn take_over_instance(&mut self, host: &mut dyn Host, state: Vec<u8>) -> Result<bool, Fault> {
+        migrate::take_over_instance(self, host, state)
+    }
+
     fn hand_over(&mut self, host: &mut dyn Host, conn: ConnId) -> Result<Vec<u8>, Fault> {
         migrate::hand_over(self, host, conn)
     }

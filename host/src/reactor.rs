@@ -83,6 +83,7 @@ mod connection;
 mod deliver;
 pub(crate) mod descriptors;
 mod greeting;
+mod migration;
 mod scope;
 mod service;
 mod site;
@@ -335,6 +336,7 @@ impl Reactor {
                 next_id: index as u64 + 1,
                 id_step: workers as u64,
                 stopping: false,
+                timers_held: false,
                 now: Instant::now(),
             },
             stop: Arc::new(AtomicBool::new(false)),

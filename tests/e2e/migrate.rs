@@ -2,6 +2,8 @@
 //! that opts in (the chat) without a disconnect, and drains those of one that does not
 //! (the echo).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::harness::{Client, Server, listener, plugins, run_sandport, totals};
@@ -138,33 +140,107 @@ fn host_calls_work_in_hand_over_and_take_over() {
 }
 
 #[test]
-fn a_bad_hand_over_or_take_over_is_a_fault_with_its_reason() {
-    // (old version's settings, new version's, what the fault's log line says)
+fn a_bad_migration_call_calls_the_swap_off_with_its_reason() {
+    // (old version's settings, new version's, what the log says, whether the old
+    // instance lives on: only a fault of its own ends it)
+    // The bound is the new version's listener's (a reload may raise it with the swap).
+    let small_state = "[listener.limits]\nmigrate-state = \"1 MiB\"";
+    let huge_and_small = "hand-over-instance = \"huge\"\n[listener.limits]\nmigrate-state = \"1 MiB\"";
     let cases = [
-        ("hand-over = \"trap\"", "", vec!["trapped in hand-over", "wasm trap"]),
-        ("hand-over = \"spin\"", "", vec!["trapped in hand-over", "limits.event-"]),
-        ("hand-over = \"huge\"", "", vec!["handed over 2097152 bytes of state for connection", "the most is 1048576"]),
-        ("", "take-over = \"trap\"", vec!["trapped in take-over", "wasm trap"]),
-        ("", "take-over = \"spin\"", vec!["trapped in take-over", "limits.event-"]),
+        ("hand-over = \"trap\"", "", vec!["trapped in hand-over", "wasm trap"], false),
+        ("hand-over = \"spin\"", "", vec!["trapped in hand-over", "limits.event-"], false),
+        ("hand-over-instance = \"trap\"", "", vec!["trapped in hand-over-instance", "wasm trap"], false),
+        ("hand-over = \"huge\"", "", vec!["handed over 2097152 bytes of state for connection", "the most is 1048576"], true),
+        (huge_and_small, small_state, vec!["handed over 2097152 bytes of instance state", "migrate-state is 1048576"], true),
+        ("", "take-over = \"trap\"", vec!["trapped in take-over", "wasm trap"], true),
+        ("", "take-over = \"spin\"", vec!["trapped in take-over", "limits.event-"], true),
+        ("", "take-over-instance = \"trap\"", vec!["trapped in take-over-instance", "wasm trap"], true),
     ];
-    for (old, new, reason) in cases {
+    for (old, new, reason, lives) in cases {
         let case = format!("old {old:?}, new {new:?}");
         let server = Server::start(&faults_listener(old));
         let mut client = server.connect("mig");
         client.write(b"hello\n");
         assert_eq!(client.line(), "hello", "{case}");
         server.reload(&faults_listener(new));
-        let mut needles = vec!["handler failed", "listener=mig", plugins::FIXTURE_MIGRATE_FAULTS];
+        let mut needles = vec!["migration", "called off", "listener=mig", plugins::FIXTURE_MIGRATE_FAULTS];
         needles.extend(&reason);
         server.wait_for_log(&needles);
-        // The instance that faulted took the connection with it; the listener serves on.
-        client.until_end();
+        server.wait_for_log(&["new version refused, the old one goes on serving", "listener=mig"]);
+        if lives {
+            // Undisturbed: not even the old version's `* handing over` reached it.
+            client.write(b"still the old one\n");
+            assert_eq!(client.line(), "still the old one", "{case}");
+        } else {
+            client.until_end();
+        }
         let mut fresh = server.connect("mig");
         fresh.write(b"still here\n");
         assert_eq!(fresh.line(), "still here", "{case}");
         let (_, log) = server.terminate();
-        assert!(totals(&log, "mig").contains("faults=1"), "{case}: {log}");
+        let faults = if lives { "faults=0" } else { "faults=1" };
+        assert!(totals(&log, "mig").contains(faults) && totals(&log, "mig").contains("migrated=0"), "{case}: {log}");
     }
+}
+
+/// Clients of the `mig` listener that echo lines as fast as they can until told to
+/// stop, each checking every answer; each returns how many round trips it made.
+fn echo_load(server: &Server, clients: usize, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<(Client, usize)>> {
+    (0..clients)
+        .map(|c| {
+            let mut client = server.connect("mig");
+            let stop = Arc::clone(stop);
+            std::thread::spawn(move || {
+                let mut trips = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let line = format!("client {c} line {trips}");
+                    client.write(format!("{line}\n").as_bytes());
+                    assert_eq!(client.line(), line, "client {c}: an answer other than the echo");
+                    trips += 1;
+                }
+                (client, trips)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_fault_on_the_fifth_of_eight_connections_leaves_all_eight_on_the_old_version() {
+    const CLIENTS: usize = 8;
+    let server = Server::start(&format!("workers = 1\n{}", faults_listener("")));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = echo_load(&server, CLIENTS, &stop);
+    std::thread::sleep(Duration::from_millis(300));
+    // The new version takes over four connections, then traps on the fifth: the whole
+    // migration is called off and the four it had go back as they were.
+    server.reload(&format!("workers = 1\n{}", faults_listener("take-over = \"trap at 5\"")));
+    server.wait_for_log(&["take-over told to trap at call 5", "conn=#5"]);
+    server.wait_for_log(&["migration to version 2 was called off", "trapped in take-over"]);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let mut clients: Vec<Client> = load
+        .into_iter()
+        .map(|thread| {
+            let (client, trips) = thread.join().expect("every echo under load was the client's own line");
+            assert!(trips > 0);
+            client
+        })
+        .collect();
+    for client in &mut clients {
+        assert!(client.quiet_for(Duration::from_millis(50)), "a client got a line nobody asked for");
+    }
+    // Nothing was lost: the same eight move when the next version does not trap (a
+    // setting of its own makes it a new version: the refused one left none behind).
+    server.reload(&format!("workers = 1\n{}", faults_listener("revision = \"3\"")));
+    for client in &mut clients {
+        assert_eq!(client.line(), "* handing over");
+        assert_eq!(client.line(), "* taking over state");
+        client.write(b"after\n");
+        assert_eq!(client.line(), "after");
+    }
+    let (_, log) = server.terminate();
+    let mig = totals(&log, "mig");
+    assert!(mig.contains(&format!("migrated={CLIENTS}")) && mig.contains("faults=0"), "{mig}");
 }
 
 #[test]

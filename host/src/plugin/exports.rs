@@ -3,15 +3,16 @@
 //!
 //! Found once per component, at load ([`Exports::find`]): the version whose `handler`
 //! the component exports (it names the version it was built against; see `version`),
-//! `handle`, and `migrate`'s two functions when it exports that interface too, each
+//! `handle`, and `migrate`'s functions when it exports that interface too, each
 //! checked against the type the host calls it with (`signature`). Each instance then
 //! only turns those indices into typed functions ([`Exports::load`]), as generated
 //! bindings would, so an event costs the same whichever version a plugin speaks.
 //!
 //! Why not the generated bindings of the exports: each version's are a type of their
 //! own, and an instance would be one of several types depending on the WIT its plugin
-//! was built against. The functions' types are the same at every version (0.2.0 added
-//! an import only), so one set of typed functions calls either. This module decides
+//! was built against. A function's type is the same at every version that has it
+//! (0.2.0 added an import, 0.3.0 two `migrate` functions), so one set of typed
+//! functions calls any. This module decides
 //! nothing about when they are called (the reactor does, through `PluginHandler` and
 //! `migrate`).
 
@@ -27,12 +28,15 @@ use super::version::WitVersion;
 /// `handler.handle`, as the host calls it.
 pub(super) type Handle = TypedFunc<(u64, wit::Event, Resource<RecvView>), ()>;
 
-/// An instance's `migrate` export: `hand-over` and `take-over`, as the host calls them.
+/// An instance's `migrate` export, as the host calls it.
 pub(super) struct Migrate {
     /// `hand-over`: a connection's state out of the old version.
     pub(super) hand_over: TypedFunc<(u64,), (Vec<u8>,)>,
     /// `take-over`: a connection's state into the new version.
     pub(super) take_over: TypedFunc<(u64, Vec<u8>), ()>,
+    /// `hand-over-instance` and `take-over-instance`: the instance's own state out of
+    /// the old version and into the new; from 0.3.0.
+    pub(super) instance: Option<(TypedFunc<(), (Vec<u8>,)>, TypedFunc<(Vec<u8>,), ()>)>,
 }
 
 /// An exported function the host calls, and the type the host calls it with.
@@ -41,6 +45,8 @@ pub(super) struct Called {
     pub(super) interface: fn(WitVersion) -> &'static str,
     /// The function's name.
     pub(super) name: &'static str,
+    /// The first version of the contract that has it.
+    pub(super) since: WitVersion,
     signature: Signature,
 }
 
@@ -71,6 +77,7 @@ const BYTES: Shape = Shape::List(&Shape::U8);
 const HANDLE: Called = Called {
     interface: WitVersion::handler,
     name: "handle",
+    since: WitVersion::V0_1,
     signature: Signature { params: &[Shape::U64, EVENT, Shape::Borrow("mbuf")], results: &[] },
 };
 
@@ -78,6 +85,7 @@ const HANDLE: Called = Called {
 const HAND_OVER: Called = Called {
     interface: WitVersion::migrate,
     name: "hand-over",
+    since: WitVersion::V0_1,
     signature: Signature { params: &[Shape::U64], results: &[BYTES] },
 };
 
@@ -85,11 +93,29 @@ const HAND_OVER: Called = Called {
 const TAKE_OVER: Called = Called {
     interface: WitVersion::migrate,
     name: "take-over",
+    since: WitVersion::V0_1,
     signature: Signature { params: &[Shape::U64, BYTES], results: &[] },
 };
 
-/// The functions the host calls: `handle`, and `migrate`'s two when it is exported.
-pub(super) const CALLED: [Called; 3] = [HANDLE, HAND_OVER, TAKE_OVER];
+/// `migrate.hand-over-instance`.
+const HAND_OVER_INSTANCE: Called = Called {
+    interface: WitVersion::migrate,
+    name: "hand-over-instance",
+    since: WitVersion::V0_3,
+    signature: Signature { params: &[], results: &[BYTES] },
+};
+
+/// `migrate.take-over-instance`.
+const TAKE_OVER_INSTANCE: Called = Called {
+    interface: WitVersion::migrate,
+    name: "take-over-instance",
+    since: WitVersion::V0_3,
+    signature: Signature { params: &[BYTES], results: &[] },
+};
+
+/// The functions the host calls: `handle`, and `migrate`'s when it is exported (those
+/// of the component's version).
+pub(super) const CALLED: [Called; 5] = [HANDLE, HAND_OVER, TAKE_OVER, HAND_OVER_INSTANCE, TAKE_OVER_INSTANCE];
 
 impl Called {
     /// Where `component` exports this function at `version`, if it does so with the
@@ -126,8 +152,17 @@ pub(super) fn version_of(component: &Component) -> Option<WitVersion> {
 pub(super) struct Exports {
     version: WitVersion,
     handle: ComponentExportIndex,
-    /// `hand-over` and `take-over`, when the component exports `migrate`.
-    migrate: Option<(ComponentExportIndex, ComponentExportIndex)>,
+    /// `migrate`'s functions, when the component exports that interface.
+    migrate: Option<MigrateIndices>,
+}
+
+/// Where `migrate`'s functions are.
+#[derive(Clone, Copy)]
+struct MigrateIndices {
+    hand_over: ComponentExportIndex,
+    take_over: ComponentExportIndex,
+    /// `hand-over-instance` and `take-over-instance`, from 0.3.0.
+    instance: Option<(ComponentExportIndex, ComponentExportIndex)>,
 }
 
 impl Exports {
@@ -141,7 +176,14 @@ impl Exports {
         };
         let handle = HANDLE.find(component, version)?;
         let migrate = match component.get_export_index(None, version.migrate()) {
-            Some(_) => Some((HAND_OVER.find(component, version)?, TAKE_OVER.find(component, version)?)),
+            Some(_) => Some(MigrateIndices {
+                hand_over: HAND_OVER.find(component, version)?,
+                take_over: TAKE_OVER.find(component, version)?,
+                instance: match version >= HAND_OVER_INSTANCE.since {
+                    true => Some((HAND_OVER_INSTANCE.find(component, version)?, TAKE_OVER_INSTANCE.find(component, version)?)),
+                    false => None,
+                },
+            }),
             None => None,
         };
         Ok(Exports { version, handle, migrate })
@@ -166,9 +208,16 @@ impl Exports {
     ) -> wasmtime::Result<(Handle, Option<Migrate>)> {
         let handle = instance.get_typed_func(&mut *store, self.handle)?;
         let migrate = match self.migrate {
-            Some((hand_over, take_over)) => Some(Migrate {
+            Some(MigrateIndices { hand_over, take_over, instance: of_instance }) => Some(Migrate {
                 hand_over: instance.get_typed_func(&mut *store, hand_over)?,
                 take_over: instance.get_typed_func(&mut *store, take_over)?,
+                instance: match of_instance {
+                    Some((hand_over, take_over)) => Some((
+                        instance.get_typed_func(&mut *store, hand_over)?,
+                        instance.get_typed_func(&mut *store, take_over)?,
+                    )),
+                    None => None,
+                },
             }),
             None => None,
         };

@@ -134,13 +134,13 @@ impl Fix {
     }
 }
 
-/// `this host speaks sandport:handler@0.2.0 (and loads 0.1.0)`: the version of the
+/// `this host speaks sandport:handler@0.3.0 (and loads 0.2.0 or 0.1.0)`: the version of the
 /// host's WIT, then the earlier ones it serves.
 fn speaks() -> String {
     format!("this host speaks {PACKAGE}@{} (and loads {})", WitVersion::CURRENT.number(), earlier(|v| v.number()))
 }
 
-/// `` `sandport:handler/handler@0.2.0` or `@0.1.0` ``: the `handler` interface, at
+/// `` `sandport:handler/handler@0.3.0` or `@0.2.0` or `@0.1.0` ``: the `handler` interface, at
 /// every version the host serves.
 fn handler() -> String {
     format!("`{}` or {}", WitVersion::CURRENT.handler(), earlier(|v| format!("`@{}`", v.number())))
@@ -348,7 +348,7 @@ fn check_exports(component: &Component) -> Vec<Problem> {
         return vec![Problem::NoHandler(listed)];
     };
     let mut problems = Vec::new();
-    for called in CALLED {
+    for called in CALLED.iter().filter(|called| called.since <= version) {
         let name = (called.interface)(version);
         // `migrate` is optional; the handler export was found above.
         let Some(interface) = component.get_export_index(None, name) else { continue };
@@ -381,16 +381,23 @@ mod tests {
 
     #[test]
     fn the_called_functions_are_in_every_wit() {
-        let wits = [include_str!("../../../wit/handler.wit"), include_str!("../../../wit/compat/0.1.0/handler.wit")];
-        for (wit, called) in wits.iter().flat_map(|wit| CALLED.iter().map(move |called| (wit, called))) {
-            assert!(wit.contains(&format!("    {}: func(", called.name)), "{}", called.name);
+        let wits = [
+            (WitVersion::V0_3, include_str!("../../../wit/handler.wit")),
+            (WitVersion::V0_2, include_str!("../../../wit/compat/0.2.0/handler.wit")),
+            (WitVersion::V0_1, include_str!("../../../wit/compat/0.1.0/handler.wit")),
+        ];
+        for (version, wit) in wits {
+            for called in CALLED {
+                let has = wit.contains(&format!("    {}: func(", called.name));
+                assert_eq!(has, called.since <= version, "{} at {version:?}", called.name);
+            }
         }
     }
 
     #[test]
     fn the_versions_served_are_named() {
-        assert_eq!(speaks(), "this host speaks sandport:handler@0.2.0 (and loads 0.1.0)");
-        assert_eq!(handler(), "`sandport:handler/handler@0.2.0` or `@0.1.0`");
+        assert_eq!(speaks(), "this host speaks sandport:handler@0.3.0 (and loads 0.2.0 or 0.1.0)");
+        assert_eq!(handler(), "`sandport:handler/handler@0.3.0` or `@0.2.0` or `@0.1.0`");
     }
 
     #[test]
@@ -402,7 +409,8 @@ mod tests {
 
     #[test]
     fn only_sandport_interfaces_have_another_version() {
-        assert_eq!(other_version("sandport:handler/host@0.3.0").as_deref(), Some("0.3.0"));
+        assert_eq!(other_version("sandport:handler/host@0.4.0").as_deref(), Some("0.4.0"));
+        assert_eq!(other_version("sandport:handler/host@0.3.0"), None);
         assert_eq!(other_version("sandport:handler/host").as_deref(), Some("(no version)"));
         assert_eq!(other_version("sandport:handler/host@0.2.0"), None);
         assert_eq!(other_version("sandport:handler/host@0.1.0"), None);

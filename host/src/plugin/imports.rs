@@ -17,6 +17,7 @@ use wasmtime::component::Resource;
 
 use super::bindings::sandport::handler::{host, types};
 use super::bindings::v0_1::sandport::handler::host as host_v0_1;
+use super::bindings::v0_2::sandport::handler::host as host_v0_2;
 use super::state::{GuestState, MAX_VIEWS, RecvView};
 use crate::handler::{CloseMode, ConnId, HostError, SendEvents, TlsInfo};
 
@@ -174,6 +175,29 @@ forward!(host_v0_1::Host => host::Host {
 });
 
 forward!(host_v0_1::HostMbuf => host::HostMbuf {
+    fn len(&mut self, rx: Resource<RecvView>) -> u32;
+    fn read(&mut self, rx: Resource<RecvView>, offset: u32, len: u32) -> Vec<u8>;
+    fn find(&mut self, rx: Resource<RecvView>, needle: Vec<u8>, start: u32) -> Option<u32>;
+    fn drop(&mut self, rx: Resource<RecvView>) -> ();
+});
+
+forward!(host_v0_2::Host => host::Host {
+    fn send(&mut self, conn: u64, data: Vec<u8>) -> Result<u32, types::Error>;
+    fn send_room(&mut self, conn: u64) -> Result<u32, types::Error>;
+    fn remove(&mut self, conn: u64, n: u32) -> Result<(), types::Error>;
+    fn set_timer(&mut self, conn: u64, id: u64, millis: u64) -> Result<(), types::Error>;
+    fn cancel_timer(&mut self, conn: u64, id: u64) -> Result<bool, types::Error>;
+    fn close(&mut self, conn: u64, mode: types::CloseMode) -> Result<(), types::Error>;
+    fn shutdown(&mut self, conn: u64) -> Result<(), types::Error>;
+    fn connect(&mut self, address: String) -> Result<u64, types::Error>;
+    fn recv_buffer(&mut self, conn: u64) -> Result<Resource<RecvView>, types::Error>;
+    fn config(&mut self, key: String) -> Option<String>;
+    fn log(&mut self, level: types::LogLevel, message: String) -> ();
+    fn set_send_events(&mut self, mode: types::SendEvents) -> ();
+    fn tls_info(&mut self, conn: u64) -> Result<Option<types::TlsHandshake>, types::Error>;
+});
+
+forward!(host_v0_2::HostMbuf => host::HostMbuf {
     fn len(&mut self, rx: Resource<RecvView>) -> u32;
     fn read(&mut self, rx: Resource<RecvView>, offset: u32, len: u32) -> Vec<u8>;
     fn find(&mut self, rx: Resource<RecvView>, needle: Vec<u8>, start: u32) -> Option<u32>;

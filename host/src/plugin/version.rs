@@ -11,28 +11,32 @@
 /// The WIT package a plugin is built against.
 pub const PACKAGE: &str = "sandport:handler";
 
-/// A version of the contract this host serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A version of the contract this host serves, in the order they were released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum WitVersion {
     /// 0.1.0 (`wit/compat/0.1.0`), without `tls-info`.
     V0_1,
-    /// 0.2.0 (`wit/handler.wit`), which added `tls-info`.
+    /// 0.2.0 (`wit/compat/0.2.0`), which added `tls-info`.
     V0_2,
+    /// 0.3.0 (`wit/handler.wit`), which added `migrate`'s instance-level hand-over and
+    /// made a migration all or nothing.
+    V0_3,
 }
 
 impl WitVersion {
     /// The version this host speaks: that of `wit/handler.wit`, which the SDK, the
     /// bindings of every language and `sandport new` are built against.
-    pub const CURRENT: WitVersion = WitVersion::V0_2;
+    pub const CURRENT: WitVersion = WitVersion::V0_3;
 
     /// Every version this host serves, the current one first.
-    pub const ALL: [WitVersion; 2] = [WitVersion::V0_2, WitVersion::V0_1];
+    pub const ALL: [WitVersion; 3] = [WitVersion::V0_3, WitVersion::V0_2, WitVersion::V0_1];
 
     /// The version's number, as interface names carry it (`0.2.0`).
     pub fn number(self) -> &'static str {
         match self {
             WitVersion::V0_1 => "0.1.0",
             WitVersion::V0_2 => "0.2.0",
+            WitVersion::V0_3 => "0.3.0",
         }
     }
 
@@ -46,6 +50,7 @@ impl WitVersion {
         match self {
             WitVersion::V0_1 => "sandport:handler/host@0.1.0",
             WitVersion::V0_2 => "sandport:handler/host@0.2.0",
+            WitVersion::V0_3 => "sandport:handler/host@0.3.0",
         }
     }
 
@@ -54,7 +59,15 @@ impl WitVersion {
         match self {
             WitVersion::V0_1 => "sandport:handler/handler@0.1.0",
             WitVersion::V0_2 => "sandport:handler/handler@0.2.0",
+            WitVersion::V0_3 => "sandport:handler/handler@0.3.0",
         }
+    }
+
+    /// Whether a plugin of this version keeps serving a connection it handed over (a
+    /// migration may then be called off with nothing to undo), and has the
+    /// instance-level hand-over. Before 0.3.0 `hand-over` forgot the connection.
+    pub fn hands_over_all_or_nothing(self) -> bool {
+        self >= WitVersion::V0_3
     }
 
     /// The name of the `migrate` interface, which a plugin may export.
@@ -62,6 +75,7 @@ impl WitVersion {
         match self {
             WitVersion::V0_1 => "sandport:handler/migrate@0.1.0",
             WitVersion::V0_2 => "sandport:handler/migrate@0.2.0",
+            WitVersion::V0_3 => "sandport:handler/migrate@0.3.0",
         }
     }
 }
@@ -75,7 +89,8 @@ mod tests {
     fn the_names_follow_the_wit_files() {
         let wit = |version| match version {
             WitVersion::V0_1 => include_str!("../../../wit/compat/0.1.0/handler.wit"),
-            WitVersion::V0_2 => include_str!("../../../wit/handler.wit"),
+            WitVersion::V0_2 => include_str!("../../../wit/compat/0.2.0/handler.wit"),
+            WitVersion::V0_3 => include_str!("../../../wit/handler.wit"),
         };
         for version in WitVersion::ALL {
             let number = version.number();
@@ -88,6 +103,6 @@ mod tests {
             assert_eq!(WitVersion::of(number), Some(version));
         }
         assert_eq!(WitVersion::ALL[0], WitVersion::CURRENT);
-        assert_eq!(WitVersion::of("0.3.0"), None);
+        assert_eq!(WitVersion::of("0.4.0"), None);
     }
 }

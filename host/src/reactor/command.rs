@@ -3,11 +3,11 @@
 //! up.
 //!
 //! A swap replaces the listener's factory, so new connections get the new version at
-//! once; the connections already open stay with the instance they started on. If both
-//! the old and the new version migrate, each of them is handed over (its state from
-//! the old instance to a new one) and carries on there without noticing; otherwise
-//! the old instance drains: it serves its connections until they close, and closes
-//! those left when the listener's `drain-timeout-ms` passes. An old instance is
+//! once. If both the old and the new version migrate, each old instance's state and
+//! connections move to the new version first, all or nothing (see `migration`): if
+//! that is called off, the swap is refused on this worker and nothing changes.
+//! Otherwise the old instance drains: it serves its connections until they close, and
+//! closes those left when the listener's `drain-timeout-ms` passes. An old instance is
 //! dropped with its last connection.
 //!
 //! Commands arrive on a channel the loop empties once a turn (after waking it), never
@@ -26,8 +26,9 @@ use tracing::{debug, info, warn};
 use super::connection::Phase;
 use mio::net::TcpStream;
 
-use super::{Binding, Counts, GateCounts, Reactor, Scope, SharedSite};
-use crate::handler::{ConnId, HandlerFactory};
+use super::migration::CalledOff;
+use super::{Binding, Counts, GateCounts, Reactor, SharedSite};
+use crate::handler::HandlerFactory;
 use crate::listener::ListenerSpec;
 use crate::tls::ClientTls;
 
@@ -69,18 +70,25 @@ pub(crate) enum Command {
 pub(crate) type Tallies = (Vec<(String, Counts)>, Vec<(SocketAddr, GateCounts)>);
 
 /// What a swap did on one worker.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Swapped {
     /// Connections carried over to the new version.
     pub migrated: u64,
     /// Connections left on an old version until they close or drain.
     pub draining: u64,
+    /// Why the new version did not take over on this worker (its migration was called
+    /// off; the old version serves on as before).
+    pub refused: Option<String>,
 }
 
 impl Swapped {
     /// Two workers' swaps together.
     pub fn and(self, other: Swapped) -> Swapped {
-        Swapped { migrated: self.migrated + other.migrated, draining: self.draining + other.draining }
+        Swapped {
+            migrated: self.migrated + other.migrated,
+            draining: self.draining + other.draining,
+            refused: self.refused.or(other.refused),
+        }
     }
 }
 
@@ -153,29 +161,62 @@ impl Reactor {
         of_listener.map(|(key, _)| key).collect()
     }
 
-    /// Make `factory` (version `version`) serve listener `spec.name`'s new connections;
-    /// migrate or drain the connections of the instances it had.
+    /// Make `factory` (version `version`) serve listener `spec.name`'s new connections,
+    /// after its old instances' state and connections have moved to the new version
+    /// (see `migration`); those that do not migrate drain. If the migration is called
+    /// off, nothing changes here and the answer says why.
     fn swap(
         &mut self,
         spec: ListenerSpec,
         version: u64,
-        factory: Box<dyn HandlerFactory>,
+        mut factory: Box<dyn HandlerFactory>,
         upstreams: Vec<(SocketAddr, ClientTls)>,
     ) -> Swapped {
         let Some(index) = self.listener_named(&spec.name) else { return Swapped::default() };
+        let olds: Vec<usize> = self.core.instances.iter().filter(|(_, i)| i.listener == index).map(|(key, _)| key).collect();
+        let state_limit = spec.limits.migrate_state;
+        let committed = match self.migrate_all(index, &olds, factory.as_mut(), version, state_limit) {
+            Ok(committed) => committed,
+            Err(CalledOff { reason, broken_old }) => {
+                let account = &mut self.core.accounts[index];
+                warn!(listener = %account.spec.name, version, "the migration to version {version} was called off: {reason}");
+                if let Some((old, key, fault)) = broken_old {
+                    self.fault_instance(old, key, fault);
+                }
+                return Swapped { refused: Some(reason), ..Swapped::default() };
+            }
+        };
         let listener = &mut self.listeners[index];
         listener.factory = factory;
         listener.version = version;
-        listener.shared = None;
+        listener.shared = committed.shared;
         self.core.accounts[index].spec = spec;
         self.core.accounts[index].upstreams = upstreams;
-        let mut swapped = Swapped::default();
-        for instance in self.old_instances(index) {
-            swapped.migrated += self.migrate(instance);
+        self.core.accounts[index].counts.migrated += committed.moved;
+        debug!(listener = %self.core.accounts[index].spec.name, moved = committed.moved, "connections migrated");
+        let mut swapped = Swapped { migrated: committed.moved, ..Swapped::default() };
+        // Those that migrated are gone; the new ones are not among these.
+        for instance in olds {
             swapped.draining += self.drain_later(instance);
             self.release_if_idle(instance);
         }
         swapped
+    }
+
+    /// `instance` faulted outside an event (during a migration): as [`Reactor::fault`]
+    /// does, for connection `key` or, if the call was about none, any of its own.
+    fn fault_instance(&mut self, instance: usize, key: Option<usize>, fault: crate::handler::Fault) {
+        let Some(i) = self.core.instances.get(instance) else { return };
+        match key.or_else(|| i.conns.values().next().copied()) {
+            Some(key) => self.fault(instance, key, fault),
+            None => {
+                let i = self.core.instances.remove(instance);
+                if self.listeners[i.listener].shared == Some(instance) {
+                    self.listeners[i.listener].shared = None;
+                }
+                self.core.accounts[i.listener].counts.faults += 1;
+            }
+        }
     }
 
     /// Set the drain deadline of `instance`, if it still holds connections; returns
@@ -194,56 +235,6 @@ impl Reactor {
             }
         }
         i.conns.len() as u64
-    }
-
-    /// Hand the connections of `old` over to an instance of its listener's current
-    /// version, if both migrate. Returns how many moved; those that did not stay on
-    /// `old` (if it still lives) and drain.
-    fn migrate(&mut self, old: usize) -> u64 {
-        let Some(i) = self.core.instances.get(old) else { return 0 };
-        let index = i.listener;
-        let migrates = i.handler.as_ref().is_some_and(|h| h.migrates());
-        if !migrates || i.conns.is_empty() {
-            return 0;
-        }
-        let Some(new) = self.instance_for(index) else { return 0 };
-        if !self.core.instances[new].handler.as_ref().is_some_and(|h| h.migrates()) {
-            self.release_if_idle(new);
-            return 0;
-        }
-        let mut conns: Vec<(ConnId, usize)> = self.core.instances[old].conns.iter().map(|(id, k)| (*id, *k)).collect();
-        conns.sort_unstable();
-        let mut moved = 0;
-        for (id, key) in conns {
-            if !self.core.instances.contains(old) || !self.core.instances.contains(new) {
-                break;
-            }
-            let mut handler = self.core.instances[old].handler.take().expect("handlers are never re-entered");
-            let state = handler.hand_over(&mut Scope { core: &mut self.core, instance: old, current: key }, id);
-            self.core.instances[old].handler = Some(handler);
-            let state = match state {
-                Ok(state) => state,
-                Err(fault) => {
-                    self.fault(old, key, fault);
-                    break;
-                }
-            };
-            self.core.instances[old].conns.remove(&id);
-            self.core.instances[new].conns.insert(id, key);
-            self.core.conns[key].instance = new;
-            let mut handler = self.core.instances[new].handler.take().expect("handlers are never re-entered");
-            let taken = handler.take_over(&mut Scope { core: &mut self.core, instance: new, current: key }, id, state);
-            self.core.instances[new].handler = Some(handler);
-            if let Err(fault) = taken {
-                self.fault(new, key, fault);
-                break;
-            }
-            moved += 1;
-            self.core.enqueue(key);
-        }
-        self.core.accounts[index].counts.migrated += moved;
-        debug!(listener = %self.core.accounts[index].spec.name, moved, "connections migrated");
-        moved
     }
 
     /// Close the connections of old versions whose `drain-timeout-ms` has passed.

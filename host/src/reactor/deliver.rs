@@ -37,7 +37,7 @@ impl Reactor {
         let kind = event.kind();
         let mut handler = self.core.instances[instance].handler.take().expect("handlers are never re-entered");
         let started = Instant::now();
-        let result = handler.handle(&mut Scope { core: &mut self.core, instance, current: key }, id, event);
+        let result = handler.handle(&mut Scope { core: &mut self.core, instance, current: Some(key) }, id, event);
         self.core.now = Instant::now();
         let counts = &mut self.core.accounts[listener].counts;
         counts.guest_time.record(self.core.now - started);

@@ -27,7 +27,9 @@ use crate::mbuf::Mbuf;
 pub(super) struct Scope<'a> {
     pub(super) core: &'a mut Core,
     pub(super) instance: usize,
-    pub(super) current: usize,
+    /// The connection the event is about; none for a call about the whole instance (a
+    /// migration's instance-level hand-over).
+    pub(super) current: Option<usize>,
 }
 
 impl Scope<'_> {
@@ -165,7 +167,9 @@ impl Host for Scope<'_> {
             }
         };
         if !account.open.take(account.spec.limits.max_connections) {
-            self.core.hit(self.current, Limit::Connections);
+            if let Some(current) = self.current {
+                self.core.hit(current, Limit::Connections);
+            }
             return Err(HostError::LimitExceeded("connections"));
         }
         let dialed = TcpStream::connect(address)

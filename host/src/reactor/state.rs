@@ -91,6 +91,9 @@ pub(super) struct Core {
     pub(super) id_step: u64,
     /// The reactor is closing every connection to stop: no new one may be dialed.
     pub(super) stopping: bool,
+    /// A migration is under way and may put connections' timers back as they were:
+    /// entries that look stale may come alive again, so none is dropped.
+    pub(super) timers_held: bool,
     /// The clock as last read: when the poll returned, or the last event ended. Good
     /// enough to stamp activity with, and a reading fewer per read and per write.
     pub(super) now: Instant,
@@ -174,6 +177,9 @@ impl Core {
 
     /// Drop stale timer entries once they outnumber the live ones.
     pub(super) fn compact_timers(&mut self) {
+        if self.timers_held {
+            return;
+        }
         let live = self.armed + self.conns.len();
         if self.timers.len() > 2 * live + TIMER_SLACK {
             let mut timers = std::mem::take(&mut self.timers);

@@ -3,57 +3,57 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Imported Functions from `sandport:handler/host@0.2.0`
+// Imported Functions from `sandport:handler/host@0.3.0`
 
-__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("[method]mbuf.len")))
+__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("[method]mbuf.len")))
 extern int32_t __wasm_import_sandport_handler_host_method_mbuf_len(int32_t);
 
-__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("[method]mbuf.read")))
+__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("[method]mbuf.read")))
 extern void __wasm_import_sandport_handler_host_method_mbuf_read(int32_t, int32_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("[method]mbuf.find")))
+__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("[method]mbuf.find")))
 extern void __wasm_import_sandport_handler_host_method_mbuf_find(int32_t, uint8_t *, size_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("recv-buffer")))
+__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("recv-buffer")))
 extern void __wasm_import_sandport_handler_host_recv_buffer(int64_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("send")))
+__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("send")))
 extern void __wasm_import_sandport_handler_host_send(int64_t, uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("send-room")))
+__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("send-room")))
 extern void __wasm_import_sandport_handler_host_send_room(int64_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("remove")))
+__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("remove")))
 extern void __wasm_import_sandport_handler_host_remove(int64_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("set-timer")))
+__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("set-timer")))
 extern void __wasm_import_sandport_handler_host_set_timer(int64_t, int64_t, int64_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("cancel-timer")))
+__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("cancel-timer")))
 extern void __wasm_import_sandport_handler_host_cancel_timer(int64_t, int64_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("close")))
+__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("close")))
 extern void __wasm_import_sandport_handler_host_close(int64_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("shutdown")))
+__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("shutdown")))
 extern void __wasm_import_sandport_handler_host_shutdown(int64_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("connect")))
+__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("connect")))
 extern void __wasm_import_sandport_handler_host_connect(uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("config")))
+__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("config")))
 extern void __wasm_import_sandport_handler_host_config(uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("log")))
+__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("log")))
 extern void __wasm_import_sandport_handler_host_log(int32_t, uint8_t *, size_t);
 
-__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("set-send-events")))
+__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("set-send-events")))
 extern void __wasm_import_sandport_handler_host_set_send_events(int32_t);
 
-__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("tls-info")))
+__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("tls-info")))
 extern void __wasm_import_sandport_handler_host_tls_info(int64_t, uint8_t *);
 
-// Exported Functions from `sandport:handler/handler@0.2.0`
+// Exported Functions from `sandport:handler/handler@0.3.0`
 
 
 // Canonical ABI intrinsics
@@ -153,7 +153,7 @@ void sandport_handler_host_tls_handshake_free(sandport_handler_host_tls_handshak
   sandport_handler_types_tls_handshake_free(ptr);
 }
 
-__attribute__((__import_module__("sandport:handler/host@0.2.0"), __import_name__("[resource-drop]mbuf")))
+__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("[resource-drop]mbuf")))
 extern void __wasm_import_sandport_handler_host_mbuf_drop(int32_t handle);
 
 void sandport_handler_host_mbuf_drop_own(sandport_handler_host_own_mbuf_t handle) {
@@ -850,7 +850,7 @@ bool sandport_handler_host_tls_info(sandport_handler_host_conn_t conn, sandport_
   }
 }
 
-__attribute__((__export_name__("sandport:handler/handler@0.2.0#handle")))
+__attribute__((__export_name__("sandport:handler/handler@0.3.0#handle")))
 void __wasm_export_exports_sandport_handler_handler_handle(int64_t arg, int32_t arg0, int64_t arg1, size_t arg2, uint8_t * arg3, size_t arg4, int32_t arg5) {
   int32_t borrow = 0;
   sandport_handler_types_event_t variant6;

@@ -246,7 +246,7 @@ typedef sandport_handler_types_event_t exports_sandport_handler_handler_event_t;
 
 typedef sandport_handler_host_borrow_mbuf_t exports_sandport_handler_handler_borrow_mbuf_t;
 
-// Imported Functions from `sandport:handler/host@0.2.0`
+// Imported Functions from `sandport:handler/host@0.3.0`
 // Bytes currently buffered.
 extern uint32_t sandport_handler_host_method_mbuf_len(sandport_handler_host_borrow_mbuf_t self);
 // Copy out up to `len` bytes starting at `offset` (fewer near the end;
@@ -326,7 +326,7 @@ extern void sandport_handler_host_set_send_events(sandport_handler_host_send_eve
 // does.
 extern bool sandport_handler_host_tls_info(sandport_handler_host_conn_t conn, sandport_handler_host_option_tls_handshake_t *ret, sandport_handler_host_error_t *err);
 
-// Exported Functions from `sandport:handler/handler@0.2.0`
+// Exported Functions from `sandport:handler/handler@0.3.0`
 void exports_sandport_handler_handler_handle(exports_sandport_handler_handler_conn_t conn, exports_sandport_handler_handler_event_t *ev, exports_sandport_handler_handler_borrow_mbuf_t rx);
 
 // Helper Functions

@@ -30,7 +30,7 @@
 //!
 //! The chat migrates: when the listener is swapped to a new version that migrates too,
 //! every member moves with its name and idle interval, and no one is told that anyone
-//! joined or left; the new version greets each member with `* VERSION took over, you
+//! joined or left (the room is its members: there is no other state to carry); the new version greets each member with `* VERSION took over, you
 //! are still NAME`. Built with the feature `next` (the test fixture `chat-next` is this
 //! source built so) it is a visibly different version: it welcomes with `* welcome to
 //! chat-next, userID` and relays lines as `<NAME> L`.
@@ -186,8 +186,9 @@ impl Migrate for Chat {
     /// The member leaves this version quietly: the others will find it in the next.
     fn hand_over(&mut self, conn: Conn) -> Vec<u8> {
         // A connection that is not a member (it was refused) carries nothing; the
-        // next version closes it.
-        self.members.remove(conn).map_or_else(Vec::new, |member| member.encode())
+        // next version closes it. The member stays: if the migration is called off,
+        // this version serves it on.
+        self.members.get(conn).map_or_else(Vec::new, Member::encode)
     }
 
     fn take_over(&mut self, conn: Conn, state: &[u8]) {

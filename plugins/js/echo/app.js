@@ -5,7 +5,7 @@
 // from the client) until a `send` event says the socket took some. So any amount passes
 // through bounded buffers.
 
-import { send, sendRoom, remove, close, config, log, setSendEvents } from 'sandport:handler/host@0.2.0';
+import { send, sendRoom, remove, close, config, log, setSendEvents } from 'sandport:handler/host@0.3.0';
 
 // Largest chunk copied per host call: big enough that the call costs little next to the
 // copy (and leaves little garbage per byte), small enough not to hold much guest memory.

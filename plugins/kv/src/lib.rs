@@ -19,6 +19,11 @@
 //! instance would have a key space of its own, and under `per-connection` each client,
 //! which is seldom what a cache wants.
 //!
+//! A swap to a version that migrates too keeps the whole key space (deadlines as time
+//! left) and every client with the replies it is owed; the listener's `migrate-state`
+//! limit (32 MiB by default) bounds the key space handed over, so raise it with
+//! `maxmemory`.
+//!
 //! Expiry is lazy (a key past its deadline is gone when a command looks at it) and
 //! swept: while keys have deadlines, a timer on one of the connections wakes the
 //! instance every 100 ms to remove the ones due. Time is the guest's monotonic clock
@@ -43,9 +48,10 @@ mod store;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use sandport_guest::{Conn, ConnMap, Error, Handler, Peer, RecvBuf, SendEvents, config, log};
+use sandport_guest::{Conn, ConnMap, Error, Handler, Migrate, Peer, RecvBuf, SendEvents, config, log};
 
 use crate::commands::{After, Kv};
+use crate::store::Store;
 use crate::resp::{Parse, Partial, ProtocolError, Resume, Scan};
 
 /// `maxmemory` when the configuration has none: half of the default `memory` limit.
@@ -331,7 +337,61 @@ fn parse_size(text: &str) -> Option<usize> {
     number.checked_mul(unit)
 }
 
-sandport_guest::export!(Server);
+/// The first byte of a handed-over connection: the layout of what follows (a byte of
+/// flags, [`EOF`] and [`QUIT`], then the replies still pending).
+const SESSION_V1: u8 = 1;
+const EOF: u8 = 1;
+const QUIT: u8 = 2;
+
+/// The key space moves with a swap to a version that migrates too, and so do the
+/// clients, with the replies they are still owed; a partial command stays in the
+/// receive buffer, which the host keeps, and is read again from its start.
+impl Migrate for Server {
+    fn hand_over_instance(&mut self) -> Vec<u8> {
+        let now = now();
+        self.kv.as_mut().map_or_else(Vec::new, |kv| kv.store().handed_over(now))
+    }
+
+    fn take_over_instance(&mut self, state: &[u8]) {
+        if state.is_empty() {
+            return;
+        }
+        let now = now();
+        match Store::taken_over(state, now) {
+            Some(store) => *self.kv().store() = store,
+            None => log::error("kv: the key space handed over is not one this version reads; starting empty"),
+        }
+    }
+
+    fn hand_over(&mut self, conn: Conn) -> Vec<u8> {
+        let Some(session) = self.sessions.get(conn) else { return Vec::new() };
+        let flags = u8::from(session.eof) * EOF | u8::from(session.quit) * QUIT;
+        [&[SESSION_V1, flags][..], &session.pending].concat()
+    }
+
+    fn take_over(&mut self, conn: Conn, state: &[u8]) {
+        let Some((&[SESSION_V1, flags], pending)) = state.split_first_chunk::<2>() else {
+            let _ = conn.close_after_send();
+            return;
+        };
+        let session = Session {
+            pending: pending.to_vec(),
+            eof: flags & EOF != 0,
+            quit: flags & QUIT != 0,
+            ..Session::default()
+        };
+        self.sessions.insert(conn, session);
+        if let Some(session) = self.sessions.get_mut(conn)
+            && flush(conn, &mut session.pending).is_err()
+        {
+            let _ = conn.close_after_send();
+        }
+        self.kv();
+        self.arm_sweep(conn);
+    }
+}
+
+sandport_guest::export_migrating!(Server);
 
 #[cfg(test)]
 mod tests {

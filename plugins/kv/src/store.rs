@@ -169,6 +169,61 @@ impl Store {
     }
 }
 
+/// The first byte of a key space handed over to the next version: the layout of what
+/// follows, one record per key: the key's length (4 bytes little-endian) and bytes, the
+/// value's likewise, then the milliseconds it has left plus one (8 bytes; 0: no
+/// deadline). Time left, not the deadline: each instance's clock starts at its own
+/// first look.
+const HANDED_V1: u8 = 1;
+
+impl Store {
+    /// Every key that has not expired at `now`, as the next version's
+    /// [`Store::taken_over`] reads it.
+    pub fn handed_over(&self, now: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + self.used / 2);
+        out.push(HANDED_V1);
+        for (key, entry) in &self.entries {
+            let left = match entry.deadline {
+                None => 0,
+                Some(at) if at <= now => continue,
+                Some(at) => at - now + 1,
+            };
+            for bytes in [key.as_slice(), entry.value.as_slice()] {
+                out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                out.extend_from_slice(bytes);
+            }
+            out.extend_from_slice(&left.to_le_bytes());
+        }
+        out
+    }
+
+    /// The key space [`Store::handed_over`] wrote, with deadlines from `now`; `None`
+    /// when the bytes are not one.
+    pub fn taken_over(state: &[u8], now: u64) -> Option<Store> {
+        let (&HANDED_V1, mut rest) = state.split_first()? else { return None };
+        let mut store = Store::default();
+        while !rest.is_empty() {
+            let (key, tail) = length_prefixed(rest)?;
+            let (value, tail) = length_prefixed(tail)?;
+            let (left, tail) = tail.split_first_chunk::<8>()?;
+            rest = tail;
+            let deadline = match u64::from_le_bytes(*left) {
+                0 => None,
+                left => Some(now.saturating_add(left - 1)),
+            };
+            store.set(key, value, deadline);
+        }
+        Some(store)
+    }
+}
+
+/// Bytes behind a 4-byte little-endian length at the start of `bytes`, and what follows.
+fn length_prefixed(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, tail) = bytes.split_first_chunk::<4>()?;
+    let len = u32::from_le_bytes(*len) as usize;
+    (len <= tail.len()).then(|| tail.split_at(len))
+}
+
 /// Put `new` in `value`, in the allocation it has when that fits without slack the
 /// count would miss (it counts lengths, not capacities).
 fn replace(value: &mut Vec<u8>, new: &[u8]) {
@@ -215,6 +270,24 @@ mod tests {
         assert_eq!(store.len(), 2);
         assert_eq!(store.sweep(1000, 100), 2);
         assert_eq!((store.len(), store.used()), (0, 0));
+    }
+
+    #[test]
+    fn a_handed_over_key_space_is_taken_over_whole() {
+        let mut store = Store::default();
+        store.set(b"forever", b"1", None);
+        store.set(b"soon", b"22", Some(150));
+        store.set(b"gone", b"333", Some(90));
+        let state = store.handed_over(100);
+        let mut taken = Store::taken_over(&state, 1000).unwrap();
+        assert_eq!(taken.len(), 2);
+        assert_eq!(taken.get(b"forever", 1000), Some(&b"1"[..]));
+        assert_eq!(taken.deadline(b"soon", 1000), Some(Some(1050)));
+        assert_eq!(taken.get(b"gone", 1000), None);
+        assert_eq!(taken.used(), cost(7, 1, false) + cost(4, 2, true));
+        assert!(Store::taken_over(&state[..state.len() - 1], 0).is_none());
+        assert!(Store::taken_over(b"", 0).is_none());
+        assert_eq!(Store::taken_over(&[HANDED_V1], 0).map(|s| s.len()), Some(0));
     }
 
     #[test]
