@@ -32,6 +32,7 @@ const PLUGINS: &[&str] = &[
     "fixture-foreign-import",
     "fixture-other-wit",
     "fixture-old-wit",
+    "fixture-wit-0-2",
 ];
 
 /// Directories whose contents feed the plugin builds.
