@@ -343,3 +343,63 @@ fn garbage_and_a_huge_bulk_length_are_answered_then_closed() {
     assert_eq!(client.until_eof(), b"+OK\r\n");
     assert_eq!(cli(server.addr("kv"), &["PING"]), "PONG");
 }
+
+#[test]
+fn the_key_space_survives_a_swap_under_load() {
+    const KEYS: usize = 100_000;
+    let config = |revision: u32| {
+        format!(
+            "workers = 1\n{}",
+            listener("kv", plugins::KV, &format!("[listener.config]\nrevision = \"{revision}\"\n"))
+        )
+    };
+    let server = Server::start(&config(1));
+    let addr = server.addr("kv");
+    let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+    let mut con = client.get_connection_with_timeout(PATIENCE).unwrap();
+    let key = |i: usize| format!("k:{i}");
+    let value = |i: usize| format!("v{i}");
+    for batch in (0..KEYS).collect::<Vec<_>>().chunks(1000) {
+        let mut mset = redis::cmd("MSET");
+        for &i in batch {
+            mset.arg(key(i)).arg(value(i));
+        }
+        let () = mset.query(&mut con).unwrap();
+    }
+    let () = redis::cmd("SET").arg("with-ttl").arg("x").arg("EX").arg(3600).query(&mut con).unwrap();
+
+    // Clients that write and read all through the swap.
+    let bench = Command::new("redis-benchmark")
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-t", "set,get,incr", "-n", "400000", "-c", "20", "-P", "4", "-q"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("redis-benchmark runs (Debian's redis-tools)");
+    server.wait_for_count("accepted listener=kv", 21);
+    server.reload(&config(2));
+    let took_over = server.wait_for_log(&["version 2 took over", "listener=kv"]);
+    assert!(took_over.contains("migrated=21"), "the benchmark's 20 clients and ours moved: {took_over}");
+    let output = bench.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{said}");
+    assert!(!said.contains("rror"), "no client saw an error: {said}");
+
+    // Every key, on the connection opened before the swap.
+    for batch in (0..KEYS).collect::<Vec<_>>().chunks(1000) {
+        let mut mget = redis::cmd("MGET");
+        for &i in batch {
+            mget.arg(key(i));
+        }
+        let values: Vec<Option<String>> = mget.query(&mut con).unwrap();
+        for (&i, got) in batch.iter().zip(values) {
+            assert_eq!(got, Some(value(i)), "{}", key(i));
+        }
+    }
+    let ttl: i64 = redis::cmd("TTL").arg("with-ttl").query(&mut con).unwrap();
+    assert!((3000..=3600).contains(&ttl), "the deadline moved as time left: {ttl}");
+    let size: usize = redis::cmd("DBSIZE").query(&mut con).unwrap();
+    assert!((KEYS + 1..=KEYS + 4).contains(&size), "ours and the benchmark's few: {size}");
+    let (_, log) = server.terminate();
+    assert!(crate::harness::totals(&log, "kv").contains("faults=0"), "{log}");
+}

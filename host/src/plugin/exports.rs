@@ -36,8 +36,14 @@ pub(super) struct Migrate {
     pub(super) take_over: TypedFunc<(u64, Vec<u8>), ()>,
     /// `hand-over-instance` and `take-over-instance`: the instance's own state out of
     /// the old version and into the new; from 0.3.0.
-    pub(super) instance: Option<(TypedFunc<(), (Vec<u8>,)>, TypedFunc<(Vec<u8>,), ()>)>,
+    pub(super) instance: Option<(HandOverInstance, TakeOverInstance)>,
 }
+
+/// `migrate.hand-over-instance`, as the host calls it.
+pub(super) type HandOverInstance = TypedFunc<(), (Vec<u8>,)>;
+
+/// `migrate.take-over-instance`, as the host calls it.
+pub(super) type TakeOverInstance = TypedFunc<(Vec<u8>,), ()>;
 
 /// An exported function the host calls, and the type the host calls it with.
 pub(super) struct Called {
@@ -180,7 +186,10 @@ impl Exports {
                 hand_over: HAND_OVER.find(component, version)?,
                 take_over: TAKE_OVER.find(component, version)?,
                 instance: match version >= HAND_OVER_INSTANCE.since {
-                    true => Some((HAND_OVER_INSTANCE.find(component, version)?, TAKE_OVER_INSTANCE.find(component, version)?)),
+                    true => Some((
+                        HAND_OVER_INSTANCE.find(component, version)?,
+                        TAKE_OVER_INSTANCE.find(component, version)?,
+                    )),
                     false => None,
                 },
             }),

@@ -53,7 +53,11 @@ pub(super) fn hand_over_instance(
 
 /// The new instance's side, first: call its `take-over-instance` with `state`; false
 /// when its component has none.
-pub(super) fn take_over_instance(handler: &mut PluginHandler, host: &mut dyn Host, state: Vec<u8>) -> Result<bool, Fault> {
+pub(super) fn take_over_instance(
+    handler: &mut PluginHandler,
+    host: &mut dyn Host,
+    state: Vec<u8>,
+) -> Result<bool, Fault> {
     let Some(migrate) = &handler.migrate else { return Err(not_migrating(handler)) };
     let Some((_, take_over)) = migrate.instance else { return Ok(false) };
     let during = "in take-over-instance";

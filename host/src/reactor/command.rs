@@ -173,7 +173,8 @@ impl Reactor {
         upstreams: Vec<(SocketAddr, ClientTls)>,
     ) -> Swapped {
         let Some(index) = self.listener_named(&spec.name) else { return Swapped::default() };
-        let olds: Vec<usize> = self.core.instances.iter().filter(|(_, i)| i.listener == index).map(|(key, _)| key).collect();
+        let olds: Vec<usize> =
+            self.core.instances.iter().filter(|(_, i)| i.listener == index).map(|(key, _)| key).collect();
         let state_limit = spec.limits.migrate_state;
         let committed = match self.migrate_all(index, &olds, factory.as_mut(), version, state_limit) {
             Ok(committed) => committed,

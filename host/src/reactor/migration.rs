@@ -192,7 +192,8 @@ impl Reactor {
             }
         };
         let from_new = |fault: Fault| CalledOff { reason: fault.to_string(), broken_old: None };
-        let state = self.call(old, None, |h, host| h.hand_over_instance(host, state_limit)).map_err(over_or(from_old(None)))?;
+        let state =
+            self.call(old, None, |h, host| h.hand_over_instance(host, state_limit)).map_err(over_or(from_old(None)))?;
         if let Some(state) = state {
             let taken = self.call(new, None, |h, host| h.take_over_instance(host, state)).map_err(from_new)?;
             if !taken {
@@ -204,7 +205,8 @@ impl Reactor {
         conns.sort_unstable();
         let keeps = self.core.instances[old].handler.as_ref().is_some_and(|h| h.keeps_what_it_hands_over());
         for (id, key) in conns {
-            let state = self.call(old, Some(key), |h, host| h.hand_over(host, id)).map_err(over_or(from_old(Some(key))))?;
+            let state =
+                self.call(old, Some(key), |h, host| h.hand_over(host, id)).map_err(over_or(from_old(Some(key))))?;
             self.core.instances[new].conns.insert(id, key);
             step.handed.push((id, key, (!keeps).then(|| state.clone())));
             self.call(new, Some(key), |h, host| h.take_over(host, id, state)).map_err(from_new)?;

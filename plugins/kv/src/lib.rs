@@ -51,8 +51,8 @@ use std::time::{Duration, Instant};
 use sandport_guest::{Conn, ConnMap, Error, Handler, Migrate, Peer, RecvBuf, SendEvents, config, log};
 
 use crate::commands::{After, Kv};
-use crate::store::Store;
 use crate::resp::{Parse, Partial, ProtocolError, Resume, Scan};
+use crate::store::Store;
 
 /// `maxmemory` when the configuration has none: half of the default `memory` limit.
 const DEFAULT_MAXMEMORY: usize = 32 << 20;
@@ -374,12 +374,8 @@ impl Migrate for Server {
             let _ = conn.close_after_send();
             return;
         };
-        let session = Session {
-            pending: pending.to_vec(),
-            eof: flags & EOF != 0,
-            quit: flags & QUIT != 0,
-            ..Session::default()
-        };
+        let session =
+            Session { pending: pending.to_vec(), eof: flags & EOF != 0, quit: flags & QUIT != 0, ..Session::default() };
         self.sessions.insert(conn, session);
         if let Some(session) = self.sessions.get_mut(conn)
             && flush(conn, &mut session.pending).is_err()
