@@ -48,7 +48,8 @@ pub mod bindings {
 ///
 /// A migration is all or nothing: only when every call has returned does the new
 /// version take over, and the old instance is then dropped. If any call traps or runs
-/// over the event deadline, or a state is over its bound (1 MiB per connection, the
+/// over its deadline (the event limits; ten times them for the two instance-level
+/// calls), or a state is over its bound (1 MiB per connection, the
 /// listener's `migrate-state` limit for the instance's), the new version is refused and
 /// the old instance serves on as if nothing had happened. So the `hand_over` side only
 /// reads: it must leave the handler able to go on. Whatever either side does to a

@@ -447,7 +447,7 @@ impl Handler for PluginHandler {
         let event = to_wit(event);
         let rx = Resource::<RecvView>::new_borrow(RecvView::CURRENT);
         let handle = self.handle;
-        call(&self.tenant, &mut self.store, host, conn, "", |store| handle.call(store, (conn.0, event, rx)))
+        call(&self.tenant, &mut self.store, host, (conn, 1), "", |store| handle.call(store, (conn.0, event, rx)))
     }
 
     fn migrates(&self) -> bool {
@@ -475,18 +475,23 @@ impl Handler for PluginHandler {
     }
 }
 
-/// Make `call`, a call into the guest about `conn`, with the event's budget and
-/// deadline and with `host` reachable from imports. A failure is a fault whose reason
+/// Make `call`, a call into the guest about `conn` that may take `budgets` events'
+/// budgets (1 but for a whole instance's migration), with the deadline that sets and
+/// with `host` reachable from imports. A failure is a fault whose reason
 /// says where it happened (`during`, say "in hand-over"; empty for `handle`).
 fn call<R>(
     tenant: &Tenant,
     store: &mut Store<GuestState>,
     host: &mut dyn Host,
-    conn: ConnId,
+    (conn, budgets): (ConnId, u32),
     during: &str,
     call: impl FnOnce(&mut Store<GuestState>) -> wasmtime::Result<R>,
 ) -> Result<R, Fault> {
-    start_call(store, &tenant.budget);
+    start_call(store, &tenant.budget.times(budgets));
+    if budgets != 1 {
+        let clock = store.data().clock.stretched(budgets);
+        store.data_mut().clock = clock;
+    }
     let called = state::with_host(store, host, conn, call);
     if tenant.log_budget.take_dropped() {
         host.limit_hit(conn, Limit::LogRate);

@@ -76,6 +76,11 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// This budget `n` times over.
+    pub fn times(self, n: u32) -> Budget {
+        Budget { cpu: self.cpu * n, wall: self.wall * n }
+    }
+
     /// The epoch deadline to set when a call starts: whichever budget ends first could
     /// be used up by then.
     pub fn first_deadline(&self) -> u64 {
@@ -114,11 +119,14 @@ impl OverBudget {
     }
 }
 
-/// When a call into a guest started, in ticks and in this thread's CPU time.
+/// When a call into a guest started, in ticks and in this thread's CPU time, and how
+/// many events' budgets it may take.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallClock {
     tick: u64,
     cpu: Duration,
+    /// Budgets the call may use (0 counts as 1).
+    budgets: u32,
 }
 
 impl CallClock {
@@ -127,15 +135,21 @@ impl CallClock {
         let tick = TICKS.load(Ordering::Relaxed);
         let (sampled, cpu) = SAMPLE.get();
         if sampled == tick {
-            return CallClock { tick, cpu };
+            return CallClock { tick, cpu, budgets: 1 };
         }
         let cpu = thread_cpu_time();
         SAMPLE.set((tick, cpu));
-        CallClock { tick, cpu }
+        CallClock { tick, cpu, budgets: 1 }
+    }
+
+    /// The same clock for a call that may take `budgets` events' budgets.
+    pub fn stretched(self, budgets: u32) -> CallClock {
+        CallClock { budgets, ..self }
     }
 
     /// The deadline came due: go on for this many more ticks, or stop.
     pub fn verdict(&self, budget: &Budget) -> Result<u64, OverBudget> {
+        let budget = &budget.times(self.budgets.max(1));
         let took = TICK * TICKS.load(Ordering::Relaxed).saturating_sub(self.tick) as u32;
         if took >= budget.wall {
             return Err(OverBudget::Wall { took, budget: budget.wall });
@@ -175,6 +189,16 @@ mod tests {
         while thread_cpu_time() - start < Duration::from_millis(30) {}
         let budget = Budget { cpu: Duration::from_millis(20), wall: Duration::from_secs(10) };
         assert!(matches!(clock.verdict(&budget), Err(OverBudget::Cpu { .. })));
+    }
+
+    #[test]
+    fn a_stretched_call_may_take_that_many_budgets() {
+        let start = thread_cpu_time();
+        let (clock, stretched) = (CallClock::start(), CallClock::start().stretched(3));
+        while thread_cpu_time() - start < Duration::from_millis(30) {}
+        let budget = Budget { cpu: Duration::from_millis(20), wall: Duration::from_secs(10) };
+        assert!(clock.verdict(&budget).is_err());
+        assert!(stretched.verdict(&budget).is_ok());
     }
 
     #[test]

@@ -19,6 +19,10 @@ use crate::listener::Limit;
 /// What instance-level calls are tagged with in the guest's log: no connection.
 const NO_CONN: ConnId = ConnId(0);
 
+/// Events' budgets (`event-timeout-ms`, `event-wall-timeout-ms`) an instance-level
+/// call may take: it carries a whole instance's state, not one event's work.
+pub const INSTANCE_BUDGETS: u32 = 10;
+
 /// Most bytes of state one connection may carry to the new version: a session, not a
 /// data store. More from `hand-over` calls the migration off, as more than the
 /// listener's `migrate-state` from `hand-over-instance` does (both are reported as that
@@ -36,7 +40,9 @@ pub(super) fn hand_over_instance(
     let Some(migrate) = &handler.migrate else { return Err(not_migrating(handler)) };
     let Some((hand_over, _)) = migrate.instance else { return Ok(None) };
     let during = "in hand-over-instance";
-    let (state,) = call(&handler.tenant, &mut handler.store, host, NO_CONN, during, |store| hand_over.call(store, ()))?;
+    let (state,) = call(&handler.tenant, &mut handler.store, host, (NO_CONN, INSTANCE_BUDGETS), during, |store| {
+        hand_over.call(store, ())
+    })?;
     if state.len() > limit {
         return Err(Fault {
             reason: format!(
@@ -61,7 +67,9 @@ pub(super) fn take_over_instance(
     let Some(migrate) = &handler.migrate else { return Err(not_migrating(handler)) };
     let Some((_, take_over)) = migrate.instance else { return Ok(false) };
     let during = "in take-over-instance";
-    call(&handler.tenant, &mut handler.store, host, NO_CONN, during, |store| take_over.call(store, (state,)))?;
+    call(&handler.tenant, &mut handler.store, host, (NO_CONN, INSTANCE_BUDGETS), during, |store| {
+        take_over.call(store, (state,))
+    })?;
     Ok(true)
 }
 
@@ -71,7 +79,7 @@ pub(super) fn hand_over(handler: &mut PluginHandler, host: &mut dyn Host, conn: 
     let during = "in hand-over";
     let hand_over = migrate.hand_over;
     let (state,) =
-        call(&handler.tenant, &mut handler.store, host, conn, during, |store| hand_over.call(store, (conn.0,)))?;
+        call(&handler.tenant, &mut handler.store, host, (conn, 1), during, |store| hand_over.call(store, (conn.0,)))?;
     if state.len() > MAX_STATE {
         return Err(Fault {
             reason: format!(
@@ -105,7 +113,7 @@ pub(super) fn take_over(
     }
     let during = "in take-over";
     let take_over = migrate.take_over;
-    call(&handler.tenant, &mut handler.store, host, conn, during, |store| take_over.call(store, (conn.0, state)))
+    call(&handler.tenant, &mut handler.store, host, (conn, 1), during, |store| take_over.call(store, (conn.0, state)))
 }
 
 fn not_migrating(handler: &PluginHandler) -> Fault {

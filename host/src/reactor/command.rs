@@ -21,7 +21,7 @@ use std::sync::mpsc::Sender;
 use std::time::Instant;
 
 use mio::Waker;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::connection::Phase;
 use mio::net::TcpStream;
@@ -176,6 +176,7 @@ impl Reactor {
         let olds: Vec<usize> =
             self.core.instances.iter().filter(|(_, i)| i.listener == index).map(|(key, _)| key).collect();
         let state_limit = spec.limits.migrate_state;
+        let started = Instant::now();
         let committed = match self.migrate_all(index, &olds, factory.as_mut(), version, state_limit) {
             Ok(committed) => committed,
             Err(CalledOff { reason, broken_old }) => {
@@ -194,7 +195,12 @@ impl Reactor {
         self.core.accounts[index].spec = spec;
         self.core.accounts[index].upstreams = upstreams;
         self.core.accounts[index].counts.migrated += committed.moved;
-        debug!(listener = %self.core.accounts[index].spec.name, moved = committed.moved, "connections migrated");
+        if committed.migrated {
+            // How long this worker's loop stood still: every connection of the
+            // listener's waited for it.
+            let took = started.elapsed();
+            info!(listener = %self.core.accounts[index].spec.name, worker = self.index, moved = committed.moved, ?took, "migrated to version {version}");
+        }
         let mut swapped = Swapped { migrated: committed.moved, ..Swapped::default() };
         // Those that migrated are gone; the new ones are not among these.
         for instance in olds {

@@ -73,6 +73,8 @@ pub(super) struct Committed {
     pub(super) moved: u64,
     /// The new instance that serves a shared or per-worker listener's connections.
     pub(super) shared: Option<usize>,
+    /// Whether anything migrated (an instance's state, if not a connection).
+    pub(super) migrated: bool,
 }
 
 impl Reactor {
@@ -239,7 +241,7 @@ impl Reactor {
                 moved += 1;
             }
         }
-        Committed { moved, shared }
+        Committed { moved, shared, migrated: true }
     }
 
     /// Something failed: drop the new instances and put every connection back as the
