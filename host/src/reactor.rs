@@ -75,6 +75,7 @@ use tracing::{info, warn};
 
 use crate::handler::HandlerFactory;
 use crate::listener::{InstanceMode, ListenerSpec};
+use crate::mbuf::Pool;
 use crate::throttle::Throttle;
 
 mod accept;
@@ -336,6 +337,7 @@ impl Reactor {
                 id_step: workers as u64,
                 stopping: false,
                 now: Instant::now(),
+                buffers: Pool::default(),
             },
             stop: Arc::new(AtomicBool::new(false)),
             waker,
@@ -647,7 +649,7 @@ impl Reactor {
         while let Some(key) = self.core.conns.iter().map(|(key, _)| key).next() {
             let conn = &mut self.core.conns[key];
             if !conn.phase.is_closing() && conn.dial == Dial::Over {
-                let _ = conn.write_out(self.core.now);
+                let _ = conn.write_out(self.core.now, &mut self.core.buffers);
             }
             self.close(key, None);
         }
