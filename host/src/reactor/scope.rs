@@ -60,6 +60,7 @@ impl Host for Scope<'_> {
         if c.write_side != WriteSide::Open {
             return Err(HostError::Closed);
         }
+        // Borrowed again beside the pool, which the append may take storage from.
         let c = &mut self.core.conns[key];
         if c.tx.append(data, &mut self.core.buffers).is_err() {
             c.send_wanted = SendWanted::Owed;
