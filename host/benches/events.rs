@@ -26,21 +26,22 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use sandport::handler::{CloseMode, ConnId, Event, Handler, Host, HostError, SendEvents, TlsInfo};
 use sandport::listener::{Limit, ListenerSpec};
-use sandport::mbuf::Mbuf;
+use sandport::mbuf::{Mbuf, Pool};
 use sandport::plugin::Runtime;
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n";
 const CONN: ConnId = ConnId(1);
 
-/// One connection's buffers, as the reactor would hold them.
+/// One connection's buffers, as the reactor would hold them, and their storage.
 struct OneConnection {
     rx: Mbuf,
     tx: Mbuf,
+    pool: Pool,
 }
 
 impl OneConnection {
     fn new() -> OneConnection {
-        OneConnection { rx: Mbuf::with_limit(1 << 20), tx: Mbuf::with_limit(1 << 20) }
+        OneConnection { rx: Mbuf::with_limit(1 << 20), tx: Mbuf::with_limit(1 << 20), pool: Pool::default() }
     }
 
     fn only(&self, conn: ConnId) -> Result<(), HostError> {
@@ -55,7 +56,7 @@ impl Host for OneConnection {
 
     fn send(&mut self, conn: ConnId, data: &[u8]) -> Result<u32, HostError> {
         self.only(conn)?;
-        self.tx.append(data).map_err(|_| HostError::LimitExceeded("send buffer"))?;
+        self.tx.append(data, &mut self.pool).map_err(|_| HostError::LimitExceeded("send buffer"))?;
         Ok(self.tx.room() as u32)
     }
 
@@ -65,7 +66,7 @@ impl Host for OneConnection {
 
     fn remove(&mut self, conn: ConnId, n: u32) -> Result<(), HostError> {
         self.only(conn)?;
-        self.rx.remove(n as usize).map_err(|short| HostError::Invalid(short.to_string()))
+        self.rx.remove(n as usize, &mut self.pool).map_err(|short| HostError::Invalid(short.to_string()))
     }
 
     fn set_timer(&mut self, _: ConnId, _: u64, _: Duration) -> Result<(), HostError> {
@@ -108,10 +109,10 @@ fn accepted(runtime: &Runtime, path: &str, host: &mut OneConnection) -> Box<dyn 
 
 /// `request` arrives, the handler answers, the answer goes out; checks `reply_len`.
 fn round_trip(handler: &mut dyn Handler, host: &mut OneConnection, request: &[u8], reply_len: usize) {
-    host.rx.append(request).unwrap();
+    host.rx.append(request, &mut host.pool).unwrap();
     handler.handle(host, CONN, Event::Recv(request.len() as u32)).unwrap();
     assert_eq!((host.rx.len(), host.tx.len()), (0, reply_len), "the handler must answer at once");
-    host.tx.clear();
+    host.tx.clear(&mut host.pool);
 }
 
 fn events(c: &mut Criterion) {

@@ -1,36 +1,103 @@
-//! Bounded byte buffers: a connection's receive and send buffers.
+//! Bounded byte buffers: a connection's receive and send buffers, and the pool their
+//! storage comes from.
 //!
-//! An [`Mbuf`] owns bytes in one contiguous region so that guests can read any range
+//! An [`Mbuf`] holds bytes in one contiguous region so that guests can read any range
 //! and search for a delimiter without the host assembling pieces. It never holds more
 //! than its limit: [`Mbuf::append`] is all-or-nothing and [`Mbuf::fill_from`] reads at
 //! most the room that is left. It never does I/O on its own initiative; the reactor
 //! decides when to read into it and when to write out of it.
+//!
+//! **An empty buffer owns no storage.** Its storage belongs to the [`Pool`] of the
+//! worker that holds it: an `Mbuf` takes a block from the pool when bytes arrive (a
+//! read, an append) and gives it back the moment it is drained (a remove, a write, a
+//! read that brought nothing), so ten thousand idle connections hold no buffer bytes,
+//! and a busy worker reuses the same few blocks instead of going to the allocator.
+//! The pool is bounded ([`POOL_BYTES`]): what a burst returns beyond it goes back to
+//! the allocator. Every method that may take or give back storage is handed the pool;
+//! none keeps it.
 
 use std::io::{self, Read, Write};
 
 /// How much free space a read asks for at least, so small messages do not cost a
-/// growth step each.
+/// growth step each; also the size of a fresh block.
 const MIN_READ: usize = 16 * 1024;
 
-/// An idle buffer above this size gives its memory back when it empties.
-const KEEP_WHEN_EMPTY: usize = 64 * 1024;
+/// Storage larger than this is not kept in a pool when its buffer empties: it goes
+/// back to the allocator, so one large message does not pin its size.
+const LARGEST_POOLED: usize = 64 * 1024;
+
+/// The most storage a pool keeps for buffers to take, in bytes: enough for the
+/// buffers a worker fills and drains in one turn of its loop.
+pub const POOL_BYTES: usize = 1 << 20;
+
+/// A worker's spare buffer storage: blocks that drained buffers gave back, for the
+/// next buffer that needs one. Single-threaded, like the worker that owns it.
+///
+/// ```
+/// use sandport::mbuf::{Mbuf, Pool};
+///
+/// let mut pool = Pool::default();
+/// let mut buf = Mbuf::with_limit(1024);
+/// buf.append(b"hello", &mut pool).unwrap();
+/// assert_eq!(pool.spare_bytes(), 0);
+/// buf.remove(5, &mut pool).unwrap();
+/// // Drained: its storage is the pool's again.
+/// assert!(pool.spare_bytes() > 0);
+/// ```
+#[derive(Debug, Default)]
+pub struct Pool {
+    /// Blocks, each fully initialised (`len` is the usable size).
+    spare: Vec<Vec<u8>>,
+    /// Their sizes added up, at most [`POOL_BYTES`].
+    bytes: usize,
+}
+
+impl Pool {
+    /// Bytes of storage waiting to be taken.
+    pub fn spare_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// A block for a buffer: the last one given back, or a fresh one.
+    fn take(&mut self) -> Vec<u8> {
+        match self.spare.pop() {
+            Some(block) => {
+                self.bytes -= block.len();
+                block
+            }
+            None => vec![0; MIN_READ],
+        }
+    }
+
+    /// A drained buffer's storage: kept for the next one if it is of a usual size and
+    /// there is room, else freed.
+    fn give(&mut self, block: Vec<u8>) {
+        let size = block.len();
+        if size > 0 && size <= LARGEST_POOLED && self.bytes + size <= POOL_BYTES {
+            self.bytes += size;
+            self.spare.push(block);
+        }
+    }
+}
 
 /// A bounded, contiguous byte buffer consumed from the front and filled at the back.
 ///
 /// ```
-/// use sandport::mbuf::Mbuf;
+/// use sandport::mbuf::{Mbuf, Pool};
 ///
+/// let mut pool = Pool::default();
 /// let mut buf = Mbuf::with_limit(8);
-/// buf.append(b"GET /\r\n").unwrap();
+/// buf.append(b"GET /\r\n", &mut pool).unwrap();
 /// assert_eq!(buf.find(b"\r\n", 0), Some(5));
-/// buf.remove(7).unwrap();
+/// buf.remove(7, &mut pool).unwrap();
 /// assert!(buf.is_empty());
-/// assert!(buf.append(b"too long!").is_err());
+/// assert!(buf.append(b"too long!", &mut pool).is_err());
 /// ```
 #[derive(Debug)]
 pub struct Mbuf {
-    /// Backing storage; bytes `head..tail` are the contents. Always initialised, so a
-    /// socket read can write into `tail..` without unsafe code.
+    /// Backing storage, taken from a [`Pool`] while bytes are buffered and empty (no
+    /// allocation) otherwise; bytes `head..tail` are the contents. Always initialised,
+    /// so a socket read can write into `tail..` without unsafe code.
     data: Vec<u8>,
     head: usize,
     tail: usize,
@@ -58,8 +125,8 @@ pub struct Short {
 }
 
 impl Mbuf {
-    /// An empty buffer that will never hold more than `limit` bytes. It allocates
-    /// nothing until the first byte arrives.
+    /// An empty buffer that will never hold more than `limit` bytes. It holds no
+    /// storage until the first byte arrives.
     pub fn with_limit(limit: usize) -> Mbuf {
         Mbuf { data: Vec::new(), head: 0, tail: 0, limit }
     }
@@ -110,82 +177,99 @@ impl Mbuf {
         memchr::memmem::find(hay, needle).map(|at| at + from)
     }
 
-    /// Append all of `bytes`, or nothing when they do not fit.
-    pub fn append(&mut self, bytes: &[u8]) -> Result<(), Full> {
+    /// Append all of `bytes`, or nothing when they do not fit; storage comes from
+    /// `pool`.
+    pub fn append(&mut self, bytes: &[u8], pool: &mut Pool) -> Result<(), Full> {
         if bytes.len() > self.room() {
             return Err(Full { wanted: bytes.len(), room: self.room() });
         }
-        self.reserve(bytes.len());
+        self.reserve(bytes.len(), pool);
         self.data[self.tail..self.tail + bytes.len()].copy_from_slice(bytes);
         self.tail += bytes.len();
         Ok(())
     }
 
-    /// Discard the first `n` bytes.
-    pub fn remove(&mut self, n: usize) -> Result<(), Short> {
+    /// Discard the first `n` bytes; once none are left, the storage goes back to
+    /// `pool`.
+    pub fn remove(&mut self, n: usize, pool: &mut Pool) -> Result<(), Short> {
         if n > self.len() {
             return Err(Short { wanted: n, len: self.len() });
         }
         self.head += n;
-        if self.is_empty() {
-            self.head = 0;
-            self.tail = 0;
-            if self.data.len() > KEEP_WHEN_EMPTY {
-                self.data = Vec::new();
-            }
-        }
+        self.give_back_if_empty(pool);
         Ok(())
     }
 
     /// Keep only the first `len` bytes, dropping those appended after them (say by a
     /// migration that was called off); nothing changes when it holds `len` or fewer.
-    pub fn truncate(&mut self, len: usize) {
+    pub fn truncate(&mut self, len: usize, pool: &mut Pool) {
         if len < self.len() {
-            let drop = self.len() - len;
-            self.tail -= drop;
-            if self.is_empty() {
-                self.clear();
-            }
+            self.tail = self.head + len;
+            self.give_back_if_empty(pool);
         }
     }
 
-    /// Discard everything.
-    pub fn clear(&mut self) {
-        let len = self.len();
-        self.remove(len).expect("removing the whole length always fits");
+    /// Discard everything, giving the storage back to `pool`.
+    pub fn clear(&mut self, pool: &mut Pool) {
+        self.head = self.tail;
+        self.give_back_if_empty(pool);
     }
 
     /// Make one `read` call on `source` for at most `max` bytes (and never past the
     /// limit), appending what it returns. Returns the bytes read and the bytes asked
     /// for: fewer read than asked means the source had no more at that moment. `Ok(0)`
     /// read means end of stream, unless the buffer had no room or `max` was 0.
-    pub fn fill_from(&mut self, source: &mut impl Read, max: usize) -> io::Result<(usize, usize)> {
+    ///
+    /// Storage is taken from `pool` for the read, and given back if it brought nothing.
+    pub fn fill_from(&mut self, source: &mut impl Read, max: usize, pool: &mut Pool) -> io::Result<(usize, usize)> {
         let want = max.min(self.room());
         if want == 0 {
             return Ok((0, 0));
         }
-        self.reserve(want.min(MIN_READ.max(self.len())));
+        self.reserve(want.min(MIN_READ.max(self.len())), pool);
         let (start, end) = (self.tail, (self.tail + want).min(self.data.len()));
-        let n = source.read(&mut self.data[start..end])?;
-        self.tail += n;
-        Ok((n, end - start))
+        let read = source.read(&mut self.data[start..end]);
+        if let Ok(n) = read {
+            self.tail += n;
+        }
+        self.give_back_if_empty(pool);
+        Ok((read?, end - start))
     }
 
-    /// Make one `write` call on `sink` with the buffered bytes, removing what it took.
-    pub fn drain_to(&mut self, sink: &mut impl Write) -> io::Result<usize> {
+    /// Make one `write` call on `sink` with the buffered bytes, removing what it took
+    /// (and giving the storage back to `pool` once drained).
+    pub fn drain_to(&mut self, sink: &mut impl Write, pool: &mut Pool) -> io::Result<usize> {
         if self.is_empty() {
             return Ok(0);
         }
         let n = sink.write(self.as_slice())?;
-        self.remove(n).expect("a writer never takes more than it was given");
+        self.remove(n, pool).expect("a writer never takes more than it was given");
         Ok(n)
     }
 
+    /// With no bytes left, hand the storage to `pool`: an empty buffer owns none.
+    fn give_back_if_empty(&mut self, pool: &mut Pool) {
+        if self.is_empty() {
+            self.head = 0;
+            self.tail = 0;
+            if !self.data.is_empty() {
+                pool.give(std::mem::take(&mut self.data));
+            }
+        }
+    }
+
     /// Make sure at least `extra` bytes (already checked against the limit) fit after
-    /// `tail`, by sliding the contents to the front or by growing the storage.
-    fn reserve(&mut self, extra: usize) {
+    /// `tail`: by taking storage from `pool` if there is none, by sliding the contents
+    /// to the front, or by growing the storage.
+    fn reserve(&mut self, extra: usize, pool: &mut Pool) {
         if self.data.len() - self.tail >= extra {
             return;
+        }
+        if self.data.is_empty() {
+            self.data = pool.take();
+            if self.data.len() >= extra {
+                return;
+            }
         }
         let len = self.len();
         if self.head > 0 {
@@ -206,41 +290,46 @@ mod tests {
 
     #[test]
     fn truncate_drops_what_came_after() {
+        let mut pool = Pool::default();
         let mut buf = Mbuf::with_limit(16);
-        buf.append(b"abcdef").unwrap();
-        buf.remove(2).unwrap();
-        buf.truncate(10);
+        buf.append(b"abcdef", &mut pool).unwrap();
+        buf.remove(2, &mut pool).unwrap();
+        buf.truncate(10, &mut pool);
         assert_eq!(buf.as_slice(), b"cdef");
-        buf.truncate(2);
+        buf.truncate(2, &mut pool);
         assert_eq!(buf.as_slice(), b"cd");
-        buf.truncate(0);
+        buf.truncate(0, &mut pool);
         assert!(buf.is_empty());
-        buf.append(b"xy").unwrap();
+        assert!(pool.spare_bytes() > 0, "drained: its storage went back");
+        buf.append(b"xy", &mut pool).unwrap();
         assert_eq!(buf.as_slice(), b"xy");
     }
 
     #[test]
     fn append_is_all_or_nothing() {
+        let mut pool = Pool::default();
         let mut buf = Mbuf::with_limit(4);
-        buf.append(b"abc").unwrap();
-        assert_eq!(buf.append(b"de"), Err(Full { wanted: 2, room: 1 }));
+        buf.append(b"abc", &mut pool).unwrap();
+        assert_eq!(buf.append(b"de", &mut pool), Err(Full { wanted: 2, room: 1 }));
         assert_eq!(buf.as_slice(), b"abc");
     }
 
     #[test]
     fn remove_more_than_buffered_changes_nothing() {
+        let mut pool = Pool::default();
         let mut buf = Mbuf::with_limit(16);
-        buf.append(b"hello").unwrap();
-        assert_eq!(buf.remove(6), Err(Short { wanted: 6, len: 5 }));
+        buf.append(b"hello", &mut pool).unwrap();
+        assert_eq!(buf.remove(6, &mut pool), Err(Short { wanted: 6, len: 5 }));
         assert_eq!(buf.as_slice(), b"hello");
-        buf.remove(2).unwrap();
+        buf.remove(2, &mut pool).unwrap();
         assert_eq!(buf.as_slice(), b"llo");
     }
 
     #[test]
     fn read_clamps_ranges() {
+        let mut pool = Pool::default();
         let mut buf = Mbuf::with_limit(16);
-        buf.append(b"hello").unwrap();
+        buf.append(b"hello", &mut pool).unwrap();
         assert_eq!(buf.read(1, 3), b"ell");
         assert_eq!(buf.read(3, 100), b"lo");
         assert_eq!(buf.read(9, 1), b"");
@@ -249,28 +338,31 @@ mod tests {
 
     #[test]
     fn find_respects_from_and_removed_prefix() {
+        let mut pool = Pool::default();
         let mut buf = Mbuf::with_limit(64);
-        buf.append(b"a\nb\nc").unwrap();
+        buf.append(b"a\nb\nc", &mut pool).unwrap();
         assert_eq!(buf.find(b"\n", 0), Some(1));
         assert_eq!(buf.find(b"\n", 2), Some(3));
         assert_eq!(buf.find(b"\n", 4), None);
         assert_eq!(buf.find(b"\n", 99), None);
         assert_eq!(buf.find(b"a\nb\nc and more", 0), None);
-        buf.remove(2).unwrap();
+        buf.remove(2, &mut pool).unwrap();
         assert_eq!(buf.find(b"\n", 0), Some(1));
     }
 
     #[test]
     fn fill_from_stops_at_the_limit() {
+        let mut pool = Pool::default();
         let mut buf = Mbuf::with_limit(10);
         let mut source: &[u8] = &[7u8; 100];
-        assert_eq!(buf.fill_from(&mut source, 1000).unwrap(), (10, 10));
-        assert_eq!(buf.fill_from(&mut source, 1000).unwrap(), (0, 0));
+        assert_eq!(buf.fill_from(&mut source, 1000, &mut pool).unwrap(), (10, 10));
+        assert_eq!(buf.fill_from(&mut source, 1000, &mut pool).unwrap(), (0, 0));
         assert_eq!(buf.len(), 10);
     }
 
     #[test]
     fn slides_and_grows_without_losing_bytes() {
+        let mut pool = Pool::default();
         let mut buf = Mbuf::with_limit(1 << 20);
         let mut expected = Vec::new();
         let mut next = 0u8;
@@ -283,12 +375,12 @@ mod tests {
                 .collect();
             let mut source = chunk.as_slice();
             while !source.is_empty() {
-                buf.fill_from(&mut source, 3000).unwrap();
+                buf.fill_from(&mut source, 3000, &mut pool).unwrap();
             }
             expected.extend_from_slice(&chunk);
             let consume = expected.len() / 2;
             assert_eq!(&buf.as_slice()[..consume], &expected[..consume]);
-            buf.remove(consume).unwrap();
+            buf.remove(consume, &mut pool).unwrap();
             expected.drain(..consume);
             assert_eq!(buf.as_slice(), expected.as_slice());
         }
@@ -296,12 +388,62 @@ mod tests {
 
     #[test]
     fn drain_to_removes_what_was_written() {
+        let mut pool = Pool::default();
         let mut buf = Mbuf::with_limit(16);
-        buf.append(b"hello").unwrap();
+        buf.append(b"hello", &mut pool).unwrap();
         let mut sink = [0u8; 3];
-        let n = buf.drain_to(&mut &mut sink[..]).unwrap();
+        let n = buf.drain_to(&mut &mut sink[..], &mut pool).unwrap();
         assert_eq!(n, 3);
         assert_eq!(&sink, b"hel");
         assert_eq!(buf.as_slice(), b"lo");
+    }
+
+    #[test]
+    fn an_empty_buffer_holds_no_storage() {
+        let mut pool = Pool::default();
+        let mut buf = Mbuf::with_limit(1 << 20);
+        // Drained by a remove, a write, a clear, or a read that brought nothing.
+        buf.append(b"hello", &mut pool).unwrap();
+        buf.remove(5, &mut pool).unwrap();
+        assert_eq!((buf.data.len(), pool.spare_bytes()), (0, MIN_READ));
+        buf.append(b"hello", &mut pool).unwrap();
+        assert_eq!(pool.spare_bytes(), 0, "the block given back is the one taken");
+        buf.drain_to(&mut Vec::new(), &mut pool).unwrap();
+        assert_eq!(buf.data.len(), 0);
+        buf.append(b"hello", &mut pool).unwrap();
+        buf.clear(&mut pool);
+        assert_eq!(buf.data.len(), 0);
+        assert_eq!(buf.fill_from(&mut io::empty(), 100, &mut pool).unwrap(), (0, 100));
+        assert_eq!(buf.data.len(), 0);
+        assert!(buf.fill_from(&mut Blocked, 100, &mut pool).is_err());
+        assert_eq!((buf.data.len(), pool.spare_bytes()), (0, MIN_READ));
+    }
+
+    /// A source that would block.
+    struct Blocked;
+
+    impl Read for Blocked {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    #[test]
+    fn the_pool_keeps_a_bounded_amount_of_usual_blocks() {
+        let mut pool = Pool::default();
+        let mut bufs: Vec<Mbuf> = (0..2 * POOL_BYTES / MIN_READ).map(|_| Mbuf::with_limit(1 << 20)).collect();
+        for buf in &mut bufs {
+            buf.append(b"x", &mut pool).unwrap();
+        }
+        for buf in &mut bufs {
+            buf.clear(&mut pool);
+        }
+        assert_eq!(pool.spare_bytes(), POOL_BYTES);
+        // A block grown past the usual sizes goes back to the allocator.
+        let mut pool = Pool::default();
+        let mut big = Mbuf::with_limit(1 << 20);
+        big.append(&[1; LARGEST_POOLED + 1], &mut pool).unwrap();
+        big.clear(&mut pool);
+        assert_eq!((big.data.len(), pool.spare_bytes()), (0, 0));
     }
 }

@@ -75,6 +75,7 @@ use tracing::{info, warn};
 
 use crate::handler::HandlerFactory;
 use crate::listener::{InstanceMode, ListenerSpec};
+use crate::mbuf::Pool;
 use crate::throttle::Throttle;
 
 mod accept;
@@ -338,6 +339,7 @@ impl Reactor {
                 stopping: false,
                 timers_held: false,
                 now: Instant::now(),
+                buffers: Pool::default(),
             },
             stop: Arc::new(AtomicBool::new(false)),
             waker,
@@ -649,7 +651,7 @@ impl Reactor {
         while let Some(key) = self.core.conns.iter().map(|(key, _)| key).next() {
             let conn = &mut self.core.conns[key];
             if !conn.phase.is_closing() && conn.dial == Dial::Over {
-                let _ = conn.write_out(self.core.now);
+                let _ = conn.write_out(self.core.now, &mut self.core.buffers);
             }
             self.close(key, None);
         }

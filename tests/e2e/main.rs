@@ -24,6 +24,7 @@ mod fleet;
 mod host_log;
 mod hostile;
 mod http;
+mod idle;
 mod image;
 mod instances;
 mod isolation;

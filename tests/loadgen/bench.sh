@@ -5,7 +5,8 @@
 #
 #   1. HTTP: wrk against sandport's http-hello, nginx with 1 worker and with 2, with
 #      each server's CPU time (utime+stime from /proc/PID/stat) per request;
-#   2. echo at 64 B through the loadgen: native echo and the wasm echo;
+#   2. echo through the loadgen at each of $ECHO_SIZES bytes: native echo and the wasm
+#      echo;
 #   3. the burn fixture through the loadgen: burn-us = 0 and burn-us = $BURN_US.
 #
 # Medians of $ROUNDS rounds; ratios are against the first target of each run. The
@@ -13,6 +14,7 @@
 # across runs. Installs nginx-light and wrk from Debian if they are missing.
 #
 # Settings (environment): ROUNDS (3), DURATION (5, seconds per round), BURN_US (50),
+# ECHO_SIZES (64; "64 16384" for the large echo too),
 # CONNECTIONS (16, loadgen), WRK_CONNECTIONS (50), PORT_BASE (18000), OUT
 # (/tmp/sandport-bench: configs, logs, raw output), BURN_ITERATIONS (unset: each burn
 # instance calibrates BURN_US itself; set, the fixed work per message every burn
@@ -41,6 +43,7 @@ WRK_CONNECTIONS=${WRK_CONNECTIONS:-50}
 PORT_BASE=${PORT_BASE:-18000}
 OUT=${OUT:-/tmp/sandport-bench}
 SECTIONS=${SECTIONS:-http echo burn}
+ECHO_SIZES=${ECHO_SIZES:-64}
 
 # Whether section $1 is to run.
 wanted() {
@@ -62,8 +65,10 @@ fi
 
 cargo build --release -p sandport --bin sandport --example native_echo -p sandport-loadgen --bin sandport-loadgen
 cargo build --profile plugin --target wasm32-wasip2 -p echo -p http-hello -p fixture-burn
-WASM=$ROOT/target/wasm32-wasip2/plugin
-LOADGEN=$ROOT/target/release/sandport-loadgen
+# Where cargo put them: CARGO_TARGET_DIR if set.
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+WASM=$TARGET/wasm32-wasip2/plugin
+LOADGEN=$TARGET/release/sandport-loadgen
 
 rm -rf "$OUT" && mkdir -p "$OUT"
 
@@ -75,7 +80,7 @@ declare -A BASE BINARY WORKERS_OF PLUGINS_OF
 for workers in "${WORKERS_LIST[@]}"; do
     if [[ $workers == default ]]; then name=sandport; else name=sandport-w$workers; fi
     SANDPORTS+=("$name")
-    BINARY[$name]=$ROOT/target/release/sandport
+    BINARY[$name]=$TARGET/release/sandport
     WORKERS_OF[$name]=$workers
     PLUGINS_OF[$name]=$WASM
     if [[ -n ${BASELINE:-} ]]; then
@@ -156,7 +161,7 @@ for name in "${SANDPORTS[@]}"; do
     PID[$name]=$!
     STARTED+=($!)
 done
-target/release/examples/native_echo "127.0.0.1:$NATIVE_PORT" 2>"$OUT/native_echo.log" &
+"$TARGET/release/examples/native_echo" "127.0.0.1:$NATIVE_PORT" 2>"$OUT/native_echo.log" &
 STARTED+=($!)
 for workers in 1 2; do
     nginx -c "$OUT/nginx-$workers/nginx.conf" &
@@ -252,8 +257,8 @@ if wanted http; then
         }' "$OUT/http.tsv" | tee "$OUT/http-summary.txt"
 fi
 
-# --- 2. echo at 64 B: native against wasm ---------------------------------------------
-LOADGEN_ARGS=(--connections "$CONNECTIONS" --duration "$DURATION" --rounds "$ROUNDS" --size 64)
+# --- 2. echo at each of $ECHO_SIZES bytes: native against wasm ------------------------
+LOADGEN_ARGS=(--connections "$CONNECTIONS" --duration "$DURATION" --rounds "$ROUNDS")
 ECHO_TARGETS=(--target "native=127.0.0.1:$NATIVE_PORT")
 BURN_TARGETS=(--target "burn-0=127.0.0.1:$((BASE[${SANDPORTS[0]}] + BURN0_OFFSET))")
 for name in "${SANDPORTS[@]}"; do
@@ -262,16 +267,19 @@ for name in "${SANDPORTS[@]}"; do
     BURN_TARGETS+=(--target "burn-$BURN_US$suffix=127.0.0.1:$((BASE[$name] + BURN_OFFSET))")
 done
 if wanted echo; then
-    echo
-    echo "== echo: sandport-loadgen echo ${ECHO_TARGETS[*]} ${LOADGEN_ARGS[*]}"
-    "$LOADGEN" echo "${ECHO_TARGETS[@]}" "${LOADGEN_ARGS[@]}" 2>"$OUT/echo-rounds.txt" | tee "$OUT/echo-summary.txt"
+    for size in $ECHO_SIZES; do
+        echo
+        echo "== echo: sandport-loadgen echo ${ECHO_TARGETS[*]} ${LOADGEN_ARGS[*]} --size $size"
+        "$LOADGEN" echo "${ECHO_TARGETS[@]}" "${LOADGEN_ARGS[@]}" --size "$size" 2>"$OUT/echo-$size-rounds.txt" |
+            tee "$OUT/echo-$size-summary.txt"
+    done
 fi
 
 # --- 3. the burn fixture: 0 µs against $BURN_US µs per message -------------------------
 if wanted burn; then
     echo
-    echo "== burn: sandport-loadgen echo ${BURN_TARGETS[*]} ${LOADGEN_ARGS[*]}"
-    "$LOADGEN" echo "${BURN_TARGETS[@]}" "${LOADGEN_ARGS[@]}" 2>"$OUT/burn-rounds.txt" | tee "$OUT/burn-summary.txt"
+    echo "== burn: sandport-loadgen echo ${BURN_TARGETS[*]} ${LOADGEN_ARGS[*]} --size 64"
+    "$LOADGEN" echo "${BURN_TARGETS[@]}" "${LOADGEN_ARGS[@]}" --size 64 2>"$OUT/burn-rounds.txt" | tee "$OUT/burn-summary.txt"
     for name in "${SANDPORTS[@]}"; do
         grep -h "burn:" "$OUT/$name.log" | sed "s/^/$name log: /" || true
     done

@@ -11,9 +11,11 @@
 #               close) through the loadgen: TLS 1.3 full handshakes, and TLS 1.2
 #               resumed ones (tickets), against http-hello over TLS and nginx;
 #   echo        16 KiB echo over TLS against the same echo in plaintext (one sandport);
-#   idle        $IDLE idle connections, plaintext and TLS, each held after one echo: the
-#               growth of a fresh sandport's RSS per connection (one sandport per
-#               target and round, since freed memory stays with the allocator);
+#   idle        $IDLE idle connections, plaintext and TLS, each held silent (connected,
+#               TLS handshake done, no byte sent) and after one echo: the growth of a
+#               fresh sandport's RSS per connection (one sandport per target, round
+#               and exchange, since freed memory stays with the allocator); with
+#               BASELINE, the same for that binary in the same rounds;
 #   sni         TLS 1.3 full handshakes against a listener with $NAMES server names
 #               (the client takes them in turn) and one with a single name;
 #   passthrough sandport `passthrough = true` with the tcp-proxy against nginx
@@ -30,7 +32,10 @@
 # ECHO_CONNECTIONS (16), IDLE (10000), HOLD (2, seconds the idle connections are held
 # before the memory is read), NAMES (10000), SECTIONS (default "https handshakes echo
 # idle sni passthrough"), PORT_BASE (19000), OUT (/tmp/sandport-tls-bench: configs,
-# certificate, logs, raw output).
+# certificate, logs, raw output), IDLE_EXCHANGES (default "silent echo": which idle
+# connections to hold), and BASELINE, the `sandport` binary of another build (say the
+# commit before a change): the idle section then holds connections to it too, as
+# base-plain and base-tls, with the same configs and plugins.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -45,6 +50,7 @@ IDLE=${IDLE:-10000}
 HOLD=${HOLD:-2}
 NAMES=${NAMES:-10000}
 SECTIONS=${SECTIONS:-https handshakes echo idle sni passthrough}
+IDLE_EXCHANGES=${IDLE_EXCHANGES:-silent echo}
 PORT_BASE=${PORT_BASE:-19000}
 OUT=${OUT:-/tmp/sandport-tls-bench}
 read -ra WORKERS_LIST <<<"$WORKERS"
@@ -66,6 +72,8 @@ nginx_proxy() { echo $((PORT_BASE + 60 + $1)); }
 UPSTREAM=$((PORT_BASE + 70))
 IDLE_PLAIN=$((PORT_BASE + 80))
 IDLE_TLS=$((PORT_BASE + 81))
+IDLE_BASE_PLAIN=$((PORT_BASE + 82))
+IDLE_BASE_TLS=$((PORT_BASE + 83))
 sandport_port() { echo $((PORT_BASE + 100 * $1 + $2)); }
 
 if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || ! command -v openssl >/dev/null ||
@@ -80,9 +88,11 @@ fi
 
 cargo build --release -p sandport --bin sandport -p sandport-loadgen --bin sandport-loadgen
 cargo build --profile plugin --target wasm32-wasip2 -p echo -p http-hello -p tcp-proxy
-WASM=$ROOT/target/wasm32-wasip2/plugin
-SANDPORT=$ROOT/target/release/sandport
-LOADGEN=$ROOT/target/release/sandport-loadgen
+# Where cargo put them: CARGO_TARGET_DIR if set.
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+WASM=$TARGET/wasm32-wasip2/plugin
+SANDPORT=$TARGET/release/sandport
+LOADGEN=$TARGET/release/sandport-loadgen
 
 rm -rf "$OUT" && mkdir -p "$OUT"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=hello.localhost \
@@ -125,17 +135,24 @@ passthrough = true"
     } >"$OUT/sandport-w$workers.toml"
 done
 # The idle servers: one listener each, room for every connection, no idle timeout
-# while they are held.
-for kind in plain tls; do
-    if [[ $kind == tls ]]; then port=$IDLE_TLS tls=$TLS_TABLE; else port=$IDLE_PLAIN tls=; fi
+# while they are held. Each is a target of the idle section: name, port, binary
+# (BASELINE's first, so that they are the ones the loadgen measures first).
+IDLE_SERVERS=("plain $IDLE_PLAIN $SANDPORT" "tls $IDLE_TLS $SANDPORT")
+if [[ -n ${BASELINE:-} ]]; then
+    BASELINE=$(realpath "$BASELINE")
+    IDLE_SERVERS=("base-plain $IDLE_BASE_PLAIN $BASELINE" "base-tls $IDLE_BASE_TLS $BASELINE" "${IDLE_SERVERS[@]}")
+fi
+for server in "${IDLE_SERVERS[@]}"; do
+    read -r name port _ <<<"$server"
+    if [[ $name == *tls ]]; then tls=$TLS_TABLE; else tls=; fi
     for workers in "${WORKERS_LIST[@]}"; do
         {
             echo "workers = $workers"
-            listener "idle-$kind" "$port" echo "[listener.limits]
+            listener "idle-$name" "$port" echo "[listener.limits]
 max-connections = $((IDLE + 100))
 idle-timeout-ms = 600000
 $tls"
-        } >"$OUT/idle-$kind-w$workers.toml"
+        } >"$OUT/idle-$name-w$workers.toml"
     done
 done
 
@@ -320,29 +337,51 @@ if wanted echo; then
     done
 fi
 
-# --- idle: fresh sandports for every round ----------------------------------------------------
+# --- idle: fresh sandports for every round and exchange ----------------------------------------
 if wanted idle; then
     for workers in "${WORKERS_LIST[@]}"; do
-        section "$IDLE idle connections, plaintext then TLS, $workers worker(s): sandport-loadgen echo --hold"
-        for round in $(seq "$ROUNDS"); do
-            start "idle-plain-w$workers-$round" "$SANDPORT" serve --config "$OUT/idle-plain-w$workers.toml"
-            start "idle-tls-w$workers-$round" "$SANDPORT" serve --config "$OUT/idle-tls-w$workers.toml"
-            wait_for_port "$IDLE_PLAIN" 60
-            wait_for_port "$IDLE_TLS" 60
-            "$LOADGEN" echo --hold --connections "$IDLE" --duration "$HOLD" --rounds 1 --json \
-                --target "plain=127.0.0.1:$IDLE_PLAIN" --target "tls=tls://127.0.0.1:$IDLE_TLS" \
-                >"$OUT/idle-w$workers-$round.json" 2>"$OUT/idle-w$workers-$round.txt"
-            grep -v '^round' "$OUT/idle-w$workers-$round.txt"
-            kill "${PID[idle-plain-w$workers-$round]}" "${PID[idle-tls-w$workers-$round]}"
-            wait "${PID[idle-plain-w$workers-$round]}" "${PID[idle-tls-w$workers-$round]}" 2>/dev/null || true
+        for exchange in $IDLE_EXCHANGES; do
+            if [[ $exchange == silent ]]; then hold=(--hold --silent); else hold=(--hold); fi
+            targets=()
+            for server in "${IDLE_SERVERS[@]}"; do
+                read -r name port _ <<<"$server"
+                if [[ $name == *tls ]]; then scheme=tls://; else scheme=; fi
+                targets+=(--target "$name=${scheme}127.0.0.1:$port")
+            done
+            section "$IDLE idle connections ($exchange), $workers worker(s): sandport-loadgen echo ${hold[*]} --connections $IDLE --duration $HOLD --rounds 1 ${targets[*]}"
+            for round in $(seq "$ROUNDS"); do
+                for server in "${IDLE_SERVERS[@]}"; do
+                    read -r name port binary <<<"$server"
+                    start "idle-$name-w$workers-$exchange-$round" "$binary" serve --config "$OUT/idle-$name-w$workers.toml"
+                done
+                for server in "${IDLE_SERVERS[@]}"; do
+                    read -r _ port _ <<<"$server"
+                    wait_for_port "$port" 60
+                done
+                file=$OUT/idle-w$workers-$exchange-$round
+                "$LOADGEN" echo "${hold[@]}" --connections "$IDLE" --duration "$HOLD" --rounds 1 --json "${targets[@]}" \
+                    >"$file.json" 2>"$file.txt"
+                grep -v '^round' "$file.txt"
+                for server in "${IDLE_SERVERS[@]}"; do
+                    read -r name _ _ <<<"$server"
+                    kill "${PID[idle-$name-w$workers-$exchange-$round]}"
+                    wait "${PID[idle-$name-w$workers-$exchange-$round]}" 2>/dev/null || true
+                done
+            done
+            # The medians over the rounds: per connection, and each TLS target above the
+            # plaintext one of the same binary.
+            jq -rs --arg exchange "$exchange" '
+                def median: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+                def kib: . / 1024 * 10 | round / 10 | tostring + " KiB";
+                length as $rounds | ([.[].targets[].errors] | add) as $errors
+                | [.[] | [.targets[] | {key: .name, value: .per_connection}] | from_entries] as $by_round
+                | ($by_round[0] | keys_unsorted) as $names
+                | [$names[] as $n | "\($n) \([$by_round[][$n]] | median | kib)"] as $each
+                | [$names[] | select(endswith("tls")) as $t | ($t | sub("tls$"; "plain")) as $p
+                    | "\($t) above \($p) \([$by_round[] | .[$t] - .[$p]] | median | kib)"] as $above
+                | "\($exchange), median of \($rounds) rounds, per connection: \($each | join(", ")); \($above | join(", ")); \($errors) errors"
+            ' "$OUT"/idle-w"$workers"-"$exchange"-*.json | tee "$OUT/idle-w$workers-$exchange-summary.txt"
         done
-        # The medians over the rounds: per connection, and TLS above plaintext.
-        jq -rs '
-            def median: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
-            length as $rounds | [.[].targets[0].per_connection] as $plain | [.[].targets[1].per_connection] as $tls
-            | [.[].targets[1].above_first] as $above | [.[].targets[].errors] | add as $errors
-            | "median of \($rounds) rounds: plaintext \($plain | median / 1024 * 10 | round / 10) KiB, TLS \($tls | median / 1024 * 10 | round / 10) KiB per connection; TLS above plaintext \($above | median / 1024 * 10 | round / 10) KiB (rounds: \($above | map(. / 1024 * 10 | round / 10) | join(", ")) KiB); \($errors) errors"
-        ' "$OUT"/idle-w"$workers"-*.json | tee "$OUT/idle-w$workers-summary.txt"
     done
 fi
 

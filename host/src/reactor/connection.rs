@@ -20,7 +20,7 @@ use rustix::net::{RecvFlags, SendFlags};
 use super::transport::{self, Transport};
 use crate::handler::ConnId;
 use crate::listener::{Limit, Limits};
-use crate::mbuf::Mbuf;
+use crate::mbuf::{Mbuf, Pool};
 
 /// Whether the listener's handler still serves a connection that is on its way out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,9 +196,10 @@ pub(super) struct Connection {
     pub peer: SocketAddr,
     /// Plain, or through a TLS session the host ends.
     pub transport: Transport,
-    /// Bytes read from the peer, not yet removed by the handler.
+    /// Bytes read from the peer, not yet removed by the handler. Its storage is the
+    /// worker's [`Pool`]'s while it is empty (an idle connection holds none).
     pub rx: Mbuf,
-    /// Bytes the handler sent, not yet written to the socket.
+    /// Bytes the handler sent, not yet written to the socket; storage as `rx`'s.
     pub tx: Mbuf,
     /// Where it is in its life, and whether its handler still serves it.
     pub phase: Phase,
@@ -286,17 +287,18 @@ impl Connection {
         first
     }
 
-    /// Write the send buffer until it is empty or the socket would block. Returns the
-    /// bytes written; if any, the connection was active at `now`.
-    pub fn write_out(&mut self, now: Instant) -> io::Result<usize> {
+    /// Write the send buffer until it is empty (its storage back in `pool`) or the
+    /// socket would block. Returns the bytes written; if any, the connection was
+    /// active at `now`.
+    pub fn write_out(&mut self, now: Instant, pool: &mut Pool) -> io::Result<usize> {
         if let Transport::Tls(tls) = &mut self.transport {
-            let taken = transport::write_out(tls, &self.socket, &mut self.tx, &mut self.outbound)?;
+            let taken = transport::write_out(tls, &self.socket, &mut self.tx, &mut self.outbound, pool)?;
             self.touch(taken, now);
             return Ok(taken);
         }
         let mut total = 0;
         while !self.tx.is_empty() {
-            match self.tx.drain_to(&mut Direct(&self.socket)) {
+            match self.tx.drain_to(&mut Direct(&self.socket), pool) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
                 Ok(n) => total += n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
@@ -311,22 +313,22 @@ impl Connection {
         Ok(total)
     }
 
-    /// Read into the receive buffer until it is full, the socket would block, the
-    /// peer closed, or `budget` bytes arrived. Returns the bytes read; if any, the
-    /// connection was active at `now`.
+    /// Read into the receive buffer (its storage taken from `pool` when bytes come)
+    /// until it is full, the socket would block, the peer closed, or `budget` bytes
+    /// arrived. Returns the bytes read; if any, the connection was active at `now`.
     ///
     /// A read that returns fewer bytes than it asked for emptied the socket, so the
     /// next one would only say it would block: that system call is skipped, as
     /// edge-triggered readiness brings a new event when more arrives. Not when the
     /// last event said the peer closed: that end of stream must be read now.
-    pub fn read_in(&mut self, budget: usize, now: Instant) -> io::Result<usize> {
+    pub fn read_in(&mut self, budget: usize, now: Instant, pool: &mut Pool) -> io::Result<usize> {
         if let Transport::Tls(tls) = &mut self.transport {
-            let total = transport::read_in(tls, &self.socket, &mut self.rx, &mut self.inbound, budget)?;
+            let total = transport::read_in(tls, &self.socket, (&mut self.rx, pool), &mut self.inbound, budget)?;
             self.touch(total, now);
             return Ok(total);
         }
         let total =
-            self.pull(budget, |c, max| (c.rx.room() > 0).then(|| c.rx.fill_from(&mut Direct(&c.socket), max)))?;
+            self.pull(budget, |c, max| (c.rx.room() > 0).then(|| c.rx.fill_from(&mut Direct(&c.socket), max, pool)))?;
         self.touch(total, now);
         Ok(total)
     }

@@ -392,7 +392,7 @@ impl Reactor {
             Ok((key, id)) => {
                 let conn = &mut self.core.conns[key];
                 let early = bytes.len();
-                if conn.rx.append(&bytes).is_err() {
+                if conn.rx.append(&bytes, &mut self.core.buffers).is_err() {
                     // A hello larger than the listener's whole receive buffer.
                     self.core.hit(key, Limit::RecvBuffer);
                     self.close(key, None);

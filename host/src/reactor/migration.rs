@@ -259,10 +259,11 @@ impl Reactor {
         }
         for checkpoint in checkpoints {
             let c = &mut self.core.conns[checkpoint.key];
-            c.tx.truncate(checkpoint.tx_len);
+            let pool = &mut self.core.buffers;
+            c.tx.truncate(checkpoint.tx_len, pool);
             if c.rx.len() != checkpoint.rx.len() {
-                c.rx.clear();
-                c.rx.append(&checkpoint.rx).expect("it held these bytes before");
+                c.rx.clear(pool);
+                c.rx.append(&checkpoint.rx, pool).expect("it held these bytes before");
             }
             let (now, then) = (c.timers.len(), checkpoint.timers.len());
             c.timers = checkpoint.timers;

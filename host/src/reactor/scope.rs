@@ -62,7 +62,9 @@ impl Host for Scope<'_> {
         if c.write_side != WriteSide::Open {
             return Err(HostError::Closed);
         }
-        if c.tx.append(data).is_err() {
+        // Borrowed again beside the pool, which the append may take storage from.
+        let c = &mut self.core.conns[key];
+        if c.tx.append(data, &mut self.core.buffers).is_err() {
             c.send_wanted = SendWanted::Owed;
             self.core.hit(key, Limit::SendBuffer);
             return Err(HostError::LimitExceeded("send buffer"));
@@ -90,7 +92,7 @@ impl Host for Scope<'_> {
     fn remove(&mut self, conn: ConnId, n: u32) -> Result<(), HostError> {
         let key = self.key(conn)?;
         let c = &mut self.core.conns[key];
-        c.rx.remove(n as usize).map_err(|short| HostError::Invalid(short.to_string()))?;
+        c.rx.remove(n as usize, &mut self.core.buffers).map_err(|short| HostError::Invalid(short.to_string()))?;
         // Room to read again, or perhaps nothing left to wait for.
         if c.inbound != Inbound::Waiting {
             self.core.enqueue(key);

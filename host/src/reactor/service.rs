@@ -125,7 +125,7 @@ impl Reactor {
         if conn.phase.is_closing() || conn.outbound == Outbound::Blocked || !conn.has_output() {
             return NEXT;
         }
-        match conn.write_out(self.core.now) {
+        match conn.write_out(self.core.now, &mut self.core.buffers) {
             Ok(0) => NEXT,
             Ok(n) => {
                 self.core.accounts[conn.listener].counts.bytes_out += n as u64;
@@ -167,7 +167,7 @@ impl Reactor {
         if !conn.can_read() {
             return NEXT;
         }
-        match conn.read_in(READ_BUDGET, self.core.now) {
+        match conn.read_in(READ_BUDGET, self.core.now, &mut self.core.buffers) {
             Ok(n) => {
                 let (full, eof) = (conn.rx.room() == 0, conn.inbound.ended());
                 self.core.accounts[conn.listener].counts.bytes_in += n as u64;
@@ -251,7 +251,11 @@ impl Reactor {
         let why = error.map(|err| format!(" on error: {err}")).unwrap_or_default();
         debug!(listener = %self.core.accounts[listener].spec.name, conn = %conn.id, peer = %conn.peer, "closed{why}");
         self.detach(key);
-        self.core.conns.remove(key);
+        let conn = self.core.conns.remove(key);
+        // Bytes it still held: their storage serves the next connection.
+        let (mut rx, mut tx) = (conn.rx, conn.tx);
+        rx.clear(&mut self.core.buffers);
+        tx.clear(&mut self.core.buffers);
         let account = &mut self.core.accounts[listener];
         account.open.give_back();
         account.counts.closed += 1;
@@ -282,7 +286,7 @@ impl Reactor {
         debug!(listener = %self.core.accounts[conn.listener].spec.name, conn = %conn.id, peer = %conn.peer, "lingering");
         self.detach(key);
         let conn = &mut self.core.conns[key];
-        conn.rx.clear();
+        conn.rx.clear(&mut self.core.buffers);
         update_interest(self.poll.registry(), conn, key);
         self.core.enqueue(key);
     }

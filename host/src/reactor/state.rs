@@ -25,6 +25,7 @@ use super::transport::Transport;
 use super::{Counts, Slots};
 use crate::handler::{ConnId, Handler, SendEvents};
 use crate::listener::{Limit, ListenerSpec};
+use crate::mbuf::Pool;
 use crate::throttle::Throttle;
 use crate::tls::ClientTls;
 
@@ -97,6 +98,9 @@ pub(super) struct Core {
     /// The clock as last read: when the poll returned, or the last event ended. Good
     /// enough to stamp activity with, and a reading fewer per read and per write.
     pub(super) now: Instant,
+    /// The storage of the connections' buffers while they hold bytes: an empty buffer
+    /// takes a block from here when bytes arrive and gives it back when drained.
+    pub(super) buffers: Pool,
 }
 
 impl Core {

@@ -15,7 +15,7 @@ use mio::net::TcpStream;
 
 use super::connection::{Direct, Inbound, Outbound};
 use crate::handler::TlsInfo;
-use crate::mbuf::Mbuf;
+use crate::mbuf::{Mbuf, Pool};
 
 /// Plaintext handed to rustls at once: one full TLS record.
 const RECORD: usize = 16 * 1024;
@@ -115,21 +115,22 @@ impl Transport {
 
 /// Fill `rx` with plaintext from the socket, through the session: what it already
 /// holds first, then records read until `rx` is full, the socket would block, the peer
-/// ended the stream or `budget` bytes came. Returns the plaintext bytes added.
+/// ended the stream or `budget` bytes came; `rx` takes its storage from `pool`.
+/// Returns the plaintext bytes added.
 ///
 /// Records are read only when the session holds no plaintext, so rustls never holds
 /// more than one record's worth beyond the receive buffer.
 pub(super) fn read_in(
     tls: &mut Tls,
     socket: &TcpStream,
-    rx: &mut Mbuf,
+    (rx, pool): (&mut Mbuf, &mut Pool),
     inbound: &mut Inbound,
     budget: usize,
 ) -> io::Result<usize> {
     let mut total = 0;
     loop {
         while rx.room() > 0 && total < budget {
-            match rx.fill_from(&mut tls.session.reader(), budget - total) {
+            match rx.fill_from(&mut tls.session.reader(), budget - total, pool) {
                 // close_notify: a clean end of stream.
                 Ok((0, _)) => {
                     *inbound = Inbound::Ended;
@@ -164,12 +165,13 @@ pub(super) fn read_in(
 
 /// Write out what the session has to send, then the send buffer through it, one
 /// record at a time, until both are out or the socket would block. Returns the
-/// plaintext bytes taken from `tx`.
+/// plaintext bytes taken from `tx` (whose storage goes back to `pool` once drained).
 pub(super) fn write_out(
     tls: &mut Tls,
     socket: &TcpStream,
     tx: &mut Mbuf,
     outbound: &mut Outbound,
+    pool: &mut Pool,
 ) -> io::Result<usize> {
     let mut taken = 0;
     loop {
@@ -184,7 +186,7 @@ pub(super) fn write_out(
             if n == 0 {
                 return Ok(taken);
             }
-            tx.remove(n).expect("rustls takes no more than it is given");
+            tx.remove(n, pool).expect("rustls takes no more than it is given");
             taken += n;
         } else {
             return Ok(taken);

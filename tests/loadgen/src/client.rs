@@ -187,6 +187,7 @@ impl<'a> Worker<'a> {
             pipeline: self.spec.pipeline,
             reconnect: self.spec.reconnect,
             hold: false,
+            silent: false,
             addr: self.addr,
             tls: self.tls.take(),
             timeout: self.spec.timeout,

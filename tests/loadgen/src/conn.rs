@@ -44,6 +44,9 @@ pub(crate) struct Settings {
     pub reconnect: bool,
     /// Whether a connection stops after its first batch and stays open, idle.
     pub hold: bool,
+    /// Whether a held connection makes no exchange at all: it is held once
+    /// connected, and over TLS once its handshake is done.
+    pub silent: bool,
     pub addr: SocketAddr,
     /// `None` for plaintext.
     pub tls: Option<Connector>,
@@ -140,6 +143,7 @@ impl Conn {
     /// A connection that has yet to connect, which [`Conn::reconnect`] starts.
     pub(crate) fn unconnected(token: Token, spec: &LoadSpec) -> Conn {
         let out = match spec.mode {
+            _ if spec.silent => Vec::new(),
             Mode::Echo => (0..spec.size * spec.pipeline).map(|i| (i % 251) as u8).collect(),
             Mode::Http => http::REQUEST.repeat(spec.pipeline),
         };
@@ -243,6 +247,12 @@ impl Conn {
                 Ok(0) => {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection"));
                 }
+                Ok(_) if settings.silent => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the server sent data to a silent connection",
+                    ));
+                }
                 Ok(_) => {
                     let now = Instant::now();
                     self.last_progress = now;
@@ -258,7 +268,14 @@ impl Conn {
                         self.start_batch(settings, registry, now)?;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.flush(registry),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // A silent connection's batch is empty: it is held once the
+                    // handshake (if any) is over.
+                    if settings.silent && !stream.is_handshaking() {
+                        self.held = true;
+                    }
+                    return self.flush(registry);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }

@@ -30,7 +30,10 @@ const OPENING: usize = 32;
 /// Each round opens [`LoadSpec::connections`] connections to a target, at most 32 at
 /// a time per client thread (a server bounds the handshakes it has in flight), makes
 /// one exchange on each (a batch: echo messages or HTTP requests, so that the server
-/// has accepted the connection, finished any TLS handshake and served it), then holds them all open and idle for [`LoadSpec::duration`] and closes them.
+/// has accepted the connection, finished any TLS handshake and served it), or none
+/// with [`LoadSpec::silent`] (each is held once connected, or once its TLS handshake
+/// is done), then holds them all open and idle for [`LoadSpec::duration`] and closes
+/// them.
 /// The server's resident memory (RSS, from `/proc`) is read before the first
 /// connection opens and at the end of the hold: the difference, divided by the
 /// connections held, is what an idle connection costs it.
@@ -132,6 +135,7 @@ impl Holder {
             pipeline: spec.pipeline,
             reconnect: false,
             hold: true,
+            silent: spec.silent,
             addr,
             tls,
             timeout: spec.timeout,

@@ -66,7 +66,7 @@ pub mod stats;
 mod stream;
 pub mod tls;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 
 pub use hold::{hold, hold_with_progress};
 pub use memory::{HoldRound, HoldTarget, MemoryReport};
@@ -88,6 +88,7 @@ pub fn run(spec: &LoadSpec) -> Result<Report> {
 /// round's report after every round.
 pub fn run_with_progress(spec: &LoadSpec, mut progress: impl FnMut(&Target, usize, &RoundReport)) -> Result<Report> {
     spec.validate()?;
+    ensure!(!spec.silent, "silent connections exchange nothing to measure: only held ones may be silent");
     let mut targets: Vec<TargetRounds> =
         spec.targets.iter().map(|target| TargetRounds::new(target.clone(), target.server())).collect();
     for round in 0..spec.rounds {

@@ -87,6 +87,11 @@ struct Cli {
     #[arg(long)]
     hold: bool,
 
+    /// With --hold: make no exchange; each connection is held once connected (a TLS
+    /// one once its handshake is done).
+    #[arg(long, requires = "hold")]
+    silent: bool,
+
     /// Rounds per target.
     #[arg(long, value_name = "R", default_value_t = LoadSpec::DEFAULT_ROUNDS)]
     rounds: usize,
@@ -159,6 +164,7 @@ fn main() -> ExitCode {
         timeout: cli.timeout,
         tls_version: cli.tls_version,
         resume: cli.resume,
+        silent: cli.silent,
         ..LoadSpec::new(cli.mode, cli.targets)
     };
     if cli.hold {

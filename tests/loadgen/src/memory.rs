@@ -100,6 +100,8 @@ pub struct MemoryReport {
     pub threads: usize,
     /// Requests in the exchange.
     pub pipeline: usize,
+    /// Whether the connections made no exchange ([`LoadSpec::silent`]).
+    pub silent: bool,
     /// Bytes per echo message; `None` in HTTP mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<usize>,
@@ -146,6 +148,7 @@ impl MemoryReport {
             connections: spec.connections,
             threads: spec.thread_count(),
             pipeline: spec.pipeline,
+            silent: spec.silent,
             size: (spec.mode == Mode::Echo).then_some(spec.size),
             hold: spec.duration.as_secs_f64(),
             rounds: spec.rounds,
@@ -168,12 +171,13 @@ fn mib(bytes: Option<u64>) -> String {
 impl fmt::Display for MemoryReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let exchange = match (self.mode, self.size) {
-            (Mode::Echo, Some(size)) => format!("{} echo of {size} bytes", self.pipeline),
-            _ => format!("{} HTTP request", self.pipeline),
+            _ if self.silent => "silent once connected (and TLS handshakes done)".to_owned(),
+            (Mode::Echo, Some(size)) => format!("idle after {} echo of {size} bytes", self.pipeline),
+            _ => format!("idle after {} HTTP request", self.pipeline),
         };
         writeln!(
             f,
-            "hold: {} connections per target on {} threads, each idle after {exchange}, held {}s; {} rounds",
+            "hold: {} connections per target on {} threads, each {exchange}, held {}s; {} rounds",
             self.connections, self.threads, self.hold, self.rounds
         )?;
         let name_width = self.targets.iter().map(|t| t.name.len()).max().unwrap_or(0).max(6);

@@ -118,6 +118,9 @@ pub struct LoadSpec {
     /// Whether TLS connections resume the sessions of earlier ones (tickets, or
     /// session ids); otherwise every handshake is a full one.
     pub resume: bool,
+    /// Whether held connections ([`crate::hold()`]) make no exchange: each is held once
+    /// it is connected, a TLS one once its handshake is done. Only for holding.
+    pub silent: bool,
 }
 
 impl LoadSpec {
@@ -152,6 +155,7 @@ impl LoadSpec {
             timeout: Self::DEFAULT_TIMEOUT,
             tls_version: None,
             resume: false,
+            silent: false,
         }
     }
 

@@ -50,6 +50,11 @@ impl Stream {
         &mut self.socket
     }
 
+    /// Whether a TLS handshake is still under way (never, in plaintext).
+    pub(crate) fn is_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
+    }
+
     /// Whether TLS records wait for the socket to take them.
     pub(crate) fn pending(&self) -> bool {
         self.tls.as_ref().is_some_and(|tls| tls.wants_write())

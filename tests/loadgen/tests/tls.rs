@@ -247,6 +247,28 @@ fn holding_plaintext_and_tls_connections() {
 }
 
 #[test]
+fn holding_silent_connections() {
+    let (addr, seen) = serve_tls(echo);
+    let me = vec![std::process::id()];
+    let targets = vec![
+        Target { pids: me.clone(), ..plain_echo(serve_plain_echo()) },
+        Target { pids: me, ..tls_target("tls", addr) },
+    ];
+    let spec =
+        LoadSpec { connections: 40, duration: Duration::from_millis(200), silent: true, ..quick(Mode::Echo, targets) };
+    let report = sandport_loadgen::hold(&spec).unwrap();
+    for t in &report.targets {
+        assert_eq!((t.held, t.errors), (40, 0), "{report}");
+        assert_eq!(t.rounds[0].open_latency.max, Duration::ZERO, "no exchange was made\n{report}");
+    }
+    // Held once the handshake was over: the server saw every one finish.
+    assert_eq!(seen.lock().unwrap().full, 40);
+    assert!(report.to_string().contains("each silent once connected"), "{report}");
+    // Nothing to measure a rate with.
+    assert!(sandport_loadgen::run(&spec).unwrap_err().to_string().contains("silent"));
+}
+
+#[test]
 fn holding_refuses_to_reconnect() {
     let spec = LoadSpec { reconnect: true, ..quick(Mode::Echo, vec![plain_echo(serve_plain_echo())]) };
     let error = sandport_loadgen::hold(&spec).unwrap_err();
