@@ -46,20 +46,20 @@ fn pooling_knobs(c: &mut Criterion<ThreadCpu>) {
     let settings = [
         ("wasmtime defaults", Some(wasmtime)),
         ("memory keep-resident 64 KiB", Some(Pooling { memory_keep_resident: 64 << 10, ..wasmtime })),
-        ("memory keep-resident 256 KiB", Some(Pooling { memory_keep_resident: 256 << 10, ..wasmtime })),
         ("memory keep-resident 1 MiB", Some(Pooling { memory_keep_resident: 1 << 20, ..wasmtime })),
         ("pagemap scan", Some(Pooling { pagemap_scan: true, ..wasmtime })),
-        ("scan, memory keep-resident 64 KiB", Some(Pooling { pagemap_scan: true, memory_keep_resident: 64 << 10, ..wasmtime })),
-        ("scan, memory keep-resident 1 MiB", Some(Pooling { pagemap_scan: true, memory_keep_resident: 1 << 20, ..wasmtime })),
-        ("scan, table keep-resident 64 KiB", Some(Pooling { pagemap_scan: true, table_keep_resident: 64 << 10, ..wasmtime })),
+        (
+            "scan, memory keep-resident 64 KiB",
+            Some(Pooling { pagemap_scan: true, memory_keep_resident: 64 << 10, ..wasmtime }),
+        ),
+        (
+            "scan, memory keep-resident 1 MiB",
+            Some(Pooling { pagemap_scan: true, memory_keep_resident: 1 << 20, ..wasmtime }),
+        ),
         ("table keep-resident 64 KiB", Some(Pooling { table_keep_resident: 64 << 10, ..wasmtime })),
         ("decommit batch 16", Some(Pooling { decommit_batch: 16, ..wasmtime })),
         ("copy-on-write off", Some(Pooling { copy_on_write: false, ..wasmtime })),
         ("table 64 KiB + batch 16", Some(Pooling { table_keep_resident: 64 << 10, decommit_batch: 16, ..wasmtime })),
-        ("table 64 KiB + scan memory 64 KiB", Some(Pooling { table_keep_resident: 64 << 10, pagemap_scan: true, memory_keep_resident: 64 << 10, ..wasmtime })),
-        ("table 64 KiB + scan memory 1 MiB", Some(Pooling { table_keep_resident: 64 << 10, pagemap_scan: true, memory_keep_resident: 1 << 20, ..wasmtime })),
-        ("table 16 KiB", Some(Pooling { table_keep_resident: 16 << 10, ..wasmtime })),
-        ("table 1 MiB", Some(Pooling { table_keep_resident: 1 << 20, ..wasmtime })),
         ("kept (Pooling::default)", Some(Pooling::default())),
         ("on-demand (shared listeners)", None),
     ];
