@@ -203,9 +203,11 @@ impl Runtime {
         let memory = memory.next_multiple_of(1 << 16).min(MAX_POOLED_MEMORY);
         let mut pool = PoolingAllocationConfig::new();
         // A component instance is several core instances (the program, adapter
-        // shims), each with a table or two, and usually one memory.
+        // shims; a componentize-py one about 13: libc, libpython and its modules),
+        // each with a table or two, and usually one memory. Core instances are only
+        // counted, so their bound costs nothing.
         pool.total_component_instances(instances)
-            .total_core_instances(instances * 8)
+            .total_core_instances(instances * 16)
             .total_memories(instances * 2)
             .total_tables(instances * 4)
             .max_memory_size(memory)

@@ -463,8 +463,8 @@ if wanted scale; then
             "$(awk -F'\t' -v l="$lang" '$1 == l && $2 == "scale_rss_per_conn_kb" { print $3 }' "$RESULTS")" \
             "$(awk -F'\t' -v l="$lang" '$1 == l && $2 == "scale_pss_per_conn_kb" { print $3 }' "$RESULTS")" \
             "$(awk -F'\t' -v l="$lang" '$1 == l && $2 == "scale_closed_rss_mib" { print $3 }' "$RESULTS")"
-        if grep -qiE 'fault|trap|refused' "$OUT/logs/scale-$lang.log"; then
-            grep -iE 'fault|trap|refused' "$OUT/logs/scale-$lang.log" | head -3 | sed "s/^/$lang log: /"
+        if grep -qE ' (WARN|ERROR) ' "$OUT/logs/scale-$lang.log"; then
+            grep -E ' (WARN|ERROR) ' "$OUT/logs/scale-$lang.log" | head -3 | sed "s/^/$lang log: /"
         fi
     done
 fi
