@@ -26,8 +26,9 @@
 #      per-connection echo listener, `sandport-loadgen echo --hold` with $HOLD_MANY
 #      connections (one echo each, then idle): the server's VmRSS per connection (the
 #      loadgen's figure) and its Pss (/proc/PID/smaps_rollup, the highest seen during
-#      the hold), per connection; then its VmRSS once they are closed (what the pool's
-#      slots keep resident);
+#      the hold), per connection; then its VmRSS and Pss once they are closed (what the
+#      pool's slots keep: VmRSS counts the component's memory image once per slot that
+#      still maps it, Pss once);
 #   8. fresh connections (Rust only): one sandport with the Rust echo on a shared and on
 #      a per-connection listener, `sandport-loadgen echo --reconnect`, $CONNECTIONS
 #      connections, both targets in one run (shared first): requests/s and server CPU
@@ -450,6 +451,7 @@ if wanted scale; then
         wait "$loadgen_pid" || echo "$lang: the loadgen failed, see $OUT/scale-$lang.txt"
         sleep 1
         closed=$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")
+        pss_closed=$(awk '/^Pss:/ { print $2 }' "/proc/$pid/smaps_rollup")
         kill "$pid"
         wait "$pid" 2>/dev/null || true
         per_conn=$(client field "$OUT/scale-$lang.json" targets 0 per_connection)
@@ -459,10 +461,12 @@ if wanted scale; then
         result "$lang" scale_rss_per_conn_kb "$(awk -v b="$per_conn" 'BEGIN { printf "%.1f", b / 1024 }')"
         result "$lang" scale_pss_per_conn_kb "$(awk -v a="$pss_before" -v b="$pss_max" -v n="$held" 'BEGIN { printf "%.1f", (b - a) / n }')"
         result "$lang" scale_closed_rss_mib "$(awk -v a="$rss_before" -v b="$closed" 'BEGIN { printf "%.1f", (b * 1024 - a) / 1048576 }')"
-        printf '%-10s held %s: VmRSS %s KiB, Pss %s KiB per connection; VmRSS above the start once closed: %s MiB\n' "$lang" "$held" \
+        result "$lang" scale_closed_pss_mib "$(awk -v a="$pss_before" -v b="$pss_closed" 'BEGIN { printf "%.1f", (b - a) / 1024 }')"
+        printf '%-10s held %s: VmRSS %s KiB, Pss %s KiB per connection; above the start once closed: VmRSS %s MiB, Pss %s MiB\n' "$lang" "$held" \
             "$(awk -F'\t' -v l="$lang" '$1 == l && $2 == "scale_rss_per_conn_kb" { print $3 }' "$RESULTS")" \
             "$(awk -F'\t' -v l="$lang" '$1 == l && $2 == "scale_pss_per_conn_kb" { print $3 }' "$RESULTS")" \
-            "$(awk -F'\t' -v l="$lang" '$1 == l && $2 == "scale_closed_rss_mib" { print $3 }' "$RESULTS")"
+            "$(awk -F'\t' -v l="$lang" '$1 == l && $2 == "scale_closed_rss_mib" { print $3 }' "$RESULTS")" \
+            "$(awk -F'\t' -v l="$lang" '$1 == l && $2 == "scale_closed_pss_mib" { print $3 }' "$RESULTS")"
         if grep -qE ' (WARN|ERROR) ' "$OUT/logs/scale-$lang.log"; then
             grep -E ' (WARN|ERROR) ' "$OUT/logs/scale-$lang.log" | head -3 | sed "s/^/$lang log: /"
         fi
@@ -552,12 +556,13 @@ for line in open(results_path):
     results.setdefault(lang, {})[key] = float(value)
 scaled = [lang for lang in langs.split() if "scale_held" in results.get(lang, {})]
 if scaled:
-    print("\n| language | idle per-connection instances | VmRSS per connection | Pss per connection | VmRSS kept once closed |")
+    print("\n| language | idle per-connection instances | VmRSS per connection | Pss per connection "
+          "| kept once closed: VmRSS / Pss |")
     print("| --- | --- | --- | --- | --- |")
     for lang in scaled:
         r = results[lang]
         print(f"| {label[lang]} | {r['scale_held']:.0f} | {r['scale_rss_per_conn_kb']:.1f} KiB | {r['scale_pss_per_conn_kb']:.1f} KiB "
-              f"| {r['scale_closed_rss_mib']:.1f} MiB |")
+              f"| {r['scale_closed_rss_mib']:.1f} MiB / {r.get('scale_closed_pss_mib', float('nan')):.1f} MiB |")
 try:
     targets = json.load(open(reconnect_path))["targets"]
 except (OSError, ValueError):
