@@ -51,7 +51,7 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 use wasmtime::component::{Component, InstancePre, Linker, Resource};
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
 use crate::handler::{ConnId, Event, Fault, Handler, HandlerFactory, Host};
 use crate::listener::{Limit, ListenerSpec};
@@ -189,26 +189,35 @@ impl Runtime {
 
     /// Like [`Runtime::new`], with instances taken from a pre-reserved pool of
     /// `instances` slots (at most [`MAX_POOLED_INSTANCES`]) whose linear memories
-    /// may grow to `memory` bytes: right for an instance per connection.
+    /// may grow to `memory` bytes, recycled as `pooling` says: right for an instance
+    /// per connection.
     ///
-    /// Its code is compatible with [`Runtime::new`]'s (the same compatibility hash),
-    /// so one cache entry or `.cwasm` serves every instance mode: the slots keep
-    /// the default memory reservation, whose guard regions also spare guest memory
-    /// accesses their bounds checks. That is address space, not memory: up to
+    /// Its code is compatible with [`Runtime::new`]'s (the same compatibility hash)
+    /// as long as `pooling` keeps copy-on-write images on, so one cache entry or
+    /// `.cwasm` serves every instance mode: the slots keep the default memory
+    /// reservation, whose guard regions also spare guest memory accesses their
+    /// bounds checks. That is address space, not memory: up to
     /// [`MAX_POOLED_INSTANCES`] times two 4 GiB reservations.
-    pub fn pooled(instances: u32, memory: usize) -> Result<Runtime, PluginError> {
+    pub fn pooled(instances: u32, memory: usize, pooling: Pooling) -> Result<Runtime, PluginError> {
         let instances = instances.min(MAX_POOLED_INSTANCES);
         let memory = memory.next_multiple_of(1 << 16).min(MAX_POOLED_MEMORY);
         let mut pool = PoolingAllocationConfig::new();
         // A component instance is several core instances (the program, adapter
-        // shims), each with a table or two, and usually one memory.
+        // shims; a componentize-py one about 13: libc, libpython and its modules),
+        // each with a table or two, and usually one memory. Core instances are only
+        // counted, so their bound costs nothing.
         pool.total_component_instances(instances)
-            .total_core_instances(instances * 8)
+            .total_core_instances(instances * 16)
             .total_memories(instances * 2)
             .total_tables(instances * 4)
-            .max_memory_size(memory);
+            .max_memory_size(memory)
+            .linear_memory_keep_resident(pooling.memory_keep_resident)
+            .table_keep_resident(pooling.table_keep_resident)
+            .decommit_batch_size(pooling.decommit_batch)
+            .pagemap_scan(if pooling.pagemap_scan { Enabled::Auto } else { Enabled::No });
         let mut config = wasmtime::Config::new();
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        config.memory_init_cow(pooling.copy_on_write);
         Runtime::build(config)
     }
 
@@ -266,6 +275,60 @@ impl Runtime {
                 let misfit = fit::diagnose(&self.linker, &component, &err);
                 Err(PluginError::WrongWorld { path: path.to_owned(), misfit })
             }
+        }
+    }
+}
+
+/// How a pooled engine ([`Runtime::pooled`]) recycles the slot of an instance that
+/// is dropped, which is most of what starting and dropping one costs: returning
+/// dirty pages to the kernel (`madvise`) and faulting fresh ones in at the next start.
+/// [`Pooling::default`] is the setting that measured best (`cargo bench -p sandport
+/// --bench instances`, which measures each knob against it; BENCHMARKS.md, "Starting
+/// an instance"); the other values are there to be measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pooling {
+    /// Bytes of a linear memory's pages that are reset in place when its slot is
+    /// returned, instead of being given back to the kernel; they stay resident while
+    /// the slot is idle. Which pages: the written ones with `pagemap_scan`, else the
+    /// lowest.
+    pub memory_keep_resident: usize,
+    /// The same for a table's pages.
+    pub table_keep_resident: usize,
+    /// Slots returned before their pages are given back, in one batch.
+    pub decommit_batch: usize,
+    /// Find the pages an instance wrote with Linux's `PAGEMAP_SCAN` (6.7 and later;
+    /// where it is missing, as if off), so that the ones kept resident are those.
+    pub pagemap_scan: bool,
+    /// A memory starts as a copy-on-write mapping of the component's initial image,
+    /// rather than being written from its data segments at every start.
+    pub copy_on_write: bool,
+}
+
+impl Pooling {
+    /// wasmtime's own defaults: every page given back at once, nothing kept.
+    pub const WASMTIME: Pooling = Pooling {
+        memory_keep_resident: 0,
+        table_keep_resident: 0,
+        decommit_batch: 1,
+        pagemap_scan: false,
+        copy_on_write: true,
+    };
+}
+
+impl Default for Pooling {
+    /// A slot keeps up to 64 KiB of the pages its last instance wrote in its memory
+    /// and 64 KiB of its tables, reset in place, so the next instance of the same
+    /// component starts without a page fault or an `madvise` for them (what a small
+    /// guest such as the Rust echo writes fits); returned slots are decommitted 16 at
+    /// a time. The price: a slot that served once keeps those pages while idle, up to
+    /// about 128 KiB per slot of the pool.
+    fn default() -> Pooling {
+        Pooling {
+            memory_keep_resident: 64 << 10,
+            table_keep_resident: 64 << 10,
+            decommit_batch: 16,
+            pagemap_scan: true,
+            ..Pooling::WASMTIME
         }
     }
 }

@@ -21,7 +21,18 @@
 #   5. one RECV round trip: the loadgen, 1 connection, 64 B ping-pong, every language
 #      a target of one run (Rust first), alternating rounds;
 #   6. throughput: the loadgen, $CONNECTIONS connections, 64 B, one run, Rust first:
-#      requests/s against Rust's and server CPU per request.
+#      requests/s against Rust's and server CPU per request;
+#   7. idle per-connection instances at scale: a fresh sandport per language with one
+#      per-connection echo listener, `sandport-loadgen echo --hold` with $HOLD_MANY
+#      connections (one echo each, then idle): the server's VmRSS per connection (the
+#      loadgen's figure) and its Pss (/proc/PID/smaps_rollup, the highest seen during
+#      the hold), per connection; then its VmRSS and Pss once they are closed (what the
+#      pool's slots keep: VmRSS counts the component's memory image once per slot that
+#      still maps it, Pss once);
+#   8. fresh connections (Rust only): one sandport with the Rust echo on a shared and on
+#      a per-connection listener, `sandport-loadgen echo --reconnect`, $CONNECTIONS
+#      connections, both targets in one run (shared first): requests/s and server CPU
+#      per connection (one request per connection).
 #
 # Steps 5 and 6 run one sandport per language, each with one shared echo listener with
 # `memory = "1 GiB"` (every language alike), because the Python echo leaks: built with
@@ -31,7 +42,9 @@
 # Every sandport runs with XDG_CACHE_HOME under $OUT. The machine is shared and noisy:
 # compare ratios from one run, not absolute figures across runs.
 #
-# Settings (environment): LANGS ("rust c zig python js"), ROUNDS (5), DURATION (5,
+# Settings (environment): STEPS (which of the steps after the build to run, default
+# "compile start greet loadgen scale reconnect": 2, 3, 4, 5 and 6, 7, 8), HOLD_MANY (5000, step 7),
+# LANGS ("rust c zig python js"), ROUNDS (5), DURATION (5,
 # seconds per loadgen round), CONNECTIONS (16), REPEAT (3, steps 2 and 3), CONNECTS
 # (200), HOLD (100), BUILD (1; 0: no builds, take each plugins/LANG/echo/target/echo.wasm
 # as it is), PORT_BASE (18800), OUT (/tmp/sandport-lang-bench), SANDPORT (the host
@@ -52,6 +65,13 @@ HOLD=${HOLD:-100}
 BUILD=${BUILD:-1}
 PORT_BASE=${PORT_BASE:-18800}
 OUT=${OUT:-/tmp/sandport-lang-bench}
+STEPS=${STEPS:-compile start greet loadgen scale reconnect}
+HOLD_MANY=${HOLD_MANY:-5000}
+
+# Whether step $1 is to run.
+wanted() {
+    [[ " $STEPS " == *" $1 "* ]]
+}
 
 declare -A LABEL=([rust]=Rust [c]=C [zig]=Zig [python]=Python [js]=JavaScript)
 read -ra LANG_LIST <<<"$LANGS"
@@ -204,7 +224,7 @@ echo "== sandport $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- plugin
 git status --short -- plugins wit | sed 's/^/== uncommitted: /'
 echo "== $(clang --version | head -1); zig $(python3 -m ziglang version); $(componentize-py --version);" \
     "componentize-js $(componentize-js --version); $(wasm-tools --version)"
-echo "== LANGS=\"$LANGS\" ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS REPEAT=$REPEAT CONNECTS=$CONNECTS HOLD=$HOLD BUILD=$BUILD"
+echo "== STEPS=\"$STEPS\" HOLD_MANY=$HOLD_MANY LANGS=\"$LANGS\" ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS REPEAT=$REPEAT CONNECTS=$CONNECTS HOLD=$HOLD BUILD=$BUILD"
 
 # --- 1. build --------------------------------------------------------------------------
 now() { date +%s.%N; }
@@ -253,39 +273,7 @@ for lang in "${LANG_LIST[@]}"; do
     fi
 done
 
-# --- 2. compile: sandport check, cold and warm cache ------------------------------------
-echo
-echo "== compile: sandport check, empty cache (cold) then the same cache (warm); ms"
-for lang in "${LANGS_OK[@]}"; do
-    cold=() warm=() cold_wall=() warm_wall=()
-    for rep in $(seq "$REPEAT"); do
-        xdg=$OUT/xdg/$lang-check-$rep
-        for pass in cold warm; do
-            log=$OUT/logs/check-$lang-$rep-$pass.log
-            start=$(now)
-            XDG_CACHE_HOME=$xdg "$SANDPORT" check "$OUT/wasm/$lang.wasm" >"$log" 2>&1
-            wall=$(awk -v a="$start" -v b="$(now)" 'BEGIN { printf "%.1f", (b - a) * 1000 }')
-            from=$(loaded_from "$log")
-            if [[ $pass == cold ]]; then
-                [[ $from == compiled ]] || { echo "$lang: cold check loaded from=$from"; exit 1; }
-                cold+=("$(took_ms "$log")") cold_wall+=("$wall")
-            else
-                [[ $from == disk ]] || [[ $from == cache ]] || { echo "$lang: warm check loaded from=$from"; exit 1; }
-                warm+=("$(took_ms "$log")") warm_wall+=("$wall")
-            fi
-        done
-    done
-    result "$lang" compile_cold_ms "$(median "${cold[@]}")"
-    result "$lang" compile_warm_ms "$(median "${warm[@]}")"
-    result "$lang" check_cold_wall_ms "$(median "${cold_wall[@]}")"
-    result "$lang" check_warm_wall_ms "$(median "${warm_wall[@]}")"
-    printf '%-10s cold took %s (wall %s)   warm took %s (wall %s)\n' "$lang" \
-        "${cold[*]}" "${cold_wall[*]}" "${warm[*]}" "${warm_wall[*]}"
-done
-
-# --- 3. start to serving ----------------------------------------------------------------
-echo
-echo "== start to serving: sandport serve until its listener accepts; ms"
+# Each language takes ten ports from PORT_BASE.
 index=0
 declare -A PORT
 for lang in "${LANGS_OK[@]}"; do
@@ -307,89 +295,202 @@ EOF
         printf '\n[listener.config]\ngreeting = "%s"\n' "$5"
     fi
 }
-for lang in "${LANGS_OK[@]}"; do
-    port=${PORT[$lang]}
-    serve_config "$lang" "$port" shared "" >"$OUT/start-$lang.toml"
-    cold=() warm=()
-    for rep in $(seq "$REPEAT"); do
-        xdg=$OUT/xdg/$lang-start-$rep
-        for pass in cold warm; do
-            log=$OUT/logs/start-$lang-$rep-$pass.log
-            seconds=$(XDG_CACHE_HOME=$xdg client startup "$port" "$log" "$SANDPORT" serve --config "$OUT/start-$lang.toml" |
-                python3 -c 'import json, sys; print(round(json.load(sys.stdin)["seconds"] * 1000, 1))')
-            if [[ $pass == cold ]]; then cold+=("$seconds"); else warm+=("$seconds"); fi
+
+# --- 2. compile: sandport check, cold and warm cache ------------------------------------
+if wanted compile; then
+    echo
+    echo "== compile: sandport check, empty cache (cold) then the same cache (warm); ms"
+    for lang in "${LANGS_OK[@]}"; do
+        cold=() warm=() cold_wall=() warm_wall=()
+        for rep in $(seq "$REPEAT"); do
+            xdg=$OUT/xdg/$lang-check-$rep
+            for pass in cold warm; do
+                log=$OUT/logs/check-$lang-$rep-$pass.log
+                start=$(now)
+                XDG_CACHE_HOME=$xdg "$SANDPORT" check "$OUT/wasm/$lang.wasm" >"$log" 2>&1
+                wall=$(awk -v a="$start" -v b="$(now)" 'BEGIN { printf "%.1f", (b - a) * 1000 }')
+                from=$(loaded_from "$log")
+                if [[ $pass == cold ]]; then
+                    [[ $from == compiled ]] || { echo "$lang: cold check loaded from=$from"; exit 1; }
+                    cold+=("$(took_ms "$log")") cold_wall+=("$wall")
+                else
+                    [[ $from == disk ]] || [[ $from == cache ]] || { echo "$lang: warm check loaded from=$from"; exit 1; }
+                    warm+=("$(took_ms "$log")") warm_wall+=("$wall")
+                fi
+            done
         done
+        result "$lang" compile_cold_ms "$(median "${cold[@]}")"
+        result "$lang" compile_warm_ms "$(median "${warm[@]}")"
+        result "$lang" check_cold_wall_ms "$(median "${cold_wall[@]}")"
+        result "$lang" check_warm_wall_ms "$(median "${warm_wall[@]}")"
+        printf '%-10s cold took %s (wall %s)   warm took %s (wall %s)\n' "$lang" \
+            "${cold[*]}" "${cold_wall[*]}" "${warm[*]}" "${warm_wall[*]}"
     done
-    result "$lang" start_cold_ms "$(median "${cold[@]}")"
-    result "$lang" start_warm_ms "$(median "${warm[@]}")"
-    printf '%-10s cold %s   warm %s\n' "$lang" "${cold[*]}" "${warm[*]}"
-done
+fi
+
+# --- 3. start to serving ----------------------------------------------------------------
+if wanted start; then
+    echo
+    echo "== start to serving: sandport serve until its listener accepts; ms"
+    for lang in "${LANGS_OK[@]}"; do
+        port=${PORT[$lang]}
+        serve_config "$lang" "$port" shared "" >"$OUT/start-$lang.toml"
+        cold=() warm=()
+        for rep in $(seq "$REPEAT"); do
+            xdg=$OUT/xdg/$lang-start-$rep
+            for pass in cold warm; do
+                log=$OUT/logs/start-$lang-$rep-$pass.log
+                seconds=$(XDG_CACHE_HOME=$xdg client startup "$port" "$log" "$SANDPORT" serve --config "$OUT/start-$lang.toml" |
+                    python3 -c 'import json, sys; print(round(json.load(sys.stdin)["seconds"] * 1000, 1))')
+                if [[ $pass == cold ]]; then cold+=("$seconds"); else warm+=("$seconds"); fi
+            done
+        done
+        result "$lang" start_cold_ms "$(median "${cold[@]}")"
+        result "$lang" start_warm_ms "$(median "${warm[@]}")"
+        printf '%-10s cold %s   warm %s\n' "$lang" "${cold[*]}" "${warm[*]}"
+    done
+fi
 
 # Servers get 300 s to listen: a cold Python or JavaScript compile takes 15-40 s
 # alone (the caches below are warm).
 LISTEN_WAIT=300
 
 # --- 4. per-connection instances -----------------------------------------------------------
-echo
-echo "== per connection: connect to greeting, $CONNECTS connections in turn; VmRSS with $HOLD open"
-for lang in "${LANGS_OK[@]}"; do
-    port=$((PORT[$lang] + 1))
-    serve_config "$lang" "$port" per-connection "" hi >"$OUT/per-connection-$lang.toml"
-    XDG_CACHE_HOME=$OUT/xdg/$lang-start-1 "$SANDPORT" serve --config "$OUT/per-connection-$lang.toml" \
-        2>"$OUT/logs/per-connection-$lang.log" &
-    pid=$!
-    STARTED+=("$pid")
-    wait_for_port "$port" "$LISTEN_WAIT"
-    client greet "$port" 20 >/dev/null # warm-up, unmeasured
-    client greet "$port" "$CONNECTS" >"$OUT/greet-$lang.json"
-    client hold "$port" "$HOLD" "$pid" >"$OUT/hold-$lang.json"
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
-    result "$lang" greet_p50_us "$(client field "$OUT/greet-$lang.json" p50_us)"
-    result "$lang" greet_p90_us "$(client field "$OUT/greet-$lang.json" p90_us)"
-    result "$lang" rss_per_conn_kb "$(client field "$OUT/hold-$lang.json" per_connection_kb)"
-    result "$lang" anon_per_conn_kb "$(client field "$OUT/hold-$lang.json" anon_per_connection_kb)"
-    result "$lang" pss_per_conn_kb "$(client field "$OUT/hold-$lang.json" pss_per_connection_kb)"
-    printf '%-10s %s\n%-10s %s\n' "$lang" "$(cat "$OUT/greet-$lang.json")" "" "$(cat "$OUT/hold-$lang.json")"
-    if grep -qiE 'fault|trap|refused' "$OUT/logs/per-connection-$lang.log"; then
-        grep -iE 'fault|trap|refused' "$OUT/logs/per-connection-$lang.log" | head -3 | sed "s/^/$lang log: /"
-    fi
-done
+if wanted greet; then
+    echo
+    echo "== per connection: connect to greeting, $CONNECTS connections in turn; VmRSS with $HOLD open"
+    for lang in "${LANGS_OK[@]}"; do
+        port=$((PORT[$lang] + 1))
+        serve_config "$lang" "$port" per-connection "" hi >"$OUT/per-connection-$lang.toml"
+        XDG_CACHE_HOME=$OUT/xdg/$lang-start-1 "$SANDPORT" serve --config "$OUT/per-connection-$lang.toml" \
+            2>"$OUT/logs/per-connection-$lang.log" &
+        pid=$!
+        STARTED+=("$pid")
+        wait_for_port "$port" "$LISTEN_WAIT"
+        client greet "$port" 20 >/dev/null # warm-up, unmeasured
+        client greet "$port" "$CONNECTS" >"$OUT/greet-$lang.json"
+        client hold "$port" "$HOLD" "$pid" >"$OUT/hold-$lang.json"
+        kill "$pid"
+        wait "$pid" 2>/dev/null || true
+        result "$lang" greet_p50_us "$(client field "$OUT/greet-$lang.json" p50_us)"
+        result "$lang" greet_p90_us "$(client field "$OUT/greet-$lang.json" p90_us)"
+        result "$lang" rss_per_conn_kb "$(client field "$OUT/hold-$lang.json" per_connection_kb)"
+        result "$lang" anon_per_conn_kb "$(client field "$OUT/hold-$lang.json" anon_per_connection_kb)"
+        result "$lang" pss_per_conn_kb "$(client field "$OUT/hold-$lang.json" pss_per_connection_kb)"
+        printf '%-10s %s\n%-10s %s\n' "$lang" "$(cat "$OUT/greet-$lang.json")" "" "$(cat "$OUT/hold-$lang.json")"
+        if grep -qiE 'fault|trap|refused' "$OUT/logs/per-connection-$lang.log"; then
+            grep -iE 'fault|trap|refused' "$OUT/logs/per-connection-$lang.log" | head -3 | sed "s/^/$lang log: /"
+        fi
+    done
+fi
 
 # --- 5 and 6. the loadgen: one sandport per language, every one a target -------------------
-declare -A PID
-TARGETS=() PIDS=()
-for lang in "${LANGS_OK[@]}"; do
-    port=$((PORT[$lang] + 2))
-    serve_config "$lang" "$port" shared "1 GiB" >"$OUT/echo-$lang.toml"
-    XDG_CACHE_HOME=$OUT/xdg/$lang-start-1 "$SANDPORT" serve --config "$OUT/echo-$lang.toml" \
-        2>"$OUT/logs/echo-$lang.log" &
-    PID[$lang]=$!
-    STARTED+=($!)
-    TARGETS+=(--target "$lang=127.0.0.1:$port")
-    PIDS+=(--pid "$lang=${PID[$lang]}")
-done
-for lang in "${LANGS_OK[@]}"; do
-    wait_for_port $((PORT[$lang] + 2)) "$LISTEN_WAIT"
-done
+if wanted loadgen; then
+    declare -A PID
+    TARGETS=() PIDS=()
+    for lang in "${LANGS_OK[@]}"; do
+        port=$((PORT[$lang] + 2))
+        serve_config "$lang" "$port" shared "1 GiB" >"$OUT/echo-$lang.toml"
+        XDG_CACHE_HOME=$OUT/xdg/$lang-start-1 "$SANDPORT" serve --config "$OUT/echo-$lang.toml" \
+            2>"$OUT/logs/echo-$lang.log" &
+        PID[$lang]=$!
+        STARTED+=($!)
+        TARGETS+=(--target "$lang=127.0.0.1:$port")
+        PIDS+=(--pid "$lang=${PID[$lang]}")
+    done
+    for lang in "${LANGS_OK[@]}"; do
+        wait_for_port $((PORT[$lang] + 2)) "$LISTEN_WAIT"
+    done
 
-loadgen() { # name, then loadgen options
-    local name=$1
-    shift
+    loadgen() { # name, then loadgen options
+        local name=$1
+        shift
+        echo
+        echo "== $name: sandport-loadgen echo ${TARGETS[*]} $*"
+        "$LOADGEN" echo "${TARGETS[@]}" "${PIDS[@]}" --size 64 --rounds "$ROUNDS" --duration "$DURATION" --json "$@" \
+            >"$OUT/$name.json" 2> >(tee "$OUT/$name.txt" >&2)
+        sleep 0.2 # the tee
+    }
+    loadgen latency --connections 1
+    loadgen throughput --connections "$CONNECTIONS"
+    for lang in "${LANGS_OK[@]}"; do
+        if grep -qiE 'fault|trap' "$OUT/logs/echo-$lang.log"; then
+            grep -iE 'fault|trap' "$OUT/logs/echo-$lang.log" | head -3 | sed "s/^/$lang log: /"
+        fi
+        echo "$lang: VmRSS after the loadgen $(awk '/^VmRSS/ { print $2, $3 }' "/proc/${PID[$lang]}/status")"
+    done
+fi
+
+# --- 7. idle per-connection instances at scale ----------------------------------------------
+if wanted scale; then
     echo
-    echo "== $name: sandport-loadgen echo ${TARGETS[*]} $*"
-    "$LOADGEN" echo "${TARGETS[@]}" "${PIDS[@]}" --size 64 --rounds "$ROUNDS" --duration "$DURATION" --json "$@" \
-        >"$OUT/$name.json" 2> >(tee "$OUT/$name.txt" >&2)
+    echo "== $HOLD_MANY idle per-connection instances: sandport-loadgen echo --hold, a fresh sandport each"
+    ulimit -n $((2 * HOLD_MANY + 1000))
+    for lang in "${LANGS_OK[@]}"; do
+        port=$((PORT[$lang] + 3))
+        {
+            serve_config "$lang" "$port" per-connection ""
+            printf '\n[listener.limits]\nmax-connections = %s\n' $((HOLD_MANY + 100))
+        } >"$OUT/scale-$lang.toml"
+        XDG_CACHE_HOME=$OUT/xdg/$lang-start-1 "$SANDPORT" serve --config "$OUT/scale-$lang.toml" \
+            2>"$OUT/logs/scale-$lang.log" &
+        pid=$!
+        STARTED+=("$pid")
+        wait_for_port "$port" "$LISTEN_WAIT"
+        sleep 0.5
+        pss_before=$(awk '/^Pss:/ { print $2 }' "/proc/$pid/smaps_rollup")
+        "$LOADGEN" echo --hold --target "$lang=127.0.0.1:$port" --connections "$HOLD_MANY" --rounds 1 \
+            --duration 3 --size 64 --timeout 120 --json >"$OUT/scale-$lang.json" 2>"$OUT/scale-$lang.txt" &
+        loadgen_pid=$!
+        pss_max=$pss_before
+        while kill -0 "$loadgen_pid" 2>/dev/null; do
+            pss=$(awk '/^Pss:/ { print $2 }' "/proc/$pid/smaps_rollup")
+            ((pss > pss_max)) && pss_max=$pss
+            sleep 0.5
+        done
+        wait "$loadgen_pid" || echo "$lang: the loadgen failed, see $OUT/scale-$lang.txt"
+        sleep 1
+        closed=$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")
+        pss_closed=$(awk '/^Pss:/ { print $2 }' "/proc/$pid/smaps_rollup")
+        kill "$pid"
+        wait "$pid" 2>/dev/null || true
+        per_conn=$(client field "$OUT/scale-$lang.json" targets 0 per_connection)
+        held=$(client field "$OUT/scale-$lang.json" targets 0 held)
+        rss_before=$(client field "$OUT/scale-$lang.json" targets 0 rounds 0 rss_before)
+        result "$lang" scale_held "$held"
+        result "$lang" scale_rss_per_conn_kb "$(awk -v b="$per_conn" 'BEGIN { printf "%.1f", b / 1024 }')"
+        result "$lang" scale_pss_per_conn_kb "$(awk -v a="$pss_before" -v b="$pss_max" -v n="$held" 'BEGIN { printf "%.1f", (b - a) / n }')"
+        result "$lang" scale_closed_rss_mib "$(awk -v a="$rss_before" -v b="$closed" 'BEGIN { printf "%.1f", (b * 1024 - a) / 1048576 }')"
+        result "$lang" scale_closed_pss_mib "$(awk -v a="$pss_before" -v b="$pss_closed" 'BEGIN { printf "%.1f", (b - a) / 1024 }')"
+        printf '%-10s held %s: VmRSS %s KiB, Pss %s KiB per connection; above the start once closed: VmRSS %s MiB, Pss %s MiB\n' "$lang" "$held" \
+            "$(awk -F'\t' -v l="$lang" '$1 == l && $2 == "scale_rss_per_conn_kb" { print $3 }' "$RESULTS")" \
+            "$(awk -F'\t' -v l="$lang" '$1 == l && $2 == "scale_pss_per_conn_kb" { print $3 }' "$RESULTS")" \
+            "$(awk -F'\t' -v l="$lang" '$1 == l && $2 == "scale_closed_rss_mib" { print $3 }' "$RESULTS")" \
+            "$(awk -F'\t' -v l="$lang" '$1 == l && $2 == "scale_closed_pss_mib" { print $3 }' "$RESULTS")"
+        if grep -qE ' (WARN|ERROR) ' "$OUT/logs/scale-$lang.log"; then
+            grep -E ' (WARN|ERROR) ' "$OUT/logs/scale-$lang.log" | head -3 | sed "s/^/$lang log: /"
+        fi
+    done
+fi
+
+# --- 8. fresh connections: per-connection against shared (Rust) ------------------------------
+if wanted reconnect && [[ " ${LANGS_OK[*]} " == *" rust "* ]]; then
+    port=$((PORT[rust] + 4))
+    {
+        serve_config rust "$port" shared ""
+        echo
+        serve_config rust $((port + 1)) per-connection "" | sed 's/name = "echo-rust"/name = "echo-rust-per-connection"/'
+    } >"$OUT/reconnect.toml"
+    XDG_CACHE_HOME=$OUT/xdg/rust-start-1 "$SANDPORT" serve --config "$OUT/reconnect.toml" 2>"$OUT/logs/reconnect.log" &
+    STARTED+=($!)
+    wait_for_port $((port + 1)) "$LISTEN_WAIT"
+    echo
+    echo "== reconnect: sandport-loadgen echo --reconnect, Rust echo shared and per-connection"
+    "$LOADGEN" echo --target "shared=127.0.0.1:$port" --target "per-connection=127.0.0.1:$((port + 1))" \
+        --connections "$CONNECTIONS" --size 64 --rounds "$ROUNDS" --duration "$DURATION" --reconnect --json \
+        >"$OUT/reconnect.json" 2> >(tee "$OUT/reconnect.txt" >&2)
     sleep 0.2 # the tee
-}
-loadgen latency --connections 1
-loadgen throughput --connections "$CONNECTIONS"
-for lang in "${LANGS_OK[@]}"; do
-    if grep -qiE 'fault|trap' "$OUT/logs/echo-$lang.log"; then
-        grep -iE 'fault|trap' "$OUT/logs/echo-$lang.log" | head -3 | sed "s/^/$lang log: /"
-    fi
-    echo "$lang: VmRSS after the loadgen $(awk '/^VmRSS/ { print $2, $3 }' "/proc/${PID[$lang]}/status")"
-done
+fi
 
 # --- the table ---------------------------------------------------------------------------
 python3 - "$RESULTS" "$OUT/latency.json" "$OUT/throughput.json" "$LANGS" >"$OUT/summary.md" <<'PY'
@@ -444,6 +545,33 @@ for lang in langs.split():
     print(f"| {label[lang]} | {spaced(r['size'])} B | {build} | {ms(g('compile_cold_ms'))} / {ms(g('compile_warm_ms'))} "
           f"| {ms(g('start_cold_ms'))} / {ms(g('start_warm_ms'))} "
           f"| {us(g('greet_p50_us'))} ({us(g('greet_p90_us'))}) | {rss} | {rtt} | {rate} | {cpu} |")
+PY
+python3 - "$RESULTS" "$OUT/reconnect.json" "$LANGS" >>"$OUT/summary.md" <<'PY'
+import json, sys
+results_path, reconnect_path, langs = sys.argv[1:]
+label = {"rust": "Rust", "c": "C", "zig": "Zig", "python": "Python", "js": "JavaScript"}
+results = {}
+for line in open(results_path):
+    lang, key, value = line.rstrip("\n").split("\t")
+    results.setdefault(lang, {})[key] = float(value)
+scaled = [lang for lang in langs.split() if "scale_held" in results.get(lang, {})]
+if scaled:
+    print("\n| language | idle per-connection instances | VmRSS per connection | Pss per connection "
+          "| kept once closed: VmRSS / Pss |")
+    print("| --- | --- | --- | --- | --- |")
+    for lang in scaled:
+        r = results[lang]
+        print(f"| {label[lang]} | {r['scale_held']:.0f} | {r['scale_rss_per_conn_kb']:.1f} KiB | {r['scale_pss_per_conn_kb']:.1f} KiB "
+              f"| {r['scale_closed_rss_mib']:.1f} MiB / {r.get('scale_closed_pss_mib', float('nan')):.1f} MiB |")
+try:
+    targets = json.load(open(reconnect_path))["targets"]
+except (OSError, ValueError):
+    targets = []
+if targets:
+    print("\n| Rust echo, a fresh connection per request | connections/s | vs shared | server CPU per connection | vs shared |")
+    print("| --- | --- | --- | --- | --- |")
+    for t in targets:
+        print(f"| {t['name']} | {t['requests_per_sec']:,.0f} | {t['ratio']:.2f} | {t['cpu_per_request_us']:.1f} µs | {t['cpu_ratio']:.2f} |".replace(",", " "))
 PY
 echo
 cat "$OUT/summary.md"

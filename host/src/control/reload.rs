@@ -19,7 +19,7 @@ use super::artifacts::Patience;
 use super::{Control, Record, Route, SwapReport, sites};
 use crate::config::Config;
 use crate::listener::{InstanceMode, ListenerSpec, Workers};
-use crate::plugin::{self, Plugin, PluginError, PluginFactory, Runtime, content_hash};
+use crate::plugin::{self, Plugin, PluginError, PluginFactory, Pooling, Runtime, content_hash};
 use crate::reactor::{Binding, Command, Slots};
 
 /// What a reload of the config file changed.
@@ -268,7 +268,7 @@ impl Control {
             InstanceMode::Shared | InstanceMode::PerWorker => self.inner.runtime.clone(),
             InstanceMode::PerConnection => {
                 let slots = u32::try_from(spec.limits.max_connections).unwrap_or(u32::MAX);
-                let pooled = Runtime::pooled(slots, spec.limits.memory)?;
+                let pooled = Runtime::pooled(slots, spec.limits.memory, Pooling::default())?;
                 Arc::new(pooled.with_cache(self.inner.started.cache_dir.as_deref()))
             }
         };

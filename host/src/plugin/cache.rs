@@ -431,7 +431,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
-    use crate::plugin::Runtime;
+    use crate::plugin::{Pooling, Runtime};
 
     /// The smallest component: the magic, version 0x0d, layer 1.
     const EMPTY: &[u8] = b"\0asm\x0d\0\x01\0";
@@ -555,7 +555,7 @@ mod tests {
     #[test]
     fn the_engines_of_every_instance_mode_share_their_code() {
         let shared = Runtime::new().unwrap();
-        let pooled = Runtime::pooled(4, 1 << 20).unwrap();
+        let pooled = Runtime::pooled(4, 1 << 20, Pooling::default()).unwrap();
         assert!(EngineKey::of(&shared.engine) == EngineKey::of(&pooled.engine));
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(false);
