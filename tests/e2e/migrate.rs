@@ -189,7 +189,10 @@ fn a_bad_migration_call_calls_the_swap_off_with_its_reason() {
         assert_eq!(fresh.line(), "still here", "{case}");
         let (_, log) = server.terminate();
         let faults = if lives { "faults=0" } else { "faults=1" };
-        assert!(totals(&log, "mig").contains(faults) && totals(&log, "mig").contains("migrated=0"), "{case}: {log}");
+        let mig = totals(&log, "mig");
+        assert!(mig.contains(faults) && mig.contains("migrated=0"), "{case}: {log}");
+        let over_bound = reason.iter().any(|needle| needle.contains("bytes of"));
+        assert_eq!(mig.contains("migrate-state:1"), over_bound, "{case}: a state over its bound is a limit hit: {mig}");
     }
 }
 

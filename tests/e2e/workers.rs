@@ -93,7 +93,10 @@ fn a_busy_worker_does_not_slow_another() {
     assert!(burner.iter().all(|worker| !echo.contains(worker)), "burner on {burner:?}, echo on {echo:?}");
     let (worst, p99) = (aftermath.worst_round_trip, aftermath.p99_round_trip);
     println!("echo beside a worker burning {BUDGET:?} per message: p99 {p99:?}, worst {worst:?}");
-    assert!(worst < BUDGET / 2, "the echo waited {worst:?} (p99 {p99:?}) for the busy worker");
+    // On the burner's worker the echo would wait out a whole burn: at least its CPU
+    // budget, in wall time longer still. Anything shorter is a scheduler's hiccup on a
+    // loaded machine (440 ms was seen with other builds running), not a shared worker.
+    assert!(worst < BUDGET, "the echo waited {worst:?} (p99 {p99:?}) for the busy worker");
     assert_eq!(hits(totals(&aftermath.log, "burner"), "event-timeout-ms"), 4, "{}", aftermath.log);
 }
 

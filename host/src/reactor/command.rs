@@ -29,7 +29,7 @@ use mio::net::TcpStream;
 use super::migration::CalledOff;
 use super::{Binding, Counts, GateCounts, Reactor, SharedSite};
 use crate::handler::HandlerFactory;
-use crate::listener::ListenerSpec;
+use crate::listener::{Limit, ListenerSpec};
 use crate::tls::ClientTls;
 
 /// A request to a worker. Each carries the channel its answer goes back on.
@@ -179,8 +179,11 @@ impl Reactor {
         let started = Instant::now();
         let committed = match self.migrate_all(index, &olds, factory.as_mut(), version, state_limit) {
             Ok(committed) => committed,
-            Err(CalledOff { reason, broken_old }) => {
+            Err(CalledOff { reason, broken_old, over_bound }) => {
                 let account = &mut self.core.accounts[index];
+                if over_bound {
+                    account.counts.limit_hits[Limit::MigrateState.index()] += 1;
+                }
                 warn!(listener = %account.spec.name, version, "the migration to version {version} was called off: {reason}");
                 if let Some((old, key, fault)) = broken_old {
                     self.fault_instance(old, key, fault);

@@ -55,13 +55,15 @@ pub(super) struct CalledOff {
     /// The old instance, if it was the one that faulted (it cannot go on), and the
     /// connection its call was about, if any.
     pub(super) broken_old: Option<(usize, Option<usize>, Fault)>,
+    /// Whether a state over its bound called it off (`migrate-state`).
+    pub(super) over_bound: bool,
 }
 
 /// A state over its bound calls the migration off with the old instance unharmed (it
 /// only returned too much); any other fault of the old instance goes to `broken`.
 fn over_or(broken: impl FnOnce(Fault) -> CalledOff) -> impl FnOnce(Fault) -> CalledOff {
     move |fault| match fault.limit {
-        Some(Limit::MigrateState) => CalledOff { reason: fault.to_string(), broken_old: None },
+        Some(Limit::MigrateState) => CalledOff { reason: fault.to_string(), broken_old: None, over_bound: true },
         _ => broken(fault),
     }
 }
@@ -115,7 +117,7 @@ impl Reactor {
                     // The new version does not migrate: nothing moves, the old drain.
                     Ok(None) => break,
                     Err(reason) => {
-                        result = Err(CalledOff { reason, broken_old: None });
+                        result = Err(CalledOff { reason, broken_old: None, over_bound: false });
                         break;
                     }
                 },
@@ -191,9 +193,10 @@ impl Reactor {
             move |fault: Fault| CalledOff {
                 reason: format!("the old version failed: {fault}"),
                 broken_old: Some((old, key, fault)),
+                over_bound: false,
             }
         };
-        let from_new = |fault: Fault| CalledOff { reason: fault.to_string(), broken_old: None };
+        let from_new = |fault: Fault| CalledOff { reason: fault.to_string(), broken_old: None, over_bound: false };
         let state =
             self.call(old, None, |h, host| h.hand_over_instance(host, state_limit)).map_err(over_or(from_old(None)))?;
         if let Some(state) = state {
