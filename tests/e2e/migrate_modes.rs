@@ -2,7 +2,9 @@
 //! workers, of connections a plugin dialed: clients reach the migrating fixture
 //! through the `tcp-proxy`, whose outbound connections are the ones that move. Then a
 //! `take-over` fault: the migration is called off on every worker, whole, and every
-//! connection serves on with the old version as if nothing had happened.
+//! connection serves on with the old version as if nothing had happened. And a
+//! migration that one worker calls off while the other commits: the committed worker is
+//! given the old version back.
 
 use std::net::SocketAddr;
 
@@ -96,4 +98,66 @@ fn per_worker_instances_migrate_dialed_connections() {
 #[test]
 fn per_connection_instances_migrate_dialed_connections() {
     migrates_dialed_connections("per-connection");
+}
+
+/// The worker that accepted `client`'s connection to listener `name`: worker `w` of two
+/// hands out the ids `w + 1`, `w + 3`, ..., and the log names each accepted peer.
+fn worker_of(server: &Server, name: &str, client: &Client) -> u64 {
+    let peer = client.stream().local_addr().unwrap();
+    let line = server.wait_for_log(&["accepted", &format!("listener={name} "), &format!("peer={peer} ")]);
+    let id = line.split_whitespace().find_map(|word| word.strip_prefix("conn=#")).expect("a conn id");
+    (id.parse::<u64>().unwrap() - 1) % 2
+}
+
+#[test]
+fn a_worker_that_calls_its_migration_off_has_the_others_put_back() {
+    // Per worker on two: the new version traps in its second take-over, so the worker
+    // holding one connection moves it and the worker holding two calls off. The first
+    // is then given the old version back: every worker serves one version.
+    let address = free_address();
+    let config = |settings: &str| {
+        let mig = listener_at(
+            "mig",
+            &address.to_string(),
+            FIXTURE_MIGRATE_FAULTS,
+            &format!("instance = \"per-worker\"\n[listener.config]\n{settings}"),
+        );
+        format!("workers = 2\n{mig}")
+    };
+    let server = Server::start(&config(""));
+    // Connections by worker, until one worker holds one and the other two.
+    let mut held: [Vec<Client>; 2] = [Vec::new(), Vec::new()];
+    let mut dropped = 0;
+    while !matches!((held[0].len(), held[1].len()), (1, 2) | (2, 1)) {
+        assert!(dropped < 200, "the kernel gave every connection to one worker");
+        let mut client = Client::connect(address);
+        echoes(&mut client, "hello");
+        let worker = worker_of(&server, "mig", &client) as usize;
+        let (here, there) = (held[worker].len(), held[1 - worker].len());
+        if here == 2 || (here == 1 && there == 2) {
+            drop(client);
+            dropped += 1;
+        } else {
+            held[worker].push(client);
+        }
+    }
+    // Those let go must be gone before the swap, or they would count as moves.
+    server.wait_for_count("closed listener=mig conn=", dropped);
+    let [first, second] = held;
+    let (mut lone, mut pair) = if first.len() == 1 { (first, second) } else { (second, first) };
+    server.reload(&config("take-over = \"trap at 2\""));
+    server.wait_for_log(&["new version refused", "listener=mig", "trapped in take-over"]);
+    // The lone client went to the new version and back: each move greets it.
+    let lone = &mut lone[0];
+    for line in ["* handing over", "* taking over state", "* handing over", "* taking over state"] {
+        assert_eq!(lone.line(), line);
+    }
+    echoes(lone, "the lone one, after");
+    for (n, client) in pair.iter_mut().enumerate() {
+        echoes(client, &format!("one of the pair ({n}), after"));
+    }
+    let (_, log) = server.terminate();
+    assert!(!log.contains("version 2 took over"), "{log}");
+    let mig = totals(&log, "mig");
+    assert_eq!(count(mig, "faults"), 0, "{mig}");
 }
