@@ -44,7 +44,8 @@ impl Kv {
     /// Run the command `args` (name first; never empty) at `now` (milliseconds) and
     /// append its reply to `out`.
     pub fn execute(&mut self, args: &[&[u8]], now: u64, out: &mut Vec<u8>) -> After {
-        let Some(&(name, arity)) = COMMANDS.iter().find(|(known, _)| known.as_bytes().eq_ignore_ascii_case(args[0]))
+        let Some(&(name, arity, command)) =
+            COMMANDS.iter().find(|(known, ..)| known.as_bytes().eq_ignore_ascii_case(args[0]))
         else {
             resp::error_reply(out, &unknown(args));
             return After::Continue;
@@ -54,65 +55,64 @@ impl Kv {
             resp::error_reply(out, &format!("ERR wrong number of arguments for '{name}' command"));
             return After::Continue;
         }
-        let reply = match name {
-            "ping" => ping(args, out),
-            "echo" => {
+        let reply = match command {
+            Command::Ping => ping(args, out),
+            Command::Echo => {
                 resp::bulk(out, Some(args[1]));
                 Ok(())
             }
-            "get" => {
+            Command::Get => {
                 resp::bulk(out, self.store.get(args[1], now));
                 Ok(())
             }
-            "set" => self.set(args, now, out),
-            "del" => {
+            Command::Set => self.set(args, now, out),
+            Command::Del => {
                 resp::integer_reply(out, count(args[1..].iter().filter(|key| self.store.remove(key, now))));
                 Ok(())
             }
-            "exists" => {
+            Command::Exists => {
                 resp::integer_reply(out, count(args[1..].iter().filter(|key| self.store.contains(key, now))));
                 Ok(())
             }
-            "incr" => self.add(args[1], Ok(1), now, out),
-            "decr" => self.add(args[1], Ok(-1), now, out),
-            "incrby" => self.add(args[1], integer(args[2]).ok_or(NOT_AN_INTEGER), now, out),
-            "decrby" => {
+            Command::Incr => self.add(args[1], Ok(1), now, out),
+            Command::Decr => self.add(args[1], Ok(-1), now, out),
+            Command::IncrBy => self.add(args[1], integer(args[2]).ok_or(NOT_AN_INTEGER), now, out),
+            Command::DecrBy => {
                 let by = integer(args[2]).ok_or(NOT_AN_INTEGER).and_then(|by| by.checked_neg().ok_or(OVERFLOW));
                 self.add(args[1], by, now, out)
             }
-            "mget" => {
+            Command::Mget => {
                 resp::array(out, args.len() - 1);
                 for key in &args[1..] {
                     resp::bulk(out, self.store.get(key, now));
                 }
                 Ok(())
             }
-            "mset" => self.mset(args, out),
-            "expire" => self.expire(args, now, out),
-            "ttl" => {
+            Command::Mset => self.mset(args, out),
+            Command::Expire => self.expire(args, now, out),
+            Command::Ttl => {
                 resp::integer_reply(out, self.ttl(args[1], now).map_or_else(|code| code, |ms| (ms + 500) / 1000));
                 Ok(())
             }
-            "pttl" => {
+            Command::Pttl => {
                 resp::integer_reply(out, self.ttl(args[1], now).unwrap_or_else(|code| code));
                 Ok(())
             }
-            "dbsize" => {
+            Command::DbSize => {
                 resp::integer_reply(out, self.store.len() as i64);
                 Ok(())
             }
-            "flushall" => flushall(args, &mut self.store, out),
+            Command::FlushAll => flushall(args, &mut self.store, out),
             // redis-cli asks for the command table when it starts interactively; an
             // empty one makes it go on without hints.
-            "command" => {
+            Command::Command => {
                 resp::array(out, 0);
                 Ok(())
             }
-            "quit" => {
+            Command::Quit => {
                 resp::simple(out, "OK");
                 return After::Close;
             }
-            _ => unreachable!("every name in COMMANDS has an arm"),
         };
         if let Err(message) = reply {
             resp::error_reply(out, message);
@@ -219,28 +219,53 @@ impl Kv {
 }
 
 /// Every command and its arity, as Redis counts it (the name included; negative: at
-/// least that many).
-const COMMANDS: &[(&str, isize)] = &[
-    ("ping", -1),
-    ("echo", 2),
-    ("get", 2),
-    ("set", -3),
-    ("del", -2),
-    ("exists", -2),
-    ("incr", 2),
-    ("decr", 2),
-    ("incrby", 3),
-    ("decrby", 3),
-    ("mget", -2),
-    ("mset", -3),
-    ("expire", 3),
-    ("ttl", 2),
-    ("pttl", 2),
-    ("dbsize", 1),
-    ("flushall", -1),
-    ("command", -1),
-    ("quit", -1),
+/// least that many), the most used first.
+const COMMANDS: &[(&str, isize, Command)] = &[
+    ("get", 2, Command::Get),
+    ("set", -3, Command::Set),
+    ("mget", -2, Command::Mget),
+    ("mset", -3, Command::Mset),
+    ("incr", 2, Command::Incr),
+    ("del", -2, Command::Del),
+    ("exists", -2, Command::Exists),
+    ("expire", 3, Command::Expire),
+    ("ttl", 2, Command::Ttl),
+    ("pttl", 2, Command::Pttl),
+    ("decr", 2, Command::Decr),
+    ("incrby", 3, Command::IncrBy),
+    ("decrby", 3, Command::DecrBy),
+    ("ping", -1, Command::Ping),
+    ("echo", 2, Command::Echo),
+    ("dbsize", 1, Command::DbSize),
+    ("flushall", -1, Command::FlushAll),
+    ("command", -1, Command::Command),
+    ("quit", -1, Command::Quit),
 ];
+
+/// A command of [`COMMANDS`]: what `execute` matches on, so that finding a command
+/// compares its name once.
+#[derive(Clone, Copy)]
+enum Command {
+    Ping,
+    Echo,
+    Get,
+    Set,
+    Del,
+    Exists,
+    Incr,
+    Decr,
+    IncrBy,
+    DecrBy,
+    Mget,
+    Mset,
+    Expire,
+    Ttl,
+    Pttl,
+    DbSize,
+    FlushAll,
+    Command,
+    Quit,
+}
 
 /// PING [message]
 fn ping(args: &[&[u8]], out: &mut Vec<u8>) -> Result<(), &'static str> {
