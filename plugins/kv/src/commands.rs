@@ -161,14 +161,20 @@ impl Kv {
         out: &mut Vec<u8>,
     ) -> Result<(), &'static str> {
         let by = by?;
-        let (current, deadline) = match self.store.get_with_deadline(key, now) {
-            Some((value, deadline)) => (integer(value).ok_or(NOT_AN_INTEGER)?, deadline),
-            None => (0, None),
+        let (current, deadline, old_len) = match self.store.get_with_deadline(key, now) {
+            Some((value, deadline)) => (integer(value).ok_or(NOT_AN_INTEGER)?, deadline, Some(value.len())),
+            None => (0, None, None),
         };
         let sum = current.checked_add(by).ok_or(OVERFLOW)?;
         let mut digits = [0; 20];
         let value = resp::decimal(&mut digits, sum);
-        self.admit(self.store.growth(key, value.len(), deadline.is_some()))?;
+        // A key that is there keeps its deadline, so only its value's length changes what
+        // it costs: no second look at the key to ask the store.
+        let growth = match old_len {
+            Some(old_len) => value.len().saturating_sub(old_len),
+            None => self.store.growth(key, value.len(), false),
+        };
+        self.admit(growth)?;
         self.store.set(key, value, deadline);
         resp::integer_reply(out, sum);
         Ok(())

@@ -210,7 +210,10 @@ pub fn integer(text: &[u8]) -> Option<i64> {
     if !canonical {
         return None;
     }
-    std::str::from_utf8(text).ok()?.parse().ok()
+    // Summed as a negative number, whose range holds i64::MIN; no UTF-8 check or
+    // `str::parse` (INCR reads an integer every time).
+    let negative = digits.iter().try_fold(0i64, |n, &d| n.checked_mul(10)?.checked_sub(i64::from(d - b'0')))?;
+    if text.len() > digits.len() { Some(negative) } else { negative.checked_neg() }
 }
 
 /// `+TEXT\r\n`.
@@ -373,6 +376,7 @@ mod tests {
         assert_eq!(integer(b"-42"), Some(-42));
         assert_eq!(integer(b"0"), Some(0));
         assert_eq!(integer(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(integer(b"-9223372036854775808"), Some(i64::MIN));
         for bad in [&b""[..], b"-", b"+1", b"01", b"-0", b" 1", b"1.5", b"9223372036854775808"] {
             assert_eq!(integer(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
