@@ -44,7 +44,7 @@ impl Kv {
     /// Run the command `args` (name first; never empty) at `now` (milliseconds) and
     /// append its reply to `out`.
     pub fn execute(&mut self, args: &[&[u8]], now: u64, out: &mut Vec<u8>) -> After {
-        let Some(&(name, arity, command)) =
+        let Some(&(name, arity, op)) =
             COMMANDS.iter().find(|(known, ..)| known.as_bytes().eq_ignore_ascii_case(args[0]))
         else {
             resp::error_reply(out, &unknown(args));
@@ -55,61 +55,61 @@ impl Kv {
             resp::error_reply(out, &format!("ERR wrong number of arguments for '{name}' command"));
             return After::Continue;
         }
-        let reply = match command {
-            Command::Ping => ping(args, out),
-            Command::Echo => {
+        let reply = match op {
+            Op::Ping => ping(args, out),
+            Op::Echo => {
                 resp::bulk(out, Some(args[1]));
                 Ok(())
             }
-            Command::Get => {
+            Op::Get => {
                 resp::bulk(out, self.store.get(args[1], now));
                 Ok(())
             }
-            Command::Set => self.set(args, now, out),
-            Command::Del => {
+            Op::Set => self.set(args, now, out),
+            Op::Del => {
                 resp::integer_reply(out, count(args[1..].iter().filter(|key| self.store.remove(key, now))));
                 Ok(())
             }
-            Command::Exists => {
+            Op::Exists => {
                 resp::integer_reply(out, count(args[1..].iter().filter(|key| self.store.contains(key, now))));
                 Ok(())
             }
-            Command::Incr => self.add(args[1], Ok(1), now, out),
-            Command::Decr => self.add(args[1], Ok(-1), now, out),
-            Command::IncrBy => self.add(args[1], integer(args[2]).ok_or(NOT_AN_INTEGER), now, out),
-            Command::DecrBy => {
+            Op::Incr => self.add(args[1], Ok(1), now, out),
+            Op::Decr => self.add(args[1], Ok(-1), now, out),
+            Op::IncrBy => self.add(args[1], integer(args[2]).ok_or(NOT_AN_INTEGER), now, out),
+            Op::DecrBy => {
                 let by = integer(args[2]).ok_or(NOT_AN_INTEGER).and_then(|by| by.checked_neg().ok_or(OVERFLOW));
                 self.add(args[1], by, now, out)
             }
-            Command::Mget => {
+            Op::Mget => {
                 resp::array(out, args.len() - 1);
                 for key in &args[1..] {
                     resp::bulk(out, self.store.get(key, now));
                 }
                 Ok(())
             }
-            Command::Mset => self.mset(args, out),
-            Command::Expire => self.expire(args, now, out),
-            Command::Ttl => {
+            Op::Mset => self.mset(args, out),
+            Op::Expire => self.expire(args, now, out),
+            Op::Ttl => {
                 resp::integer_reply(out, self.ttl(args[1], now).map_or_else(|code| code, |ms| (ms + 500) / 1000));
                 Ok(())
             }
-            Command::Pttl => {
+            Op::Pttl => {
                 resp::integer_reply(out, self.ttl(args[1], now).unwrap_or_else(|code| code));
                 Ok(())
             }
-            Command::DbSize => {
+            Op::DbSize => {
                 resp::integer_reply(out, self.store.len() as i64);
                 Ok(())
             }
-            Command::FlushAll => flushall(args, &mut self.store, out),
+            Op::FlushAll => flushall(args, &mut self.store, out),
             // redis-cli asks for the command table when it starts interactively; an
             // empty one makes it go on without hints.
-            Command::Command => {
+            Op::Command => {
                 resp::array(out, 0);
                 Ok(())
             }
-            Command::Quit => {
+            Op::Quit => {
                 resp::simple(out, "OK");
                 return After::Close;
             }
@@ -226,32 +226,32 @@ impl Kv {
 
 /// Every command and its arity, as Redis counts it (the name included; negative: at
 /// least that many), the most used first.
-const COMMANDS: &[(&str, isize, Command)] = &[
-    ("get", 2, Command::Get),
-    ("set", -3, Command::Set),
-    ("mget", -2, Command::Mget),
-    ("mset", -3, Command::Mset),
-    ("incr", 2, Command::Incr),
-    ("del", -2, Command::Del),
-    ("exists", -2, Command::Exists),
-    ("expire", 3, Command::Expire),
-    ("ttl", 2, Command::Ttl),
-    ("pttl", 2, Command::Pttl),
-    ("decr", 2, Command::Decr),
-    ("incrby", 3, Command::IncrBy),
-    ("decrby", 3, Command::DecrBy),
-    ("ping", -1, Command::Ping),
-    ("echo", 2, Command::Echo),
-    ("dbsize", 1, Command::DbSize),
-    ("flushall", -1, Command::FlushAll),
-    ("command", -1, Command::Command),
-    ("quit", -1, Command::Quit),
+const COMMANDS: &[(&str, isize, Op)] = &[
+    ("get", 2, Op::Get),
+    ("set", -3, Op::Set),
+    ("mget", -2, Op::Mget),
+    ("mset", -3, Op::Mset),
+    ("incr", 2, Op::Incr),
+    ("del", -2, Op::Del),
+    ("exists", -2, Op::Exists),
+    ("expire", 3, Op::Expire),
+    ("ttl", 2, Op::Ttl),
+    ("pttl", 2, Op::Pttl),
+    ("decr", 2, Op::Decr),
+    ("incrby", 3, Op::IncrBy),
+    ("decrby", 3, Op::DecrBy),
+    ("ping", -1, Op::Ping),
+    ("echo", 2, Op::Echo),
+    ("dbsize", 1, Op::DbSize),
+    ("flushall", -1, Op::FlushAll),
+    ("command", -1, Op::Command),
+    ("quit", -1, Op::Quit),
 ];
 
 /// A command of [`COMMANDS`]: what `execute` matches on, so that finding a command
 /// compares its name once.
 #[derive(Clone, Copy)]
-enum Command {
+enum Op {
     Ping,
     Echo,
     Get,

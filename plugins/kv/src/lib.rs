@@ -393,7 +393,7 @@ impl Migrate for Server {
 
     fn hand_over(&mut self, conn: Conn) -> Vec<u8> {
         let Some(session) = self.sessions.get(conn) else { return Vec::new() };
-        let flags = u8::from(session.eof) * EOF | u8::from(session.quit) * QUIT;
+        let flags = (u8::from(session.eof) * EOF) | (u8::from(session.quit) * QUIT);
         [&[SESSION_V1, flags][..], &session.pending].concat()
     }
 
