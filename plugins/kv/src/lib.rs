@@ -24,9 +24,10 @@
 //! limit (32 MiB by default) bounds the key space handed over, so raise it with
 //! `maxmemory`.
 //!
-//! Expiry is lazy (a key past its deadline is gone when a command looks at it) and
-//! swept: while keys have deadlines, a timer on one of the connections wakes the
-//! instance every 100 ms to remove the ones due. Time is the guest's monotonic clock
+//! Expiry is lazy (a key past its deadline is missing to every command from then on,
+//! and its memory goes when a write meets it) and swept: while keys have deadlines, a
+//! timer on one of the connections wakes the instance every 100 ms to remove the ones
+//! due. Time is the guest's monotonic clock
 //! (`std::time::Instant`, WASI's monotonic clock, which the host answers at once).
 //!
 //! Configuration (`[listener.config]`, both optional; sizes in bytes or as "N KiB",
@@ -62,6 +63,9 @@ const DEFAULT_MAX_COMMAND: usize = 512 << 10;
 /// Bytes read from the receive buffer at once, unless one command needs more: enough
 /// for many pipelined commands per host call, little for a guest to hold.
 const READ_CHUNK: usize = 64 << 10;
+/// The capacity the reply buffer keeps between events: what a batch of replies to a
+/// `READ_CHUNK` of small commands takes; a bigger one is given back.
+const REPLIES_KEPT: usize = 64 << 10;
 
 /// The timer id of the expiry sweep.
 const SWEEP_TIMER: u64 = 1;
@@ -82,6 +86,9 @@ struct Server {
     sessions: ConnMap<Session>,
     /// The connection whose timer runs the sweep, if one is armed.
     sweeper: Option<Conn>,
+    /// Where a batch's replies are written; empty between events, kept for its
+    /// capacity (growing a fresh one per batch showed in pipelined GETs).
+    replies: Vec<u8>,
 }
 
 /// One client's state between events.
@@ -124,7 +131,10 @@ impl Server {
         self.kv();
         let max_command = self.max_command;
         let (Some(kv), Some(session)) = (self.kv.as_mut(), self.sessions.get_mut(conn)) else { return Stop::Closing };
-        let stop = serve_session(kv, max_command, conn, rx, session);
+        let stop = serve_session(kv, max_command, conn, rx, session, &mut self.replies);
+        if self.replies.capacity() > REPLIES_KEPT {
+            self.replies = Vec::new();
+        }
         self.arm_sweep(conn);
         stop
     }
@@ -147,8 +157,16 @@ impl Server {
     }
 }
 
-/// Serve one connection: its pending replies first, then its whole commands.
-fn serve_session(kv: &mut Kv, max_command: usize, conn: Conn, rx: RecvBuf<'_>, session: &mut Session) -> Stop {
+/// Serve one connection: its pending replies first, then its whole commands, their
+/// replies written to `out` (left empty).
+fn serve_session(
+    kv: &mut Kv,
+    max_command: usize,
+    conn: Conn,
+    rx: RecvBuf<'_>,
+    session: &mut Session,
+    out: &mut Vec<u8>,
+) -> Stop {
     match flush(conn, &mut session.pending) {
         Ok(true) => {}
         Ok(false) => return Stop::Blocked,
@@ -167,7 +185,6 @@ fn serve_session(kv: &mut Kv, max_command: usize, conn: Conn, rx: RecvBuf<'_>, s
             Ok(room) => room as usize,
             Err(_) => return Stop::Closing,
         };
-        let mut out = Vec::new();
         if let Some(from) = session.resume.take() {
             // A partial command waited for more: look only at what is new since.
             let start = from.offset();
@@ -179,20 +196,22 @@ fn serve_session(kv: &mut Kv, max_command: usize, conn: Conn, rx: RecvBuf<'_>, s
                     continue;
                 }
                 Err(ProtocolError(message)) => {
-                    resp::error_reply(&mut out, &format!("ERR {message}"));
+                    resp::error_reply(out, &format!("ERR {message}"));
                     session.quit = true;
                 }
             }
         }
         let buf = if session.quit { Vec::new() } else { rx.read(0, available.min(READ_CHUNK.max(session.need))) };
         let now = now();
+        // One list for every command's arguments in the batch, not one per command.
+        let mut args = Vec::new();
         let mut at = 0;
         session.need = 0;
         while at < buf.len() && out.len() < room {
-            match resp::parse(&buf[at..], max_command) {
-                Ok(Parse::Command { args, len }) => {
+            match resp::parse(&buf[at..], max_command, &mut args) {
+                Ok(Parse::Command { len }) => {
                     at += len;
-                    if !args.is_empty() && kv.execute(&args, now, &mut out) == After::Close {
+                    if !args.is_empty() && kv.execute(&args, now, out) == After::Close {
                         session.quit = true;
                         break;
                     }
@@ -202,7 +221,7 @@ fn serve_session(kv: &mut Kv, max_command: usize, conn: Conn, rx: RecvBuf<'_>, s
                     break;
                 }
                 Err(ProtocolError(message)) => {
-                    resp::error_reply(&mut out, &format!("ERR {message}"));
+                    resp::error_reply(out, &format!("ERR {message}"));
                     session.quit = true;
                     break;
                 }
@@ -210,17 +229,22 @@ fn serve_session(kv: &mut Kv, max_command: usize, conn: Conn, rx: RecvBuf<'_>, s
         }
         if let Err(e) = rx.remove(at) {
             log::warn(&format!("kv {conn}: {e}"));
+            out.clear();
             return Stop::Closing;
         }
-        session.pending = out;
-        match flush(conn, &mut session.pending) {
-            Ok(true) if session.quit => {
+        let sent = send_some(conn, out);
+        if let Ok(sent) = sent {
+            session.pending.extend_from_slice(&out[sent..]);
+        }
+        out.clear();
+        match sent {
+            Err(_) => return Stop::Closing,
+            Ok(_) if !session.pending.is_empty() => return Stop::Blocked,
+            Ok(_) if session.quit => {
                 let _ = conn.close_after_send();
                 return Stop::Closing;
             }
-            Ok(true) => {}
-            Ok(false) => return Stop::Blocked,
-            Err(_) => return Stop::Closing,
+            Ok(_) => {}
         }
     }
 }
@@ -233,25 +257,29 @@ fn wait_for(session: &mut Session, partial: Partial) {
 
 /// Send `pending` as far as the send buffer takes it: true when all of it went.
 fn flush(conn: Conn, pending: &mut Vec<u8>) -> Result<bool, Error> {
-    if pending.is_empty() {
-        return Ok(true);
+    let sent = send_some(conn, pending)?;
+    pending.drain(..sent);
+    Ok(pending.is_empty())
+}
+
+/// Send `bytes` as far as the send buffer takes them: how many it took (the rest
+/// waits for `send` events).
+fn send_some(conn: Conn, bytes: &[u8]) -> Result<usize, Error> {
+    if bytes.is_empty() {
+        return Ok(0);
     }
     // Mostly it all fits: one host call.
-    match conn.send(pending) {
-        Ok(_) => {
-            pending.clear();
-            return Ok(true);
-        }
+    match conn.send(bytes) {
+        Ok(_) => return Ok(bytes.len()),
         Err(Error::LimitExceeded) => {}
         Err(e) => return Err(e),
     }
-    // More than the room: a piece now, the rest after `send` events.
-    let room = conn.send_room()? as usize;
+    // More than the room: a piece now.
+    let room = (conn.send_room()? as usize).min(bytes.len());
     if room > 0 {
-        conn.send(&pending[..room])?;
-        pending.drain(..room);
+        conn.send(&bytes[..room])?;
     }
-    Ok(false)
+    Ok(room)
 }
 
 impl Handler for Server {
@@ -365,7 +393,7 @@ impl Migrate for Server {
 
     fn hand_over(&mut self, conn: Conn) -> Vec<u8> {
         let Some(session) = self.sessions.get(conn) else { return Vec::new() };
-        let flags = u8::from(session.eof) * EOF | u8::from(session.quit) * QUIT;
+        let flags = (u8::from(session.eof) * EOF) | (u8::from(session.quit) * QUIT);
         [&[SESSION_V1, flags][..], &session.pending].concat()
     }
 

@@ -3,15 +3,15 @@
 //! It owns the wire format and its bounds only. It never executes a command and never
 //! touches a connection: a parse looks at the bytes from the start of one command and
 //! says whether the command is whole (its arguments are slices of those bytes, not
-//! copies), how many bytes it needs at least, or why the stream cannot be a command.
+//! copies, in a list the caller keeps from one command to the next), how many bytes it
+//! needs at least, or why the stream cannot be a command.
 
 /// What the bytes at the start of a buffer hold.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Parse<'a> {
-    /// A whole command: its arguments (none for a blank inline line) and its length.
+pub enum Parse {
+    /// A whole command, whose arguments (none for a blank inline line) are in the list
+    /// given to [`parse`].
     Command {
-        /// The command name and its arguments, as they came.
-        args: Vec<&'a [u8]>,
         /// The bytes it took, to remove from the receive buffer.
         len: usize,
     },
@@ -83,48 +83,58 @@ const MAX_HEADER: usize = 32;
 /// that could not fit in `max_command` is refused before anything is allocated for it.
 const MIN_ARGUMENT: usize = 6;
 
-/// Parse the command at the start of `buf`; no command may take more than
+/// Parse the command at the start of `buf` into `args` (the command name and its
+/// arguments, as they came; cleared first); no command may take more than
 /// `max_command` bytes.
-pub fn parse(buf: &[u8], max_command: usize) -> Result<Parse<'_>, ProtocolError> {
+pub fn parse<'a>(buf: &'a [u8], max_command: usize, args: &mut Vec<&'a [u8]>) -> Result<Parse, ProtocolError> {
+    args.clear();
     match buf.first() {
         None => Ok(Parse::Incomplete(Partial { need: 1, resume: None })),
-        Some(b'*') => parse_multibulk(buf, max_command),
-        Some(_) => parse_inline(buf, 0),
+        Some(b'*') => parse_multibulk(buf, max_command, args),
+        Some(_) => parse_inline(buf, 0, args),
     }
 }
 
 /// Look again at a partial command: `tail` is its bytes from `from.offset()` on.
 pub fn resume(tail: &[u8], from: Resume, max_command: usize) -> Result<Scan, ProtocolError> {
+    // The arguments are not wanted: the command is parsed again from its start.
+    let mut args = Vec::new();
     let parsed = match from {
-        Resume::Bulks { at, args_left } => bulks(tail, at, 0, args_left, max_command)?,
-        Resume::Line { scanned } => parse_inline(tail, scanned)?,
+        Resume::Bulks { at, args_left } => bulks(tail, at, 0, args_left, max_command, &mut args)?,
+        Resume::Line { scanned } => parse_inline(tail, scanned, &mut args)?,
     };
     Ok(match parsed {
-        Parse::Command { len, .. } => Scan::Whole(len),
+        Parse::Command { len } => Scan::Whole(len),
         Parse::Incomplete(partial) => Scan::Incomplete(partial),
     })
 }
 
 /// `*N\r\n` then N times `$LEN\r\nBYTES\r\n`.
-fn parse_multibulk(buf: &[u8], max_command: usize) -> Result<Parse<'_>, ProtocolError> {
+fn parse_multibulk<'a>(buf: &'a [u8], max_command: usize, args: &mut Vec<&'a [u8]>) -> Result<Parse, ProtocolError> {
     let Some((count, at)) = header(buf, 0, "multibulk")? else {
         return Ok(Parse::Incomplete(Partial { need: buf.len() + 1, resume: None }));
     };
     let count = match count {
         // Redis takes `*0` and `*-1` as nothing to run.
-        ..=0 => return Ok(Parse::Command { args: Vec::new(), len: at }),
+        ..=0 => return Ok(Parse::Command { len: at }),
         n if (n as u64).saturating_mul(MIN_ARGUMENT as u64) > max_command as u64 => {
             return Err(error("invalid multibulk length"));
         }
         n => n as usize,
     };
-    bulks(buf, 0, at, count, max_command)
+    bulks(buf, 0, at, count, max_command, args)
 }
 
 /// `count` bulk strings from `buf[at..]`, where `buf` starts `base` bytes into the
-/// command (offsets in what it returns are the command's).
-fn bulks(buf: &[u8], base: usize, mut at: usize, count: usize, max_command: usize) -> Result<Parse<'_>, ProtocolError> {
-    let mut args = Vec::with_capacity(count.min(16));
+/// command (offsets in what it returns are the command's), appended to `args`.
+fn bulks<'a>(
+    buf: &'a [u8],
+    base: usize,
+    mut at: usize,
+    count: usize,
+    max_command: usize,
+    args: &mut Vec<&'a [u8]>,
+) -> Result<Parse, ProtocolError> {
     for done in 0..count {
         let partial = |need: usize| {
             let resume = Resume::Bulks { at: base + at, args_left: count - done };
@@ -148,7 +158,7 @@ fn bulks(buf: &[u8], base: usize, mut at: usize, count: usize, max_command: usiz
         // Like Redis, the CRLF after the bytes is skipped, not checked.
         at = end + 2;
     }
-    Ok(Parse::Command { args, len: base + at })
+    Ok(Parse::Command { len: base + at })
 }
 
 /// A header line at `at` (`*N\r\n` or `$N\r\n`): its number and where the next
@@ -168,7 +178,7 @@ fn header(buf: &[u8], at: usize, what: &str) -> Result<Option<(i64, usize)>, Pro
 /// A line of words separated by spaces or tabs, ended by `\n` (a `\r` before it is
 /// dropped): what `telnet` or `nc` send. `buf` starts `base` bytes into the line, none
 /// of which was a newline.
-fn parse_inline(buf: &[u8], base: usize) -> Result<Parse<'_>, ProtocolError> {
+fn parse_inline<'a>(buf: &'a [u8], base: usize, args: &mut Vec<&'a [u8]>) -> Result<Parse, ProtocolError> {
     let room = (MAX_INLINE + 1).saturating_sub(base);
     let Some(newline) = buf.iter().take(room).position(|&b| b == b'\n') else {
         if base + buf.len() > MAX_INLINE {
@@ -179,8 +189,8 @@ fn parse_inline(buf: &[u8], base: usize) -> Result<Parse<'_>, ProtocolError> {
     };
     let line = &buf[..newline];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let args = line.split(|&b| b == b' ' || b == b'\t').filter(|word| !word.is_empty()).collect();
-    Ok(Parse::Command { args, len: base + newline + 1 })
+    args.extend(line.split(|&b| b == b' ' || b == b'\t').filter(|word| !word.is_empty()));
+    Ok(Parse::Command { len: base + newline + 1 })
 }
 
 fn error(what: &str) -> ProtocolError {
@@ -200,7 +210,10 @@ pub fn integer(text: &[u8]) -> Option<i64> {
     if !canonical {
         return None;
     }
-    std::str::from_utf8(text).ok()?.parse().ok()
+    // Summed as a negative number, whose range holds i64::MIN; no UTF-8 check or
+    // `str::parse` (INCR reads an integer every time).
+    let negative = digits.iter().try_fold(0i64, |n, &d| n.checked_mul(10)?.checked_sub(i64::from(d - b'0')))?;
+    if text.len() > digits.len() { Some(negative) } else { negative.checked_neg() }
 }
 
 /// `+TEXT\r\n`.
@@ -270,8 +283,9 @@ mod tests {
     const MAX: usize = 1024;
 
     fn command(buf: &[u8]) -> (Vec<&[u8]>, usize) {
-        match parse(buf, MAX) {
-            Ok(Parse::Command { args, len }) => (args, len),
+        let mut args = vec![&b"stale"[..]];
+        match parse(buf, MAX, &mut args) {
+            Ok(Parse::Command { len }) => (args, len),
             other => panic!("expected a command, got {other:?}"),
         }
     }
@@ -287,7 +301,7 @@ mod tests {
     fn every_prefix_of_a_command_is_incomplete_and_asks_for_more() {
         let whole = b"*2\r\n$4\r\nECHO\r\n$5\r\nhello\r\n";
         for cut in 0..whole.len() {
-            match parse(&whole[..cut], MAX) {
+            match parse(&whole[..cut], MAX, &mut Vec::new()) {
                 Ok(Parse::Incomplete(partial)) => {
                     assert!(partial.need > cut && partial.need <= whole.len(), "cut {cut}: {partial:?}")
                 }
@@ -296,7 +310,7 @@ mod tests {
         }
         // Once the header of a bulk is in, the need is exact: no reading before it is all there.
         let at_hello = Partial { need: whole.len(), resume: Some(Resume::Bulks { at: 14, args_left: 1 }) };
-        assert_eq!(parse(&whole[..20], MAX), Ok(Parse::Incomplete(at_hello)));
+        assert_eq!(parse(&whole[..20], MAX, &mut Vec::new()), Ok(Parse::Incomplete(at_hello)));
     }
 
     #[test]
@@ -313,8 +327,8 @@ mod tests {
                 let start = from.map_or(0, Resume::offset);
                 looked_at += have - start;
                 let scan = match from {
-                    None => match parse(&whole[..have], MAX).unwrap() {
-                        Parse::Command { len, .. } => Scan::Whole(len),
+                    None => match parse(&whole[..have], MAX, &mut Vec::new()).unwrap() {
+                        Parse::Command { len } => Scan::Whole(len),
                         Parse::Incomplete(partial) => Scan::Incomplete(partial),
                     },
                     Some(from) => resume(&whole[start..have], from, MAX).unwrap(),
@@ -346,7 +360,7 @@ mod tests {
 
     #[test]
     fn bounds_and_garbage_are_protocol_errors() {
-        let message = |buf: &[u8]| parse(buf, MAX).unwrap_err().0;
+        let message = |buf: &[u8]| parse(buf, MAX, &mut Vec::new()).unwrap_err().0;
         assert_eq!(message(b"*x\r\n"), "Protocol error: invalid multibulk length");
         assert_eq!(message(b"*1000\r\n"), "Protocol error: invalid multibulk length");
         assert_eq!(message(b"*1\r\n$1025\r\n"), "Protocol error: invalid bulk length");
@@ -362,6 +376,7 @@ mod tests {
         assert_eq!(integer(b"-42"), Some(-42));
         assert_eq!(integer(b"0"), Some(0));
         assert_eq!(integer(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(integer(b"-9223372036854775808"), Some(i64::MIN));
         for bad in [&b""[..], b"-", b"+1", b"01", b"-0", b" 1", b"1.5", b"9223372036854775808"] {
             assert_eq!(integer(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }

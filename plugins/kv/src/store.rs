@@ -5,9 +5,11 @@
 //! of what each entry costs. It never refuses anything: whether a write fits under
 //! `maxmemory` is the caller's question ([`Store::growth`] answers how much a write
 //! would add). It never reads a clock either: every call that may find a key expired
-//! is given `now`, in milliseconds of the caller's clock, and an expired key is gone
-//! the moment it is seen (lazy expiry); [`Store::sweep`] collects the ones nobody asks
-//! for.
+//! is given `now`, in milliseconds of the caller's clock. An expired key is missing to
+//! every read from its deadline on, and gone once a write or a removal meets it (lazy
+//! expiry) or [`Store::sweep`] collects it; until then its bytes count in `used`. Reads
+//! take `&self` so that one hash of the key finds the entry and its deadline: removing
+//! what a read finds expired would hash it again, on every read.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -41,21 +43,19 @@ pub struct Store {
 
 impl Store {
     /// The value of `key`, unless it is missing or expired.
-    pub fn get(&mut self, key: &[u8], now: u64) -> Option<&[u8]> {
-        self.expire_if_due(key, now);
-        self.entries.get(key).map(|entry| entry.value.as_slice())
+    pub fn get(&self, key: &[u8], now: u64) -> Option<&[u8]> {
+        self.live(key, now).map(|entry| entry.value.as_slice())
     }
 
     /// Whether `key` holds a value that has not expired.
-    pub fn contains(&mut self, key: &[u8], now: u64) -> bool {
-        self.get(key, now).is_some()
+    pub fn contains(&self, key: &[u8], now: u64) -> bool {
+        self.live(key, now).is_some()
     }
 
     /// The deadline of `key`: `None` when it is missing, `Some(None)` when it never
     /// expires.
-    pub fn deadline(&mut self, key: &[u8], now: u64) -> Option<Option<u64>> {
-        self.expire_if_due(key, now);
-        self.entries.get(key).map(|entry| entry.deadline)
+    pub fn deadline(&self, key: &[u8], now: u64) -> Option<Option<u64>> {
+        self.live(key, now).map(|entry| entry.deadline)
     }
 
     /// Store `value` under `key` with `deadline`, replacing any value and deadline.
@@ -85,9 +85,8 @@ impl Store {
     }
 
     /// The value of `key` and its deadline, unless it is missing or expired.
-    pub fn get_with_deadline(&mut self, key: &[u8], now: u64) -> Option<(&[u8], Option<u64>)> {
-        self.expire_if_due(key, now);
-        self.entries.get(key).map(|entry| (entry.value.as_slice(), entry.deadline))
+    pub fn get_with_deadline(&self, key: &[u8], now: u64) -> Option<(&[u8], Option<u64>)> {
+        self.live(key, now).map(|entry| (entry.value.as_slice(), entry.deadline))
     }
 
     /// Give `key` a new deadline; false when it is missing.
@@ -150,6 +149,11 @@ impl Store {
             removed += 1;
         }
         removed
+    }
+
+    /// The entry of `key`, unless it is missing or expired.
+    fn live(&self, key: &[u8], now: u64) -> Option<&Entry> {
+        self.entries.get(key).filter(|entry| entry.deadline.is_none_or(|at| at > now))
     }
 
     fn expire_if_due(&mut self, key: &[u8], now: u64) {
@@ -247,16 +251,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_expired_key_is_gone_when_seen_and_its_bytes_with_it() {
+    fn an_expired_key_is_missing_when_seen_and_its_bytes_go_when_it_is_met_or_swept() {
         let mut store = Store::default();
         store.set(b"k", b"v", Some(100));
+        store.set(b"other", b"v", Some(100));
         store.set(b"forever", b"v", None);
         assert_eq!(store.get(b"k", 99), Some(&b"v"[..]));
         assert_eq!(store.deadline(b"k", 99), Some(Some(100)));
         assert_eq!(store.get(b"k", 100), None);
+        assert!(!store.contains(b"other", 100));
+        assert_eq!(store.get_with_deadline(b"k", 100), None);
         assert_eq!(store.deadline(b"forever", 100), Some(None));
-        assert_eq!(store.used(), cost(7, 1, false));
+        assert!(!store.remove(b"k", 100));
+        assert!(!store.expire_at(b"other", 500, 100));
+        assert_eq!((store.len(), store.used()), (1, cost(7, 1, false)));
         assert!(!store.has_deadlines());
+        store.set(b"k", b"v", Some(100));
+        assert_eq!(store.sweep(100, 10), 1);
+        assert_eq!((store.len(), store.used()), (1, cost(7, 1, false)));
     }
 
     #[test]
@@ -279,7 +291,7 @@ mod tests {
         store.set(b"soon", b"22", Some(150));
         store.set(b"gone", b"333", Some(90));
         let state = store.handed_over(100);
-        let mut taken = Store::taken_over(&state, 1000).unwrap();
+        let taken = Store::taken_over(&state, 1000).unwrap();
         assert_eq!(taken.len(), 2);
         assert_eq!(taken.get(b"forever", 1000), Some(&b"1"[..]));
         assert_eq!(taken.deadline(b"soon", 1000), Some(Some(1050)));
