@@ -174,18 +174,21 @@ impl Store {
 }
 
 /// The first byte of a key space handed over to the next version: the layout of what
-/// follows, one record per key: the key's length (4 bytes little-endian) and bytes, the
-/// value's likewise, then the milliseconds it has left plus one (8 bytes; 0: no
-/// deadline). Time left, not the deadline: each instance's clock starts at its own
-/// first look.
+/// follows, the number of keys (4 bytes little-endian, so the next version sizes its
+/// table once rather than growing it key by key), then one record per key: the key's
+/// length (4 bytes little-endian) and bytes, the value's likewise, then the milliseconds
+/// it has left plus one (8 bytes; 0: no deadline). Time left, not the deadline: each
+/// instance's clock starts at its own first look.
 const HANDED_V1: u8 = 1;
 
 impl Store {
     /// Every key that has not expired at `now`, as the next version's
     /// [`Store::taken_over`] reads it.
     pub fn handed_over(&self, now: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + self.used / 2);
+        let mut out = Vec::with_capacity(5 + self.used / 2);
         out.push(HANDED_V1);
+        out.extend_from_slice(&0u32.to_le_bytes());
+        let mut keys: u32 = 0;
         for (key, entry) in &self.entries {
             let left = match entry.deadline {
                 None => 0,
@@ -197,15 +200,20 @@ impl Store {
                 out.extend_from_slice(bytes);
             }
             out.extend_from_slice(&left.to_le_bytes());
+            keys += 1;
         }
+        out[1..5].copy_from_slice(&keys.to_le_bytes());
         out
     }
 
     /// The key space [`Store::handed_over`] wrote, with deadlines from `now`; `None`
     /// when the bytes are not one.
     pub fn taken_over(state: &[u8], now: u64) -> Option<Store> {
-        let (&HANDED_V1, mut rest) = state.split_first()? else { return None };
+        let (&HANDED_V1, rest) = state.split_first()? else { return None };
+        let (keys, mut rest) = rest.split_first_chunk::<4>()?;
         let mut store = Store::default();
+        // At most one key per 16 bytes: a count the bytes cannot hold reserves no more.
+        store.entries.reserve((u32::from_le_bytes(*keys) as usize).min(rest.len() / 16));
         while !rest.is_empty() {
             let (key, tail) = length_prefixed(rest)?;
             let (value, tail) = length_prefixed(tail)?;
@@ -299,7 +307,8 @@ mod tests {
         assert_eq!(taken.used(), cost(7, 1, false) + cost(4, 2, true));
         assert!(Store::taken_over(&state[..state.len() - 1], 0).is_none());
         assert!(Store::taken_over(b"", 0).is_none());
-        assert_eq!(Store::taken_over(&[HANDED_V1], 0).map(|s| s.len()), Some(0));
+        assert_eq!(Store::taken_over(&[HANDED_V1, 0, 0, 0, 0], 0).map(|s| s.len()), Some(0));
+        assert!(Store::taken_over(&[HANDED_V1], 0).is_none());
     }
 
     #[test]
