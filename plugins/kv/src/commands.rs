@@ -24,6 +24,11 @@ pub enum After {
     Close,
 }
 
+/// The longest reply one command may make (MGET's is the one that could grow without
+/// bound otherwise): far above what a cache client asks for, far below the instance's
+/// memory.
+pub const MAX_REPLY: usize = 8 << 20;
+
 /// One key space and its memory bound.
 pub struct Kv {
     store: Store,
@@ -82,9 +87,21 @@ impl Kv {
                 self.add(args[1], by, now, out)
             }
             Op::Mget => {
+                let start = out.len();
                 resp::array(out, args.len() - 1);
                 for key in &args[1..] {
                     resp::bulk(out, self.store.get(key, now));
+                    // Many keys naming one large value would make a reply of any
+                    // size: the instance's memory would run out, and every client's
+                    // keys with it.
+                    if out.len() - start > MAX_REPLY {
+                        out.truncate(start);
+                        resp::error_reply(
+                            out,
+                            &format!("ERR the reply would be over {MAX_REPLY} bytes: ask for fewer keys"),
+                        );
+                        break;
+                    }
                 }
                 Ok(())
             }
@@ -332,6 +349,20 @@ mod tests {
         let mut out = Vec::new();
         kv.execute(&args, now, &mut out);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn an_mget_reply_over_its_bound_is_an_error_and_the_next_command_runs() {
+        let mut kv = Kv::new(64 << 20);
+        let big = vec![b'x'; 512 << 10];
+        let mut out = Vec::new();
+        kv.execute(&[b"SET", b"big", &big], 0, &mut out);
+        let keys: Vec<&[u8]> = std::iter::once(&b"MGET"[..]).chain(std::iter::repeat_n(&b"big"[..], 17)).collect();
+        let mut out = b"+before\r\n".to_vec();
+        kv.execute(&keys, 0, &mut out);
+        let reply = String::from_utf8(out).unwrap();
+        assert_eq!(reply, format!("+before\r\n-ERR the reply would be over {MAX_REPLY} bytes: ask for fewer keys\r\n"));
+        assert_eq!(run(&mut kv, "MGET big nothing", 0).len(), (512 << 10) + 20, "*2, the value, a nil");
     }
 
     #[test]
