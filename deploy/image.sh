@@ -5,8 +5,9 @@
 #
 #   deploy/image.sh [TAG]              # TAG defaults to localhost/sandport:dev
 #
-#   SANDPORT_PLUGINS=DIR               take echo.wasm, chat.wasm, http_hello.wasm and
-#                                      tcp_proxy.wasm from DIR instead of building them
+#   SANDPORT_PLUGINS=DIR               take echo.wasm, chat.wasm, http_hello.wasm,
+#                                      tcp_proxy.wasm and kv.wasm from DIR instead of
+#                                      building them
 #                                      (the e2e test passes the ones it built already)
 #
 # Everything is built in target/musl, a target folder of its own: a normal build or a
@@ -39,7 +40,7 @@ readelf --program-headers "$bin" | grep -q INTERP && die "$bin is not static (it
 if [ -n "${SANDPORT_PLUGINS:-}" ]; then
     plugins=$SANDPORT_PLUGINS
 else
-    cargo build --profile plugin --locked --target wasm32-wasip2 -p echo -p chat -p http-hello -p tcp-proxy \
+    cargo build --profile plugin --locked --target wasm32-wasip2 -p echo -p chat -p http-hello -p tcp-proxy -p kv \
         --target-dir "$target_dir"
     plugins=$target_dir/wasm32-wasip2/plugin
 fi
@@ -54,7 +55,7 @@ mkdir -p "$context/rootfs/plugins" "$context/rootfs/etc/sandport" "$context/root
 # backtrace's addresses.
 strip --strip-all -o "$context/rootfs/sandport" "$bin"
 chmod 0755 "$context/rootfs/sandport"
-for plugin in echo chat http_hello tcp_proxy; do
+for plugin in echo chat http_hello tcp_proxy kv; do
     install -m 0644 "$plugins/$plugin.wasm" "$context/rootfs/plugins/$plugin.wasm"
 done
 install -m 0644 deploy/sandport.toml "$context/rootfs/etc/sandport/sandport.toml"

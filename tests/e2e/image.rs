@@ -208,6 +208,9 @@ fn the_image_is_small_has_no_shell_and_serves_its_plugins_as_its_user() {
         round_trip(server.addr("echo"), "through the image");
         round_trip(server.addr("echo-per-connection"), "an instance of its own");
         round_trip(server.addr("tcp-proxy"), "through the proxy to the echo");
+        let mut kv = Client::connect(server.addr("kv"));
+        kv.write(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nimage\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+        assert_eq!(kv.bytes(16), b"+OK\r\n$5\r\nimage\r\n");
         let mut http = Client::connect(server.addr("http-hello"));
         http.write(b"GET / HTTP/1.1\r\nHost: image\r\nConnection: close\r\n\r\n");
         let answer = String::from_utf8(http.until_eof()).unwrap();
