@@ -68,6 +68,15 @@ impl Node {
     }
 }
 
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// The manifest `digest` of the fleet's repository, as the registry serves it.
 fn manifest(registry: &Registry, digest: &str) -> Value {
     let url = format!("http://{}/v2/fleet/app/manifests/{digest}", registry.address());
@@ -90,6 +99,9 @@ fn a_pushed_version_reaches_all_three_nodes_and_kept_connections_lose_nothing() 
     // stopped: a changed or lost byte, or a failed connection, panics its thread.
     let (stop, rounds) = (AtomicBool::new(false), AtomicU64::new(0));
     std::thread::scope(|s| {
+        // Set however this body ends, a failed assertion included: the scope waits for
+        // the echoing threads, which would otherwise echo on forever.
+        let _stop = StopOnDrop(&stop);
         for node in &nodes {
             for _ in 0..2 {
                 let mut client = node.server.connect("app");
@@ -126,7 +138,6 @@ fn a_pushed_version_reaches_all_three_nodes_and_kept_connections_lose_nothing() 
         let before = rounds.load(Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(300));
         assert!(rounds.load(Ordering::SeqCst) > before, "the kept connections go on echoing");
-        stop.store(true, Ordering::SeqCst);
     });
     for node in nodes {
         let (status, log) = node.server.terminate();

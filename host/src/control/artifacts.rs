@@ -321,28 +321,33 @@ impl Control {
         info!(listener = %name, reference = %reference, digest = %digest, "the tag moved: swapping its new digest in");
         let report = self.swap(name, Source::File(pulled.path.clone()));
         let why = match &report {
-            Ok(report) if report.took_over => {
-                info!(
-                    listener = %name,
-                    reference = %reference,
-                    digest = %digest,
-                    version = report.serving.number,
-                    migrated = report.migrated,
-                    draining = report.draining,
-                    "the tag's new digest took over"
-                );
-                None
-            }
+            Ok(report) if report.took_over => None,
             Ok(report) => Some(report.refused.clone().unwrap_or_else(|| "refused".into())),
             Err(err) => Some(err.to_string()),
         };
-        if let Some(why) = &why {
-            warn!(listener = %name, reference = %reference, digest = %digest, "the tag's new digest is refused, and not taken again until the tag moves: {why}");
-        }
+        // Recorded before it is logged: whoever reads the log line and then asks
+        // `/listeners` finds the same there.
         let rollbacks = self.with_record(name, |r| r.rollbacks).unwrap_or_default();
-        let mut tracks = artifacts.tracks();
-        let track = tracks.entry(name.to_owned()).or_default();
-        track.taken = Some(Taken { digest: digest.clone(), refused: why, rollbacks });
+        artifacts.tracks().entry(name.to_owned()).or_default().taken =
+            Some(Taken { digest: digest.clone(), refused: why.clone(), rollbacks });
+        match (&report, &why) {
+            (Ok(report), None) => info!(
+                listener = %name,
+                reference = %reference,
+                digest = %digest,
+                version = report.serving.number,
+                migrated = report.migrated,
+                draining = report.draining,
+                "the tag's new digest took over"
+            ),
+            (_, why) => warn!(
+                listener = %name,
+                reference = %reference,
+                digest = %digest,
+                "the tag's new digest is refused, and not taken again until the tag moves: {}",
+                why.as_deref().unwrap_or("refused")
+            ),
+        }
     }
 }
 
