@@ -10,55 +10,60 @@
 //! it still asks the host. (A plugin that appends through the raw `bindings` bypasses
 //! this record; `pipe_to` then meets a refused `send` and asks the host, see there.)
 //!
-//! A small table indexed by the connection's id, each slot holding the id it is about:
-//! no allocation, constant time, and a connection that shares its slot with another is
-//! only forgotten (the host is asked again), never mistaken for it. Ids are never
-//! reused, so a closed connection's slot cannot answer for a new one.
+//! One entry per connection the plugin sent to, dropped at its `close` event (see
+//! `__private::dispatch`) or when a `send` to it fails. Ids are never reused, so an
+//! entry cannot answer for another connection.
 
-use std::cell::Cell;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::Conn;
 
-/// Slots in the table (a power of two): enough that the connections of a busy shared
-/// instance seldom push each other out.
-const SLOTS: usize = 1024;
-
-/// A slot that names no connection: the host's ids start at 1.
-const EMPTY: (u64, u32) = (0, 0);
-
 thread_local! {
     // wasm32-wasip2 is single-threaded: a plain global, without `Sync`.
-    static KNOWN: [Cell<(u64, u32)>; SLOTS] = const { [const { Cell::new(EMPTY) }; SLOTS] };
+    static KNOWN: RefCell<HashMap<u64, u32, BuildHasherDefault<IdHasher>>> =
+        RefCell::new(HashMap::default());
 }
 
-/// `conn`'s slot. Ids go up in steps of the host's worker count, so the id is mixed
-/// (Fibonacci hashing) rather than taken modulo: a step of 2 would use half the slots.
-fn slot(conn: Conn) -> usize {
-    (conn.id().wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLOTS.trailing_zeros())) as usize
+/// Hashes a connection id by one multiplication (Fibonacci hashing): the ids are the
+/// host's sequence numbers, which no peer chooses, so nothing can be made to collide,
+/// and a hasher with a random seed would need `wasi:random` for nothing. The product's
+/// high half is folded into the low one, where the table takes its bucket from (ids go
+/// up in steps of the host's worker count, and a product's low bits follow the id's).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 32)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 /// The host said `conn` has `room` bytes of room now.
 pub(crate) fn heard(conn: Conn, room: u32) {
-    KNOWN.with(|known| known[slot(conn)].set((conn.id(), room)));
+    KNOWN.with_borrow_mut(|known| known.insert(conn.id(), room));
 }
 
 /// What `conn`'s send buffer has room for at least: the last answer heard, or 0 if
 /// there is none.
 pub(crate) fn at_least(conn: Conn) -> u32 {
-    KNOWN.with(|known| match known[slot(conn)].get() {
-        (id, room) if id == conn.id() => room,
-        _ => 0,
-    })
+    KNOWN.with_borrow(|known| known.get(&conn.id()).copied().unwrap_or(0))
 }
 
 /// Forget `conn` (its send buffer refused bytes, or it is gone).
 pub(crate) fn forget(conn: Conn) {
-    KNOWN.with(|known| {
-        let slot = &known[slot(conn)];
-        if slot.get().0 == conn.id() {
-            slot.set(EMPTY);
-        }
-    });
+    KNOWN.with_borrow_mut(|known| known.remove(&conn.id()));
 }
 
 #[cfg(test)]
@@ -66,18 +71,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_answer_is_remembered_for_its_connection_only() {
-        let a = Conn::from_id(5);
-        let b = (6..).map(Conn::from_id).find(|b| slot(*b) == slot(a)).unwrap();
+    fn an_answer_is_remembered_for_its_connection_until_forgotten() {
+        let (a, b) = (Conn::from_id(5), Conn::from_id(7));
         assert_eq!(at_least(a), 0, "nothing heard yet");
         heard(a, 100);
-        assert_eq!(at_least(a), 100);
-        assert_eq!(at_least(b), 0, "the same slot, another connection");
         heard(b, 7);
-        assert_eq!(at_least(a), 0, "pushed out, so asked again");
+        assert_eq!((at_least(a), at_least(b)), (100, 7));
+        heard(a, 3);
+        assert_eq!(at_least(a), 3, "the last answer");
         forget(a);
-        assert_eq!(at_least(b), 7, "forgetting another connection leaves the slot");
-        forget(b);
-        assert_eq!(at_least(b), 0);
+        assert_eq!((at_least(a), at_least(b)), (0, 7));
     }
 }
