@@ -61,6 +61,7 @@ mod framing;
 pub mod log;
 mod migrate;
 mod recv;
+mod room;
 mod tls;
 
 pub use conn::{CloseMode, Conn, Peer};
@@ -462,7 +463,10 @@ pub mod __private {
             Event::Send(n) => handler.on_send(conn, rx, n),
             Event::Poll => handler.on_poll(conn, rx),
             Event::Timer(id) => handler.on_timer(conn, rx, id),
-            Event::Close => handler.on_close(conn, rx),
+            Event::Close => {
+                handler.on_close(conn, rx);
+                crate::room::forget(conn);
+            }
         }
     }
 }

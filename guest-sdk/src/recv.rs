@@ -3,7 +3,7 @@
 use std::fmt;
 
 use crate::bindings::sandport::handler::host::Mbuf;
-use crate::{ByteSource, Conn, Error};
+use crate::{ByteSource, Conn, Error, room};
 
 /// A read-only view of a connection's receive buffer, which stays in the host.
 ///
@@ -129,9 +129,12 @@ impl<'a> RecvBuf<'a> {
     /// once the buffer is full, pauses reading this connection) for the next `send`
     /// event of `to`. The heart of an echo (`to` is [`conn`](Self::conn)) or a proxy.
     ///
-    /// Host calls: `send-room`, then a `read`, `send` and `remove` per chunk. A chunk
-    /// shorter than asked emptied this buffer (bytes arrive only between events), so
-    /// it is the last: no further `read` only to find nothing.
+    /// Host calls: a `read`, `send` and `remove` per chunk, and `send-room` only when
+    /// the room `to`'s send buffer was last reported to have (by a `send` or
+    /// `send-room` of this plugin) cannot be shown to hold the chunk: the host only
+    /// drains a send buffer between events, so that answer is a lower bound of the room
+    /// now. A chunk shorter than asked emptied this buffer (bytes arrive only between
+    /// events), so it is the last: no further `read` only to find nothing.
     ///
     /// Fails with [`Error::Closed`] when `to` takes no more bytes (it is closing).
     ///
@@ -143,15 +146,42 @@ impl<'a> RecvBuf<'a> {
     /// }
     /// ```
     pub fn pipe_to(&self, to: Conn) -> Result<usize, Error> {
-        let mut room = to.send_room()? as usize;
+        // `room` is at most the room `to` has; `exact` once the host said it this call.
+        let (mut room, mut exact) = (room::at_least(to) as usize, false);
         let mut moved = 0;
-        while room > 0 {
-            let want = room.min(PIPE_CHUNK);
-            let chunk = self.read(0, want);
+        loop {
+            if room == 0 && !exact {
+                (room, exact) = (to.send_room()? as usize, true);
+            }
+            if room == 0 {
+                break;
+            }
+            // Knowing the room, read no more than fits (as the host's answer of 0 is
+            // what makes it send a `send` event); knowing only a lower bound, read a
+            // whole chunk and ask only if it does not fit.
+            let want = if exact { room.min(PIPE_CHUNK) } else { PIPE_CHUNK };
+            let mut chunk = self.read(0, want);
             if chunk.is_empty() {
                 break;
             }
-            room = to.send(&chunk)? as usize;
+            if chunk.len() > room {
+                (room, exact) = (to.send_room()? as usize, true);
+                chunk.truncate(room);
+                if chunk.is_empty() {
+                    break;
+                }
+            }
+            room = match to.send(&chunk) {
+                Ok(left) => left as usize,
+                // The lower bound was wrong (bytes appended through the raw bindings):
+                // ask, and read again what fits.
+                Err(Error::LimitExceeded) if !exact => {
+                    (room, exact) = (to.send_room()? as usize, true);
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            exact = true;
             self.remove(chunk.len())?;
             moved += chunk.len();
             if chunk.len() < want {
