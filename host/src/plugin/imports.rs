@@ -159,47 +159,37 @@ macro_rules! forward {
     };
 }
 
-forward!(host_v0_1::Host => host::Host {
-    fn send(&mut self, conn: u64, data: Vec<u8>) -> Result<u32, types::Error>;
-    fn send_room(&mut self, conn: u64) -> Result<u32, types::Error>;
-    fn remove(&mut self, conn: u64, n: u32) -> Result<(), types::Error>;
-    fn set_timer(&mut self, conn: u64, id: u64, millis: u64) -> Result<(), types::Error>;
-    fn cancel_timer(&mut self, conn: u64, id: u64) -> Result<bool, types::Error>;
-    fn close(&mut self, conn: u64, mode: types::CloseMode) -> Result<(), types::Error>;
-    fn shutdown(&mut self, conn: u64) -> Result<(), types::Error>;
-    fn connect(&mut self, address: String) -> Result<u64, types::Error>;
-    fn recv_buffer(&mut self, conn: u64) -> Result<Resource<RecvView>, types::Error>;
-    fn config(&mut self, key: String) -> Option<String>;
-    fn log(&mut self, level: types::LogLevel, message: String) -> ();
-    fn set_send_events(&mut self, mode: types::SendEvents) -> ();
-});
+/// The imports of an earlier version's `host` (module `$host`): 0.1.0's, and those
+/// added since (`$added`), each forwarding to its namesake of the current version.
+macro_rules! forward_host {
+    ($host:ident { $($added:tt)* }) => {
+        forward!($host::Host => host::Host {
+            fn send(&mut self, conn: u64, data: Vec<u8>) -> Result<u32, types::Error>;
+            fn send_room(&mut self, conn: u64) -> Result<u32, types::Error>;
+            fn remove(&mut self, conn: u64, n: u32) -> Result<(), types::Error>;
+            fn set_timer(&mut self, conn: u64, id: u64, millis: u64) -> Result<(), types::Error>;
+            fn cancel_timer(&mut self, conn: u64, id: u64) -> Result<bool, types::Error>;
+            fn close(&mut self, conn: u64, mode: types::CloseMode) -> Result<(), types::Error>;
+            fn shutdown(&mut self, conn: u64) -> Result<(), types::Error>;
+            fn connect(&mut self, address: String) -> Result<u64, types::Error>;
+            fn recv_buffer(&mut self, conn: u64) -> Result<Resource<RecvView>, types::Error>;
+            fn config(&mut self, key: String) -> Option<String>;
+            fn log(&mut self, level: types::LogLevel, message: String) -> ();
+            fn set_send_events(&mut self, mode: types::SendEvents) -> ();
+            $($added)*
+        });
 
-forward!(host_v0_1::HostMbuf => host::HostMbuf {
-    fn len(&mut self, rx: Resource<RecvView>) -> u32;
-    fn read(&mut self, rx: Resource<RecvView>, offset: u32, len: u32) -> Vec<u8>;
-    fn find(&mut self, rx: Resource<RecvView>, needle: Vec<u8>, start: u32) -> Option<u32>;
-    fn drop(&mut self, rx: Resource<RecvView>) -> ();
-});
+        forward!($host::HostMbuf => host::HostMbuf {
+            fn len(&mut self, rx: Resource<RecvView>) -> u32;
+            fn read(&mut self, rx: Resource<RecvView>, offset: u32, len: u32) -> Vec<u8>;
+            fn find(&mut self, rx: Resource<RecvView>, needle: Vec<u8>, start: u32) -> Option<u32>;
+            fn drop(&mut self, rx: Resource<RecvView>) -> ();
+        });
+    };
+}
 
-forward!(host_v0_2::Host => host::Host {
-    fn send(&mut self, conn: u64, data: Vec<u8>) -> Result<u32, types::Error>;
-    fn send_room(&mut self, conn: u64) -> Result<u32, types::Error>;
-    fn remove(&mut self, conn: u64, n: u32) -> Result<(), types::Error>;
-    fn set_timer(&mut self, conn: u64, id: u64, millis: u64) -> Result<(), types::Error>;
-    fn cancel_timer(&mut self, conn: u64, id: u64) -> Result<bool, types::Error>;
-    fn close(&mut self, conn: u64, mode: types::CloseMode) -> Result<(), types::Error>;
-    fn shutdown(&mut self, conn: u64) -> Result<(), types::Error>;
-    fn connect(&mut self, address: String) -> Result<u64, types::Error>;
-    fn recv_buffer(&mut self, conn: u64) -> Result<Resource<RecvView>, types::Error>;
-    fn config(&mut self, key: String) -> Option<String>;
-    fn log(&mut self, level: types::LogLevel, message: String) -> ();
-    fn set_send_events(&mut self, mode: types::SendEvents) -> ();
+forward_host!(host_v0_1 {});
+
+forward_host!(host_v0_2 {
     fn tls_info(&mut self, conn: u64) -> Result<Option<types::TlsHandshake>, types::Error>;
-});
-
-forward!(host_v0_2::HostMbuf => host::HostMbuf {
-    fn len(&mut self, rx: Resource<RecvView>) -> u32;
-    fn read(&mut self, rx: Resource<RecvView>, offset: u32, len: u32) -> Vec<u8>;
-    fn find(&mut self, rx: Resource<RecvView>, needle: Vec<u8>, start: u32) -> Option<u32>;
-    fn drop(&mut self, rx: Resource<RecvView>) -> ();
 });
