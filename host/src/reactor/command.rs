@@ -198,7 +198,7 @@ impl Reactor {
         self.core.accounts[index].spec = spec;
         self.core.accounts[index].upstreams = upstreams;
         self.core.accounts[index].counts.migrated += committed.moved;
-        if committed.migrated {
+        if committed.migrated() {
             // How long this worker's loop stood still: every connection of the
             // listener's waited for it.
             let took = started.elapsed();

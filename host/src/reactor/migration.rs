@@ -75,8 +75,14 @@ pub(super) struct Committed {
     pub(super) moved: u64,
     /// The new instance that serves a shared or per-worker listener's connections.
     pub(super) shared: Option<usize>,
-    /// Whether anything migrated (an instance's state, if not a connection).
-    pub(super) migrated: bool,
+}
+
+impl Committed {
+    /// Whether anything migrated: a shared or per-worker instance (its state, if not
+    /// a connection), or per-connection instances, each with its connection.
+    pub(super) fn migrated(&self) -> bool {
+        self.shared.is_some() || self.moved > 0
+    }
 }
 
 impl Reactor {
@@ -131,10 +137,8 @@ impl Reactor {
             }
         }
         let outcome = match result {
-            Ok(()) if moves.is_empty() => {
-                made.into_iter().for_each(|new| drop(self.core.instances.remove(new)));
-                Ok(Committed::default())
-            }
+            // Nothing was made: the new version does not migrate.
+            Ok(()) if moves.is_empty() => Ok(Committed::default()),
             Ok(()) => Ok(self.commit(moves, made.first().copied().filter(|_| !per_connection))),
             Err(called_off) => {
                 self.call_off(moves, &made, checkpoints);
@@ -244,7 +248,7 @@ impl Reactor {
                 moved += 1;
             }
         }
-        Committed { moved, shared, migrated: true }
+        Committed { moved, shared }
     }
 
     /// Something failed: drop the new instances and put every connection back as the
