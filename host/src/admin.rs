@@ -43,7 +43,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{AdminConfig, AdminListen};
 use crate::control::{Control, ControlError, ListenerStatus, Source, SwapReport, Version, pem_hash};
-use crate::listener::{InstanceMode, Limit, Limits, Termination};
+use crate::listener::{InstanceMode, Limit, Limits, Termination, Worn};
 use crate::tls::ServerTls;
 use endpoint::Endpoint;
 
@@ -448,6 +448,12 @@ fn listener_json(listener: &ListenerStatus) -> Value {
         "rollbacks": listener.rollbacks,
         "last_error": listener.last_error,
         "limits": limits_json(&listener.limits),
+        "recycle": {
+            "memory": listener.recycle.memory_mark(listener.limits.memory),
+            "events": listener.recycle.events,
+            "age-ms": listener.recycle.age.map(|age| age.as_millis() as u64),
+            "recycled": Worn::ALL.iter().map(|worn| (worn.key().to_owned(), json!(counts.recycles[worn.index()]))).collect::<serde_json::Map<_, _>>(),
+        },
         "tls": {
             "mode": listener.tls,
             "server_names": listener.server_names,

@@ -47,6 +47,11 @@
 //! rollback-faults = 10                                # more faults than this after a swap...
 //! rollback-window-ms = 60000                          # ...within this: back to the previous version (0: never)
 //!
+//! [listener.recycle]                                  # replace a worn instance by a fresh one
+//! memory = "75%"                                      # of limits.memory; any bound passed is enough
+//! events = 1000000
+//! age-ms = 3600000
+//!
 //! [listener.limits]
 //! recv-buffer = "1 MiB"
 //! send-buffer = "1 MiB"
@@ -72,8 +77,8 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::listener::{
-    Artifact, ClientAuth, DEFAULT_DRAIN_TIMEOUT, InstanceMode, Limits, ListenerSpec, Offline, Rollback, Termination,
-    Tls, Upstream, UpstreamTls,
+    Artifact, ClientAuth, DEFAULT_DRAIN_TIMEOUT, InstanceMode, Limits, ListenerSpec, Offline, Recycle, Rollback,
+    Termination, Tls, Upstream, UpstreamTls,
 };
 use crate::oci;
 use crate::regular_file::{self, ReadError};
@@ -310,7 +315,44 @@ struct ListenerToml {
     #[serde(default)]
     limits: LimitsToml,
     #[serde(default)]
+    recycle: RecycleToml,
+    #[serde(default)]
     config: toml::Table,
+}
+
+/// `[listener.recycle]`: when an instance is replaced by a fresh one.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RecycleToml {
+    memory: Option<String>,
+    events: Option<u64>,
+    age_ms: Option<u64>,
+}
+
+impl RecycleToml {
+    fn validate(self, name: &str) -> Result<Recycle, String> {
+        let memory = self
+            .memory
+            .map(|text| {
+                let share = text.trim().strip_suffix('%').and_then(|n| n.trim().parse::<f64>().ok());
+                match share {
+                    Some(percent) if percent > 0.0 && percent <= 100.0 => Ok(percent / 100.0),
+                    _ => Err(format!(
+                        "listener `{name}`: recycle.memory must be a share of limits.memory above 0% and at most 100% (e.g. \"75%\"), not `{text}`"
+                    )),
+                }
+            })
+            .transpose()?;
+        let positive = |key: &str, value: Option<u64>| match value {
+            Some(0) => Err(format!("listener `{name}`: recycle.{key} must be greater than 0")),
+            value => Ok(value),
+        };
+        Ok(Recycle {
+            memory,
+            events: positive("events", self.events)?,
+            age: positive("age-ms", self.age_ms)?.map(Duration::from_millis),
+        })
+    }
 }
 
 /// `[listener.tls]`: a certificate to end TLS with, or `passthrough = true`.
@@ -692,6 +734,7 @@ impl ListenerToml {
                 })
             }
         };
+        let recycle = self.recycle.validate(&name)?;
         let (plugin, artifact) = plugin_source(&name, &self.plugin, base, self.follow_ms, self.offline)?;
         Ok(ListenerSpec {
             address: parse_address(&name, &self.address)?,
@@ -709,6 +752,7 @@ impl ListenerToml {
             proxy_protocol,
             drain_timeout: self.drain_timeout_ms.map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_millis),
             rollback,
+            recycle,
             name,
         })
     }
@@ -1045,6 +1089,30 @@ mod tests {
         for (text, expected) in cases {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(expected), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn recycle_bounds() {
+        let listener = |table: &str| format!("[[listener]]\nname='a'\naddress='127.0.0.1:1'\nplugin='a.wasm'\n{table}");
+        let config = parse(&listener("[listener.recycle]\nmemory = ' 75 % '\nevents = 1000\nage-ms = 60000")).unwrap();
+        let recycle = config.listeners[0].recycle;
+        assert_eq!(recycle.memory_mark(64 << 20), Some(48 << 20));
+        assert_eq!(recycle.events, Some(1000));
+        assert_eq!(recycle.age, Some(Duration::from_secs(60)));
+        assert!(!parse(&listener("")).unwrap().listeners[0].recycle.is_set());
+        let refused = [
+            ("[listener.recycle]\nmemory = '0%'", "recycle.memory must be a share"),
+            ("[listener.recycle]\nmemory = '101%'", "recycle.memory must be a share"),
+            ("[listener.recycle]\nmemory = '48 MiB'", "not `48 MiB`"),
+            ("[listener.recycle]\nmemory = 'NaN%'", "recycle.memory must be a share"),
+            ("[listener.recycle]\nevents = 0", "recycle.events must be greater than 0"),
+            ("[listener.recycle]\nage-ms = 0", "recycle.age-ms must be greater than 0"),
+            ("[listener.recycle]\nrequests = 5", "unknown field `requests`"),
+        ];
+        for (table, expected) in refused {
+            let err = parse(&listener(table)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{table:?}: {err}");
         }
     }
 

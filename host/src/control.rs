@@ -29,7 +29,7 @@ use std::time::{Instant, SystemTime};
 use tracing::{info, info_span, warn};
 
 use crate::config::Config;
-use crate::listener::{InstanceMode, Limits, ListenerSpec, Workers};
+use crate::listener::{InstanceMode, Limits, ListenerSpec, Recycle, Workers};
 use crate::plugin::{Plugin, PluginError, PluginFactory, Runtime};
 use crate::reactor::{Command, Commands, Counts, FaultNotice, GateCounts, Slots, Swapped, Tallies};
 
@@ -85,6 +85,8 @@ pub struct ListenerStatus {
     pub workers: Vec<usize>,
     /// Its limits.
     pub limits: Limits,
+    /// When its instances are replaced by fresh ones.
+    pub recycle: Recycle,
     /// The versions that served it, oldest first; the last one serves new connections.
     pub history: Vec<Version>,
     /// Connections open now, on every version.
@@ -351,6 +353,7 @@ impl Control {
                     instance: r.spec.instance,
                     workers: r.workers.clone().collect(),
                     limits: r.spec.limits.clone(),
+                    recycle: r.spec.recycle,
                     history: r.history.iter().map(|e| e.version.clone()).collect(),
                     open: r.slots.taken() as u64,
                     counts: total,

@@ -249,6 +249,13 @@ pub trait Handler: Send {
         true
     }
 
+    /// The size in bytes of the handler's largest linear memory, which only grows: what
+    /// its `memory` limit bounds, and what recycling watches (see
+    /// [`Recycle`](crate::listener::Recycle)). 0 for a handler with no such memory.
+    fn memory(&self) -> usize {
+        0
+    }
+
     /// The old version's side of a live migration, first: the handler's own state to
     /// carry over (not its connections'), without changing it; `None` when the handler
     /// has no such state to give. More than `limit` bytes is a fault.
@@ -304,6 +311,13 @@ pub trait HandlerFactory: Send {
     /// A fresh handler, or why none can be made now (the reactor refuses the
     /// connection that needed it).
     fn new_handler(&mut self) -> Result<Box<dyn Handler>, Fault>;
+
+    /// Another factory making the same handlers, to make one on another thread (a
+    /// fresh instance for recycling, made while the worker serves on); `None` when it
+    /// cannot be copied, and the worker makes that instance itself.
+    fn fork(&self) -> Option<Box<dyn HandlerFactory>> {
+        None
+    }
 }
 
 impl<F> HandlerFactory for F

@@ -1,6 +1,7 @@
 //! The vocabulary every part of the host speaks about a listener: its [`ListenerSpec`],
 //! its [`Limits`] (and the [`Limit`] a connection hits), its [`InstanceMode`] and the
-//! [`Workers`] that mode places it on, and its [`Rollback`] rule.
+//! [`Workers`] that mode places it on, its [`Rollback`] rule and when its instances are
+//! replaced by fresh ones ([`Recycle`], [`Worn`]).
 //!
 //! This module sits at the bottom of the house: it imports nothing of ours, so the
 //! reactor, the handler seam, the plugin module, the config parser and the control
@@ -266,6 +267,80 @@ pub struct ListenerSpec {
     /// When a new version rolls itself back (`rollback-faults`,
     /// `rollback-window-ms`); `None`: never.
     pub rollback: Option<Rollback>,
+    /// When an instance is replaced by a fresh one of the same version
+    /// (`[listener.recycle]`); by default, never.
+    pub recycle: Recycle,
+}
+
+/// When an instance of a listener is worn enough to be replaced by a fresh instance of
+/// the same version (`[listener.recycle]`): its state and connections move to the fresh
+/// one if the plugin migrates, or new connections go to the fresh one while the worn one
+/// drains. Any bound passed is enough; with none set, instances serve until they fault.
+///
+/// What a runtime that leaks needs: a Python or JavaScript instance whose memory only
+/// grows is replaced before it reaches its `memory` limit, which would fault it and close
+/// every connection it holds.
+///
+/// ```
+/// use sandport::listener::{Recycle, Worn};
+/// let recycle = Recycle { memory: Some(0.75), ..Recycle::default() };
+/// assert_eq!(recycle.memory_mark(64 << 20), Some(48 << 20));
+/// assert_eq!(Worn::Memory.key(), "memory");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Recycle {
+    /// A share of the `memory` limit (0 to 1): an instance whose largest linear memory
+    /// has grown to it is replaced (`memory = "75%"`).
+    pub memory: Option<f64>,
+    /// Events an instance may handle (`events`).
+    pub events: Option<u64>,
+    /// How long an instance may serve (`age-ms`), looked at when it handles an event.
+    pub age: Option<Duration>,
+}
+
+impl Recycle {
+    /// Whether any bound is set.
+    pub fn is_set(&self) -> bool {
+        self.memory.is_some() || self.events.is_some() || self.age.is_some()
+    }
+
+    /// The memory, in bytes, at which an instance under a `memory` limit of `limit`
+    /// bytes is replaced.
+    pub fn memory_mark(&self, limit: usize) -> Option<usize> {
+        self.memory.map(|share| (limit as f64 * share) as usize)
+    }
+}
+
+impl Eq for Recycle {}
+
+/// Which bound of [`Recycle`] an instance passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Worn {
+    /// Its memory reached the mark.
+    Memory,
+    /// It handled its share of events.
+    Events,
+    /// It served long enough.
+    Age,
+}
+
+impl Worn {
+    /// Every reason, in the order [`Worn::index`] numbers them.
+    pub const ALL: [Worn; 3] = [Worn::Memory, Worn::Events, Worn::Age];
+
+    /// Position in [`Worn::ALL`], for per-reason counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Its key under `[listener.recycle]` (`age-ms` as `age`), in logs and metrics.
+    pub fn key(self) -> &'static str {
+        match self {
+            Worn::Memory => "memory",
+            Worn::Events => "events",
+            Worn::Age => "age",
+        }
+    }
 }
 
 /// A listener's plugin as an OCI artifact: the reference, and how closely to follow it.
@@ -394,6 +469,7 @@ impl ListenerSpec {
             proxy_protocol: Vec::new(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             rollback: Some(Rollback::default()),
+            recycle: Recycle::default(),
         }
     }
 }

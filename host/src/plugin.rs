@@ -492,6 +492,10 @@ impl HandlerFactory for PluginFactory {
             Err(err) => Err(Fault { reason: err.to_string(), limit: None }),
         }
     }
+
+    fn fork(&self) -> Option<Box<dyn HandlerFactory>> {
+        Some(Box::new(self.clone()))
+    }
 }
 
 /// One plugin instance in its own store, serving one listener's connections (or
@@ -519,6 +523,10 @@ impl Handler for PluginHandler {
 
     fn keeps_what_it_hands_over(&self) -> bool {
         self.tenant.plugin.inner.linked.exports.version().hands_over_all_or_nothing()
+    }
+
+    fn memory(&self) -> usize {
+        self.store.data().largest_memory()
     }
 
     fn hand_over_instance(&mut self, host: &mut dyn Host, limit: usize) -> Result<Option<Vec<u8>>, Fault> {

@@ -30,7 +30,8 @@
 //! connection's state and its reads and writes), `service` (the steps of serving a
 //! connection, and how it leaves), `deliver` (events to handlers, faults, timers and
 //! POLL ticks), `scope` (the `Host` a handler gets), `accept`, `command` (what other
-//! threads ask between turns), `timer` (the deadline queue), `descriptors` (the
+//! threads ask between turns), `migration` (moving instances to new ones, all or
+//! nothing), `recycle` (replacing worn instances), `timer` (the deadline queue), `descriptors` (the
 //! descriptor limit and the spare) and `stats`. The reactor imports nothing above it:
 //! no config, control, server or plugin.
 //!
@@ -85,6 +86,7 @@ mod deliver;
 pub(crate) mod descriptors;
 mod greeting;
 mod migration;
+mod recycle;
 mod scope;
 mod service;
 mod site;
@@ -95,7 +97,7 @@ mod transport;
 
 use connection::Dial;
 use descriptors::Reserve;
-use state::{Account, Core, Instance};
+use state::{Account, Core};
 use timer::Timers;
 
 pub(crate) use command::{Command, Commands, Swapped, Tallies};
@@ -291,6 +293,8 @@ pub struct Reactor {
     /// The instances with a drain deadline (`Instance::drain_at`), so that a turn
     /// looks at these few rather than at every instance.
     draining: Vec<usize>,
+    /// The thread that makes fresh instances for worn ones (see `recycle`).
+    maker: recycle::Maker,
 }
 
 /// A handler instance of a listener faulted: what the control surface hears, to roll
@@ -340,6 +344,7 @@ impl Reactor {
                 timers_held: false,
                 now: Instant::now(),
                 buffers: Pool::default(),
+                next_serial: 0,
             },
             stop: Arc::new(AtomicBool::new(false)),
             waker,
@@ -351,6 +356,7 @@ impl Reactor {
             grace: Duration::ZERO,
             closing_at: None,
             draining: Vec::new(),
+            maker: recycle::Maker::default(),
         })
     }
 

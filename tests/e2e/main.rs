@@ -40,6 +40,7 @@ mod oci;
 mod neighbour;
 mod operator;
 mod proxy;
+mod recycle;
 mod registry;
 mod reload;
 mod swap;

@@ -16,7 +16,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::control::ListenerStatus;
 use crate::handler::Event;
-use crate::listener::Limit;
+use crate::listener::{Limit, Worn};
 use crate::reactor::{GateCounts, GuestTime, Refusal};
 
 /// The exposition's content type (Prometheus text, version 0.0.4).
@@ -215,6 +215,12 @@ impl Collector for Snapshot {
         self.counter(e, "sandport_migrated_connections", "Connections carried over to a new version", |l| {
             l.counts.migrated
         })?;
+        self.counters(
+            e,
+            "sandport_recycles",
+            "Instances replaced by fresh ones of the same version, by the recycle bound they passed",
+            |l| Worn::ALL.iter().map(|worn| (vec![("reason", worn.key())], l.counts.recycles[worn.index()])).collect(),
+        )?;
         self.counter(
             e,
             "sandport_drained_connections",

@@ -95,6 +95,9 @@ pub struct GuestState {
     memory_limit: usize,
     /// The guest tried to grow past `memory_limit` (so its trap is that limit's).
     memory_exceeded: bool,
+    /// The size its largest linear memory was allowed to grow to (memories never
+    /// shrink), from its creation on.
+    largest_memory: usize,
     /// The listener's settings, which the `config` import reads.
     pub settings: Arc<BTreeMap<String, String>>,
     /// Where the guest's `log`, stdout and stderr go.
@@ -136,6 +139,7 @@ impl GuestState {
             views: Slab::new(),
             memory_limit,
             memory_exceeded: false,
+            largest_memory: 0,
             settings: settings.clone(),
             log,
             clock: CallClock::default(),
@@ -147,6 +151,11 @@ impl GuestState {
     /// Whether the guest tried to grow its memory past the limit.
     pub fn memory_exceeded(&self) -> bool {
         self.memory_exceeded
+    }
+
+    /// The size in bytes of the guest's largest linear memory.
+    pub fn largest_memory(&self) -> usize {
+        self.largest_memory
     }
 
     /// The store's resource limiter: this state itself.
@@ -218,6 +227,9 @@ impl ResourceLimiter for GuestState {
                 self.memory_limit
             );
         }
+        // Called for each memory's first allocation too (`current` 0), so this sees
+        // every memory from its start.
+        self.largest_memory = self.largest_memory.max(desired);
         Ok(true)
     }
 

@@ -13,18 +13,17 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rustc_hash::FxHashMap;
 use tracing::{debug, error, info, warn};
 
 use mio::net::{TcpListener, TcpStream};
 
+use super::Reactor;
 use super::connection::Dial;
 use super::descriptors;
 use super::descriptors::Reserve;
 use super::stats::Refusal;
 use super::transport::Transport;
-use super::{Instance, Reactor};
-use crate::handler::{Event, SendEvents};
+use crate::handler::Event;
 use crate::listener::{InstanceMode, Limit};
 
 /// How soon a starved listener tries again if no connection closes first.
@@ -158,16 +157,11 @@ impl Reactor {
         }
         match listener.factory.new_handler() {
             Ok(handler) => {
-                let instance = self.core.instances.insert(Instance {
-                    listener: index,
-                    version: listener.version,
-                    drain_at: None,
-                    handler: Some(handler),
-                    conns: FxHashMap::default(),
-                    send_events: SendEvents::default(),
-                });
+                let version = listener.version;
+                let instance = self.core.add_instance(index, version, handler);
+                let account = &mut self.core.accounts[index];
                 if shared {
-                    listener.shared = Some(instance);
+                    self.listeners[index].shared = Some(instance);
                     if account.counts.faults > 0 && account.may_log() {
                         info!(listener = %account.spec.name, "plugin instance restarted");
                     }

@@ -1,6 +1,6 @@
 //! What other threads ask of a worker, and how it does it between two turns of its
 //! loop: swap a listener's plugin, report its counts, take a listener on or give one
-//! up.
+//! up, put a fresh instance in a worn one's place (see `recycle`).
 //!
 //! A swap replaces the listener's factory, so new connections get the new version at
 //! once. If both the old and the new version migrate, each old instance's state and
@@ -28,8 +28,8 @@ use mio::net::TcpStream;
 
 use super::migration::CalledOff;
 use super::{Binding, Counts, GateCounts, Reactor, SharedSite};
-use crate::handler::HandlerFactory;
-use crate::listener::{Limit, ListenerSpec};
+use crate::handler::{Fault, Handler, HandlerFactory};
+use crate::listener::{Limit, ListenerSpec, Worn};
 use crate::tls::ClientTls;
 
 /// A request to a worker. Each carries the channel its answer goes back on.
@@ -64,6 +64,9 @@ pub(crate) enum Command {
     /// Stop listening for `listener` (removed by a reload, or about to be bound anew);
     /// its connections drain.
     Retire { listener: String, reply: Sender<()> },
+    /// The fresh instance made, off the loop, to replace the worn instance `instance`
+    /// (serial `serial`), or why none could be made (see `recycle`).
+    Fresh { instance: usize, serial: u64, worn: Worn, handler: Result<Box<dyn Handler>, Fault> },
 }
 
 /// A worker's counts: every listener's by name, and every routing address's.
@@ -145,6 +148,7 @@ impl Reactor {
                     self.retire(&listener);
                     let _ = reply.send(());
                 }
+                Command::Fresh { instance, serial, worn, handler } => self.recycle(instance, serial, worn, handler),
             }
         }
     }
@@ -215,7 +219,7 @@ impl Reactor {
 
     /// `instance` faulted outside an event (during a migration): as [`Reactor::fault`]
     /// does, for connection `key` or, if the call was about none, any of its own.
-    fn fault_instance(&mut self, instance: usize, key: Option<usize>, fault: crate::handler::Fault) {
+    pub(super) fn fault_instance(&mut self, instance: usize, key: Option<usize>, fault: Fault) {
         let Some(i) = self.core.instances.get(instance) else { return };
         match key.or_else(|| i.conns.values().next().copied()) {
             Some(key) => self.fault(instance, key, fault),
@@ -231,7 +235,7 @@ impl Reactor {
 
     /// Set the drain deadline of `instance`, if it still holds connections; returns
     /// how many.
-    fn drain_later(&mut self, instance: usize) -> u64 {
+    pub(super) fn drain_later(&mut self, instance: usize) -> u64 {
         let Some(i) = self.core.instances.get_mut(instance) else { return 0 };
         if i.conns.is_empty() {
             return 0;

@@ -42,9 +42,12 @@ impl Reactor {
         let counts = &mut self.core.accounts[listener].counts;
         counts.guest_time.record(self.core.now - started);
         counts.events[kind] += 1;
-        self.core.instances[instance].handler = Some(handler);
-        if let Err(fault) = result {
-            self.fault(instance, key, fault);
+        let i = &mut self.core.instances[instance];
+        i.handler = Some(handler);
+        i.wear.count_event();
+        match result {
+            Ok(()) => self.check_wear(instance, self.core.now),
+            Err(fault) => self.fault(instance, key, fault),
         }
     }
 

@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 use super::connection::{Phase, SendWanted, Tie, WriteSide};
 use super::state::Instance;
 use super::{Reactor, Scope};
-use crate::handler::{ConnId, Fault, HandlerFactory, SendEvents};
+use crate::handler::{ConnId, Fault, HandlerFactory};
 use crate::listener::{InstanceMode, Limit};
 
 /// A connection as it was before the migration touched it.
@@ -75,6 +75,8 @@ pub(super) struct Committed {
     pub(super) moved: u64,
     /// The new instance that serves a shared or per-worker listener's connections.
     pub(super) shared: Option<usize>,
+    /// Every new instance, in the order they were made.
+    pub(super) made: Vec<usize>,
 }
 
 impl Committed {
@@ -139,7 +141,10 @@ impl Reactor {
         let outcome = match result {
             // Nothing was made: the new version does not migrate.
             Ok(()) if moves.is_empty() => Ok(Committed::default()),
-            Ok(()) => Ok(self.commit(moves, made.first().copied().filter(|_| !per_connection))),
+            Ok(()) => {
+                let shared = made.first().copied().filter(|_| !per_connection);
+                Ok(Committed { made, shared, ..self.commit(moves) })
+            }
             Err(called_off) => {
                 self.call_off(moves, &made, checkpoints);
                 Err(called_off)
@@ -162,14 +167,7 @@ impl Reactor {
         if !handler.migrates() {
             return Ok(None);
         }
-        Ok(Some(self.core.instances.insert(Instance {
-            listener: index,
-            version,
-            drain_at: None,
-            handler: Some(handler),
-            conns: Default::default(),
-            send_events: SendEvents::default(),
-        })))
+        Ok(Some(self.core.add_instance(index, version, handler)))
     }
 
     /// Every connection of `old` as it is now.
@@ -238,7 +236,7 @@ impl Reactor {
     }
 
     /// Every call returned: the new instances serve, the old ones are dropped.
-    fn commit(&mut self, moves: Vec<Move>, shared: Option<usize>) -> Committed {
+    fn commit(&mut self, moves: Vec<Move>) -> Committed {
         let mut moved = 0;
         for Move { old, new, .. } in moves {
             let Instance { conns, .. } = self.core.instances.remove(old);
@@ -248,7 +246,7 @@ impl Reactor {
                 moved += 1;
             }
         }
-        Committed { moved, shared }
+        Committed { moved, ..Committed::default() }
     }
 
     /// Something failed: drop the new instances and put every connection back as the

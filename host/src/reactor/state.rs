@@ -20,6 +20,7 @@ use slab::Slab;
 use tracing::{debug, warn};
 
 use super::connection::{Connection, Dial, Queued};
+use super::recycle::Wear;
 use super::timer::{Alarm, Due, Timers};
 use super::transport::Transport;
 use super::{Counts, Slots};
@@ -73,6 +74,8 @@ pub(super) struct Instance {
     pub(super) conns: FxHashMap<ConnId, usize>,
     /// When the handler gets SEND events.
     pub(super) send_events: SendEvents,
+    /// How worn it is, for recycling.
+    pub(super) wear: Wear,
 }
 
 /// What handlers may see and change: the part of the reactor lent to a [`Host`].
@@ -101,9 +104,27 @@ pub(super) struct Core {
     /// The storage of the connections' buffers while they hold bytes: an empty buffer
     /// takes a block from here when bytes arrive and gives it back when drained.
     pub(super) buffers: Pool,
+    /// The serial of the next instance (see [`Wear`]).
+    pub(super) next_serial: u64,
 }
 
 impl Core {
+    /// Take `handler`, version `version` of listener `listener`'s plugin, in as an
+    /// instance serving nothing yet; returns its key.
+    pub(super) fn add_instance(&mut self, listener: usize, version: u64, handler: Box<dyn Handler>) -> usize {
+        self.next_serial += 1;
+        let wear = Wear::new(self.next_serial, self.now, handler.memory());
+        self.instances.insert(Instance {
+            listener,
+            version,
+            drain_at: None,
+            handler: Some(handler),
+            conns: FxHashMap::default(),
+            send_events: SendEvents::default(),
+            wear,
+        })
+    }
+
     pub(super) fn enqueue(&mut self, key: usize) {
         if let Some(conn) = self.conns.get_mut(key)
             && conn.queued == Queued::No

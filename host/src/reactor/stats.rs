@@ -9,7 +9,7 @@ use std::time::Duration;
 use tracing::info;
 
 use crate::handler::Event;
-use crate::listener::Limit;
+use crate::listener::{Limit, Worn};
 
 /// How long guest calls took: a histogram with fixed bucket bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +80,9 @@ pub struct Counts {
     pub drained: u64,
     /// Connections carried over to a new version without a disconnect.
     pub migrated: u64,
+    /// Instances replaced by fresh ones of the same version, by the bound they passed
+    /// (indexed by [`Worn::index`]).
+    pub recycles: [u64; Worn::ALL.len()],
     /// Connections closed because the handler instance serving them died.
     pub orphaned: u64,
     /// Connections that hit each limit, indexed by [`Limit::index`]. A connection
@@ -127,6 +130,9 @@ impl Counts {
             *sum += n;
         }
         for (sum, n) in self.events.iter_mut().zip(other.events) {
+            *sum += n;
+        }
+        for (sum, n) in self.recycles.iter_mut().zip(other.recycles) {
             *sum += n;
         }
     }
