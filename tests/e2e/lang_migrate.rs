@@ -124,7 +124,8 @@ fn echo_swaps_and_migrates(echo: &Path) {
     let config = |plugin: &str| listener("echo", plugin, "");
     let server = Server::start(&config(&old));
     let stop = Arc::new(AtomicBool::new(false));
-    let streams: Vec<Stream> = (0..STREAMS as u32).map(|seed| Stream::start(server.addr("echo"), seed, &stop)).collect();
+    let streams: Vec<Stream> =
+        (0..STREAMS as u32).map(|seed| Stream::start(server.addr("echo"), seed, &stop)).collect();
     for stream in &streams {
         stream.wait_for(STRIDE, &server);
     }
