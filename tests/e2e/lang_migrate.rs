@@ -8,10 +8,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use crate::harness::{Client, PATIENCE, Server, listener, plugins, sandport, totals};
+use crate::echo::pattern;
+use crate::harness::{
+    Client, MORE_THAN_THE_KERNEL_HOLDS, PATIENCE, Server, listener, plugins, sandport, stalls_at, totals,
+};
 
 /// Clients streaming through the echo across the swap.
 const STREAMS: usize = 4;
@@ -147,6 +150,39 @@ fn echo_swaps_and_migrates(echo: &Path) {
     assert!(echo.contains(&format!("migrated={STREAMS}")) && echo.contains("faults=0"), "{echo}");
 }
 
+/// The echo `echo` swapped to a copy of itself while a client that stopped reading
+/// holds it up (its send buffer full, the rest of what it sent in its receive buffer
+/// and the sockets'): the connection moves waiting for room, and once the client reads
+/// again every byte comes back, then the end of stream.
+fn echo_moves_a_blocked_connection(echo: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = migrating_pair(echo, dir.path());
+    let limits = "[listener.limits]\nrecv-buffer = \"64 KiB\"\nsend-buffer = \"64 KiB\"";
+    let config = |plugin: &str| listener("echo", plugin, limits);
+    let server = Server::start(&config(&old));
+    let mut client = server.connect("echo");
+    let payload = pattern(MORE_THAN_THE_KERNEL_HOLDS, 11);
+    let written = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let mut writer = client.stream().try_clone().unwrap();
+        let (payload, written) = (&payload, &written);
+        s.spawn(move || {
+            for piece in payload.chunks(64 * 1024) {
+                std::io::Write::write_all(&mut writer, piece).unwrap();
+                written.fetch_add(piece.len(), Ordering::SeqCst);
+            }
+            writer.shutdown(std::net::Shutdown::Write).unwrap();
+        });
+        let stalled = stalls_at(written);
+        assert!(stalled < payload.len(), "the echo took all {stalled} bytes from a client that does not read");
+        server.reload(&config(&new));
+        let took_over = server.wait_for_log(&["version 2 took over", "listener=echo"]);
+        assert!(took_over.contains("migrated=1") && took_over.contains("draining=0"), "{took_over}");
+        let back = client.until_eof();
+        assert!(back == *payload, "{} bytes came back for {} sent, or altered", back.len(), payload.len());
+    });
+}
+
 /// A member of a chat room: its connection and the name it was welcomed with.
 struct Member {
     client: Client,
@@ -234,6 +270,11 @@ fn chat_swaps_and_migrates(chat: &Path) {
 #[test]
 fn python_echo_swaps_and_migrates() {
     echo_swaps_and_migrates(&repo_plugin("python", "echo"));
+}
+
+#[test]
+fn python_echo_moves_a_blocked_connection() {
+    echo_moves_a_blocked_connection(&repo_plugin("python", "echo"));
 }
 
 #[test]
