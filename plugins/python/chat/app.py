@@ -11,12 +11,20 @@ before it is dropped). A line that is not a command goes to every other member a
 
 A member whose send buffer is full misses lines: the room never waits for a slow reader.
 The full behaviour is in plugins/CONFORMANCE.md.
+
+The chat migrates (world `migrating-plugin`), as the Rust chat does: when the listener's
+plugin is swapped, or the host replaces the instance with a fresh one, the room moves to
+the new instance (its join order) and each member with its connection (its name, its
+armed `/timer`s, which the new instance arms again for the time they had left). No one is
+told that anyone left or joined; each member gets `* chat took over, you are still NAME`.
 """
 
 # Python prints an uncaught exception's traceback with this module, and a component
 # can import at run time only what was imported when it was built: without it a fault
 # would reach the host's log as a bare trap.
 import traceback  # noqa: F401
+import json
+import time
 from functools import cached_property
 
 # componentize-py 0.18 (pinned in plugins/toolchains.sh: 0.19 to 0.25 leak every byte
@@ -49,17 +57,30 @@ READ_CHUNK = 64 * 1024
 DELIVERIES_PER_EVENT = 1024
 # The id of that timer; `/timer` ids stay below it.
 RESUME_TIMER = 2**64 - 1
+# What a migration carries is JSON behind this version byte: the next version can tell
+# whether it can read it. The room is `{"roster": [NAME, ...]}` (its names in the order
+# they joined), a member `{"name": NAME, "timers": {"ID": MILLIS_LEFT}, "lagging": BOOL}`.
+STATE_V1 = b"\x01"
 
 
-class Handler(exports.Handler):
-    """The room. One per plugin instance; componentize-py creates it when the component
-    is built, so `__init__` may not call the host: the config is read on first use.
+class Room:
+    """The room: the instance's state and behaviour.
+
+    componentize-py creates one object of each exported interface's class (`Handler`,
+    `Migrate`) when the component is built, so both reach this one object. It is made
+    then too: `__init__` may not call the host, and the config is read on first use.
     """
 
     def __init__(self) -> None:
         # Members by connection id, in the order they joined.
         self.names: dict[int, str] = {}
-        # Whether the first event asked for the fewest `send` events: a member whose
+        # Each member's armed `/timer`s: id to when it is due (`now_ms`), which a
+        # migration turns into the time left.
+        self.timers: dict[int, dict[int, int]] = {}
+        # The join order of a room taken over (name to place), until the first event
+        # puts `names` in it: members are taken over in the host's order.
+        self.places: dict[str, int] = {}
+        # Whether this instance asked for the fewest `send` events: a member whose
         # send buffer is full misses lines, nothing waits for room, and each event is a
         # call into Python.
         self.started = False
@@ -73,10 +94,19 @@ class Handler(exports.Handler):
         # An empty trigger would match every empty line: treat it as none.
         return (host.config("fault-trigger") or "").encode() or None
 
-    def handle(self, conn: int, ev: Event, rx: Mbuf) -> None:
+    def start(self) -> None:
+        """Ask for `when-blocked` send events, once: the choice is the instance's, so
+        an instance that took over from another must ask again.
+        """
         if not self.started:
             host.set_send_events(SendEvents.WHEN_BLOCKED)
             self.started = True
+
+    def handle(self, conn: int, ev: Event, rx: Mbuf) -> None:
+        self.start()
+        if self.places:
+            self.names = dict(self.in_join_order())
+            self.places = {}
         try:
             match ev:
                 case Event_Recv(0):
@@ -87,6 +117,7 @@ class Handler(exports.Handler):
                 case Event_Timer(timer) if timer == RESUME_TIMER:
                     self.read_lines(conn, rx)
                 case Event_Timer(timer):
+                    self.timers.get(conn, {}).pop(timer, None)
                     deliver(conn, f"* timer {timer} fired\n")
                 case Event_Accept():
                     self.join(conn)
@@ -109,6 +140,7 @@ class Handler(exports.Handler):
 
     def leave(self, conn: int) -> None:
         lagging.discard(conn)
+        self.timers.pop(conn, None)
         if (name := self.names.pop(conn, None)) is not None:
             self.broadcast(conn, f"* {name} left\n")
 
@@ -166,6 +198,7 @@ class Handler(exports.Handler):
             case [timer, millis]:
                 try:
                     host.set_timer(conn, timer, millis)
+                    self.timers.setdefault(conn, {})[timer] = now_ms() + millis
                     deliver(conn, f"* timer {timer} armed\n")
                 except Err as e:
                     # Say, more timers than the listener's `max-timers`.
@@ -177,6 +210,7 @@ class Handler(exports.Handler):
         match numbers(arg, 1):
             case [timer]:
                 armed = host.cancel_timer(conn, timer)
+                self.timers.get(conn, {}).pop(timer, None)
                 deliver(conn, f"* timer {timer} {'cancelled' if armed else 'not armed'}\n")
             case _:
                 deliver(conn, "* usage: /cancel ID\n")
@@ -187,6 +221,79 @@ class Handler(exports.Handler):
         for member in self.names:
             if member != sender:
                 deliver(member, data)
+
+    def in_join_order(self) -> list[tuple[int, str]]:
+        """The members (id, name) in the order they joined, also in a room taken over
+        that has not had an event since.
+        """
+        # Python's sort is stable: anyone missing from the roster keeps its place after
+        # those in it.
+        last = len(self.places)
+        return sorted(self.names.items(), key=lambda member: self.places.get(member[1], last))
+
+    def hand_over_instance(self) -> bytes:
+        """The room's join order, by name: ids may differ in the next instance."""
+        roster = [name for _, name in self.in_join_order()]
+        return STATE_V1 + json.dumps({"roster": roster}).encode()
+
+    def take_over_instance(self, state: bytes) -> None:
+        """Start from the room `hand_over_instance` made; its members come one by one
+        through `take_over`.
+        """
+        # The `send` events are chosen before the first event, as in `handle`.
+        self.start()
+        roster = read_state(state, {"roster": list}).get("roster")
+        if roster is None or not all(isinstance(name, str) for name in roster):
+            host.log(LogLevel.WARN, "chat: the room was handed over in a form this version cannot read")
+            return
+        self.places = {name: place for place, name in enumerate(roster)}
+
+    def hand_over(self, conn: int) -> bytes:
+        """`conn`'s member, without changing it: if the migration is called off, this
+        instance serves it on. Its timers go as the time they have left (each instance
+        has a clock of its own).
+        """
+        if (name := self.names.get(conn)) is None:
+            return b""
+        now = now_ms()
+        timers = {str(timer): max(due - now, 0) for timer, due in self.timers.get(conn, {}).items()}
+        member = {"name": name, "timers": timers, "lagging": conn in lagging}
+        return STATE_V1 + json.dumps(member).encode()
+
+    def take_over(self, conn: int, state: bytes) -> None:
+        """Serve the member `hand_over` made: quietly for the others, with a notice for
+        it; its timers armed again, and what it sent meanwhile read on the next turn.
+        """
+        self.start()
+        member = read_state(state, {"name": str, "timers": dict, "lagging": bool})
+        timers = timers_left(member.get("timers", {}))
+        try:
+            if len(member) != 3 or timers is None:
+                host.log(LogLevel.WARN, f"chat: user{conn} was handed over in a form this version cannot read")
+                deliver(conn, "* your session could not be carried over\n")
+                host.close(conn, CloseMode.AFTER_SEND)
+                return
+            name = member["name"]
+            self.names[conn] = name
+            if member["lagging"]:
+                lagging.add(conn)
+            deliver(conn, f"* chat took over, you are still {name}\n")
+            for timer, millis in timers.items():
+                try:
+                    host.set_timer(conn, timer, millis)
+                    self.timers.setdefault(conn, {})[timer] = now_ms() + millis
+                except Err as e:
+                    # Say, a lower `max-timers` in the new listener.
+                    deliver(conn, f"* timer {timer} lost: {describe(e.value)}\n")
+            # Complete lines may wait in the receive buffer for the old instance's resume
+            # timer, which the new one may not count on: without this they could wait
+            # for the member's next `recv`.
+            with host.recv_buffer(conn) as rx:
+                if rx.len():
+                    resume(conn)
+        except Err as e:
+            if not isinstance(e.value, Error_Closed):
+                host.log(LogLevel.WARN, f"chat: user{conn}: {describe(e.value)}")
 
 
 # Members missing lines since their last delivered one. Said once per lapse, not per
@@ -223,6 +330,38 @@ def resume(conn: int) -> None:
             host.log(LogLevel.WARN, f"chat: cannot resume reading user{conn}: {describe(e.value)}")
 
 
+def now_ms() -> int:
+    """This instance's monotonic clock, in milliseconds."""
+    return time.monotonic_ns() // 1_000_000
+
+
+def read_state(state: bytes, fields: dict[str, type]) -> dict:
+    """The JSON object behind STATE_V1 in `state`, with those of `fields` that have
+    their type; empty when it is not one.
+    """
+    if not state.startswith(STATE_V1):
+        return {}
+    try:
+        value = json.loads(state[len(STATE_V1):])
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {key: value[key] for key, kind in fields.items() if isinstance(value.get(key), kind)}
+
+
+def timers_left(timers: dict) -> dict[int, int] | None:
+    """A handed-over member's timers (id to milliseconds left), or None when one is not
+    a `/timer` id with a time.
+    """
+    left = {}
+    for timer, millis in timers.items():
+        if not (timer.isdigit() and 0 < int(timer) < RESUME_TIMER and type(millis) is int and millis >= 0):
+            return None
+        left[int(timer)] = millis
+    return left
+
+
 def numbers(arg: bytes, count: int) -> list[int] | None:
     """Exactly `count` space-separated decimal numbers, each at least 1 and below
     RESUME_TIMER (so never one of the chat's own timer ids), or None.
@@ -240,3 +379,29 @@ def describe(error: Error) -> str:
     name = "".join("-" + c.lower() if c.isupper() else c for c in kind).lstrip("-")
     value = getattr(error, "value", None)
     return name if value is None else f"{name}: {value}"
+
+
+ROOM = Room()
+
+
+class Handler(exports.Handler):
+    """The `handler` export: every event goes to the instance's `Room`."""
+
+    def handle(self, conn: int, ev: Event, rx: Mbuf) -> None:
+        ROOM.handle(conn, ev, rx)
+
+
+class Migrate(exports.Migrate):
+    """The `migrate` export: moves the room and its members to a new instance."""
+
+    def hand_over_instance(self) -> bytes:
+        return ROOM.hand_over_instance()
+
+    def take_over_instance(self, state: bytes) -> None:
+        ROOM.take_over_instance(state)
+
+    def hand_over(self, conn: int) -> bytes:
+        return ROOM.hand_over(conn)
+
+    def take_over(self, conn: int, state: bytes) -> None:
+        ROOM.take_over(conn, state)

@@ -4,6 +4,11 @@ The bytes stay in the host: each event moves what fits from the receive buffer t
 send buffer, and what does not fit waits in the receive buffer (which pauses reading
 from the client) until a `send` event says the socket took some. So any amount passes
 through bounded buffers.
+
+The echo migrates (world `migrating-plugin`): when the listener's plugin is swapped, or
+the host replaces the instance with a fresh one, each open connection moves to the new
+instance with what the echo knows of it (whether it waits for room, whether its client
+half-closed), and the client notices nothing.
 """
 
 # Python prints an uncaught exception's traceback with this module, and a component
@@ -29,13 +34,20 @@ from wit_world.imports.types import (
 # Largest chunk copied per host call: big enough that the call costs little next to the
 # copy, small enough not to hold much guest memory.
 CHUNK = 64 * 1024
+# The first byte of a handed-over connection: the layout of what follows (one byte of
+# the flags below).
+STATE_V1 = 1
+WAITING = 1
+ENDING = 2
 
 
-class Handler(exports.Handler):
-    """One per plugin instance; componentize-py creates it when the component is built.
+class Echo:
+    """The instance's state and behaviour.
 
-    So `__init__` may not call the host: the listener's config is read on first use
-    (`cached_property`), once per instance.
+    componentize-py creates one object of each exported interface's class (`Handler`,
+    `Migrate`) when the component is built, so both reach this one object. It is made
+    then too: `__init__` may not call the host, and the listener's config is read on
+    first use (`cached_property`), once per instance.
     """
 
     def __init__(self) -> None:
@@ -44,7 +56,7 @@ class Handler(exports.Handler):
         self.waiting: set[int] = set()
         # Connections whose client half-closed: closed once their echo is all sent.
         self.ending: set[int] = set()
-        # Whether the first event asked for `send` events only when the echo waits for
+        # Whether this instance asked for `send` events only when the echo waits for
         # room (each is a call into Python), instead of one after every write.
         self.started = False
 
@@ -58,10 +70,16 @@ class Handler(exports.Handler):
         # An empty trigger would match every buffer: treat it as none.
         return (host.config("fault-trigger") or "").encode() or None
 
-    def handle(self, conn: int, ev: Event, rx: Mbuf) -> None:
+    def start(self) -> None:
+        """Ask for `when-blocked` send events, once: the choice is the instance's, so
+        an instance that took over from another must ask again.
+        """
         if not self.started:
             host.set_send_events(SendEvents.WHEN_BLOCKED)
             self.started = True
+
+    def handle(self, conn: int, ev: Event, rx: Mbuf) -> None:
+        self.start()
         # The trigger's exception must escape: an uncaught exception traps the
         # instance, which the host logs as a fault. `find` scans in the host.
         if isinstance(ev, Event_Recv) and self.trigger and rx.find(self.trigger, 0) is not None:
@@ -69,10 +87,7 @@ class Handler(exports.Handler):
         try:
             self.react(conn, ev, rx)
         except Err as e:
-            # A refused host call raises Err(error). `closed` only means the connection
-            # is going (its `close` event follows); anything else is worth a line.
-            if not isinstance(e.value, Error_Closed):
-                host.log(LogLevel.WARN, f"echo {conn}: {e.value}")
+            warn_unless_closed(conn, e)
 
     def react(self, conn: int, ev: Event, rx: Mbuf) -> None:
         match ev:
@@ -98,6 +113,40 @@ class Handler(exports.Handler):
         else:
             self.waiting.add(conn)
 
+    def hand_over(self, conn: int) -> bytes:
+        """`conn`'s flags; reads only, so a migration called off leaves it as it was."""
+        flags = (WAITING if conn in self.waiting else 0) | (ENDING if conn in self.ending else 0)
+        return bytes([STATE_V1, flags])
+
+    def take_over(self, conn: int, state: bytes) -> None:
+        """Serve `conn` from `state`, and go on at once with what its receive buffer
+        holds: bytes that arrived while it waited for room, or before the old instance
+        saw them, would otherwise wait for an event that may never come.
+        """
+        self.start()
+        try:
+            if len(state) != 2 or state[0] != STATE_V1:
+                host.log(LogLevel.WARN, f"echo {conn}: handed over with state this version cannot read")
+                host.close(conn, CloseMode.AFTER_SEND)
+                return
+            # The pump below settles `waiting` anew from the buffers as they are.
+            if state[1] & WAITING:
+                self.waiting.add(conn)
+            if state[1] & ENDING:
+                self.ending.add(conn)
+            with host.recv_buffer(conn) as rx:
+                self.pump(conn, rx)
+        except Err as e:
+            warn_unless_closed(conn, e)
+
+
+def warn_unless_closed(conn: int, e: Err) -> None:
+    """A refused host call raises Err(error). `closed` only means the connection is
+    going (its `close` event follows); anything else is worth a line.
+    """
+    if not isinstance(e.value, Error_Closed):
+        host.log(LogLevel.WARN, f"echo {conn}: {e.value}")
+
 
 def move(conn: int, rx: Mbuf) -> bool:
     """Copy in chunks of at most the send buffer's room; True once `rx` is empty."""
@@ -112,3 +161,32 @@ def move(conn: int, rx: Mbuf) -> bool:
         if len(chunk) < want:
             return True
     return False
+
+
+ECHO = Echo()
+
+
+class Handler(exports.Handler):
+    """The `handler` export: every event goes to the instance's `Echo`."""
+
+    def handle(self, conn: int, ev: Event, rx: Mbuf) -> None:
+        ECHO.handle(conn, ev, rx)
+
+
+class Migrate(exports.Migrate):
+    """The `migrate` export: moves the instance's connections to a new instance."""
+
+    def hand_over_instance(self) -> bytes:
+        # Nothing of the instance's own: the new one makes its own choice of `send`
+        # events (`take_over_instance`) and reads the config again.
+        return b""
+
+    def take_over_instance(self, state: bytes) -> None:
+        # The `send` events are chosen before the first event, as in `handle`.
+        ECHO.start()
+
+    def hand_over(self, conn: int) -> bytes:
+        return ECHO.hand_over(conn)
+
+    def take_over(self, conn: int, state: bytes) -> None:
+        ECHO.take_over(conn, state)
