@@ -99,10 +99,22 @@ impl Pool {
         self.peak = self.lent;
         self.window_ends = Some(now + DEMAND_WINDOW);
         let bound = self.bound();
+        if self.bytes <= bound {
+            return;
+        }
+        // The blocks at the highest addresses go: an allocator gives memory back to
+        // the system only from the top of its heap, which one block kept up there
+        // would pin (glibc's does, measured: BENCHMARKS.md, the fourth pass).
+        self.spare.sort_unstable_by_key(|block| block.as_ptr() as usize);
         while self.bytes > bound {
             let block = self.spare.pop().expect("spare bytes are blocks'");
             self.bytes -= block.len();
         }
+        // The list itself, grown in the burst, likely sits above the blocks: moved to
+        // a fresh allocation, it lands low, in the room they left.
+        let mut kept = Vec::with_capacity(self.spare.len());
+        kept.append(&mut self.spare);
+        self.spare = kept;
     }
 
     /// When [`Pool::settle`] has spare storage to give up, if it has: the worker's
