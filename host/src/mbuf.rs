@@ -11,12 +11,23 @@
 //! worker that holds it: an `Mbuf` takes a block from the pool when bytes arrive (a
 //! read, an append) and gives it back the moment it is drained (a remove, a write, a
 //! read that brought nothing), so ten thousand idle connections hold no buffer bytes,
-//! and a busy worker reuses the same few blocks instead of going to the allocator.
-//! The pool is bounded ([`POOL_BYTES`]): what a burst returns beyond it goes back to
-//! the allocator. Every method that may take or give back storage is handed the pool;
-//! none keeps it.
+//! and a busy worker reuses the same blocks instead of going to the allocator.
+//!
+//! **The pool keeps what its buffers lately held at once.** Hundreds of connections
+//! served in one turn each take a block and give it back a round later; a pool bounded
+//! below that count frees the surplus every turn and allocates it again the next (page
+//! faults and zeroing, measured at 500 connections: BENCHMARKS.md, "The hot path,
+//! fourth pass"). So the pool keeps every block given back while the storage it owns
+//! (spare and lent) is within the most its buffers held at once in this
+//! [`DEMAND_WINDOW`] or the last one, and at least [`POOL_BYTES`]. When the load goes
+//! away the demand decays: within two windows the spare storage is back to the idle
+//! bound, and the worker's loop wakes for that ([`Pool::next_settle`]) even with
+//! nothing else to do. It never keeps more than the buffers just used, so it adds no
+//! peak of its own. Every method that may take or give back storage is handed the
+//! pool; none keeps it.
 
 use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
 
 /// How much free space a read asks for at least, so small messages do not cost a
 /// growth step each; also the size of a fresh block.
@@ -26,9 +37,14 @@ const MIN_READ: usize = 16 * 1024;
 /// back to the allocator, so one large message does not pin its size.
 const LARGEST_POOLED: usize = 64 * 1024;
 
-/// The most storage a pool keeps for buffers to take, in bytes: enough for the
-/// buffers a worker fills and drains in one turn of its loop.
+/// The most spare storage an idle pool keeps for buffers to take, in bytes; a busy one
+/// keeps what its buffers lately held at once (see [`DEMAND_WINDOW`]).
 pub const POOL_BYTES: usize = 1 << 20;
+
+/// How long a pool remembers its buffers' demand: the spare storage beyond
+/// [`POOL_BYTES`] it may keep is what they held at once in the current window or the
+/// one before, so a pool whose load went away is back at [`POOL_BYTES`] within two.
+pub const DEMAND_WINDOW: Duration = Duration::from_secs(1);
 
 /// A worker's spare buffer storage: blocks that drained buffers gave back, for the
 /// next buffer that needs one. Single-threaded, like the worker that owns it.
@@ -48,8 +64,17 @@ pub const POOL_BYTES: usize = 1 << 20;
 pub struct Pool {
     /// Blocks, each fully initialised (`len` is the usable size).
     spare: Vec<Vec<u8>>,
-    /// Their sizes added up, at most [`POOL_BYTES`].
+    /// Their sizes added up, at most [`Pool::bound`].
     bytes: usize,
+    /// Storage the buffers hold now: taken from the pool (or grown) and not given
+    /// back.
+    lent: usize,
+    /// The most storage lent at once in the current window.
+    peak: usize,
+    /// The same in the window before.
+    last_peak: usize,
+    /// When the current window closes; `None` until the first [`Pool::settle`].
+    window_ends: Option<Instant>,
 }
 
 impl Pool {
@@ -58,22 +83,80 @@ impl Pool {
         self.bytes
     }
 
+    /// Called by the worker at the start of each turn: closes the demand window once
+    /// it is over, and gives back to the allocator the spare storage the demand no
+    /// longer asks for.
+    pub fn settle(&mut self, now: Instant) {
+        let Some(ends) = self.window_ends else {
+            self.window_ends = Some(now + DEMAND_WINDOW);
+            return;
+        };
+        if now < ends {
+            return;
+        }
+        // A worker that slept through the whole next window lent nothing new in it.
+        self.last_peak = if now < ends + DEMAND_WINDOW { self.peak } else { self.lent };
+        self.peak = self.lent;
+        self.window_ends = Some(now + DEMAND_WINDOW);
+        let bound = self.bound();
+        if self.bytes <= bound {
+            return;
+        }
+        // The blocks at the highest addresses go: an allocator gives memory back to
+        // the system only from the top of its heap, which one block kept up there
+        // would pin (glibc's does, measured: BENCHMARKS.md, the fourth pass).
+        self.spare.sort_unstable_by_key(|block| block.as_ptr() as usize);
+        while self.bytes > bound {
+            let block = self.spare.pop().expect("spare bytes are blocks'");
+            self.bytes -= block.len();
+        }
+        // The list itself, grown in the burst, likely sits above the blocks: moved to
+        // a fresh allocation, it lands low, in the room they left.
+        let mut kept = Vec::with_capacity(self.spare.len());
+        kept.append(&mut self.spare);
+        self.spare = kept;
+    }
+
+    /// When [`Pool::settle`] has spare storage to give up, if it has: the worker's
+    /// loop must wake by then, or an idle worker would keep a burst's blocks.
+    pub fn next_settle(&self) -> Option<Instant> {
+        if self.bytes > POOL_BYTES { self.window_ends } else { None }
+    }
+
+    /// The most spare storage to keep now: what the buffers held at once lately,
+    /// less what they hold now (so the next turn like the last ones takes no fresh
+    /// block), and at least [`POOL_BYTES`].
+    fn bound(&self) -> usize {
+        let demand = self.peak.max(self.last_peak);
+        POOL_BYTES.max(demand.saturating_sub(self.lent))
+    }
+
+    /// Count `bytes` more storage as held by a buffer.
+    fn lend(&mut self, bytes: usize) {
+        self.lent += bytes;
+        self.peak = self.peak.max(self.lent);
+    }
+
     /// A block for a buffer: the last one given back, or a fresh one.
     fn take(&mut self) -> Vec<u8> {
-        match self.spare.pop() {
+        let block = match self.spare.pop() {
             Some(block) => {
                 self.bytes -= block.len();
                 block
             }
             None => vec![0; MIN_READ],
-        }
+        };
+        self.lend(block.len());
+        block
     }
 
     /// A drained buffer's storage: kept for the next one if it is of a usual size and
-    /// there is room, else freed.
+    /// within the bound, else freed.
     fn give(&mut self, block: Vec<u8>) {
         let size = block.len();
-        if size > 0 && size <= LARGEST_POOLED && self.bytes + size <= POOL_BYTES {
+        // Saturating: a buffer filled from another pool (a test's) may give back here.
+        self.lent = self.lent.saturating_sub(size);
+        if size > 0 && size <= LARGEST_POOLED && self.bytes + size <= self.bound() {
             self.bytes += size;
             self.spare.push(block);
         }
@@ -279,6 +362,7 @@ impl Mbuf {
         }
         if self.data.len() - self.tail < extra {
             let grown = (self.data.len() * 2).max(len + extra).min(self.limit.max(len + extra));
+            pool.lend(grown - self.data.len());
             self.data.resize(grown, 0);
         }
     }
@@ -428,22 +512,126 @@ mod tests {
         }
     }
 
+    /// `count` buffers that each take a block at once (a byte each) and are drained
+    /// together, as a turn serves that many connections; the blocks' addresses.
+    fn turn(bufs: &mut [Mbuf], pool: &mut Pool) -> Vec<usize> {
+        for buf in bufs.iter_mut() {
+            buf.append(b"x", pool).unwrap();
+        }
+        let blocks = bufs.iter().map(|buf| buf.data.as_ptr() as usize).collect();
+        for buf in bufs.iter_mut() {
+            buf.clear(pool);
+        }
+        blocks
+    }
+
+    fn buffers(count: usize) -> Vec<Mbuf> {
+        (0..count).map(|_| Mbuf::with_limit(1 << 20)).collect()
+    }
+
     #[test]
-    fn the_pool_keeps_a_bounded_amount_of_usual_blocks() {
+    fn a_busy_pool_keeps_what_a_turn_held_at_once() {
         let mut pool = Pool::default();
-        let mut bufs: Vec<Mbuf> = (0..2 * POOL_BYTES / MIN_READ).map(|_| Mbuf::with_limit(1 << 20)).collect();
-        for buf in &mut bufs {
+        let start = Instant::now();
+        pool.settle(start);
+        // Twice as many blocks out at once as the idle bound holds.
+        let mut bufs = buffers(2 * POOL_BYTES / MIN_READ);
+        let first = turn(&mut bufs, &mut pool);
+        assert_eq!(pool.spare_bytes(), 2 * POOL_BYTES, "every block of the turn was kept");
+        for later in 1..5 {
+            pool.settle(start + DEMAND_WINDOW * later / 2);
+            let mut again = turn(&mut bufs, &mut pool);
+            let mut expected = first.clone();
+            again.sort_unstable();
+            expected.sort_unstable();
+            assert_eq!(again, expected, "turn {later} took the same blocks, none fresh");
+            assert_eq!(pool.spare_bytes(), 2 * POOL_BYTES);
+        }
+    }
+
+    #[test]
+    fn the_pool_keeps_no_more_than_its_buffers_held_at_once() {
+        let mut pool = Pool::default();
+        let mut bufs = buffers(2 * POOL_BYTES / MIN_READ);
+        turn(&mut bufs, &mut pool);
+        // Half the buffers take blocks again: those come from the spare ones, and
+        // the storage the pool owns (lent and spare) stays at the peak.
+        for buf in &mut bufs[..POOL_BYTES / MIN_READ] {
             buf.append(b"x", &mut pool).unwrap();
         }
-        for buf in &mut bufs {
+        assert_eq!((pool.lent, pool.spare_bytes()), (POOL_BYTES, POOL_BYTES));
+        for buf in &mut bufs[..POOL_BYTES / MIN_READ] {
             buf.clear(&mut pool);
         }
+        assert_eq!((pool.lent, pool.spare_bytes()), (0, 2 * POOL_BYTES));
+        // A block given back while the rest of the peak is spare already is freed.
+        pool.give(vec![0; MIN_READ]);
+        assert_eq!(pool.spare_bytes(), 2 * POOL_BYTES);
+    }
+
+    #[test]
+    fn an_idle_pool_shrinks_to_its_bound_within_two_windows() {
+        let mut pool = Pool::default();
+        let start = Instant::now();
+        pool.settle(start);
+        assert_eq!(pool.next_settle(), None, "nothing to give up");
+        turn(&mut buffers(4 * POOL_BYTES / MIN_READ), &mut pool);
+        assert_eq!(pool.spare_bytes(), 4 * POOL_BYTES);
+        // The worker's loop is to wake when the window closes.
+        assert_eq!(pool.next_settle(), Some(start + DEMAND_WINDOW));
+        pool.settle(start + DEMAND_WINDOW / 2);
+        assert_eq!(pool.spare_bytes(), 4 * POOL_BYTES, "the window is not over");
+        pool.settle(start + DEMAND_WINDOW);
+        assert_eq!(pool.spare_bytes(), 4 * POOL_BYTES, "the window before still asks for it");
+        let next = pool.next_settle().unwrap();
+        assert_eq!(next, start + 2 * DEMAND_WINDOW);
+        pool.settle(next);
+        assert_eq!(pool.spare_bytes(), POOL_BYTES, "no window asks for more");
+        assert_eq!(pool.next_settle(), None);
+    }
+
+    #[test]
+    fn a_worker_that_slept_through_a_window_keeps_only_the_idle_bound() {
+        let mut pool = Pool::default();
+        let start = Instant::now();
+        pool.settle(start);
+        turn(&mut buffers(3 * POOL_BYTES / MIN_READ), &mut pool);
+        pool.settle(start + 5 * DEMAND_WINDOW);
         assert_eq!(pool.spare_bytes(), POOL_BYTES);
+    }
+
+    #[test]
+    fn storage_still_lent_counts_against_the_bound() {
+        let mut pool = Pool::default();
+        let start = Instant::now();
+        pool.settle(start);
+        let mut bufs = buffers(3 * POOL_BYTES / MIN_READ);
+        turn(&mut bufs, &mut pool);
+        // A third of the peak is held across the windows: the spare kept beside it is
+        // the rest of the peak, then the idle bound.
+        let held = POOL_BYTES / MIN_READ;
+        for buf in &mut bufs[..held] {
+            buf.append(b"x", &mut pool).unwrap();
+        }
+        pool.settle(start + DEMAND_WINDOW);
+        assert_eq!(pool.spare_bytes(), 2 * POOL_BYTES);
+        pool.settle(start + 2 * DEMAND_WINDOW);
+        assert_eq!((pool.lent, pool.spare_bytes()), (POOL_BYTES, POOL_BYTES));
+    }
+
+    #[test]
+    fn grown_storage_is_lent_and_large_blocks_go_back_to_the_allocator() {
+        let mut pool = Pool::default();
+        let mut buf = Mbuf::with_limit(1 << 20);
+        buf.append(&[1; 2 * MIN_READ], &mut pool).unwrap();
+        assert_eq!(pool.lent, buf.data.len());
+        buf.clear(&mut pool);
+        assert_eq!((pool.lent, pool.spare_bytes()), (0, 2 * MIN_READ));
         // A block grown past the usual sizes goes back to the allocator.
         let mut pool = Pool::default();
         let mut big = Mbuf::with_limit(1 << 20);
         big.append(&[1; LARGEST_POOLED + 1], &mut pool).unwrap();
         big.clear(&mut pool);
-        assert_eq!((big.data.len(), pool.spare_bytes()), (0, 0));
+        assert_eq!((big.data.len(), pool.lent, pool.spare_bytes()), (0, 0, 0));
     }
 }

@@ -524,6 +524,7 @@ impl Reactor {
             return Ok(());
         }
         self.core.now = Instant::now();
+        self.core.buffers.settle(self.core.now);
         self.obey();
         let mut ready_listeners = Vec::new();
         let mut ready_ports = Vec::new();
@@ -598,7 +599,8 @@ impl Reactor {
     }
 
     /// How long the next poll may sleep: not at all with work queued, otherwise until
-    /// the next timer, POLL tick, accept retry or report of suppressed lines.
+    /// the next timer, POLL tick, accept retry, report of suppressed lines or the
+    /// buffer pool's shrinking back to its idle bound.
     fn timeout(&self) -> Option<Duration> {
         if !self.core.queue.is_empty() || !self.greeting_queue.is_empty() {
             return Some(Duration::ZERO);
@@ -619,6 +621,7 @@ impl Reactor {
             .chain(drains)
             .chain(self.next_greeting_deadline())
             .chain(self.closing_at)
+            .chain(self.core.buffers.next_settle())
             .min()?;
         Some(next.saturating_duration_since(Instant::now()))
     }

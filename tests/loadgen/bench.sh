@@ -30,7 +30,9 @@
 # that a change to the host is measured against the host before it in the same run, and
 # BASELINE_WASM, the folder of the plugins that build speaks (its own
 # target/wasm32-wasip2/plugin, when the contract's version moved since; default: this
-# tree's).
+# tree's), and BASELINE_NATIVE, the `native_echo` example of that build: the echo
+# section then measures it too, as native-baseline (a change to the reactor or the
+# buffers moves the native handler as well).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -58,6 +60,7 @@ HTTP_OFFSET=80
 NGINX1_PORT=$((PORT_BASE + 190))
 NGINX2_PORT=$((PORT_BASE + 191))
 NATIVE_PORT=$((PORT_BASE + 199))
+NATIVE_BASELINE_PORT=$((PORT_BASE + 198))
 
 if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
     apt-get update -qq && apt-get install -y -qq nginx-light wrk
@@ -163,6 +166,10 @@ for name in "${SANDPORTS[@]}"; do
 done
 "$TARGET/release/examples/native_echo" "127.0.0.1:$NATIVE_PORT" 2>"$OUT/native_echo.log" &
 STARTED+=($!)
+if [[ -n ${BASELINE_NATIVE:-} ]]; then
+    "$BASELINE_NATIVE" "127.0.0.1:$NATIVE_BASELINE_PORT" 2>"$OUT/native_echo-baseline.log" &
+    STARTED+=($!)
+fi
 for workers in 1 2; do
     nginx -c "$OUT/nginx-$workers/nginx.conf" &
     PID[nginx-$workers]=$!
@@ -174,7 +181,7 @@ for name in "${SANDPORTS[@]}"; do
         wait_for_port $((BASE[$name] + offset)) 60
     done
 done
-for port in $NGINX1_PORT $NGINX2_PORT $NATIVE_PORT; do
+for port in $NGINX1_PORT $NGINX2_PORT $NATIVE_PORT ${BASELINE_NATIVE:+$NATIVE_BASELINE_PORT}; do
     wait_for_port "$port" 60
 done
 
@@ -260,6 +267,9 @@ fi
 # --- 2. echo at each of $ECHO_SIZES bytes: native against wasm ------------------------
 LOADGEN_ARGS=(--connections "$CONNECTIONS" --duration "$DURATION" --rounds "$ROUNDS")
 ECHO_TARGETS=(--target "native=127.0.0.1:$NATIVE_PORT")
+if [[ -n ${BASELINE_NATIVE:-} ]]; then
+    ECHO_TARGETS+=(--target "native-baseline=127.0.0.1:$NATIVE_BASELINE_PORT")
+fi
 BURN_TARGETS=(--target "burn-0=127.0.0.1:$((BASE[${SANDPORTS[0]}] + BURN0_OFFSET))")
 for name in "${SANDPORTS[@]}"; do
     suffix=${name#sandport}
