@@ -63,7 +63,7 @@ fn scaffold(lang: &'static str) -> PathBuf {
 /// Compile `wasm` into the suite's cache before any server needs it: a Python or
 /// JavaScript component takes seconds to compile, and tests starting together would
 /// otherwise each compile it. `sandport check` fills the same cache a server reads.
-fn warm(wasm: &Path) {
+pub(crate) fn warm(wasm: &Path) {
     static WARM: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
     let mut warm = WARM.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if warm.insert(wasm.to_path_buf()) {

@@ -17,7 +17,7 @@ use crate::bounded::{admin_address, exits_within, put_path, text};
 use crate::harness::{Client, End, Server, listener, plugins, totals};
 
 /// A language's echo (`plugins/LANG/echo`), built with its `make`.
-fn echo_of(lang: &str) -> PathBuf {
+pub(crate) fn echo_of(lang: &str) -> PathBuf {
     let folder = Path::new(plugins::WORKSPACE).join("plugins").join(lang).join("echo");
     plugins::make(&folder, "echo").unwrap_or_else(|e| panic!("{lang} echo: {e}"))
 }
