@@ -30,6 +30,7 @@ mod instances;
 mod isolation;
 mod kubernetes;
 mod kv;
+mod lang_migrate;
 mod limits;
 mod linger;
 mod load;
