@@ -24,20 +24,26 @@ use crate::harness::{
 
 // ---- JavaScript (plugins/js) ----
 
-/// The JavaScript plugin `name` (`plugins/js/NAME`), built with its `make` and compiled
-/// into the suite's cache, once per run.
+/// The JavaScript plugin `name` (`plugins/js/NAME`), built and compiled once per run
+/// (see [`js_built`]).
 fn js_component(name: &str) -> PathBuf {
-    static READY: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    js_built(&Path::new(plugins::WORKSPACE).join("plugins").join("js").join(name), name)
+}
+
+/// The plugin `name` of `folder`, built with its `make` and compiled into the suite's
+/// cache by `sandport check`, which must say it migrates; once per run.
+fn js_built(folder: &Path, name: &str) -> PathBuf {
+    static READY: Mutex<BTreeMap<PathBuf, PathBuf>> = Mutex::new(BTreeMap::new());
     let mut ready = READY.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     ready
-        .entry(name.to_owned())
+        .entry(folder.to_path_buf())
         .or_insert_with(|| {
-            let folder = Path::new(plugins::WORKSPACE).join("plugins").join("js").join(name);
-            let wasm = plugins::make(&folder, name).unwrap_or_else(|e| panic!("js {name}: {e}"));
+            let wasm = plugins::make(folder, name).unwrap_or_else(|e| panic!("{}: {e}", folder.display()));
             let output = sandport().arg("check").arg(&wasm).output().unwrap();
             let (said, stdout) = (String::from_utf8_lossy(&output.stderr), String::from_utf8_lossy(&output.stdout));
             assert!(output.status.success(), "sandport check {}: {said}", wasm.display());
-            assert!(stdout.lines().any(|l| l == "live migration: migrates open connections"), "js {name}: {stdout}");
+            let migrates = stdout.lines().any(|l| l == "live migration: migrates open connections");
+            assert!(migrates, "{}: {stdout}", wasm.display());
             wasm
         })
         .clone()
@@ -274,4 +280,27 @@ fn js_chat_swapped_keeps_its_members_names_and_timers() {
     let (_, log) = server.terminate();
     let chat = totals(&log, "chat");
     assert!(chat.contains("migrated=3") && chat.contains("faults=0"), "{chat}");
+}
+
+/// What `sandport new --lang js` makes migrates as it is: its echo, swapped with a client
+/// connected, moves the client, which goes on being echoed.
+#[test]
+fn js_scaffold_migrates_out_of_the_box() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = sandport().current_dir(dir.path()).args(["new", "--lang", "js", "mine"]).output().unwrap();
+    assert!(output.status.success(), "sandport new: {}", String::from_utf8_lossy(&output.stderr));
+    let mine = js_built(&dir.path().join("mine"), "mine");
+    let next = js_copy(&mine, dir.path());
+    let config = |plugin: &str| listener("mine", plugin, "[listener.config]\ngreeting = \"hello\"");
+    let server = Server::start(&config(mine.to_str().unwrap()));
+    let mut client = server.connect("mine");
+    assert_eq!(client.line(), "hello");
+    assert_eq!(client.ask("before the swap"), "before the swap");
+    js_swap(&server, config, "mine", &next, 1);
+    // The same connection, echoed by the new instance, and not greeted again.
+    assert_eq!(client.ask("after the swap"), "after the swap");
+    drop(client);
+    let (_, log) = server.terminate();
+    let mine = totals(&log, "mine");
+    assert!(mine.contains("migrated=1") && mine.contains("faults=0"), "{mine}");
 }
