@@ -7,8 +7,8 @@
 //
 // It migrates (world `migrating-plugin`): on a swap, or when the host replaces a leaking
 // instance with a fresh one, each connection moves to the new instance with what the
-// echo knows of it (whether its bytes wait for room, whether its client half-closed),
-// and the new instance goes on at once with the bytes waiting in its receive buffer.
+// echo knows of it (whether its client half-closed), and the new instance goes on at
+// once with the bytes waiting in its receive buffer.
 
 import {
   send, sendRoom, remove, close, config, log, setSendEvents, recvBuffer,
@@ -47,9 +47,13 @@ const ending = new Set();
 export const handler = {
   handle(conn, event, rx) {
     settings ??= readSettings();
-    // Outside `guarded`: the trigger's exception must stay uncaught.
+    // Outside the `try` below: the trigger's exception must stay uncaught.
     if (event.tag === 'recv') checkFault(rx);
-    guarded(conn, () => react(conn, event, rx));
+    try {
+      react(conn, event, rx);
+    } catch (e) {
+      refused(conn, e);
+    }
   },
 };
 
@@ -83,7 +87,7 @@ export const migrate = {
   takeOver(conn, state) {
     // An old version may hand over no instance state, and so not call `takeOverInstance`.
     settings ??= readSettings();
-    guarded(conn, () => {
+    try {
       if (state.length !== 2 || state[0] !== STATE_V1 || state[1] > 1) {
         log('warn', `echo ${conn}: handed over with state it cannot read; closing it`);
         close(conn, 'after-send');
@@ -91,7 +95,9 @@ export const migrate = {
       }
       if (state[1] === 1) ending.add(conn);
       resume(conn);
-    });
+    } catch (e) {
+      refused(conn, e);
+    }
   },
 };
 
@@ -108,17 +114,13 @@ function resume(conn) {
   if (!backlog.has(conn) && ending.delete(conn)) close(conn, 'after-send');
 }
 
-// Run `act` on `conn`, taking a refused host call as what it is. A refused call throws
-// an Error whose `payload` is the WIT `error`; `closed` only means the connection is
-// going (its `close` event follows). Anything else is a bug, and rethrowing it traps,
-// which the host logs as a fault.
-function guarded(conn, act) {
-  try {
-    act();
-  } catch (e) {
-    if (!e.payload) throw e;
-    if (e.payload.tag !== 'closed') log('warn', `echo ${conn}: ${describe(e.payload)}`);
-  }
+// What an exception `e` thrown while serving `conn` means. A refused host call throws an
+// Error whose `payload` is the WIT `error`; `closed` only means the connection is going
+// (its `close` event follows). Anything else is a bug, and rethrowing it traps, which
+// the host logs as a fault.
+function refused(conn, e) {
+  if (!e.payload) throw e;
+  if (e.payload.tag !== 'closed') log('warn', `echo ${conn}: ${describe(e.payload)}`);
 }
 
 function react(conn, event, rx) {
