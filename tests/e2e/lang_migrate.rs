@@ -57,8 +57,8 @@ fn js_copy(wasm: &Path, dir: &Path) -> String {
 }
 
 /// Swap listener `name` of `server`, started with `config` of its first version, to
-/// `next` by a reload, and check that version 2 moved `moved` connections and drained
-/// none.
+/// `next` by a reload, and check that it took over as version 2 (a version refused
+/// before takes no number), moved `moved` connections and drained none.
 fn js_swap(server: &Server, config: impl Fn(&str) -> String, name: &str, next: &str, moved: usize) {
     server.reload(&config(next));
     let took_over = server.wait_for_log(&["version 2 took over", &format!("listener={name}")]);
@@ -302,4 +302,55 @@ fn js_scaffold_migrates_out_of_the_box() {
     let (_, log) = server.terminate();
     let mine = totals(&log, "mine");
     assert!(mine.contains("migrated=1") && mine.contains("faults=0"), "{mine}");
+}
+
+/// Clients of the JavaScript echo.
+const JS_LOADED: usize = 4;
+
+/// A migration away from the JavaScript echo called off half-way (the new version traps
+/// in its third `take-over`) leaves it serving all four clients under load as if nothing
+/// had happened, for its hand-over only read; and the same four move whole at the next
+/// swap.
+#[test]
+fn js_echo_serves_on_when_its_migration_is_called_off() {
+    let echo = js_component("echo");
+    let dir = tempfile::tempdir().unwrap();
+    let next = js_copy(&echo, dir.path());
+    let config = |plugin: &str| format!("workers = 1\n{}", listener("echo", plugin, ""));
+    let server = Server::start(&config(echo.to_str().unwrap()));
+    let stop = AtomicBool::new(false);
+    let mut clients: Vec<Client> = thread::scope(|s| {
+        let load: Vec<_> = (0..JS_LOADED)
+            .map(|c| {
+                let (mut client, stop) = (server.connect("echo"), &stop);
+                s.spawn(move || {
+                    let mut trips = 0;
+                    while trips < 10 || !stop.load(Ordering::SeqCst) {
+                        let line = format!("client {c} line {trips}");
+                        assert_eq!(client.ask(&line), line, "client {c}: an answer other than the echo");
+                        trips += 1;
+                    }
+                    client
+                })
+            })
+            .collect();
+        let faulty = listener("echo", plugins::FIXTURE_MIGRATE_FAULTS, "[listener.config]\ntake-over = \"trap at 3\"");
+        server.reload(&format!("workers = 1\n{faulty}"));
+        server.wait_for_log(&["migration to version 2 was called off", "trapped in take-over"]);
+        server.wait_for_log(&["new version refused, the old one goes on serving", "listener=echo"]);
+        stop.store(true, Ordering::SeqCst);
+        load.into_iter().map(|client| client.join().expect("every echo under load was the client's own line")).collect()
+    });
+    for client in &mut clients {
+        assert!(client.quiet_for(Duration::from_millis(50)), "a client got a line nobody asked for");
+    }
+    js_swap(&server, config, "echo", &next, JS_LOADED);
+    for (c, client) in clients.iter_mut().enumerate() {
+        let line = format!("client {c}, moved");
+        assert_eq!(client.ask(&line), line);
+    }
+    drop(clients);
+    let (_, log) = server.terminate();
+    let echo = totals(&log, "echo");
+    assert!(echo.contains(&format!("migrated={JS_LOADED}")) && echo.contains("faults=0"), "{echo}");
 }
