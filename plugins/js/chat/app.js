@@ -9,9 +9,14 @@
 // default) before the host stops the instance. So the chat reads the receive buffer in
 // large windows, collects each member's output of an event and sends it in one call at
 // the end, and stops after a time budget, to go on reading when its own timer fires.
+//
+// It migrates (world `migrating-plugin`): on a swap, or when the host replaces a leaking
+// instance with a fresh one, the room moves to the new instance member by member, each
+// with its connection (see `migrate` below), and nobody is told that anyone left or
+// joined.
 
 import {
-  send, sendRoom, remove, setTimer, cancelTimer, close, config, log, setSendEvents,
+  send, sendRoom, remove, setTimer, cancelTimer, close, config, log, setSendEvents, recvBuffer,
 } from 'sandport:handler/host@0.3.0';
 
 // Longest line accepted, without its `\n` (a `\r` before it counts).
@@ -31,8 +36,13 @@ const NEWLINE = new Uint8Array([LF]);
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-// The members by connection id (a BigInt, which a Map compares by value): their name and
-// the `NAME: ` that starts their lines, encoded once.
+// `mbuf` handles from `recv-buffer` are dropped with this method (the bindings name it
+// `Symbol.for('dispose')` where the engine has no `Symbol.dispose`).
+const DISPOSE = Symbol.dispose ?? Symbol.for('dispose');
+
+// The members by connection id (a BigInt, which a Map compares by value): their name,
+// the `NAME: ` that starts their lines, encoded once, and the timers they armed with
+// `/timer` (see `Member`).
 const members = new Map();
 
 // What each member is to get from this event, sent at its end (see `flush`).
@@ -69,7 +79,7 @@ export const handler = {
         break;
       case 'timer':
         if (event.val === READ_ON) readOn(conn, rx);
-        else if (members.has(conn)) deliver(conn, `* timer ${event.val} fired\n`);
+        else if (members.has(conn)) fired(conn, event.val);
         break;
       case 'close':
         leave(conn);
@@ -79,12 +89,110 @@ export const handler = {
   },
 };
 
+// Live migration. The room is its members, and a member is known by its connection,
+// whose id may differ in the new instance: so each member moves with its connection's
+// `hand-over`, and the instance itself carries nothing (the new one reads its own
+// settings). A member's state is JSON text: `{"chat":1,"name":...,"ending":...,
+// "timers":[[ID,MILLIS LEFT],...]}`, ids and times as decimal strings (u64s).
+export const migrate = {
+  handOverInstance() {
+    return new Uint8Array(0);
+  },
+
+  takeOverInstance(state) {
+    if (state.length > 0) log('warn', `chat: ignored ${state.length} bytes of instance state it cannot read`);
+    // `set-send-events` holds per instance: ask before the first event, as `handle` does.
+    settings ??= readSettings();
+  },
+
+  // Only reads: if the migration is called off, this instance serves the member on.
+  handOver(conn) {
+    const member = members.get(conn);
+    // Every connection joins on accept; one without a member carries nothing, and the
+    // next version closes it.
+    if (!member) return new Uint8Array(0);
+    const now = performance.now();
+    const timers = [...member.timers].map(([id, { at, millis }]) => {
+      const left = millis - BigInt(Math.floor(now - at));
+      return [`${id}`, `${left > 0n ? left : 0n}`];
+    });
+    return encoder.encode(JSON.stringify({ chat: 1, name: member.name, ending: ending.has(conn), timers }));
+  },
+
+  takeOver(conn, state) {
+    // An old version may hand over no instance state, and so not call `takeOverInstance`.
+    settings ??= readSettings();
+    const taken = readMember(state);
+    if (!taken) {
+      log('warn', `chat: user${conn} was handed over with state it cannot read; closing it`);
+      attempt(`closing user${conn}`, () => close(conn, 'after-send'));
+      return;
+    }
+    const member = new Member(taken.name);
+    members.set(conn, member);
+    if (taken.ending) ending.add(conn);
+    // Re-armed with the time each had left: the old instance's timers need not still be
+    // armed here.
+    for (const [id, left] of taken.timers) {
+      if (attempt(`timer of ${taken.name}`, () => setTimer(conn, id, left))) {
+        member.timers.set(id, { at: performance.now(), millis: left });
+      }
+    }
+    // Lines waiting in its receive buffer (a burst the old instance paused on), or a
+    // client that has finished, would otherwise wait for an event that may never come.
+    // Read on from the timer, once the whole room is here, not now.
+    if (taken.ending || hasLine(conn)) attempt(`reading ${taken.name}`, () => setTimer(conn, READ_ON, 1n));
+  },
+};
+
+// A member from what `handOver` made, or null if it is not one.
+function readMember(state) {
+  let value;
+  try {
+    value = JSON.parse(decoder.decode(state));
+  } catch {
+    return null;
+  }
+  const { chat, name, ending: ended, timers } = value ?? {};
+  const valid =
+    chat === 1 &&
+    typeof name === 'string' &&
+    /^[^\s\x00-\x1f\x7f]{1,64}$/.test(name) &&
+    typeof ended === 'boolean' &&
+    Array.isArray(timers) &&
+    timers.every((t) => Array.isArray(t) && t.length === 2 && parseCount(t[0]) !== null && parseU64(t[1]) !== null);
+  if (!valid) return null;
+  return { name, ending: ended, timers: timers.map(([id, left]) => [parseCount(id), parseU64(left)]) };
+}
+
+// Whether a complete line waits in the receive buffer of `conn`.
+function hasLine(conn) {
+  let rx;
+  if (!attempt(`reading user${conn}`, () => (rx = recvBuffer(conn)))) return false;
+  try {
+    return rx.find(NEWLINE, 0) !== undefined;
+  } finally {
+    rx[DISPOSE]();
+  }
+}
+
 function join(conn) {
   const name = `user${conn}`;
   deliver(conn, `* welcome ${name}\n`);
   if (settings.motd !== undefined) deliver(conn, `* ${settings.motd}\n`);
   broadcast(conn, `* ${name} joined\n`);
-  members.set(conn, { name, prefix: encoder.encode(`${name}: `) });
+  members.set(conn, new Member(name));
+}
+
+// What the room knows of a member.
+class Member {
+  constructor(name) {
+    this.name = name;
+    this.prefix = encoder.encode(`${name}: `);
+    // Its armed timers, by id: when each was armed (`performance.now()`) and its delay in
+    // milliseconds (a BigInt), so that a hand-over can say how long each has left.
+    this.timers = new Map();
+  }
 }
 
 function leave(conn) {
@@ -205,6 +313,7 @@ function armTimer(conn, arg) {
     return;
   }
   const armed = attempt(`timer of user${conn}`, () => setTimer(conn, id, millis));
+  if (armed) members.get(conn).timers.set(id, { at: performance.now(), millis });
   // Refused only past the listener's `max-timers`.
   deliver(conn, `* timer ${id} ${armed ? 'armed' : 'refused'}\n`);
 }
@@ -218,15 +327,28 @@ function cancel(conn, arg) {
   }
   let wasArmed = false;
   attempt(`timer of user${conn}`, () => (wasArmed = cancelTimer(conn, id)));
+  members.get(conn).timers.delete(id);
   deliver(conn, `* timer ${id} ${wasArmed ? 'cancelled' : 'not armed'}\n`);
+}
+
+// One of the member's timers fired.
+function fired(conn, id) {
+  members.get(conn).timers.delete(id);
+  deliver(conn, `* timer ${id} fired\n`);
 }
 
 // A decimal number from 1 to the largest u64, as the BigInt the WIT's u64 takes; null
 // for anything else.
 function parseCount(text) {
+  const n = parseU64(text);
+  return n !== null && n >= 1n ? n : null;
+}
+
+// A decimal u64 (0 included) as a BigInt; null for anything else.
+function parseU64(text) {
   if (!/^[0-9]{1,20}$/.test(text ?? '')) return null;
   const n = BigInt(text);
-  return n >= 1n && n < 2n ** 64n ? n : null;
+  return n < 2n ** 64n ? n : null;
 }
 
 // `NAME: LINE` to every other member. Bytes, not text: a line need not be UTF-8.
