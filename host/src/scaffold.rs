@@ -120,6 +120,12 @@ impl Lang {
         }
     }
 
+    /// Whether its runtime keeps memory per event, so that its listeners want recycling
+    /// (and its echo migrates, so that recycling moves connections instead of draining).
+    fn leaks(self) -> bool {
+        matches!(self, Lang::Python | Lang::Js)
+    }
+
     /// What must be installed for `make` to work.
     fn needs(self) -> &'static str {
         match self {
@@ -166,7 +172,7 @@ pub fn create(lang: Lang, folder: &Path) -> Result<String, ScaffoldError> {
         write(file.path, &adapt(file, &name))?;
     }
     write("README.md", readme(lang, &name).as_bytes())?;
-    write("sandport.toml", config(&name).as_bytes())?;
+    write("sandport.toml", config(lang, &name).as_bytes())?;
     write(".gitignore", b"target/\n")?;
     Ok(name)
 }
@@ -224,17 +230,30 @@ fn readme(lang: Lang, name: &str) -> String {
          close, ...): the contract is `wit/handler.wit`, which says what each one does.\n\
          The echo reads two optional settings from the listener's `[listener.config]` table:\n\
          `greeting`, a line sent on accept, and `fault-trigger`, bytes that make it trap (to\n\
-         see that the host contains the fault).\n"
+         see that the host contains the fault).{migrates}\n",
+        migrates = if lang.leaks() {
+            "\n\n\
+             It exports `migrate` (world `migrating-plugin`): when its listener is swapped to a\n\
+             new version, or its instance is recycled (`[listener.recycle]` in sandport.toml,\n\
+             because this language's runtime keeps memory it no longer needs), each open\n\
+             connection moves to the new instance with the state `hand-over` returns."
+        } else {
+            ""
+        }
     )
 }
 
-fn config(name: &str) -> String {
+fn config(lang: Lang, name: &str) -> String {
+    // Python and JavaScript runtimes keep memory per event: an instance replaced at
+    // 75% of its limit never reaches it, and its connections move to the fresh one.
+    let recycle = if lang.leaks() { "[listener.recycle]\nmemory = \"75%\"\n\n" } else { "" };
     format!(
         "# Serves the plugin: `sandport serve --config sandport.toml`, after `make`.\n\n\
          [[listener]]\n\
          name = \"{name}\"\n\
          address = \"127.0.0.1:7000\"\n\
          plugin = \"target/{name}.wasm\"\n\n\
+         {recycle}\
          [listener.config]\n\
          greeting = \"hello from {name}\"\n"
     )
@@ -271,5 +290,15 @@ mod tests {
         assert!(folder.join("wit/handler.wit").is_file());
         assert!(matches!(create(Lang::Rust, &folder), Err(ScaffoldError::Exists(_))));
         assert!(matches!(create(Lang::Rust, &dir.path().join("Bad")), Err(ScaffoldError::BadName(_))));
+    }
+
+    #[test]
+    fn python_and_javascript_listeners_are_recycled() {
+        for (lang, recycled) in [(Lang::Rust, false), (Lang::C, false), (Lang::Python, true), (Lang::Js, true)] {
+            let text = config(lang, "mine");
+            let parsed = crate::config::Config::from_toml(&text, std::path::Path::new("/x/sandport.toml")).unwrap();
+            assert_eq!(parsed.listeners[0].recycle.memory, recycled.then_some(0.75), "{text}");
+            assert_eq!(readme(lang, "mine").contains("[listener.recycle]"), recycled);
+        }
     }
 }

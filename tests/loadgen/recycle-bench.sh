@@ -4,7 +4,7 @@
 # recycled again and again and one left alone, alternating round by round.
 #
 # Both servers run one worker and one shared echo listener of the same plugin. The one
-# left alone has `memory = "1 GiB"`, so that it never reaches its limit in a run (the
+# left alone has `memory = "4 GiB"`, so that it never reaches its limit in a run (the
 # Python and JavaScript echoes leak); the recycled one has `memory = MEMORY` and
 # `[listener.recycle]` as RECYCLE says (by default `events = 20000`: a recycle every
 # 20 000 events, each moving every connection to a fresh instance when the plugin
@@ -84,7 +84,7 @@ ready() { # port
     done
 }
 # One after the other: the second loads what the first compiled into the cache.
-alone=$(serve alone $PORT_BASE "1 GiB" "")
+alone=$(serve alone $PORT_BASE "4 GiB" "")
 trap 'kill $alone 2>/dev/null || true' EXIT
 ready $PORT_BASE
 recycled=$(serve recycled $((PORT_BASE + 1)) "$MEMORY" $'[listener.recycle]\n'"$RECYCLE")
