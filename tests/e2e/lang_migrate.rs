@@ -453,34 +453,6 @@ fn js_wait_for(flag: &AtomicBool, what: &str) {
     }
 }
 
-/// A member of the JavaScript chat: its connection and the name the room knows it by.
-struct JsMember {
-    client: Client,
-    name: String,
-}
-
-/// A newcomer to the JavaScript chat at `server`; every member of `room` sees it join.
-fn js_join(server: &Server, room: &mut [JsMember]) -> JsMember {
-    let mut client = server.connect("chat");
-    let line = client.line();
-    let name = line.strip_prefix("* welcome ").unwrap_or_else(|| panic!("not a welcome: {line:?}")).to_owned();
-    for member in room.iter_mut() {
-        assert_eq!(member.client.line(), format!("* {name} joined"), "what {} got", member.name);
-    }
-    JsMember { client, name }
-}
-
-/// `room[from]` says `text`; every other member gets it under `from`'s name.
-fn js_say(room: &mut [JsMember], from: usize, text: &str) {
-    room[from].client.send_line(text);
-    let expected = format!("{}: {text}", room[from].name);
-    for (i, member) in room.iter_mut().enumerate() {
-        if i != from {
-            assert_eq!(member.client.line(), expected, "what {} got", member.name);
-        }
-    }
-}
-
 /// Lines a member sends in a burst over the swap.
 const JS_BURST: usize = 100_000;
 
@@ -496,12 +468,12 @@ fn js_chat_swapped_keeps_its_members_names_and_timers() {
     let next = js_copy(&chat, dir.path());
     let config = |plugin: &str| listener("chat", plugin, "");
     let server = Server::start(&config(chat.to_str().unwrap()));
-    let mut room: Vec<JsMember> = Vec::new();
+    let mut room: Vec<Member> = Vec::new();
     for _ in 0..3 {
-        let member = js_join(&server, &mut room);
+        let member = join(server.addr("chat"), &mut room);
         room.push(member);
     }
-    js_say(&mut room, 0, "before the swap");
+    say(&mut room, 0, "before the swap");
     // Long enough to be armed still when the swap is over, on any machine.
     assert_eq!(room[0].client.ask("/timer 5 3000"), "* timer 5 armed");
     assert_eq!(room[1].client.ask("/timer 6 600000"), "* timer 6 armed");
@@ -541,11 +513,11 @@ fn js_chat_swapped_keeps_its_members_names_and_timers() {
 
     // The same room, under the same names, and nothing said about the move.
     for from in 0..room.len() {
-        js_say(&mut room, from, &format!("after the swap, from {from}"));
+        say(&mut room, from, &format!("after the swap, from {from}"));
     }
-    let newcomer = js_join(&server, &mut room);
+    let newcomer = join(server.addr("chat"), &mut room);
     room.push(newcomer);
-    js_say(&mut room, 3, "hello room");
+    say(&mut room, 3, "hello room");
     // The other timer armed before the swap is still there to cancel.
     assert_eq!(room[1].client.ask("/cancel 6"), "* timer 6 cancelled");
     for member in &mut room {
