@@ -299,6 +299,11 @@ pub struct Recycle {
 }
 
 impl Recycle {
+    /// Fresh instances one worker has asked for and not yet put in place, at most: a
+    /// pooled engine (a per-connection listener's) keeps this many slots per worker
+    /// beyond one per connection, so that a full listener can still recycle.
+    pub const IN_FLIGHT: usize = 8;
+
     /// Whether any bound is set.
     pub fn is_set(&self) -> bool {
         self.memory.is_some() || self.events.is_some() || self.age.is_some()

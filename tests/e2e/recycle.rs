@@ -200,11 +200,16 @@ fn the_chat_keeps_its_room_across_ten_recycles() {
 }
 
 /// Per-connection instances recycle with their one connection each, and per-worker
-/// instances on each worker, with the same guarantee: every byte comes back.
+/// instances on each worker, with the same guarantee: every byte comes back. The
+/// per-connection listener is full (`max-connections` 4, four clients), so the fresh
+/// instances need slots of the pool beyond one per connection.
 #[test]
 fn per_connection_and_per_worker_instances_recycle_too() {
     for (mode, workers) in [("per-connection", 1), ("per-worker", 2)] {
-        let extra = format!("instance = \"{mode}\"\n[listener.recycle]\nevents = 25\n{}", quiet_echo(0));
+        let extra = format!(
+            "instance = \"{mode}\"\n[listener.limits]\nmax-connections = 4\n[listener.recycle]\nevents = 25\n{}",
+            quiet_echo(0)
+        );
         let config = format!("workers = {workers}\n{}", listener("echo", plugins::FIXTURE_MIGRATE_FAULTS, &extra));
         let server = Server::start(&config);
         let clients = (0..4).map(|c| ping_pong(server.addr("echo"), c, 300, 64)).collect();

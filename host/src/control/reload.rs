@@ -18,7 +18,7 @@ use tracing::{info, info_span, warn};
 use super::artifacts::Patience;
 use super::{Control, Record, Route, SwapReport, sites};
 use crate::config::Config;
-use crate::listener::{InstanceMode, ListenerSpec, Workers};
+use crate::listener::{InstanceMode, ListenerSpec, Recycle, Workers};
 use crate::plugin::{self, Plugin, PluginError, PluginFactory, Pooling, Runtime, content_hash};
 use crate::reactor::{Binding, Command, Slots};
 
@@ -267,7 +267,13 @@ impl Control {
         let runtime = match spec.instance {
             InstanceMode::Shared | InstanceMode::PerWorker => self.inner.runtime.clone(),
             InstanceMode::PerConnection => {
-                let slots = u32::try_from(spec.limits.max_connections).unwrap_or(u32::MAX);
+                let mut slots = spec.limits.max_connections;
+                if spec.recycle.is_set() {
+                    // A worn instance's fresh replacement holds a slot of its own until
+                    // it takes over, even when every connection has one.
+                    slots = slots.saturating_add(Recycle::IN_FLIGHT * self.inner.started.workers);
+                }
+                let slots = u32::try_from(slots).unwrap_or(u32::MAX);
                 let pooled = Runtime::pooled(slots, spec.limits.memory, Pooling::default())?;
                 Arc::new(pooled.with_cache(self.inner.started.cache_dir.as_deref()))
             }

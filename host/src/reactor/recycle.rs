@@ -31,7 +31,7 @@ use super::Reactor;
 use super::command::{Command, Commands};
 use super::migration::CalledOff;
 use crate::handler::{Fault, Handler, HandlerFactory};
-use crate::listener::{Limit, Worn};
+use crate::listener::{Limit, Recycle, Worn};
 
 /// How long a worn instance whose fresh replacement could not be made serves on before
 /// another is asked for.
@@ -78,6 +78,9 @@ struct Job {
 #[derive(Default)]
 pub(super) struct Maker {
     jobs: Option<Sender<Job>>,
+    /// Fresh instances asked for and not yet arrived, at most [`Recycle::IN_FLIGHT`]:
+    /// each holds a slot of a pooled engine, which keeps that many spare per worker.
+    pending: usize,
 }
 
 impl Maker {
@@ -129,7 +132,12 @@ impl Reactor {
         let i = &self.core.instances[instance];
         let account = &self.core.accounts[i.listener];
         let recycle = &account.spec.recycle;
-        if !recycle.is_set() || i.wear.pending || i.wear.hold.is_some_and(|at| at > now) || i.drain_at.is_some() {
+        if !recycle.is_set()
+            || i.wear.pending
+            || i.wear.hold.is_some_and(|at| at > now)
+            || i.drain_at.is_some()
+            || self.maker.pending >= Recycle::IN_FLIGHT
+        {
             return;
         }
         let listener = &self.listeners[i.listener];
@@ -151,6 +159,7 @@ impl Reactor {
         };
         let (serial, index) = (i.wear.serial, i.listener);
         self.core.instances[instance].wear.pending = true;
+        self.maker.pending += 1;
         let answers = self.commands();
         let job = match self.listeners[index].factory.fork() {
             Some(factory) => Job { factory, instance, serial, worn },
@@ -177,6 +186,7 @@ impl Reactor {
         handler: Result<Box<dyn Handler>, Fault>,
     ) {
         let now = Instant::now();
+        self.maker.pending -= 1;
         let Some(i) = self.core.instances.get_mut(instance).filter(|i| i.wear.serial == serial) else { return };
         i.wear.pending = false;
         let (index, version) = (i.listener, i.version);
@@ -192,6 +202,9 @@ impl Reactor {
             Ok(fresh) => fresh,
             Err(fault) => {
                 i.wear.hold = Some(now + RETRY);
+                if !self.core.accounts[index].may_log() {
+                    return;
+                }
                 warn!(listener = %name, version, reason = %worn.key(), "cannot make a fresh instance to recycle a worn one: {fault}; it serves on, and another is tried in {RETRY:?}");
                 return;
             }
