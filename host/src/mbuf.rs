@@ -115,6 +115,11 @@ impl Pool {
         let mut kept = Vec::with_capacity(self.spare.len());
         kept.append(&mut self.spare);
         self.spare = kept;
+        // Only once the load is gone: under load the pages trimmed would be faulted in
+        // again by the next turns, the churn the pool is there to spare.
+        if bound <= POOL_BYTES {
+            give_back_to_the_system();
+        }
     }
 
     /// When [`Pool::settle`] has spare storage to give up, if it has: the worker's
@@ -365,6 +370,20 @@ impl Mbuf {
             pool.lend(grown - self.data.len());
             self.data.resize(grown, 0);
         }
+    }
+}
+
+/// Hand the allocator's free memory back to the system after a pool shrank. glibc
+/// returns only the top of its heap by itself, and a burst leaves allocations up there
+/// (the connections' slab, which never shrinks), pinning the blocks freed below them:
+/// `malloc_trim` releases free pages anywhere in the heap. The static image's allocator
+/// (mimalloc) purges freed memory on its own.
+fn give_back_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only releases memory the allocator holds free, under its
+    // own locks; it reads and writes nothing of ours.
+    unsafe {
+        nix::libc::malloc_trim(0);
     }
 }
 
