@@ -301,7 +301,8 @@ pub struct Recycle {
 impl Recycle {
     /// Fresh instances one worker has asked for and not yet put in place, at most: a
     /// pooled engine (a per-connection listener's) keeps this many slots per worker
-    /// beyond one per connection, so that a full listener can still recycle.
+    /// beyond one per connection (and one for a pre-flight), so that a full listener
+    /// can still recycle.
     pub const IN_FLIGHT: usize = 8;
 
     /// Whether any bound is set.

@@ -161,3 +161,39 @@ fn a_worker_that_calls_its_migration_off_has_the_others_put_back() {
     let mig = totals(&log, "mig");
     assert_eq!(count(mig, "faults"), 0, "{mig}");
 }
+
+/// A swap of a per-connection listener at `max-connections`: the pre-flight and the new
+/// version's instances need slots of the pool while the old ones hold theirs. The pool
+/// keeps a few spare (9 with one worker): a full listener of 20 cannot move all 20 at
+/// once, and its swap is refused with that reason, every connection served on; with 8
+/// left, the next swap moves them all.
+#[test]
+fn a_full_per_connection_listener_swaps_within_its_spare_slots() {
+    let address = free_address();
+    let config = |revision: u32| {
+        let settings = format!(
+            "instance = \"per-connection\"\n[listener.limits]\nmax-connections = 20\n[listener.config]\nhand-over = \"quiet\"\ntake-over = \"quiet\"\nrevision = {revision}\n"
+        );
+        format!("workers = 1\n{}", listener_at("mig", &address.to_string(), FIXTURE_MIGRATE_FAULTS, &settings))
+    };
+    let server = Server::start(&config(1));
+    let mut clients: Vec<Client> = (0..20).map(|_| Client::connect(address)).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        echoes(client, &format!("before {i}"));
+    }
+    server.reload(&config(2));
+    let line = server.wait_for_log(&["the migration to version 2 was called off"]);
+    assert!(line.contains("concurrent limit"), "the reason names the pool: {line}");
+    for (i, client) in clients.iter_mut().enumerate() {
+        echoes(client, &format!("refused {i}"));
+    }
+    clients.truncate(8);
+    server.wait_for_count("closed listener=mig conn", 12);
+    server.reload(&config(3));
+    // A refused version takes no number.
+    let line = server.wait_for_log(&["version 2 took over"]);
+    assert!(line.contains("migrated=8") && line.contains("draining=0"), "{line}");
+    for (i, client) in clients.iter_mut().enumerate() {
+        echoes(client, &format!("after {i}"));
+    }
+}

@@ -267,13 +267,12 @@ impl Control {
         let runtime = match spec.instance {
             InstanceMode::Shared | InstanceMode::PerWorker => self.inner.runtime.clone(),
             InstanceMode::PerConnection => {
-                let mut slots = spec.limits.max_connections;
-                if spec.recycle.is_set() {
-                    // A worn instance's fresh replacement holds a slot of its own until
-                    // it takes over, even when every connection has one.
-                    slots = slots.saturating_add(Recycle::IN_FLIGHT * self.inner.started.workers);
-                }
-                let slots = u32::try_from(slots).unwrap_or(u32::MAX);
+                // Beyond a slot per connection: one for a new version's pre-flight, and
+                // the fresh instances recycling may have in the making (a reload may turn
+                // it on), so that a full listener can still do both. A migration takes
+                // a slot per connection it moves from these spare ones too.
+                let spare = 1 + Recycle::IN_FLIGHT * self.inner.started.workers;
+                let slots = u32::try_from(spec.limits.max_connections.saturating_add(spare)).unwrap_or(u32::MAX);
                 let pooled = Runtime::pooled(slots, spec.limits.memory, Pooling::default())?;
                 Arc::new(pooled.with_cache(self.inner.started.cache_dir.as_deref()))
             }
