@@ -190,7 +190,7 @@ impl Reactor {
                 }
                 warn!(listener = %account.spec.name, version, "the migration to version {version} was called off: {reason}");
                 if let Some((old, key, fault)) = broken_old {
-                    self.fault_instance(old, key, fault);
+                    self.fault(old, key, fault);
                 }
                 return Swapped { refused: Some(reason), ..Swapped::default() };
             }
@@ -215,22 +215,6 @@ impl Reactor {
             self.release_if_idle(instance);
         }
         swapped
-    }
-
-    /// `instance` faulted outside an event (during a migration): as [`Reactor::fault`]
-    /// does, for connection `key` or, if the call was about none, any of its own.
-    pub(super) fn fault_instance(&mut self, instance: usize, key: Option<usize>, fault: Fault) {
-        let Some(i) = self.core.instances.get(instance) else { return };
-        match key.or_else(|| i.conns.values().next().copied()) {
-            Some(key) => self.fault(instance, key, fault),
-            None => {
-                let i = self.core.instances.remove(instance);
-                if self.listeners[i.listener].shared == Some(instance) {
-                    self.listeners[i.listener].shared = None;
-                }
-                self.core.accounts[i.listener].counts.faults += 1;
-            }
-        }
     }
 
     /// Set the drain deadline of `instance`, if it still holds connections; returns

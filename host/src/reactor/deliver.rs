@@ -47,15 +47,16 @@ impl Reactor {
         i.wear.count_event();
         match result {
             Ok(()) => self.check_wear(instance, self.core.now),
-            Err(fault) => self.fault(instance, key, fault),
+            Err(fault) => self.fault(instance, Some(key), fault),
         }
     }
 
-    /// The handler `instance` died while handling `key`: drop it, close that
-    /// connection at once and every other one it held after its send buffer drains.
-    /// Their state died with the handler, so they get no CLOSE.
-    pub(super) fn fault(&mut self, instance: usize, key: usize, fault: Fault) {
-        let Instance { listener, conns, version, .. } = self.core.instances.remove(instance);
+    /// The handler `instance` died, while handling connection `key` if it was handling
+    /// one (outside an event, during a migration, it may have been about none): drop it,
+    /// close that connection at once and every other one it held after its send buffer
+    /// drains. Their state died with the handler, so they get no CLOSE.
+    pub(super) fn fault(&mut self, instance: usize, key: Option<usize>, fault: Fault) {
+        let Some(Instance { listener, conns, version, .. }) = self.core.instances.try_remove(instance) else { return };
         if self.listeners[listener].shared == Some(instance) {
             self.listeners[listener].shared = None;
         }
@@ -63,16 +64,19 @@ impl Reactor {
             let _ = faults.send(FaultNotice { listener: self.core.accounts[listener].spec.name.clone(), version });
         }
         if let Some(limit) = fault.limit {
-            self.core.hit(key, limit);
+            if let Some(key) = key {
+                self.core.hit(key, limit);
+            }
             self.core.accounts[listener].counts.fault_limits[limit.index()] += 1;
         }
+        let conn = key.map(|key| self.core.conns[key].id);
         let account = &mut self.core.accounts[listener];
         account.counts.faults += 1;
         account.counts.orphaned += conns.len() as u64;
         if account.may_log() {
             error!(
                 listener = %account.spec.name,
-                conn = %self.core.conns[key].id,
+                conn = conn.map(tracing::field::display),
                 version,
                 orphaned = conns.len(),
                 "handler failed: {fault}; the {} connection(s) it held are closed, new connections get a fresh instance",
@@ -81,7 +85,7 @@ impl Reactor {
         }
         for k in conns.into_values() {
             let conn = &mut self.core.conns[k];
-            conn.phase = if k == key || conn.phase.is_closing() {
+            conn.phase = if Some(k) == key || conn.phase.is_closing() {
                 Phase::Closing(Tie::Detached)
             } else {
                 Phase::Draining(Tie::Detached)

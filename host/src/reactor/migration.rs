@@ -282,7 +282,7 @@ impl Reactor {
                 }
                 if let Err(fault) = self.call(old, Some(key), |h, host| h.take_over(host, id, state)) {
                     warn!("the old version could not take back a connection it handed over: {fault}");
-                    self.fault(old, key, fault);
+                    self.fault(old, Some(key), fault);
                 }
             }
         }

@@ -234,7 +234,7 @@ impl Reactor {
                     }
                     if let Some((old, key, fault)) = broken_old {
                         warn!(listener = %name, version, reason = %worn.key(), "recycling a worn instance failed in its hand-over: {reason}");
-                        self.fault_instance(old, key, fault);
+                        self.fault(old, key, fault);
                         return;
                     }
                     warn!(listener = %name, version, reason = %worn.key(), "moving a worn instance's connections to a fresh one was called off: {reason}; it drains instead");
