@@ -300,6 +300,10 @@ fn json_logs_are_json_with_fields() {
     let listening = wait_for(&|v| v["message"] == "listening");
     assert_eq!(listening["listener"], "echo", "{listening}");
     assert_eq!(listening["level"], "INFO", "{listening}");
+    // Workers accept before the server says it is ready; a SIGTERM before that ends a
+    // start (exit 1), which is not what this test is about.
+    let ready = wait_for(&|v| v["message"] == "ready");
+    assert_eq!(ready["workers"].as_u64().map(|n| n > 0), Some(true), "{ready}");
 
     let mut client = crate::harness::Client::connect(address);
     client.write(b"hi");
