@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::bindings::sandport::handler::host;
-use crate::{Error, RecvBuf, TlsInfo, room};
+use crate::{Error, RecvBuf, TlsInfo};
 
 pub use crate::bindings::sandport::handler::types::CloseMode;
 
@@ -115,12 +115,7 @@ impl Conn {
     /// }
     /// ```
     pub fn send(self, data: &[u8]) -> Result<u32, Error> {
-        let sent = host::send(self.0, data);
-        match sent {
-            Ok(room) => room::heard(self, room),
-            Err(_) => room::forget(self),
-        }
-        Ok(sent?)
+        Ok(host::send(self.0, data)?)
     }
 
     /// The room left in this connection's send buffer, in bytes: the most one
@@ -134,9 +129,7 @@ impl Conn {
     /// let _ = conn.send(&backlog[..room.min(backlog.len())]);
     /// ```
     pub fn send_room(self) -> Result<u32, Error> {
-        let room = host::send_room(self.0)?;
-        room::heard(self, room);
-        Ok(room)
+        Ok(host::send_room(self.0)?)
     }
 
     /// Discard the first `n` bytes of this connection's receive buffer.

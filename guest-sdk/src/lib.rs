@@ -61,7 +61,6 @@ mod framing;
 pub mod log;
 mod migrate;
 mod recv;
-mod room;
 mod tls;
 
 pub use conn::{CloseMode, Conn, Peer};
@@ -127,7 +126,7 @@ pub trait Handler {
     ///
     /// Waiting for room means the handler was told the send buffer had none: a
     /// [`Conn::send`] refused with [`Error::LimitExceeded`], or a `send` or
-    /// [`Conn::send_room`] answering 0 (which is where [`RecvBuf::pipe_to`] stops).
+    /// [`Conn::send_room`] answering 0, or [`RecvBuf::pipe_to`] stopping short for lack of it.
     /// A handler that uses `on_send` only to go on after that chooses `WhenBlocked`
     /// and is spared a call per write: one per reply for a request/response protocol.
     ///
@@ -463,10 +462,7 @@ pub mod __private {
             Event::Send(n) => handler.on_send(conn, rx, n),
             Event::Poll => handler.on_poll(conn, rx),
             Event::Timer(id) => handler.on_timer(conn, rx, id),
-            Event::Close => {
-                handler.on_close(conn, rx);
-                crate::room::forget(conn);
-            }
+            Event::Close => handler.on_close(conn, rx),
         }
     }
 }

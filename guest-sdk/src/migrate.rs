@@ -23,14 +23,14 @@ pub mod bindings {
             package sandport:guest-sdk;
 
             world migrate-only {
-                export sandport:handler/migrate@0.3.0;
+                export sandport:handler/migrate@0.4.0;
             }
         ",
         world: "migrate-only",
         pub_export_macro: true,
         default_bindings_module: "$crate::migrate_bindings",
         with: {
-            "sandport:handler/types@0.3.0": crate::bindings::sandport::handler::types,
+            "sandport:handler/types@0.4.0": crate::bindings::sandport::handler::types,
         },
     });
 }

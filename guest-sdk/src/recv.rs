@@ -3,7 +3,7 @@
 use std::fmt;
 
 use crate::bindings::sandport::handler::host::Mbuf;
-use crate::{ByteSource, Conn, Error, room};
+use crate::{ByteSource, Conn, Error};
 
 /// A read-only view of a connection's receive buffer, which stays in the host.
 ///
@@ -124,17 +124,13 @@ impl<'a> RecvBuf<'a> {
         self.conn.remove(n)
     }
 
-    /// Move bytes from this buffer to `to`'s send buffer, as many as fit, in chunks of
-    /// at most 64 KiB; returns how many moved. What does not fit stays here (which,
-    /// once the buffer is full, pauses reading this connection) for the next `send`
-    /// event of `to`. The heart of an echo (`to` is [`conn`](Self::conn)) or a proxy.
+    /// Move bytes from this buffer to `to`'s send buffer, as many as fit; returns how
+    /// many moved. What does not fit stays here (which, once the buffer is full, pauses
+    /// reading this connection) until the next `send` event of `to`, which comes once
+    /// room appears. The heart of an echo (`to` is [`conn`](Self::conn)) or a proxy.
     ///
-    /// Host calls: a `read`, `send` and `remove` per chunk, and `send-room` only when
-    /// the room `to`'s send buffer was last reported to have (by a `send` or
-    /// `send-room` of this plugin) cannot be shown to hold the chunk: the host only
-    /// drains a send buffer between events, so that answer is a lower bound of the room
-    /// now. A chunk shorter than asked emptied this buffer (bytes arrive only between
-    /// events), so it is the last: no further `read` only to find nothing.
+    /// One host call (`mbuf.pipe-to`): the bytes move inside the host, never through
+    /// the plugin's memory.
     ///
     /// Fails with [`Error::Closed`] when `to` takes no more bytes (it is closing).
     ///
@@ -146,55 +142,22 @@ impl<'a> RecvBuf<'a> {
     /// }
     /// ```
     pub fn pipe_to(&self, to: Conn) -> Result<usize, Error> {
-        // `room` is at most the room `to` has; `exact` once the host said it this call.
-        let (mut room, mut exact) = (room::at_least(to) as usize, false);
-        let mut moved = 0;
-        loop {
-            if room == 0 && !exact {
-                (room, exact) = (to.send_room()? as usize, true);
-            }
-            if room == 0 {
-                break;
-            }
-            // Knowing the room, read no more than fits (as the host's answer of 0 is
-            // what makes it send a `send` event); knowing only a lower bound, read a
-            // whole chunk and ask only if it does not fit.
-            let want = if exact { room.min(PIPE_CHUNK) } else { PIPE_CHUNK };
-            let mut chunk = self.read(0, want);
-            if chunk.is_empty() {
-                break;
-            }
-            if chunk.len() > room {
-                (room, exact) = (to.send_room()? as usize, true);
-                chunk.truncate(room);
-                if chunk.is_empty() {
-                    break;
-                }
-            }
-            room = match to.send(&chunk) {
-                Ok(left) => left as usize,
-                // The lower bound was wrong (bytes appended through the raw bindings):
-                // ask, and read again what fits.
-                Err(Error::LimitExceeded) if !exact => {
-                    (room, exact) = (to.send_room()? as usize, true);
-                    continue;
-                }
-                Err(err) => return Err(err),
-            };
-            exact = true;
-            self.remove(chunk.len())?;
-            moved += chunk.len();
-            if chunk.len() < want {
-                break;
-            }
-        }
-        Ok(moved)
+        self.pipe_at_most(to, usize::MAX)
+    }
+
+    /// [`pipe_to`](Self::pipe_to), moving no more than `max` bytes: say the rest of a
+    /// body whose length a header gave, with the next request behind it.
+    ///
+    /// ```no_run
+    /// # use sandport_guest::{Conn, RecvBuf};
+    /// # fn f(rx: RecvBuf<'_>, upstream: Conn, body_left: usize) -> Result<(), sandport_guest::Error> {
+    /// let moved = rx.pipe_at_most(upstream, body_left)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn pipe_at_most(&self, to: Conn, max: usize) -> Result<usize, Error> {
+        Ok(self.mbuf.pipe_to(to.id(), saturate(max))? as usize)
     }
 }
-
-/// The most [`RecvBuf::pipe_to`] copies per `send`: big enough that a call's cost is
-/// small next to the copy, small enough not to hold much guest memory.
-const PIPE_CHUNK: usize = 64 * 1024;
 
 /// Why saturating is right: the host's buffers are bounded by `u32`, so an offset or
 /// length beyond it means "past the end" or "as much as there is" either way.

@@ -69,6 +69,19 @@ impl Host for OneConnection {
         self.rx.remove(n as usize, &mut self.pool).map_err(|short| HostError::Invalid(short.to_string()))
     }
 
+    fn pipe(&mut self, from: ConnId, to: ConnId, max: u32) -> Result<u32, HostError> {
+        self.only(to)?;
+        if self.only(from).is_err() {
+            return Ok(0);
+        }
+        let n = self.rx.len().min(max as usize).min(self.tx.room());
+        self.tx
+            .append(&self.rx.as_slice()[..n], &mut self.pool)
+            .map_err(|_| HostError::LimitExceeded("send buffer"))?;
+        self.rx.remove(n, &mut self.pool).map_err(|short| HostError::Invalid(short.to_string()))?;
+        Ok(n as u32)
+    }
+
     fn set_timer(&mut self, _: ConnId, _: u64, _: Duration) -> Result<(), HostError> {
         Err(HostError::NotAllowed)
     }

@@ -11,9 +11,10 @@ use sandport::handler::{CloseMode, ConnId, Event, Fault, Handler, Host};
 use sandport::listener::ListenerSpec;
 use sandport::reactor::Reactor;
 
-/// Moves bytes from the receive buffer to the send buffer, as the echo plugin does,
-/// with the same 64 KiB chunks and the same backpressure rule, and closes once a
-/// peer that stopped sending has had everything back.
+/// Moves bytes from the receive buffer to the send buffer, as the echo plugin does
+/// (the host's `pipe`, which `mbuf.pipe-to` is for a plugin), with the same
+/// backpressure rule, and closes once a peer that stopped sending has had everything
+/// back.
 #[derive(Default)]
 struct Echo {
     /// Connections whose peer stopped sending.
@@ -44,17 +45,7 @@ impl Handler for Echo {
 
 /// Copy from the receive buffer to the send buffer until one is full or empty.
 fn pump(host: &mut dyn Host, conn: ConnId) {
-    let Ok(mut room) = host.send_room(conn) else { return };
-    while room > 0 {
-        let Ok(rx) = host.recv_buffer(conn) else { return };
-        let chunk = rx.read(0, (room as usize).min(64 * 1024)).to_vec();
-        if chunk.is_empty() {
-            return;
-        }
-        let Ok(left) = host.send(conn, &chunk) else { return };
-        room = left;
-        let _ = host.remove(conn, chunk.len() as u32);
-    }
+    let _ = host.pipe(conn, conn, u32::MAX);
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -137,6 +137,14 @@ pub trait Host {
     /// Discard the first `n` bytes of the receive buffer of `conn`.
     fn remove(&mut self, conn: ConnId, n: u32) -> Result<(), HostError>;
 
+    /// Move up to `max` bytes from the front of the receive buffer of `from` to the end
+    /// of the send buffer of `to` (the same connection for an echo), as many as fit;
+    /// returns how many moved. When the room of `to` stops it short, or there is none,
+    /// `to` is owed an [`Event::Send`] as after [`send_room`](Host::send_room) answered
+    /// 0. A `from` that is gone holds nothing; a `to` that takes no more bytes is
+    /// [`HostError::Closed`].
+    fn pipe(&mut self, from: ConnId, to: ConnId, max: u32) -> Result<u32, HostError>;
+
     /// Arm (or re-arm) timer `id` of `conn` to fire once after `after`.
     fn set_timer(&mut self, conn: ConnId, id: u64, after: Duration) -> Result<(), HostError>;
 

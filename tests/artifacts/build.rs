@@ -33,6 +33,7 @@ const PLUGINS: &[&str] = &[
     "fixture-other-wit",
     "fixture-old-wit",
     "fixture-wit-0-2",
+    "fixture-wit-0-3",
 ];
 
 /// Directories whose contents feed the plugin builds.

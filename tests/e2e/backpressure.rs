@@ -1,9 +1,11 @@
 //! Bounded buffers: a client that floods without reading is paused, not buffered
 //! without end, and gets every byte once it reads; a send past the cap is refused;
-//! and `send` events come after every write, or only to a handler waiting for room.
+//! `send` events come after every write, or only to a handler waiting for room; and
+//! `pipe-to` moves what fits between buffers and owes a `send` event for the rest.
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::harness::{Server, listener, plugins, stalls_at};
 
@@ -96,4 +98,44 @@ fn when_blocked_send_events_come_only_to_a_handler_told_there_is_no_room() {
     assert_eq!(c.ask("send-events every-write"), "send-events every-write");
     assert_eq!(c.ask("echo d"), "d");
     assert_eq!(c.ask("sends"), "sends 4");
+}
+
+#[test]
+fn pipe_to_moves_what_fits_and_owes_a_send_event_for_the_rest() {
+    const HELD: usize = 10_000;
+    let server = Server::start(&listener("probe", plugins::FIXTURE_PROBE, "[listener.limits]\nsend-buffer = 4096"));
+    let mut held = server.connect("probe");
+    let mut c = server.connect("probe");
+    let h = held.ask("id").strip_prefix("id ").unwrap().to_owned();
+    let me = c.ask("id").strip_prefix("id ").unwrap().to_owned();
+    assert_eq!(c.ask("send-events when-blocked"), "send-events when-blocked");
+    assert_eq!(held.ask("hold"), "holding");
+    held.write(&[b'a'; HELD]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.ask(&format!("pipe {h} {me} 0")) != format!("piped 0 left {HELD}") {
+        assert!(Instant::now() < deadline, "the held bytes never all arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // At most `max`, ahead of the answer.
+    c.send_line(&format!("pipe {h} {me} 100"));
+    assert_eq!(c.line(), format!("{}piped 100 left {}", "a".repeat(100), HELD - 100));
+    // To a connection that is not the instance's: refused, nothing moved.
+    assert_eq!(c.ask(&format!("pipe {h} 999999 10")), "err closed");
+    assert_eq!(c.ask(&format!("pipe {h} {me} 0")), format!("piped 0 left {}", HELD - 100));
+
+    // More than the room: exactly the room moves (the answer no longer fits and is
+    // lost), the rest stays, and a `when-blocked` handler is owed a `send` event (the
+    // answer to `id` came before `when-blocked`, in every-write mode: one event).
+    assert_eq!(c.ask("sends"), "sends 1");
+    c.send_line(&format!("pipe {h} {me} 100000"));
+    assert_eq!(c.bytes(4096), vec![b'a'; 4096]);
+    assert_eq!(c.ask("sends"), "sends 2");
+    assert_eq!(c.ask(&format!("pipe {h} {me} 0")), format!("piped 0 left {}", HELD - 100 - 4096));
+
+    // A closed source holds nothing; its view cannot even be had.
+    drop(held);
+    server.wait_for_log(&[&format!("closed {h}")]);
+    assert_eq!(c.ask(&format!("pipe {h} {me} 10")), "err closed");
+    assert_eq!(c.ask("echo still fine"), "still fine");
 }

@@ -33,9 +33,9 @@ fn temp_file(bytes: &[u8]) -> (tempfile::TempDir, String) {
 fn check_lists_imports_and_exports() {
     let (status, stdout, stderr) = run_sandport(&["check", plugins::ECHO]);
     assert!(status.success(), "{stderr}");
-    assert!(stdout.contains("ok, implements sandport:handler/plugin@0.3.0\n"), "{stdout}");
-    assert!(stdout.contains("sandport:handler/host@0.3.0"), "{stdout}");
-    assert!(stdout.contains("sandport:handler/handler@0.3.0"), "{stdout}");
+    assert!(stdout.contains("ok, implements sandport:handler/plugin@0.4.0\n"), "{stdout}");
+    assert!(stdout.contains("sandport:handler/host@0.4.0"), "{stdout}");
+    assert!(stdout.contains("sandport:handler/handler@0.4.0"), "{stdout}");
 }
 
 #[test]
@@ -128,7 +128,9 @@ fn check_says_what_a_component_of_another_world_exports() {
     let report = misfit(plugins::FIXTURE_WRONG_WORLD);
     assert_eq!(
         problems(&report),
-        ["does not export `sandport:handler/handler@0.3.0` or `@0.2.0` or `@0.1.0` (it exports function `greet`)"],
+        [
+            "does not export `sandport:handler/handler@0.4.0` or `@0.3.0` or `@0.2.0` or `@0.1.0` (it exports function `greet`)"
+        ],
         "{report}"
     );
     assert_eq!(fixes(&report), [WORLD_FIX], "{report}");
@@ -136,13 +138,13 @@ fn check_says_what_a_component_of_another_world_exports() {
 
 #[test]
 fn check_names_the_package_version_the_host_speaks() {
-    // The echo with its sandport names moved to 0.4.0: the same length, so still a
+    // The echo with its sandport names moved to 0.5.0: the same length, so still a
     // valid component, built (as far as the host can tell) against a WIT to come.
     let mut bytes = std::fs::read(plugins::ECHO).unwrap();
     let mut renamed = 0;
     for interface in ["types", "host", "handler"] {
-        let old = format!("sandport:handler/{interface}@0.3.0");
-        let new = format!("sandport:handler/{interface}@0.4.0");
+        let old = format!("sandport:handler/{interface}@0.4.0");
+        let new = format!("sandport:handler/{interface}@0.5.0");
         while let Some(at) = bytes.windows(old.len()).position(|window| window == old.as_bytes()) {
             bytes[at..at + old.len()].copy_from_slice(new.as_bytes());
             renamed += 1;
@@ -152,13 +154,12 @@ fn check_names_the_package_version_the_host_speaks() {
     let (_dir, next) = temp_file(&bytes);
 
     let report = misfit(&next);
-    let speaks =
-        "built for sandport:handler@0.4.0, but this host speaks sandport:handler@0.3.0 (and loads 0.2.0 or 0.1.0)";
+    let speaks = "built for sandport:handler@0.5.0, but this host speaks sandport:handler@0.4.0 (and loads 0.3.0 or 0.2.0 or 0.1.0)";
     assert_eq!(
         problems(&report),
         [
-            format!("imports `sandport:handler/host@0.4.0`: {speaks}"),
-            format!("exports `sandport:handler/handler@0.4.0`: {speaks}")
+            format!("imports `sandport:handler/host@0.5.0`: {speaks}"),
+            format!("exports `sandport:handler/handler@0.5.0`: {speaks}")
         ],
         "{report}"
     );

@@ -1,7 +1,7 @@
-//! Versions of the WIT contract: plugins built against `sandport:handler@0.1.0` and
-//! `@0.2.0` (the `old-wit` and `wit-0-2` fixtures, one echo that migrates) load
-//! unchanged, serve in every instance mode, migrate their connections, and swap with a
-//! plugin of the current 0.3.0 both ways, live; `sandport check` accepts them and names
+//! Versions of the WIT contract: plugins built against `sandport:handler@0.1.0`,
+//! `@0.2.0` and `@0.3.0` (the `old-wit`, `wit-0-2` and `wit-0-3` fixtures, one echo that
+//! migrates) load unchanged, serve in every instance mode, migrate their connections,
+//! and swap with a plugin of the current 0.4.0 both ways, live; `sandport check` accepts them and names
 //! their version. A migration from a 0.2.0 plugin (whose `hand-over` forgets the
 //! connection) that is called off gives it its connections back. And `tls-info`, the
 //! import 0.2.0 added, as the probe reports it on a plaintext connection.
@@ -40,7 +40,8 @@ fn current(server: &Server, name: &str) -> Client {
 }
 
 /// The fixtures built against earlier versions, and the version each names.
-const OLD: [(&str, &str); 2] = [(plugins::FIXTURE_OLD_WIT, "0.1.0"), (plugins::FIXTURE_WIT_0_2, "0.2.0")];
+const OLD: [(&str, &str); 3] =
+    [(plugins::FIXTURE_OLD_WIT, "0.1.0"), (plugins::FIXTURE_WIT_0_2, "0.2.0"), (plugins::FIXTURE_WIT_0_3, "0.3.0")];
 
 #[test]
 fn plugins_built_against_earlier_versions_serve_and_swap_with_a_current_one_both_ways() {

@@ -134,13 +134,13 @@ impl Fix {
     }
 }
 
-/// `this host speaks sandport:handler@0.3.0 (and loads 0.2.0 or 0.1.0)`: the version of the
+/// `this host speaks sandport:handler@0.4.0 (and loads 0.3.0 or 0.2.0 or 0.1.0)`: the version of the
 /// host's WIT, then the earlier ones it serves.
 fn speaks() -> String {
     format!("this host speaks {PACKAGE}@{} (and loads {})", WitVersion::CURRENT.number(), earlier(|v| v.number()))
 }
 
-/// `` `sandport:handler/handler@0.3.0` or `@0.2.0` or `@0.1.0` ``: the `handler` interface, at
+/// `` `sandport:handler/handler@0.4.0` or `@0.3.0` or `@0.2.0` or `@0.1.0` ``: the `handler` interface, at
 /// every version the host serves.
 fn handler() -> String {
     format!("`{}` or {}", WitVersion::CURRENT.handler(), earlier(|v| format!("`@{}`", v.number())))
@@ -382,7 +382,8 @@ mod tests {
     #[test]
     fn the_called_functions_are_in_every_wit() {
         let wits = [
-            (WitVersion::V0_3, include_str!("../../../wit/handler.wit")),
+            (WitVersion::V0_4, include_str!("../../../wit/handler.wit")),
+            (WitVersion::V0_3, include_str!("../../../wit/compat/0.3.0/handler.wit")),
             (WitVersion::V0_2, include_str!("../../../wit/compat/0.2.0/handler.wit")),
             (WitVersion::V0_1, include_str!("../../../wit/compat/0.1.0/handler.wit")),
         ];
@@ -396,8 +397,8 @@ mod tests {
 
     #[test]
     fn the_versions_served_are_named() {
-        assert_eq!(speaks(), "this host speaks sandport:handler@0.3.0 (and loads 0.2.0 or 0.1.0)");
-        assert_eq!(handler(), "`sandport:handler/handler@0.3.0` or `@0.2.0` or `@0.1.0`");
+        assert_eq!(speaks(), "this host speaks sandport:handler@0.4.0 (and loads 0.3.0 or 0.2.0 or 0.1.0)");
+        assert_eq!(handler(), "`sandport:handler/handler@0.4.0` or `@0.3.0` or `@0.2.0` or `@0.1.0`");
     }
 
     #[test]
@@ -409,7 +410,8 @@ mod tests {
 
     #[test]
     fn only_sandport_interfaces_have_another_version() {
-        assert_eq!(other_version("sandport:handler/host@0.4.0").as_deref(), Some("0.4.0"));
+        assert_eq!(other_version("sandport:handler/host@0.5.0").as_deref(), Some("0.5.0"));
+        assert_eq!(other_version("sandport:handler/host@0.4.0"), None);
         assert_eq!(other_version("sandport:handler/host@0.3.0"), None);
         assert_eq!(other_version("sandport:handler/host").as_deref(), Some("(no version)"));
         assert_eq!(other_version("sandport:handler/host@0.2.0"), None);

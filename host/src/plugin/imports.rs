@@ -18,6 +18,7 @@ use wasmtime::component::Resource;
 use super::bindings::sandport::handler::{host, types};
 use super::bindings::v0_1::sandport::handler::host as host_v0_1;
 use super::bindings::v0_2::sandport::handler::host as host_v0_2;
+use super::bindings::v0_3::sandport::handler::host as host_v0_3;
 use super::state::{GuestState, MAX_VIEWS, RecvView};
 use crate::handler::{CloseMode, ConnId, HostError, SendEvents, TlsInfo};
 
@@ -139,6 +140,11 @@ impl host::HostMbuf for GuestState {
         Ok(self.recv_buffer(&rx)?.and_then(|rx| rx.find(&needle, start as usize)).map(|at| at as u32))
     }
 
+    fn pipe_to(&mut self, rx: Resource<RecvView>, to: u64, max: u32) -> wasmtime::Result<Result<u32, types::Error>> {
+        let from = self.conn_of(&rx)?;
+        Ok(self.host()?.pipe(from, ConnId(to), max).map_err(Into::into))
+    }
+
     fn drop(&mut self, rx: Resource<RecvView>) -> wasmtime::Result<()> {
         // Only owned views are dropped; the borrowed `rx` of an event never is.
         self.views.try_remove(rx.rep() as usize);
@@ -191,5 +197,9 @@ macro_rules! forward_host {
 forward_host!(host_v0_1 {});
 
 forward_host!(host_v0_2 {
+    fn tls_info(&mut self, conn: u64) -> Result<Option<types::TlsHandshake>, types::Error>;
+});
+
+forward_host!(host_v0_3 {
     fn tls_info(&mut self, conn: u64) -> Result<Option<types::TlsHandshake>, types::Error>;
 });

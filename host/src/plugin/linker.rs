@@ -28,6 +28,7 @@ use crate::handler::ConnId;
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<GuestState>> {
     let mut linker = Linker::new(engine);
     bindings::Plugin::add_to_linker::<GuestState, HasGuest>(&mut linker, |state| state)?;
+    bindings::v0_3::Plugin::add_to_linker::<GuestState, HasGuest>(&mut linker, |state| state)?;
     bindings::v0_2::Plugin::add_to_linker::<GuestState, HasGuest>(&mut linker, |state| state)?;
     bindings::v0_1::Plugin::add_to_linker::<GuestState, HasGuest>(&mut linker, |state| state)?;
     for version in WitVersion::ALL {

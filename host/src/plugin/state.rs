@@ -87,7 +87,9 @@ impl LentHost {
 
 /// Everything a plugin instance's store holds.
 pub struct GuestState {
-    wasi: WasiCtx,
+    /// Made at the guest's first WASI call: most plugins never make one, and an idle
+    /// per-connection instance is the smaller for it (see `wasi_ctx`).
+    wasi: Option<Box<WasiCtx>>,
     table: ResourceTable,
     /// The connections of the owned `mbuf` views the guest holds, by representation
     /// (at most [`MAX_VIEWS`]).
@@ -120,21 +122,10 @@ impl GuestState {
         log_budget: &Arc<LogBudget>,
     ) -> GuestState {
         let log = Arc::new(GuestLog::new(listener.clone(), version, log_budget.clone()));
-        let wasi = WasiCtx::builder()
-            .stdin(ClosedInputStream)
-            .stdout(GuestStream::new(log.clone(), Stream::Stdout))
-            .stderr(GuestStream::new(log.clone(), Stream::Stderr))
-            .max_random_size(MAX_RANDOM)
-            // Linked only so that runtimes importing them load (see `wasi`): no socket
-            // may be made and no name looked up; no directory is preopened.
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
         GuestState {
-            wasi,
+            wasi: None,
             table,
             views: Slab::new(),
             memory_limit,
@@ -165,7 +156,7 @@ impl GuestState {
 
     /// The WASI context, for the WASI functions that need more than the table.
     pub fn wasi(&mut self) -> &mut WasiCtx {
-        &mut self.wasi
+        wasi_ctx(&mut self.wasi, &self.log)
     }
 
     /// The resource table, where WASI keeps streams, pollables and errors.
@@ -175,11 +166,16 @@ impl GuestState {
 
     /// The receive buffer `view` shows, or `None` if the reactor no longer has it.
     pub fn recv_buffer(&mut self, view: &Resource<RecvView>) -> wasmtime::Result<Option<&Mbuf>> {
-        let conn = match view.rep() {
-            RecvView::CURRENT => self.conn,
-            rep => *self.views.get(rep as usize).ok_or_else(|| wasmtime::format_err!("unknown mbuf {rep}"))?,
-        };
+        let conn = self.conn_of(view)?;
         Ok(self.host()?.recv_buffer(conn).ok())
+    }
+
+    /// The connection whose receive buffer `view` shows.
+    pub fn conn_of(&self, view: &Resource<RecvView>) -> wasmtime::Result<ConnId> {
+        match view.rep() {
+            RecvView::CURRENT => Ok(self.conn),
+            rep => self.views.get(rep as usize).copied().ok_or_else(|| wasmtime::format_err!("unknown mbuf {rep}")),
+        }
     }
 
     /// The host lent for the call in progress; outside a call, an error that traps.
@@ -196,6 +192,30 @@ impl GuestState {
     pub fn lent_host(&self) -> wasmtime::Result<LentHost> {
         self.host.ok_or_else(|| wasmtime::format_err!("sandport host called outside of an event"))
     }
+}
+
+/// The WASI context in `slot`, made now if this is the guest's first WASI call.
+///
+/// Why not at instantiation: a context is a handful of allocations (its random
+/// generators, seeded, its clocks and streams), made for every per-connection instance,
+/// while a plugin written against the SDK makes no WASI call unless it prints, reads
+/// the clock or asks for random bytes.
+fn wasi_ctx<'a>(slot: &'a mut Option<Box<WasiCtx>>, log: &Arc<GuestLog>) -> &'a mut WasiCtx {
+    slot.get_or_insert_with(|| {
+        Box::new(
+            WasiCtx::builder()
+                .stdin(ClosedInputStream)
+                .stdout(GuestStream::new(log.clone(), Stream::Stdout))
+                .stderr(GuestStream::new(log.clone(), Stream::Stderr))
+                .max_random_size(MAX_RANDOM)
+                // Linked only so that runtimes importing them load (see `wasi`): no
+                // socket may be made and no name looked up; no directory is preopened.
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .build(),
+        )
+    })
 }
 
 /// Run `call` (a call into the guest about `conn`) with `host` reachable from imports.
@@ -243,6 +263,6 @@ impl ResourceLimiter for GuestState {
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView { ctx: wasi_ctx(&mut self.wasi, &self.log), table: &mut self.table }
     }
 }

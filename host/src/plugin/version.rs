@@ -18,18 +18,20 @@ pub enum WitVersion {
     V0_1,
     /// 0.2.0 (`wit/compat/0.2.0`), which added `tls-info`.
     V0_2,
-    /// 0.3.0 (`wit/handler.wit`), which added `migrate`'s instance-level hand-over and
+    /// 0.3.0 (`wit/compat/0.3.0`), which added `migrate`'s instance-level hand-over and
     /// made a migration all or nothing.
     V0_3,
+    /// 0.4.0 (`wit/handler.wit`), which added `mbuf.pipe-to`.
+    V0_4,
 }
 
 impl WitVersion {
     /// The version this host speaks: that of `wit/handler.wit`, which the SDK, the
     /// bindings of every language and `sandport new` are built against.
-    pub const CURRENT: WitVersion = WitVersion::V0_3;
+    pub const CURRENT: WitVersion = WitVersion::V0_4;
 
     /// Every version this host serves, the current one first.
-    pub const ALL: [WitVersion; 3] = [WitVersion::V0_3, WitVersion::V0_2, WitVersion::V0_1];
+    pub const ALL: [WitVersion; 4] = [WitVersion::V0_4, WitVersion::V0_3, WitVersion::V0_2, WitVersion::V0_1];
 
     /// The version's number, as interface names carry it (`0.2.0`).
     pub fn number(self) -> &'static str {
@@ -37,6 +39,7 @@ impl WitVersion {
             WitVersion::V0_1 => "0.1.0",
             WitVersion::V0_2 => "0.2.0",
             WitVersion::V0_3 => "0.3.0",
+            WitVersion::V0_4 => "0.4.0",
         }
     }
 
@@ -51,6 +54,7 @@ impl WitVersion {
             WitVersion::V0_1 => "sandport:handler/host@0.1.0",
             WitVersion::V0_2 => "sandport:handler/host@0.2.0",
             WitVersion::V0_3 => "sandport:handler/host@0.3.0",
+            WitVersion::V0_4 => "sandport:handler/host@0.4.0",
         }
     }
 
@@ -60,6 +64,7 @@ impl WitVersion {
             WitVersion::V0_1 => "sandport:handler/handler@0.1.0",
             WitVersion::V0_2 => "sandport:handler/handler@0.2.0",
             WitVersion::V0_3 => "sandport:handler/handler@0.3.0",
+            WitVersion::V0_4 => "sandport:handler/handler@0.4.0",
         }
     }
 
@@ -76,6 +81,7 @@ impl WitVersion {
             WitVersion::V0_1 => "sandport:handler/migrate@0.1.0",
             WitVersion::V0_2 => "sandport:handler/migrate@0.2.0",
             WitVersion::V0_3 => "sandport:handler/migrate@0.3.0",
+            WitVersion::V0_4 => "sandport:handler/migrate@0.4.0",
         }
     }
 }
@@ -90,7 +96,8 @@ mod tests {
         let wit = |version| match version {
             WitVersion::V0_1 => include_str!("../../../wit/compat/0.1.0/handler.wit"),
             WitVersion::V0_2 => include_str!("../../../wit/compat/0.2.0/handler.wit"),
-            WitVersion::V0_3 => include_str!("../../../wit/handler.wit"),
+            WitVersion::V0_3 => include_str!("../../../wit/compat/0.3.0/handler.wit"),
+            WitVersion::V0_4 => include_str!("../../../wit/handler.wit"),
         };
         for version in WitVersion::ALL {
             let number = version.number();
@@ -103,6 +110,6 @@ mod tests {
             assert_eq!(WitVersion::of(number), Some(version));
         }
         assert_eq!(WitVersion::ALL[0], WitVersion::CURRENT);
-        assert_eq!(WitVersion::of("0.4.0"), None);
+        assert_eq!(WitVersion::of("0.5.0"), None);
     }
 }

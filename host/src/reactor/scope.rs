@@ -100,6 +100,37 @@ impl Host for Scope<'_> {
         Ok(())
     }
 
+    fn pipe(&mut self, from: ConnId, to: ConnId, max: u32) -> Result<u32, HostError> {
+        let (to, c) = self.open(to)?;
+        if c.write_side != WriteSide::Open {
+            return Err(HostError::Closed);
+        }
+        let Ok(from) = self.key(from) else { return Ok(0) };
+        let core = &mut *self.core;
+        let (rx, tx, to_conn) = if from == to {
+            let c = &mut core.conns[to];
+            (&mut c.rx, &mut c.tx, &mut c.send_wanted)
+        } else {
+            let (f, t) = core.conns.get2_mut(from, to).expect("both keys were just looked up");
+            (&mut f.rx, &mut t.tx, &mut t.send_wanted)
+        };
+        let wanted = rx.len().min(max as usize);
+        let n = wanted.min(tx.room());
+        if n < wanted || tx.room() == 0 {
+            *to_conn = SendWanted::Owed;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        tx.append(&rx.as_slice()[..n], &mut core.buffers).expect("no more than the room");
+        rx.remove(n, &mut core.buffers).expect("no more than it holds");
+        core.enqueue(to);
+        if from != to && core.conns[from].inbound != Inbound::Waiting {
+            core.enqueue(from);
+        }
+        Ok(n as u32)
+    }
+
     fn set_timer(&mut self, conn: ConnId, id: u64, after: Duration) -> Result<(), HostError> {
         let max = self.account().spec.limits.max_timers;
         let at = Instant::now()

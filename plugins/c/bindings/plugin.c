@@ -3,57 +3,60 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Imported Functions from `sandport:handler/host@0.3.0`
+// Imported Functions from `sandport:handler/host@0.4.0`
 
-__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("[method]mbuf.len")))
+__attribute__((__import_module__("sandport:handler/host@0.4.0"), __import_name__("[method]mbuf.len")))
 extern int32_t __wasm_import_sandport_handler_host_method_mbuf_len(int32_t);
 
-__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("[method]mbuf.read")))
+__attribute__((__import_module__("sandport:handler/host@0.4.0"), __import_name__("[method]mbuf.read")))
 extern void __wasm_import_sandport_handler_host_method_mbuf_read(int32_t, int32_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("[method]mbuf.find")))
+__attribute__((__import_module__("sandport:handler/host@0.4.0"), __import_name__("[method]mbuf.find")))
 extern void __wasm_import_sandport_handler_host_method_mbuf_find(int32_t, uint8_t *, size_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("recv-buffer")))
+__attribute__((__import_module__("sandport:handler/host@0.4.0"), __import_name__("[method]mbuf.pipe-to")))
+extern void __wasm_import_sandport_handler_host_method_mbuf_pipe_to(int32_t, int64_t, int32_t, uint8_t *);
+
+__attribute__((__import_module__("sandport:handler/host@0.4.0"), __import_name__("recv-buffer")))
 extern void __wasm_import_sandport_handler_host_recv_buffer(int64_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("send")))
+__attribute__((__import_module__("sandport:handler/host@0.4.0"), __import_name__("send")))
 extern void __wasm_import_sandport_handler_host_send(int64_t, uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("send-room")))
+__attribute__((__import_module__("sandport:handler/host@0.4.0"), __import_name__("send-room")))
 extern void __wasm_import_sandport_handler_host_send_room(int64_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("remove")))
+__attribute__((__import_module__("sandport:handler/host@0.4.0"), __import_name__("remove")))
 extern void __wasm_import_sandport_handler_host_remove(int64_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("set-timer")))
+__attribute__((__import_module__("sandport:handler/host@0.4.0"), __import_name__("set-timer")))
 extern void __wasm_import_sandport_handler_host_set_timer(int64_t, int64_t, int64_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("cancel-timer")))
+__attribute__((__import_module__("sandport:handler/host@0.4.0"), __import_name__("cancel-timer")))
 extern void __wasm_import_sandport_handler_host_cancel_timer(int64_t, int64_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("close")))
+__attribute__((__import_module__("sandport:handler/host@0.4.0"), __import_name__("close")))
 extern void __wasm_import_sandport_handler_host_close(int64_t, int32_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("shutdown")))
+__attribute__((__import_module__("sandport:handler/host@0.4.0"), __import_name__("shutdown")))
 extern void __wasm_import_sandport_handler_host_shutdown(int64_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("connect")))
+__attribute__((__import_module__("sandport:handler/host@0.4.0"), __import_name__("connect")))
 extern void __wasm_import_sandport_handler_host_connect(uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("config")))
+__attribute__((__import_module__("sandport:handler/host@0.4.0"), __import_name__("config")))
 extern void __wasm_import_sandport_handler_host_config(uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("log")))
+__attribute__((__import_module__("sandport:handler/host@0.4.0"), __import_name__("log")))
 extern void __wasm_import_sandport_handler_host_log(int32_t, uint8_t *, size_t);
 
-__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("set-send-events")))
+__attribute__((__import_module__("sandport:handler/host@0.4.0"), __import_name__("set-send-events")))
 extern void __wasm_import_sandport_handler_host_set_send_events(int32_t);
 
-__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("tls-info")))
+__attribute__((__import_module__("sandport:handler/host@0.4.0"), __import_name__("tls-info")))
 extern void __wasm_import_sandport_handler_host_tls_info(int64_t, uint8_t *);
 
-// Exported Functions from `sandport:handler/handler@0.3.0`
+// Exported Functions from `sandport:handler/handler@0.4.0`
 
 
 // Canonical ABI intrinsics
@@ -153,7 +156,7 @@ void sandport_handler_host_tls_handshake_free(sandport_handler_host_tls_handshak
   sandport_handler_types_tls_handshake_free(ptr);
 }
 
-__attribute__((__import_module__("sandport:handler/host@0.3.0"), __import_name__("[resource-drop]mbuf")))
+__attribute__((__import_module__("sandport:handler/host@0.4.0"), __import_name__("[resource-drop]mbuf")))
 extern void __wasm_import_sandport_handler_host_mbuf_drop(int32_t handle);
 
 void sandport_handler_host_mbuf_drop_own(sandport_handler_host_own_mbuf_t handle) {
@@ -169,14 +172,14 @@ void plugin_option_u32_free(plugin_option_u32_t *ptr) {
   }
 }
 
-void sandport_handler_host_result_own_mbuf_error_free(sandport_handler_host_result_own_mbuf_error_t *ptr) {
+void sandport_handler_host_result_u32_error_free(sandport_handler_host_result_u32_error_t *ptr) {
   if (!ptr->is_err) {
   } else {
     sandport_handler_host_error_free(&ptr->val.err);
   }
 }
 
-void sandport_handler_host_result_u32_error_free(sandport_handler_host_result_u32_error_t *ptr) {
+void sandport_handler_host_result_own_mbuf_error_free(sandport_handler_host_result_own_mbuf_error_t *ptr) {
   if (!ptr->is_err) {
   } else {
     sandport_handler_host_error_free(&ptr->val.err);
@@ -281,6 +284,55 @@ bool sandport_handler_host_method_mbuf_find(sandport_handler_host_borrow_mbuf_t 
   }
   *ret = option.val;
   return option.is_some;
+}
+
+bool sandport_handler_host_method_mbuf_pipe_to(sandport_handler_host_borrow_mbuf_t self, sandport_handler_host_conn_t to, uint32_t max, uint32_t *ret, sandport_handler_host_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_sandport_handler_host_method_mbuf_pipe_to((self).__handle, (int64_t) (to), (int32_t) (max), ptr);
+  sandport_handler_host_result_u32_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (uint32_t) (*((int32_t*) (ptr + sizeof(void*))));
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      sandport_handler_types_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          break;
+        }
+        case 1: {
+          break;
+        }
+        case 2: {
+          break;
+        }
+        case 3: {
+          variant.val.invalid = (plugin_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 4: {
+          variant.val.failed = (plugin_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
 }
 
 bool sandport_handler_host_recv_buffer(sandport_handler_host_conn_t conn, sandport_handler_host_own_mbuf_t *ret, sandport_handler_host_error_t *err) {
@@ -850,7 +902,7 @@ bool sandport_handler_host_tls_info(sandport_handler_host_conn_t conn, sandport_
   }
 }
 
-__attribute__((__export_name__("sandport:handler/handler@0.3.0#handle")))
+__attribute__((__export_name__("sandport:handler/handler@0.4.0#handle")))
 void __wasm_export_exports_sandport_handler_handler_handle(int64_t arg, int32_t arg0, int64_t arg1, size_t arg2, uint8_t * arg3, size_t arg4, int32_t arg5) {
   int32_t borrow = 0;
   sandport_handler_types_event_t variant6;

@@ -191,18 +191,18 @@ typedef struct {
 typedef struct {
   bool is_err;
   union {
-    sandport_handler_host_own_mbuf_t ok;
-    sandport_handler_host_error_t err;
-  } val;
-} sandport_handler_host_result_own_mbuf_error_t;
-
-typedef struct {
-  bool is_err;
-  union {
     uint32_t ok;
     sandport_handler_host_error_t err;
   } val;
 } sandport_handler_host_result_u32_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    sandport_handler_host_own_mbuf_t ok;
+    sandport_handler_host_error_t err;
+  } val;
+} sandport_handler_host_result_own_mbuf_error_t;
 
 typedef struct {
   bool is_err;
@@ -246,7 +246,7 @@ typedef sandport_handler_types_event_t exports_sandport_handler_handler_event_t;
 
 typedef sandport_handler_host_borrow_mbuf_t exports_sandport_handler_handler_borrow_mbuf_t;
 
-// Imported Functions from `sandport:handler/host@0.3.0`
+// Imported Functions from `sandport:handler/host@0.4.0`
 // Bytes currently buffered.
 extern uint32_t sandport_handler_host_method_mbuf_len(sandport_handler_host_borrow_mbuf_t self);
 // Copy out up to `len` bytes starting at `offset` (fewer near the end;
@@ -254,6 +254,20 @@ extern uint32_t sandport_handler_host_method_mbuf_len(sandport_handler_host_borr
 extern void sandport_handler_host_method_mbuf_read(sandport_handler_host_borrow_mbuf_t self, uint32_t offset, uint32_t len, plugin_list_u8_t *ret);
 // The offset of the first occurrence of `needle` at or after `start`.
 extern bool sandport_handler_host_method_mbuf_find(sandport_handler_host_borrow_mbuf_t self, plugin_list_u8_t *needle, uint32_t start, uint32_t *ret);
+// Move up to `max` bytes from the front of this buffer to the end of the send
+// buffer of `to` (any connection of this instance; this buffer's own
+// connection for an echo): as many as this buffer holds and `to`'s send buffer
+// has room for. Returns how many moved.
+// 
+// Why in the host: an echo or a proxy moves bytes it never looks at. Here they
+// do not cross into the guest and back, and one call does the work of
+// `send-room`, `read`, `send` and `remove`. Unlike `send` it takes what fits:
+// when `to`'s room stops it short, or there is none, `to` gets a `send` event
+// once room appears (as after `send-room` answered 0), and what is left stays
+// here, which pauses reading once this buffer is full. The buffer of a closed
+// connection holds nothing, so nothing moves; `closed` when `to` takes no
+// more bytes (closed, closing, or shut down).
+extern bool sandport_handler_host_method_mbuf_pipe_to(sandport_handler_host_borrow_mbuf_t self, sandport_handler_host_conn_t to, uint32_t max, uint32_t *ret, sandport_handler_host_error_t *err);
 // The receive buffer of `conn` (any connection of this instance), to read it
 // outside that connection's own events: say a proxy moving bytes from one side
 // when room appears on the other, in the other side's `send` event.
@@ -326,7 +340,7 @@ extern void sandport_handler_host_set_send_events(sandport_handler_host_send_eve
 // does.
 extern bool sandport_handler_host_tls_info(sandport_handler_host_conn_t conn, sandport_handler_host_option_tls_handshake_t *ret, sandport_handler_host_error_t *err);
 
-// Exported Functions from `sandport:handler/handler@0.3.0`
+// Exported Functions from `sandport:handler/handler@0.4.0`
 void exports_sandport_handler_handler_handle(exports_sandport_handler_handler_conn_t conn, exports_sandport_handler_handler_event_t *ev, exports_sandport_handler_handler_borrow_mbuf_t rx);
 
 // Helper Functions
@@ -357,9 +371,9 @@ extern sandport_handler_host_borrow_mbuf_t sandport_handler_host_borrow_mbuf(san
 
 void plugin_option_u32_free(plugin_option_u32_t *ptr);
 
-void sandport_handler_host_result_own_mbuf_error_free(sandport_handler_host_result_own_mbuf_error_t *ptr);
-
 void sandport_handler_host_result_u32_error_free(sandport_handler_host_result_u32_error_t *ptr);
+
+void sandport_handler_host_result_own_mbuf_error_free(sandport_handler_host_result_own_mbuf_error_t *ptr);
 
 void sandport_handler_host_result_void_error_free(sandport_handler_host_result_void_error_t *ptr);
 

@@ -1,8 +1,8 @@
 // Echo: every byte received is sent back, in order, on the same connection.
 //
 // The bytes stay in the host. Each event moves what fits (the send buffer's room) from
-// the receive buffer to the send buffer and removes exactly that from the receive
-// buffer. When the client does not read its echo the send buffer fills, the rest waits
+// the receive buffer to the send buffer, inside the host (`mbuf.pipe-to`: they never
+// enter guest memory). When the client does not read its echo the send buffer fills, the rest waits
 // in the receive buffer, the host stops reading from the client, and the next `send`
 // event (the socket took some bytes; asked for only in that case, see `read_config`)
 // resumes. So any amount passes through bounded
@@ -24,10 +24,6 @@
 typedef uint64_t conn_t;
 typedef sandport_handler_host_borrow_mbuf_t mbuf_t;
 typedef sandport_handler_host_error_t host_error_t;
-
-// The most one `read` copies into guest memory: big enough that a call costs little
-// next to the copy, small enough that a big send buffer does not grow our memory.
-#define CHUNK (64 * 1024)
 
 // Set up at the first event: the listener's configuration, read once since it cannot
 // change for the life of an instance, and when `send` events come.
@@ -102,29 +98,12 @@ static void refused(host_error_t *err) {
   sandport_handler_host_error_free(err);
 }
 
-// Moves as much as fits from the receive buffer to the send buffer. Returns whether
-// the receive buffer is now known to be empty (a read came back short).
-static bool pump(conn_t conn, mbuf_t rx) {
+// Moves as much as fits from the receive buffer to the send buffer, in one host call;
+// what does not fit waits there for the next `send` event.
+static void pump(conn_t conn, mbuf_t rx) {
   host_error_t err;
-  uint32_t room;
-  if (!sandport_handler_host_send_room(conn, &room, &err)) {
-    refused(&err);
-    return false;
-  }
-  while (room > 0) {
-    uint32_t want = room < CHUNK ? room : CHUNK;
-    plugin_list_u8_t chunk;
-    sandport_handler_host_method_mbuf_read(rx, 0, want, &chunk);
-    bool ok = chunk.len == 0 || (sandport_handler_host_send(conn, &chunk, &room, &err) &&
-                                 sandport_handler_host_remove(conn, chunk.len, &err));
-    plugin_list_u8_free(&chunk);
-    if (!ok) {
-      refused(&err);
-      return false;
-    }
-    if (chunk.len < want) return true;
-  }
-  return false;
+  uint32_t moved;
+  if (!sandport_handler_host_method_mbuf_pipe_to(rx, conn, UINT32_MAX, &moved, &err)) refused(&err);
 }
 
 static void close_after_send(conn_t conn) {
@@ -161,16 +140,21 @@ void exports_sandport_handler_handler_handle(conn_t conn, sandport_handler_types
     if (ev->val.recv > 0) {
       if (has_trigger) trap_on_trigger(rx, ev->val.recv);
       pump(conn, rx);
-    } else if (pump(conn, rx) || sandport_handler_host_method_mbuf_len(rx) == 0) {
-      close_after_send(conn); // the client half-closed and has all its echo
     } else {
-      ending_add(conn); // the rest goes out at later `send` events
+      pump(conn, rx);
+      if (sandport_handler_host_method_mbuf_len(rx) == 0) {
+        close_after_send(conn); // the client half-closed and has all its echo
+      } else {
+        ending_add(conn); // the rest goes out at later `send` events
+      }
     }
     break;
   case SANDPORT_HANDLER_TYPES_EVENT_SEND:
-    // Waiting for room, yet the receive buffer may have been emptied meanwhile: one
-    // `len` costs less than a pump.
-    if (sandport_handler_host_method_mbuf_len(rx) > 0 && !pump(conn, rx)) break;
+    // Waiting for room, yet the receive buffer may have been emptied meanwhile.
+    if (sandport_handler_host_method_mbuf_len(rx) > 0) {
+      pump(conn, rx);
+      if (sandport_handler_host_method_mbuf_len(rx) > 0) break;
+    }
     if (ending_len > 0 && ending_take(conn)) close_after_send(conn);
     break;
   case SANDPORT_HANDLER_TYPES_EVENT_CLOSE:

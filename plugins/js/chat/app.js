@@ -17,7 +17,7 @@
 
 import {
   send, sendRoom, remove, setTimer, cancelTimer, close, config, log, setSendEvents, recvBuffer,
-} from 'sandport:handler/host@0.3.0';
+} from 'sandport:handler/host@0.4.0';
 
 // Longest line accepted, without its `\n` (a `\r` before it counts).
 const MAX_LINE = 4096;

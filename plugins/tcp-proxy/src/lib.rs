@@ -10,8 +10,9 @@
 //!
 //! - **Pairs.** Each connection's [`Side`] names its peer, so either side finds the other.
 //! - **Backpressure both ways.** Bytes move from a side's receive buffer to its peer's
-//!   send buffer only as far as the peer's `send-room` allows; the rest stays in the
-//!   receive buffer, which (once full) makes the host stop reading that side. So a slow
+//!   send buffer only as far as the peer's room allows (`RecvBuf::pipe_to`, one host
+//!   call that moves them inside the host); the rest stays in the receive buffer,
+//!   which (once full) makes the host stop reading that side. So a slow
 //!   reader on one side pauses the writer on the other, with bounded buffers and no
 //!   copy kept in the guest.
 //! - **Resuming a stalled side.** Room for a stalled side's bytes appears in its peer's

@@ -1,8 +1,8 @@
 //! Echo: every byte received is sent back, in order, on the same connection.
 //!
 //! The bytes stay in the host. Each event moves what fits (the send buffer's room) from
-//! the receive buffer to the send buffer and removes exactly that from the receive
-//! buffer. When the client does not read its echo the send buffer fills, the rest waits
+//! the receive buffer to the send buffer, inside the host (`mbuf.pipe-to`: they never
+//! enter guest memory). When the client does not read its echo the send buffer fills, the rest waits
 //! in the receive buffer, the host stops reading from the client, and the next `send`
 //! event (the socket took some bytes; asked for only in that case, see `readConfig`)
 //! resumes. So any amount passes through bounded buffers.
@@ -28,10 +28,6 @@ const Conn = u64;
 const Mbuf = c.sandport_handler_host_borrow_mbuf_t;
 const Error = c.sandport_handler_host_error_t;
 const Event = c.sandport_handler_types_event_t;
-
-/// The most one `read` copies into guest memory: big enough that a call costs little
-/// next to the copy, small enough that a big send buffer does not grow our memory.
-const chunk_max = 64 * 1024;
 
 /// libc's malloc: the bindings allocate what the host returns with it.
 const gpa = std.heap.c_allocator;
@@ -76,29 +72,12 @@ fn refused(err: *Error) void {
     c.sandport_handler_host_error_free(err);
 }
 
-/// Moves as much as fits from the receive buffer to the send buffer. Returns whether
-/// the receive buffer is now known to be empty (a read came back short).
-fn pump(conn: Conn, rx: Mbuf) bool {
+/// Moves as much as fits from the receive buffer to the send buffer, in one host call;
+/// what does not fit waits there for the next `send` event.
+fn pump(conn: Conn, rx: Mbuf) void {
     var err: Error = undefined;
-    var room: u32 = undefined;
-    if (!c.sandport_handler_host_send_room(conn, &room, &err)) {
-        refused(&err);
-        return false;
-    }
-    while (room > 0) {
-        const want = @min(room, chunk_max);
-        var chunk: c.plugin_list_u8_t = undefined;
-        c.sandport_handler_host_method_mbuf_read(rx, 0, want, &chunk);
-        defer c.plugin_list_u8_free(&chunk);
-        const ok = chunk.len == 0 or (c.sandport_handler_host_send(conn, &chunk, &room, &err) and
-            c.sandport_handler_host_remove(conn, @intCast(chunk.len), &err));
-        if (!ok) {
-            refused(&err);
-            return false;
-        }
-        if (chunk.len < want) return true;
-    }
-    return false;
+    var moved: u32 = undefined;
+    if (!c.sandport_handler_host_method_mbuf_pipe_to(rx, conn, std.math.maxInt(u32), &moved, &err)) refused(&err);
 }
 
 fn closeAfterSend(conn: Conn) void {
@@ -140,16 +119,21 @@ export fn exports_sandport_handler_handler_handle(conn: Conn, ev: *Event, rx: Mb
         },
         c.SANDPORT_HANDLER_TYPES_EVENT_RECV => if (ev.val.recv > 0) {
             if (trigger) |bytes| trapOnTrigger(rx, ev.val.recv, bytes);
-            _ = pump(conn, rx);
-        } else if (pump(conn, rx) or c.sandport_handler_host_method_mbuf_len(rx) == 0) {
-            closeAfterSend(conn); // the client half-closed and has all its echo
+            pump(conn, rx);
         } else {
-            ending.append(gpa, conn) catch @trap(); // the rest goes out at later `send` events
+            pump(conn, rx);
+            if (c.sandport_handler_host_method_mbuf_len(rx) == 0) {
+                closeAfterSend(conn); // the client half-closed and has all its echo
+            } else {
+                ending.append(gpa, conn) catch @trap(); // the rest goes out at later `send` events
+            }
         },
         c.SANDPORT_HANDLER_TYPES_EVENT_SEND => {
-            // Waiting for room, yet the receive buffer may have been emptied meanwhile:
-            // one `len` costs less than a pump.
-            if (c.sandport_handler_host_method_mbuf_len(rx) > 0 and !pump(conn, rx)) return;
+            // Waiting for room, yet the receive buffer may have been emptied meanwhile.
+            if (c.sandport_handler_host_method_mbuf_len(rx) > 0) {
+                pump(conn, rx);
+                if (c.sandport_handler_host_method_mbuf_len(rx) > 0) return;
+            }
             if (ending.items.len > 0 and endingTake(conn)) closeAfterSend(conn);
         },
         c.SANDPORT_HANDLER_TYPES_EVENT_CLOSE => _ = endingTake(conn),
