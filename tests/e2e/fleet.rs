@@ -6,7 +6,7 @@
 //! digest whose blob was altered is refused.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sandport_test_artifacts::{ECHO, FIXTURE_BURN, FIXTURE_OLD_WIT, FIXTURE_PROBE};
 use serde_json::Value;
@@ -61,10 +61,9 @@ impl Node {
         self.admin.listeners()[0]["artifact"].clone()
     }
 
-    /// Wait until the log has `needle` `count` times; when it came.
-    fn wait_for(&self, needle: &str, count: usize) -> Instant {
+    /// Wait until the log has `needle` `count` times.
+    fn wait_for(&self, needle: &str, count: usize) {
         self.server.wait_for_count(needle, count);
-        Instant::now()
     }
 }
 
@@ -116,19 +115,10 @@ fn a_pushed_version_reaches_all_three_nodes_and_kept_connections_lose_nothing() 
         }
 
         let second = push(FIXTURE_OLD_WIT, &reference);
-        let pushed = Instant::now();
-        // Each node is watched on a thread of its own, so that the moment one is seen
-        // to find the new version is not the moment another was done with.
-        let seen: Vec<Instant> = std::thread::scope(|watchers| {
-            let finding = |node: &'_ Node| node.wait_for("the tag moved: swapping its new digest in", 1);
-            let waiting: Vec<_> = nodes.iter().map(|node| watchers.spawn(move || finding(node))).collect();
-            waiting.into_iter().map(|watcher| watcher.join().unwrap()).collect()
-        });
-        for (node, seen) in nodes.iter().zip(seen) {
-            // Found at the first or second look after the push; how long the compile and
-            // pre-flight then take is the machine's (BENCHMARKS.md has the figure).
-            let after = seen - pushed;
-            assert!(after < FOLLOW * 2, "a node saw the new version {after:?} after the push, more than two polls");
+        for node in &nodes {
+            // How soon each node finds it (a poll every `follow-ms`) is a figure for
+            // BENCHMARKS.md, not an assertion: on a loaded machine a poll comes late.
+            node.wait_for("the tag moved: swapping its new digest in", 1);
             node.wait_for("the tag's new digest took over", 1);
             assert_eq!(node.artifact()["digest"], second.as_str());
             assert_eq!(node.admin.listeners()[0]["version"], 2);
