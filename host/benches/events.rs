@@ -74,12 +74,7 @@ impl Host for OneConnection {
         if self.only(from).is_err() {
             return Ok(0);
         }
-        let n = self.rx.len().min(max as usize).min(self.tx.room());
-        self.tx
-            .append(&self.rx.as_slice()[..n], &mut self.pool)
-            .map_err(|_| HostError::LimitExceeded("send buffer"))?;
-        self.rx.remove(n, &mut self.pool).map_err(|short| HostError::Invalid(short.to_string()))?;
-        Ok(n as u32)
+        Ok(self.rx.move_to(&mut self.tx, max as usize, &mut self.pool) as u32)
     }
 
     fn set_timer(&mut self, _: ConnId, _: u64, _: Duration) -> Result<(), HostError> {

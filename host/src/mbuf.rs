@@ -288,6 +288,18 @@ impl Mbuf {
         Ok(())
     }
 
+    /// Move up to `max` bytes from the front of this buffer to the end of `to`, as many
+    /// as `to` has room for; returns how many moved. What `Host::pipe` does to a
+    /// connection's receive and send buffers.
+    pub fn move_to(&mut self, to: &mut Mbuf, max: usize, pool: &mut Pool) -> usize {
+        let n = self.len().min(max).min(to.room());
+        if n > 0 {
+            to.append(&self.as_slice()[..n], pool).expect("no more than its room");
+            self.remove(n, pool).expect("no more than it holds");
+        }
+        n
+    }
+
     /// Keep only the first `len` bytes, dropping those appended after them (say by a
     /// migration that was called off); nothing changes when it holds `len` or fewer.
     pub fn truncate(&mut self, len: usize, pool: &mut Pool) {
@@ -406,6 +418,20 @@ mod tests {
         assert!(pool.spare_bytes() > 0, "drained: its storage went back");
         buf.append(b"xy", &mut pool).unwrap();
         assert_eq!(buf.as_slice(), b"xy");
+    }
+
+    #[test]
+    fn move_to_moves_what_fits_and_leaves_the_rest() {
+        let mut pool = Pool::default();
+        let (mut from, mut to) = (Mbuf::with_limit(16), Mbuf::with_limit(4));
+        from.append(b"abcdef", &mut pool).unwrap();
+        assert_eq!(from.move_to(&mut to, 1, &mut pool), 1, "at most max");
+        assert_eq!(from.move_to(&mut to, 100, &mut pool), 3, "at most the room");
+        assert_eq!((from.as_slice(), to.as_slice()), (&b"ef"[..], &b"abcd"[..]));
+        assert_eq!(from.move_to(&mut to, 100, &mut pool), 0, "no room, nothing moves");
+        to.clear(&mut pool);
+        assert_eq!(from.move_to(&mut to, 100, &mut pool), 2);
+        assert!(from.is_empty() && from.data.is_empty(), "drained: its storage went back");
     }
 
     #[test]

@@ -5,9 +5,9 @@
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use crate::harness::{Server, listener, plugins, stalls_at};
+use crate::neighbour::wait_until;
 
 #[test]
 fn flooding_client_is_paused_and_loses_nothing() {
@@ -111,11 +111,7 @@ fn pipe_to_moves_what_fits_and_owes_a_send_event_for_the_rest() {
     assert_eq!(c.ask("send-events when-blocked"), "send-events when-blocked");
     assert_eq!(held.ask("hold"), "holding");
     held.write(&[b'a'; HELD]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.ask(&format!("pipe {h} {me} 0")) != format!("piped 0 left {HELD}") {
-        assert!(Instant::now() < deadline, "the held bytes never all arrived");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the held bytes", || c.ask(&format!("pipe {h} {me} 0")) == format!("piped 0 left {HELD}"));
 
     // At most `max`, ahead of the answer.
     c.send_line(&format!("pipe {h} {me} 100"));

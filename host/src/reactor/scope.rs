@@ -114,16 +114,14 @@ impl Host for Scope<'_> {
             let (f, t) = core.conns.get2_mut(from, to).expect("both keys were just looked up");
             (&mut f.rx, &mut t.tx, &mut t.send_wanted)
         };
-        let wanted = rx.len().min(max as usize);
-        let n = wanted.min(tx.room());
-        if n < wanted || tx.room() == 0 {
+        let (wanted, room) = (rx.len().min(max as usize), tx.room());
+        let n = rx.move_to(tx, wanted, &mut core.buffers);
+        if n < wanted || room == 0 {
             *to_conn = SendWanted::Owed;
         }
         if n == 0 {
             return Ok(0);
         }
-        tx.append(&rx.as_slice()[..n], &mut core.buffers).expect("no more than the room");
-        rx.remove(n, &mut core.buffers).expect("no more than it holds");
         core.enqueue(to);
         if from != to && core.conns[from].inbound != Inbound::Waiting {
             core.enqueue(from);
